@@ -1,0 +1,3 @@
+from switchyard.roles.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from switchyard import API_VERSION, __version__
+from switchyard.api.errors import install_exception_handlers
+from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from switchyard.api.routes import health, meta
+from switchyard.services.container import Services
+from switchyard.settings import Settings
+
+
+def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.create(settings, service_type)
+        app.state.services = services
+        app.state.health = services.health_monitor()
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title=settings.app_name,
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        redoc_url=None,
+    )
+    install_exception_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER],
+        )
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_body_bytes)
+
+    app.include_router(health.router)
+    api = f"/api/{API_VERSION}"
+    app.include_router(meta.router, prefix=api)
+    app.include_router(health.router, prefix=api, include_in_schema=False)
+    return app

@@ -1,0 +1,103 @@
+"""Per-request context: request id, access log, body size limit, last-resort error answer."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from switchyard.api.problems import problem_response
+from switchyard.logging import request_id_var
+
+logger = logging.getLogger("switchyard.access")
+error_logger = logging.getLogger("switchyard.errors")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestBodyTooLargeError(HTTPException):
+    """Raised while the body streams in; an HTTPException, so body parsing lets it through."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is larger than {limit} bytes.")
+
+
+def accepted_request_id(headers: Headers) -> str:
+    """The caller's request id when it is a sane token, otherwise a new one."""
+    offered = headers.get(REQUEST_ID_HEADER)
+    if offered and _VALID_REQUEST_ID.match(offered):
+        return offered
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        request_id = accepted_request_id(headers)
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        received = 0
+
+        async def receive_bounded() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise RequestBodyTooLargeError(self.max_body_bytes)
+            return message
+
+        try:
+            declared = headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise RequestBodyTooLargeError(self.max_body_bytes)
+            await self.app(scope, receive_bounded, send_with_request_id)
+        except RequestBodyTooLargeError as exc:
+            if not response_started:
+                response = problem_response(413, detail=exc.detail, instance=scope["path"])
+                await response(scope, receive, send_with_request_id)
+        except Exception:
+            error_logger.exception("unhandled error", extra={"path": scope["path"]})
+            if not response_started:
+                response = problem_response(
+                    500,
+                    detail="An unexpected error occurred; quote the request id when reporting it.",
+                    code="internal_error",
+                    instance=scope["path"],
+                )
+                await response(scope, receive, send_with_request_id)
+        finally:
+            logger.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+            request_id_var.reset(token)

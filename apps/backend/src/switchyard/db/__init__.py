@@ -1,0 +1,1 @@
+"""Declarative base, models and migrations."""

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import Enum, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from switchyard.db.base import Base, Timestamps, UUIDPrimaryKey
+
+
+class TenantStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class Tenant(UUIDPrimaryKey, Timestamps, Base):
+    """An isolated customer organisation; every other row belongs to one."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(200))
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    status: Mapped[TenantStatus] = mapped_column(
+        Enum(
+            TenantStatus,
+            name="tenant_status",
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            values_callable=lambda members: [member.value for member in members],
+        ),
+        default=TenantStatus.ACTIVE,
+        server_default=TenantStatus.ACTIVE.value,
+    )

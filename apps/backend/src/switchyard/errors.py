@@ -1,0 +1,35 @@
+"""Domain errors: each carries an HTTP status and a stable code; one handler renders them."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SwitchyardError(Exception):
+    """Base of every error a service raises on purpose."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFoundError(SwitchyardError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class ConflictError(SwitchyardError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class ServiceUnavailableError(SwitchyardError):
+    status = 503
+    code = "service_unavailable"
+    title = "Service unavailable"

@@ -1,0 +1,1 @@
+"""One module per SERVICE_TYPE; `cli` dispatches to them."""

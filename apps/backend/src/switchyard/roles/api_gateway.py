@@ -1,0 +1,31 @@
+"""The `api-gateway` role: FastAPI on uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from switchyard.api.app import create_app
+from switchyard.logging import logging_config
+from switchyard.roles.errors import RoleConfigurationError
+from switchyard.settings import Settings
+
+
+def serve(settings: Settings, service_type: str) -> None:
+    """Serve the gateway until SIGINT or SIGTERM; uvicorn drains requests and runs the lifespan."""
+    app = create_app(settings, service_type)
+    uvicorn.run(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=logging_config(settings.log_level, service_type),
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def run(settings: Settings) -> int:
+    if settings.database is None:
+        raise RoleConfigurationError("DATABASE_URL: required by the api-gateway role")
+    serve(settings, "api-gateway")
+    return 0

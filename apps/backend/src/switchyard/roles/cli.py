@@ -1,0 +1,93 @@
+"""The `switchyard` command: `run [ROLE]` starts a role, `healthcheck` checks it."""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import NoReturn
+
+import click
+
+from switchyard import __version__
+from switchyard.logging import configure_logging
+from switchyard.roles.errors import RoleConfigurationError
+from switchyard.settings import Role, Settings, SettingsError, load_settings
+
+# Imported on dispatch, so `--help` and `healthcheck` stay quick.
+ROLES: dict[Role, str] = {
+    Role.API_GATEWAY: "switchyard.roles.api_gateway",
+    Role.MIGRATE: "switchyard.roles.migrate",
+    Role.STANDALONE: "switchyard.roles.standalone",
+}
+VALID_ROLES = ", ".join(role.value for role in Role)
+EXIT_USAGE = 2
+EXIT_CONFIG = 78
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"switchyard: {message}", err=True)
+    sys.exit(code)
+
+
+def _role(value: str | None) -> Role:
+    if not value:
+        _fail(
+            f"no role given (pass ROLE or set SERVICE_TYPE); valid roles: {VALID_ROLES}", EXIT_USAGE
+        )
+    try:
+        return Role(value)
+    except ValueError:
+        _fail(f"unknown role {value!r}; valid roles: {VALID_ROLES}", EXIT_USAGE)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        for line in exc.lines:
+            click.echo(f"switchyard: configuration error: {line}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Outside uvicorn's own handlers: unwind (running every `finally`), then exit cleanly.
+    raise SystemExit(0)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="switchyard")
+def main() -> None:
+    """Switchyard: one backend image, several roles picked by SERVICE_TYPE."""
+
+
+@main.command()
+@click.argument("role", required=False, envvar="SERVICE_TYPE")
+def run(role: str | None) -> None:
+    """Start ROLE (default: $SERVICE_TYPE): api-gateway, migrate or standalone."""
+    chosen = _role(role)
+    settings = _settings()
+    configure_logging(settings.log_level, chosen.value)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        start: Callable[[Settings], int] = importlib.import_module(ROLES[chosen]).run
+        code = start(settings)
+    except RoleConfigurationError as exc:
+        _fail(f"configuration error: {exc}", EXIT_CONFIG)
+    except KeyboardInterrupt:
+        code = 0
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("role", required=False, envvar="SERVICE_TYPE")
+def healthcheck(role: str | None) -> None:
+    """Exit 0 when ROLE (default: $SERVICE_TYPE) answers as healthy, 1 otherwise."""
+    chosen = _role(role)
+    from switchyard.roles.healthcheck import check
+
+    healthy, reason = check(chosen, _settings())
+    click.echo(reason, err=not healthy)
+    sys.exit(0 if healthy else 1)

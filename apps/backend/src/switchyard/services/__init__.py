@@ -1,0 +1,1 @@
+"""Backing services: one module each, with the client lifecycle and a health probe."""

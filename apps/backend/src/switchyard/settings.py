@@ -1,0 +1,206 @@
+"""One settings object for every role, read from the environment and the env files."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Final, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+KNOWN_DEFAULT_SECRETS: Final = frozenset(
+    {"", "changethis", "changeme", "secret", "password", "minioadmin", "neo4j", "postgres"}
+)
+MIN_JWT_SECRET_LENGTH: Final = 32
+
+
+class Role(StrEnum):
+    """Values of SERVICE_TYPE."""
+
+    API_GATEWAY = "api-gateway"
+    MIGRATE = "migrate"
+    STANDALONE = "standalone"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Environment variables win over `.env.backend`, which wins over `.env.infrastructure`."""
+
+    model_config = SettingsConfigDict(
+        env_file=(".env.infrastructure", ".env.backend"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    service_type: str | None = None
+    app_name: str = "Switchyard"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    cors_origins: CommaList = Field(default_factory=list)
+    features: CommaList = Field(default_factory=list)
+    max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_max_overflow: int = Field(default=10, ge=0, le=200)
+    database_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    database_statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    health_probe_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    health_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+
+    var_dir: Path = Path("var")
+    embedded_postgres_port: int = Field(default=0, ge=0, le=65535)
+
+    jwt_secret: SecretStr = SecretStr("changethis")
+
+    redis_url: SecretStr | None = None
+    celery_broker_url: SecretStr | None = None
+    neo4j_uri: str | None = None
+    neo4j_user: str = "neo4j"
+    neo4j_password: SecretStr = SecretStr("changethis")
+    minio_endpoint: str | None = None
+    minio_access_key: SecretStr = SecretStr("minioadmin")
+    minio_secret_key: SecretStr = SecretStr("minioadmin")
+    minio_bucket: str = "switchyard"
+    chroma_host: str | None = None
+    chroma_port: int = Field(default=8000, ge=1, le=65535)
+    zhipuai_api_key: SecretStr | None = None
+
+    @field_validator("cors_origins", "features", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        # SQLAlchemy is imported here, not at the top: `switchyard healthcheck` never needs it.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value.get_secret_value())
+        except ArgumentError:
+            raise ValueError("is not a valid database URL") from None
+        if url.drivername.split("+")[0] not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        return SecretStr(url.set(drivername="postgresql+asyncpg").render_as_string(False))
+
+    @property
+    def database(self) -> URL | None:
+        """The asyncpg URL of the database, or None when none is configured."""
+        if self.database_url is None:
+            return None
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.database_url.get_secret_value())
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, for redaction checks."""
+        secrets = [
+            value.get_secret_value()
+            for value in (
+                self.jwt_secret,
+                self.neo4j_password,
+                self.minio_access_key,
+                self.minio_secret_key,
+                self.zhipuai_api_key,
+                self.redis_url,
+                self.celery_broker_url,
+                self.database_url,
+            )
+            if value is not None
+        ]
+        database = self.database
+        if database is not None and database.password:
+            secrets.append(str(database.password))
+        return [secret for secret in secrets if secret]
+
+    def production_problems(self) -> list[str]:
+        """One line per setting that is unsafe to run in production."""
+        problems: list[str] = []
+        jwt = self.jwt_secret.get_secret_value()
+        if jwt.lower() in KNOWN_DEFAULT_SECRETS:
+            problems.append("JWT_SECRET: missing or left at a known default; set a random secret")
+        elif len(jwt) < MIN_JWT_SECRET_LENGTH:
+            problems.append(
+                f"JWT_SECRET: too short ({len(jwt)} characters); use at least "
+                f"{MIN_JWT_SECRET_LENGTH}"
+            )
+        database = self.database
+        if database is None:
+            problems.append("DATABASE_URL: missing; set the PostgreSQL URL")
+        elif (database.password or "").lower() in KNOWN_DEFAULT_SECRETS:
+            problems.append("DATABASE_URL: the password is empty or a known default")
+        if self.minio_endpoint:
+            for name, secret in (
+                ("MINIO_ACCESS_KEY", self.minio_access_key),
+                ("MINIO_SECRET_KEY", self.minio_secret_key),
+            ):
+                if secret.get_secret_value().lower() in KNOWN_DEFAULT_SECRETS:
+                    problems.append(f"{name}: missing or left at a known default")
+        if self.neo4j_uri and self.neo4j_password.get_secret_value() in KNOWN_DEFAULT_SECRETS:
+            problems.append("NEO4J_PASSWORD: missing or left at a known default")
+        return problems
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; `lines` say why, one per setting."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def load_settings() -> Settings:
+    """Read and check the settings; raise SettingsError with one line per problem."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            field = ".".join(str(part) for part in error["loc"]).upper() or "SETTINGS"
+            lines.append(f"{field}: {error['msg']}")
+        raise SettingsError(lines) from None
+    if settings.environment is Environment.PRODUCTION:
+        problems = settings.production_problems()
+        if problems:
+            raise SettingsError(problems)
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return load_settings()
+
+
+__all__ = ["Environment", "Role", "Settings", "SettingsError", "get_settings", "load_settings"]

@@ -1,0 +1,6 @@
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.postgres",
+    "tests.fixtures.gateway",
+    "tests.fixtures.processes",
+]

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from tests.fixtures.postgres import DatabaseFactory
+from tests.fixtures.processes import SWITCHYARD, switchyard_env
+from tests.fixtures.servers import free_port
+
+VALID = "valid roles: api-gateway, migrate, standalone"
+
+
+def switchyard(
+    *args: str, cwd: Path, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SWITCHYARD, *args],
+        cwd=cwd,
+        env=switchyard_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def dsn(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    result = switchyard("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "run" in result.stdout
+    assert "healthcheck" in result.stdout
+
+
+def test_missing_role_exits_2_with_one_line_naming_the_roles(tmp_path: Path) -> None:
+    result = switchyard("run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert VALID in result.stderr
+
+
+def test_unknown_role_exits_2_with_one_line_naming_the_roles(tmp_path: Path) -> None:
+    for result in (
+        switchyard("run", "scheduler", cwd=tmp_path),
+        switchyard("run", cwd=tmp_path, SERVICE_TYPE="scheduler"),
+    ):
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [f"switchyard: unknown role 'scheduler'; {VALID}"]
+
+
+def test_production_with_default_secrets_refuses_to_start(tmp_path: Path) -> None:
+    result = switchyard(
+        "run", "api-gateway", cwd=tmp_path, ENVIRONMENT="production", JWT_SECRET="changethis"
+    )
+    assert result.returncode == 78
+    assert result.stderr.splitlines() == [
+        "switchyard: configuration error: JWT_SECRET: missing or left at a known default; "
+        "set a random secret",
+        "switchyard: configuration error: DATABASE_URL: missing; set the PostgreSQL URL",
+    ]
+
+
+def test_invalid_setting_is_one_line_without_traceback(tmp_path: Path) -> None:
+    result = switchyard("run", "api-gateway", cwd=tmp_path, API_PORT="eighty")
+    assert result.returncode == 78
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("switchyard: configuration error: API_PORT: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_gateway_without_database_url_refuses_to_start(tmp_path: Path) -> None:
+    result = switchyard("run", "api-gateway", cwd=tmp_path)
+    assert result.returncode == 78
+    assert result.stderr.splitlines()[-1] == (
+        "switchyard: configuration error: DATABASE_URL: required by the api-gateway role"
+    )
+
+
+def test_env_files_in_the_working_directory_are_read(tmp_path: Path) -> None:
+    (tmp_path / ".env.infrastructure").write_text("SERVICE_TYPE=ignored\nAPI_PORT=1\n")
+    (tmp_path / ".env.backend").write_text("API_PORT=not-a-port\n")
+    result = switchyard("run", "migrate", cwd=tmp_path)
+    assert result.returncode == 78
+    assert "API_PORT" in result.stderr
+
+
+def test_healthcheck_fails_when_nothing_listens(tmp_path: Path) -> None:
+    result = switchyard(
+        "healthcheck", cwd=tmp_path, SERVICE_TYPE="api-gateway", API_PORT=str(free_port())
+    )
+    assert result.returncode == 1
+    assert "/health/live" in result.stderr
+
+
+def test_healthcheck_of_migrate_is_its_exit_code(tmp_path: Path) -> None:
+    result = switchyard("healthcheck", "migrate", cwd=tmp_path)
+    assert result.returncode == 0
+
+
+async def test_migrate_role_upgrades_and_is_safe_to_repeat_concurrently(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    url = dsn(await create_database())
+
+    async def migrate_process() -> tuple[int, bytes]:
+        process = await asyncio.create_subprocess_exec(
+            SWITCHYARD,
+            "run",
+            "migrate",
+            cwd=tmp_path,
+            env=switchyard_env(DATABASE_URL=url),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+        return process.returncode or 0, stderr
+
+    outcomes = await asyncio.gather(migrate_process(), migrate_process())
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    code, stderr = await migrate_process()
+    assert code == 0
+    assert b'"message": "database migrated"' in stderr

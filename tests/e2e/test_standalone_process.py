@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.fixtures.processes import RunningRole
+from tests.fixtures.servers import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def postgres_processes(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info["name"] == "postgres" and str(data_dir) in (process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
+    start_role: Callable[..., RunningRole], tmp_path: Path
+) -> None:
+    workdir = tmp_path / "fresh-clone"
+    workdir.mkdir()
+    data_dir = workdir / "var" / "postgres"
+
+    first = start_role("standalone", free_port(), cwd=workdir)
+    health = first.wait_healthy()
+    assert health.json()["checks"]["postgres"]["status"] == "up"
+    assert health.json()["service_type"] == "standalone"
+    assert httpx.get(f"{first.base_url}/api/v1/").json()["service_type"] == "standalone"
+    missing = httpx.get(f"{first.base_url}/nope")
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert first.base_url in first.stdout()
+    assert str(workdir / "var") in first.stdout()
+    assert len(postgres_processes(data_dir)) >= 1
+    pg_version = (data_dir / "PG_VERSION").stat()
+
+    assert first.stop(signal.SIGTERM) == 0
+    assert first.leftovers() == []
+    assert postgres_processes(data_dir) == []
+
+    second = start_role("standalone", free_port(), cwd=workdir)
+    second.wait_healthy()
+    assert "initialising embedded PostgreSQL" not in second.stderr()
+    assert (data_dir / "PG_VERSION").stat().st_mtime_ns == pg_version.st_mtime_ns
+    assert second.stop(signal.SIGINT) == 0
+    assert second.leftovers() == []
+    assert postgres_processes(data_dir) == []
+
+
+def test_killed_standalone_takes_its_postgres_along(
+    start_role: Callable[..., RunningRole], tmp_path: Path
+) -> None:
+    standalone = start_role("standalone", free_port())
+    standalone.wait_healthy()
+    assert standalone.descendants
+    standalone.stop(signal.SIGKILL)
+    assert standalone.leftovers(timeout=15) == []

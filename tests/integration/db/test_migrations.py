@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import asyncio
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from switchyard.db.base import Base
+from switchyard.db.migrate import migrate
+from tests.fixtures.postgres import DatabaseFactory
+
+APP_TABLES = {"tenants", "data_source_connections", "knowledge_documents"}
+
+
+async def tables(url: URL) -> set[str]:
+    engine = create_async_engine(url)
+    async with engine.connect() as connection:
+        names = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+    await engine.dispose()
+    return names
+
+
+async def current_revision(url: URL) -> str | None:
+    engine = create_async_engine(url)
+    async with engine.connect() as connection:
+        revision = await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
+    await engine.dispose()
+    return revision
+
+
+def _diff(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "compare_server_default": True}
+    )
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def test_models_and_migrations_agree(database_url: URL) -> None:
+    engine = create_async_engine(database_url)
+    async with engine.connect() as connection:
+        differences = await connection.run_sync(_diff)
+    await engine.dispose()
+    assert differences == []
+
+
+async def test_upgrade_downgrade_upgrade(create_database: DatabaseFactory) -> None:
+    url = await create_database()
+    await migrate(url)
+    assert await tables(url) >= APP_TABLES
+    await migrate(url, "base", downgrade=True)
+    assert not APP_TABLES & await tables(url)
+    assert await current_revision(url) is None
+    await migrate(url)
+    assert await tables(url) >= APP_TABLES
+    assert await current_revision(url) == "0001"
+
+
+async def test_migrate_twice_is_a_no_op(create_database: DatabaseFactory) -> None:
+    url = await create_database()
+    await migrate(url)
+    await migrate(url)
+    assert await current_revision(url) == "0001"
+
+
+async def test_concurrent_migrations_wait_for_each_other(create_database: DatabaseFactory) -> None:
+    url = await create_database()
+    await asyncio.gather(*(migrate(url) for _ in range(4)))
+    assert await current_revision(url) == "0001"
+
+
+async def test_migrate_leaves_no_advisory_lock_behind(create_database: DatabaseFactory) -> None:
+    url = await create_database()
+    await migrate(url)
+    engine = create_async_engine(url)
+    async with engine.connect() as connection:
+        held = await connection.scalar(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        )
+    await engine.dispose()
+    assert held == 0

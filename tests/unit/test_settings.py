@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from switchyard.settings import Environment, Settings, SettingsError, load_settings
+
+STRONG_SECRET = "x" * 48
+PROD_DB = "postgresql://app:a-real-password-9f2@db.internal:5432/app"
+
+
+def test_defaults_serve_on_localhost_8000_in_development(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(Path("/"))
+    settings = Settings(_env_file=None)
+    assert (settings.api_host, settings.api_port) == ("127.0.0.1", 8000)
+    assert settings.environment is Environment.DEVELOPMENT
+    assert settings.database is None
+    assert settings.health_probe_timeout_seconds == 2.0
+
+
+def test_environment_beats_backend_file_beats_infrastructure_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env.infrastructure").write_text(
+        "APP_NAME=from-infra\nLOG_LEVEL=DEBUG\nAPI_PORT=1\n"
+    )
+    (tmp_path / ".env.backend").write_text("APP_NAME=from-backend\nAPI_PORT=2\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("API_PORT", "3")
+    settings = Settings()
+    assert settings.api_port == 3
+    assert settings.app_name == "from-backend"
+    assert settings.log_level == "DEBUG"
+
+
+def test_comma_separated_lists_are_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURES", "signup, graph ,,")
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example,https://b.example")
+    settings = Settings(_env_file=None)
+    assert settings.features == ["signup", "graph"]
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+
+
+def test_database_url_is_normalised_to_asyncpg() -> None:
+    settings = Settings(_env_file=None, database_url="postgres://u:p@h:5433/d")
+    assert settings.database is not None
+    assert settings.database.drivername == "postgresql+asyncpg"
+    assert (settings.database.host, settings.database.port) == ("h", 5433)
+
+
+@pytest.mark.parametrize("url", ["mysql://u:p@h/d", "not a url"])
+def test_non_postgres_database_url_is_a_settings_error(
+    url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert len(raised.value.lines) == 1
+    assert raised.value.lines[0].startswith("DATABASE_URL: ")
+
+
+def test_production_refuses_every_default_secret_one_line_each(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:changethis@db:5432/app")
+    monkeypatch.setenv("MINIO_ENDPOINT", "minio:9000")
+    monkeypatch.setenv("NEO4J_URI", "bolt://neo4j:7687")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    fields = [line.split(":", 1)[0] for line in raised.value.lines]
+    assert fields == [
+        "JWT_SECRET",
+        "DATABASE_URL",
+        "MINIO_ACCESS_KEY",
+        "MINIO_SECRET_KEY",
+        "NEO4J_PASSWORD",
+    ]
+    assert not any("changethis" in line or "minioadmin" in line for line in raised.value.lines)
+
+
+def test_production_refuses_a_short_jwt_secret_and_a_missing_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_SECRET", "short-but-not-default")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert raised.value.lines == [
+        "JWT_SECRET: too short (21 characters); use at least 32",
+        "DATABASE_URL: missing; set the PostgreSQL URL",
+    ]
+
+
+def test_production_accepts_strong_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_SECRET", STRONG_SECRET)
+    monkeypatch.setenv("DATABASE_URL", PROD_DB)
+    settings = load_settings()
+    assert settings.environment is Environment.PRODUCTION
+
+
+def test_development_tolerates_default_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().jwt_secret.get_secret_value() == "changethis"
+
+
+def test_secret_values_include_the_database_password() -> None:
+    settings = Settings(_env_file=None, database_url=PROD_DB, jwt_secret=STRONG_SECRET)
+    secrets = settings.secret_values()
+    assert "a-real-password-9f2" in secrets
+    assert STRONG_SECRET in secrets
+
+
+def test_env_example_lists_every_setting(repo_root: Path) -> None:
+    example = (repo_root / ".env.backend.example").read_text()
+    listed = {
+        line.split("=", 1)[0].lstrip("# ").strip()
+        for line in example.splitlines()
+        if "=" in line and not line.startswith("# ")
+    }
+    assert {name.upper() for name in Settings.model_fields} <= listed
+
+
+def test_empty_values_fall_back_to_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "")
+    monkeypatch.setenv("API_PORT", "")
+    settings = Settings(_env_file=None)
+    assert settings.redis_url is None
+    assert settings.api_port == 8000
