@@ -54,6 +54,21 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     assert postgres_processes(data_dir) == []
 
 
+def test_second_standalone_on_the_same_data_refuses_with_one_line(
+    start_role: Callable[..., RunningRole], tmp_path: Path
+) -> None:
+    first = start_role("standalone", free_port())
+    first.wait_healthy()
+    second = start_role("standalone", free_port())
+    assert second.process.wait(30) == 1
+    assert second.stderr().splitlines()[-1] == (
+        f"switchyard: standalone could not start: embedded PostgreSQL: {tmp_path / 'var'} "
+        "is in use by another running Switchyard; stop it or set VAR_DIR"
+    )
+    assert httpx.get(f"{first.base_url}/health").json()["checks"]["postgres"]["status"] == "up"
+    assert first.stop() == 0
+
+
 def test_killed_standalone_takes_its_postgres_along(
     start_role: Callable[..., RunningRole], tmp_path: Path
 ) -> None:

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -83,3 +87,18 @@ async def test_migrate_leaves_no_advisory_lock_behind(create_database: DatabaseF
         )
     await engine.dispose()
     assert held == 0
+
+
+def test_alembic_command_line_sees_no_pending_change(database_url: URL, repo_root: Path) -> None:
+    """The developer workflow of the README: `alembic ...` with DATABASE_URL set."""
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("alembic")), "check"],
+        cwd=repo_root,
+        env={**os.environ, "DATABASE_URL": database_url.render_as_string(hide_password=False)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "No new upgrade operations detected" in result.stdout + result.stderr

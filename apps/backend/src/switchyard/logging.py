@@ -23,6 +23,8 @@ class RequestContextFilter(logging.Filter):
             record.request_id = request_id
         if self.service_type:
             record.service_type = self.service_type
+        # uvicorn adds an ANSI-coloured copy of some messages; JSON readers want one message.
+        record.__dict__.pop("color_message", None)
         return True
 
 

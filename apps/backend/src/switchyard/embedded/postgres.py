@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import psutil
 from sqlalchemy.engine import URL
@@ -60,6 +62,7 @@ class EmbeddedPostgres:
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock: IO[bytes] | None = None
         self.system_user = SYSTEM_USER if os.geteuid() == 0 else None
 
     def url(self, database: str = SUPERUSER) -> URL:
@@ -73,6 +76,26 @@ class EmbeddedPostgres:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        try:
+            self._start_locked()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _take_lock(self) -> None:
+        """One owner per data dir: a second process would fight over the same server."""
+        lock = (self.root / ".lock").open("wb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise EmbeddedPostgresError(
+                f"{self.root} is in use by another running Switchyard; stop it or set VAR_DIR"
+            ) from None
+        self._lock = lock
+
+    def _start_locked(self) -> None:
         self._prepare_permissions()
         self._stop_leftover()
         if not (self.data_dir / "PG_VERSION").exists():
@@ -102,14 +125,16 @@ class EmbeddedPostgres:
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown; kill after `timeout`."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.close()
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()

@@ -13,7 +13,7 @@ import click
 
 from switchyard import __version__
 from switchyard.logging import configure_logging
-from switchyard.roles.errors import RoleConfigurationError
+from switchyard.roles.errors import RoleConfigurationError, RoleStartupError
 from switchyard.settings import Role, Settings, SettingsError, load_settings
 
 # Imported on dispatch, so `--help` and `healthcheck` stay quick.
@@ -76,6 +76,8 @@ def run(role: str | None) -> None:
         code = start(settings)
     except RoleConfigurationError as exc:
         _fail(f"configuration error: {exc}", EXIT_CONFIG)
+    except RoleStartupError as exc:
+        _fail(f"{chosen.value} could not start: {exc}", 1)
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)

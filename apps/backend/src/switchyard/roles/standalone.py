@@ -9,8 +9,9 @@ import asyncpg
 from pydantic import SecretStr
 
 from switchyard.db.migrate import migrate
-from switchyard.embedded.postgres import EmbeddedPostgres
+from switchyard.embedded.postgres import EmbeddedPostgres, EmbeddedPostgresError
 from switchyard.roles.api_gateway import serve
+from switchyard.roles.errors import RoleStartupError
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,17 @@ def run(settings: Settings) -> int:
     if settings.database_url is not None:
         logger.warning("standalone ignores DATABASE_URL and uses its embedded PostgreSQL")
     postgres = EmbeddedPostgres(settings.var_dir, port=settings.embedded_postgres_port)
-    with postgres:
+    try:
+        postgres.start()
+    except EmbeddedPostgresError as exc:
+        raise RoleStartupError(f"embedded PostgreSQL: {exc}") from None
+    try:
         asyncio.run(_prepare(postgres))
         embedded = settings.model_copy(
             update={"database_url": SecretStr(postgres.url(DATABASE).render_as_string(False))}
         )
         print(_banner(settings, postgres), flush=True)
         serve(embedded, "standalone")
+    finally:
+        postgres.stop()
     return 0

@@ -3,10 +3,10 @@ from __future__ import annotations
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from switchyard.db.base import Base, Timestamps, UUIDPrimaryKey
+from switchyard.db.base import Base, Timestamps, UUIDPrimaryKey, string_enum
 
 
 class DocumentStatus(StrEnum):
@@ -29,14 +29,7 @@ class KnowledgeDocument(UUIDPrimaryKey, Timestamps, Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     object_key: Mapped[str] = mapped_column(String(1024))
     status: Mapped[DocumentStatus] = mapped_column(
-        Enum(
-            DocumentStatus,
-            name="document_status",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=lambda members: [member.value for member in members],
-        ),
+        string_enum(DocumentStatus, "document_status"),
         default=DocumentStatus.PENDING,
         server_default=DocumentStatus.PENDING.value,
     )

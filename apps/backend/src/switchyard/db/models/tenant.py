@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from sqlalchemy import Enum, String
+from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from switchyard.db.base import Base, Timestamps, UUIDPrimaryKey
+from switchyard.db.base import Base, Timestamps, UUIDPrimaryKey, string_enum
 
 
 class TenantStatus(StrEnum):
@@ -21,14 +21,7 @@ class Tenant(UUIDPrimaryKey, Timestamps, Base):
     name: Mapped[str] = mapped_column(String(200))
     slug: Mapped[str] = mapped_column(String(63), unique=True)
     status: Mapped[TenantStatus] = mapped_column(
-        Enum(
-            TenantStatus,
-            name="tenant_status",
-            native_enum=False,
-            create_constraint=True,
-            length=16,
-            values_callable=lambda members: [member.value for member in members],
-        ),
+        string_enum(TenantStatus, "tenant_status"),
         default=TenantStatus.ACTIVE,
         server_default=TenantStatus.ACTIVE.value,
     )
