@@ -1,6 +1,7 @@
 pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.postgres",
+    "tests.fixtures.messaging",
     "tests.fixtures.gateway",
     "tests.fixtures.processes",
 ]

@@ -10,7 +10,7 @@ from tests.fixtures.postgres import DatabaseFactory
 from tests.fixtures.processes import SWITCHYARD, switchyard_env
 from tests.fixtures.servers import free_port
 
-VALID = "valid roles: api-gateway, migrate, standalone"
+VALID = "valid roles: api-gateway, worker, beat, migrate, standalone"
 
 
 def switchyard(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,16 @@ from tests.fixtures.processes import RunningRole
 from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.e2e
+
+
+def wait_for_final(url: str, timeout: float = 60.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run: dict[str, object] = httpx.get(url).json()
+        if run["state"] in ("succeeded", "failed", "dead_lettered", "cancelled"):
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not final within {timeout} s")
 
 
 def postgres_processes(data_dir: Path) -> list[psutil.Process]:
@@ -41,6 +52,15 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     assert len(postgres_processes(data_dir)) >= 1
     pg_version = (data_dir / "PG_VERSION").stat()
 
+    accepted = httpx.post(
+        f"{first.base_url}/api/v1/tasks/run",
+        json={"task": "system.echo", "payload": {"message": "hello standalone"}},
+    )
+    assert accepted.status_code == 202
+    run = wait_for_final(f"{first.base_url}{accepted.headers['location']}")
+    assert run["state"] == "succeeded"
+    assert run["result"] == {"message": "hello standalone"}
+
     assert first.stop(signal.SIGTERM) == 0
     assert first.leftovers() == []
     assert postgres_processes(data_dir) == []
@@ -62,7 +82,7 @@ def test_second_standalone_on_the_same_data_refuses_with_one_line(
     second = start_role("standalone", free_port())
     assert second.process.wait(30) == 1
     assert second.stderr().splitlines()[-1] == (
-        f"switchyard: standalone could not start: embedded PostgreSQL: {tmp_path / 'var'} "
+        f"switchyard: standalone could not start: {tmp_path / 'var'} "
         "is in use by another running Switchyard; stop it or set VAR_DIR"
     )
     assert httpx.get(f"{first.base_url}/health").json()["checks"]["postgres"]["status"] == "up"

@@ -47,7 +47,9 @@ async def test_full_report_with_postgres_up(client: httpx.AsyncClient) -> None:
     assert postgres["critical"] is True
     assert postgres["latency_ms"] > 0
     assert "error" not in postgres
-    assert (await client.get("/api/v1/health")).json()["checks"].keys() == {"postgres"}
+    assert body["checks"]["redis"]["status"] == "up"
+    assert body["checks"]["redis"]["critical"] is True
+    assert (await client.get("/api/v1/health")).json()["checks"].keys() == {"postgres", "redis"}
     assert (await client.get("/health/ready")).status_code == 200
 
 

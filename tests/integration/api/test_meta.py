@@ -31,6 +31,7 @@ async def test_config_reports_features_limits_and_services(make_settings: Settin
     assert body["limits"]["max_request_body_bytes"] == 4096
     assert body["limits"]["health_probe_timeout_seconds"] == 1.5
     assert body["services"]["postgres"] is True
+    assert body["services"]["redis"] is True
     assert body["services"]["llm"] is False
 
 

@@ -10,8 +10,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.api.app import create_app
-from switchyard.api.deps import SessionDep
 from switchyard.db.models import Tenant
+from switchyard.dependencies import SessionDep
 from tests.fixtures.gateway import SettingsFactory, running
 
 

@@ -32,8 +32,9 @@ async def test_engine_takes_pool_and_timeouts_from_settings(make_settings: Setti
 async def test_without_database_url_there_is_no_engine_and_the_check_is_disabled(
     make_settings: SettingsFactory,
 ) -> None:
-    services = Services.create(make_settings(database_url=None), "api-gateway")
+    services = Services.create(make_settings(database_url=None, redis_url=None), "api-gateway")
     report = await services.health_monitor().report()
     assert services.database is None
     assert report.checks["postgres"].status == "disabled"
+    assert report.checks["redis"].status == "disabled"
     assert services.enabled()["postgres"] is False

@@ -12,9 +12,10 @@ class SwitchyardError(Exception):
     code: ClassVar[str] = "bad_request"
     title: ClassVar[str] = "Bad request"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers
 
 
 class NotFoundError(SwitchyardError):
@@ -33,3 +34,15 @@ class ServiceUnavailableError(SwitchyardError):
     status = 503
     code = "service_unavailable"
     title = "Service unavailable"
+
+
+class InvalidInputError(SwitchyardError):
+    """Input that parsed but breaks a rule; `errors` names each failing field."""
+
+    status = 422
+    code = "validation_error"
+    title = "Unprocessable Content"
+
+    def __init__(self, detail: str, errors: list[dict[str, str]]) -> None:
+        super().__init__(detail)
+        self.errors = errors

@@ -23,6 +23,8 @@ class Role(StrEnum):
     """Values of SERVICE_TYPE."""
 
     API_GATEWAY = "api-gateway"
+    WORKER = "worker"
+    BEAT = "beat"
     MIGRATE = "migrate"
     STANDALONE = "standalone"
 
@@ -80,7 +82,20 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr = SecretStr("changethis")
 
     redis_url: SecretStr | None = None
+    redis_socket_timeout_seconds: float = Field(default=2.0, gt=0)
+    redis_max_connections: int = Field(default=50, ge=1)
+    cache_namespace: str = "switchyard"
+
     celery_broker_url: SecretStr | None = None
+    broker_publish_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    task_delivery_limit: int = Field(default=5, ge=1, le=100)
+    task_max_countdown_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    task_republish_after_seconds: float = Field(default=15.0, gt=0)
+    worker_concurrency: int = Field(default=2, ge=1, le=64)
+    worker_queues: CommaList = Field(default_factory=lambda: ["default", "llm"])
+    worker_pool: Literal["prefork", "threads", "solo"] = "prefork"
+    beat_tick_seconds: float = Field(default=1.0, gt=0, le=60)
+    heartbeat_max_age_seconds: float = Field(default=60.0, gt=0)
     neo4j_uri: str | None = None
     neo4j_user: str = "neo4j"
     neo4j_password: SecretStr = SecretStr("changethis")
@@ -92,7 +107,7 @@ class Settings(BaseSettings):
     chroma_port: int = Field(default=8000, ge=1, le=65535)
     zhipuai_api_key: SecretStr | None = None
 
-    @field_validator("cors_origins", "features", mode="before")
+    @field_validator("cors_origins", "features", "worker_queues", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
@@ -113,6 +128,10 @@ class Settings(BaseSettings):
         if url.drivername.split("+")[0] not in ("postgresql", "postgres"):
             raise ValueError("must be a postgresql:// URL")
         return SecretStr(url.set(drivername="postgresql+asyncpg").render_as_string(False))
+
+    def heartbeat_file(self, role: str) -> Path:
+        """Where a worker or beat process proves it is alive (read by `switchyard healthcheck`)."""
+        return self.var_dir / f"{role}.heartbeat"
 
     @property
     def database(self) -> URL | None:

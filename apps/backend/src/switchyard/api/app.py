@@ -12,20 +12,32 @@ from switchyard import API_VERSION, __version__
 from switchyard.api.errors import install_exception_handlers
 from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
 from switchyard.api.routes import health, meta
+from switchyard.platform.broker import Broker
+from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
+from switchyard.services.health import HealthCheck
 from switchyard.settings import Settings
+from switchyard.tasks import endpoints as tasks
 
 
 def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.create(settings, service_type)
+        broker = Broker.create(settings)
         app.state.services = services
-        app.state.health = services.health_monitor()
+        app.state.broker = broker
+        app.state.registry = load_task_modules()
+        checks = services.health_checks()
+        if broker is not None:
+            checks.append(HealthCheck("broker", critical=False, probe=broker.probe))
+        app.state.health = services.health_monitor(checks)
         try:
             yield
         finally:
             await services.close()
+            if broker is not None:
+                broker.close()
 
     app = FastAPI(
         title=settings.app_name,
@@ -50,5 +62,6 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(health.router)
     api = f"/api/{API_VERSION}"
     app.include_router(meta.router, prefix=api)
+    app.include_router(tasks.router, prefix=api)
     app.include_router(health.router, prefix=api, include_in_schema=False)
     return app

@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from switchyard.api.problems import FieldError, problem_response
-from switchyard.errors import SwitchyardError
+from switchyard.errors import InvalidInputError, SwitchyardError
 
 VALIDATION_DETAIL = "The request is not valid; see `errors` for each failing field."
 
@@ -45,8 +45,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SwitchyardError)
+    errors = (
+        [FieldError(**error) for error in exc.errors]
+        if isinstance(exc, InvalidInputError)
+        else None
+    )
     return problem_response(
-        exc.status, detail=exc.detail, code=exc.code, title=exc.title, instance=request.url.path
+        exc.status,
+        detail=exc.detail,
+        code=exc.code,
+        title=exc.title,
+        instance=request.url.path,
+        errors=errors,
+        headers=exc.headers,
     )
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 import warnings
@@ -18,6 +16,8 @@ from typing import IO
 
 import psutil
 from sqlalchemy.engine import URL
+
+from switchyard.embedded.process import die_with_parent, free_port
 
 with warnings.catch_warnings():
     # The package asks platformdirs for a runtime dir at import; we never use it.
@@ -33,23 +33,15 @@ logger = logging.getLogger(__name__)
 
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
-PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedPostgresError(RuntimeError):
     pass
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _die_with_parent() -> None:
-    """Runs in the child: a fast shutdown when the parent dies, even by SIGKILL."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+    """A fast shutdown (SIGINT) when the parent dies, even by SIGKILL."""
+    die_with_parent(signal.SIGINT)
 
 
 class EmbeddedPostgres:

@@ -19,6 +19,8 @@ from switchyard.settings import Role, Settings, SettingsError, load_settings
 # Imported on dispatch, so `--help` and `healthcheck` stay quick.
 ROLES: dict[Role, str] = {
     Role.API_GATEWAY: "switchyard.roles.api_gateway",
+    Role.WORKER: "switchyard.roles.worker",
+    Role.BEAT: "switchyard.roles.beat",
     Role.MIGRATE: "switchyard.roles.migrate",
     Role.STANDALONE: "switchyard.roles.standalone",
 }
@@ -66,7 +68,7 @@ def main() -> None:
 @main.command()
 @click.argument("role", required=False, envvar="SERVICE_TYPE")
 def run(role: str | None) -> None:
-    """Start ROLE (default: $SERVICE_TYPE): api-gateway, migrate or standalone."""
+    """Start ROLE (default: $SERVICE_TYPE): api-gateway, worker, beat, migrate or standalone."""
     chosen = _role(role)
     settings = _settings()
     configure_logging(settings.log_level, chosen.value)

@@ -9,10 +9,7 @@ from switchyard.settings import Role, Settings
 TIMEOUT_SECONDS = 3.0
 
 
-def check(role: Role, settings: Settings) -> tuple[bool, str]:
-    """Whether the role is healthy, and one line saying why."""
-    if role is Role.MIGRATE:
-        return True, "migrate is a one-shot role: its exit code is its health"
+def _gateway(settings: Settings) -> tuple[bool, str]:
     host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
     url = f"http://{host}:{settings.api_port}/health/live"
     try:
@@ -22,3 +19,58 @@ def check(role: Role, settings: Settings) -> tuple[bool, str]:
     if response.status_code != 200:
         return False, f"{url}: HTTP {response.status_code}"
     return True, f"{url}: ok"
+
+
+def _heartbeat(settings: Settings, role: str) -> tuple[dict[str, object] | None, str]:
+    from switchyard.platform.heartbeat import read_heartbeat
+
+    path = settings.heartbeat_file(role)
+    try:
+        content, age = read_heartbeat(path)
+    except (OSError, ValueError, KeyError) as exc:
+        return None, f"{role}: no heartbeat at {path} ({type(exc).__name__})"
+    if age > settings.heartbeat_max_age_seconds:
+        limit = settings.heartbeat_max_age_seconds
+        return None, f"{role}: heartbeat is {age:.0f} s old (limit {limit:g} s)"
+    return content, f"{role}: heartbeat {age:.1f} s old"
+
+
+def _worker(settings: Settings) -> tuple[bool, str]:
+    content, reason = _heartbeat(settings, "worker")
+    if content is None:
+        return False, reason
+    from switchyard.platform.broker import Broker
+
+    broker = Broker.create(settings)
+    if broker is None:
+        return False, "worker: CELERY_BROKER_URL is not set"
+    hostname = str(content.get("hostname"))
+    try:
+        replies = broker.celery.control.ping(destination=[hostname], timeout=TIMEOUT_SECONDS)
+    finally:
+        broker.close()
+    if not any(hostname in reply for reply in replies or []):
+        return False, f"{reason}; node {hostname} did not answer a control ping"
+    return True, f"{reason}; node {hostname} answered"
+
+
+def _beat(settings: Settings) -> tuple[bool, str]:
+    content, reason = _heartbeat(settings, "beat")
+    if content is None:
+        return False, reason
+    since = content.get("leader_since")
+    at = content.get("at")
+    if isinstance(since, int | float) and isinstance(at, int | float):
+        return True, f"{reason}; leader, lock held {at - since:.0f} s"
+    return True, f"{reason}; standby"
+
+
+def check(role: Role, settings: Settings) -> tuple[bool, str]:
+    """Whether the role is healthy, and one line saying why."""
+    if role is Role.MIGRATE:
+        return True, "migrate is a one-shot role: its exit code is its health"
+    if role is Role.WORKER:
+        return _worker(settings)
+    if role is Role.BEAT:
+        return _beat(settings)
+    return _gateway(settings)

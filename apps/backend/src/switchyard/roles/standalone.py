@@ -1,15 +1,27 @@
-"""The `standalone` role: the whole product from one command on embedded backends."""
+"""The `standalone` role: the whole product from one command on embedded backends.
+
+PostgreSQL and Redis run as children of this process (Redis is also the broker); a worker and
+a beat run as `switchyard run worker|beat` children; the gateway runs here. All of them die
+with this process."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
 
 import asyncpg
 from pydantic import SecretStr
 
 from switchyard.db.migrate import migrate
 from switchyard.embedded.postgres import EmbeddedPostgres, EmbeddedPostgresError
+from switchyard.embedded.process import die_with_parent
+from switchyard.embedded.redis import EmbeddedRedis, EmbeddedRedisError
 from switchyard.roles.api_gateway import serve
 from switchyard.roles.errors import RoleStartupError
 from switchyard.settings import Settings
@@ -17,6 +29,7 @@ from switchyard.settings import Settings
 logger = logging.getLogger(__name__)
 
 DATABASE = "switchyard"
+CHILD_STOP_SECONDS = 20.0
 
 
 async def _create_database(postgres: EmbeddedPostgres) -> None:
@@ -36,34 +49,85 @@ async def _prepare(postgres: EmbeddedPostgres) -> None:
     await migrate(postgres.url(DATABASE))
 
 
-def _banner(settings: Settings, postgres: EmbeddedPostgres) -> str:
+def _banner(settings: Settings, postgres: EmbeddedPostgres, redis: EmbeddedRedis) -> str:
     base = f"http://{settings.api_host}:{settings.api_port}"
     return "\n".join(
         [
             "Switchyard standalone",
             f"  API    {base}/api/v1/  (docs {base}/docs, health {base}/health)",
-            f"  data   {postgres.root}  (PostgreSQL on 127.0.0.1:{postgres.port})",
+            f"  data   {postgres.root}  (PostgreSQL on 127.0.0.1:{postgres.port}, "
+            f"Redis on 127.0.0.1:{redis.port})",
+            "  tasks  a worker and a beat run alongside; try POST /api/v1/tasks/run",
             "  stop   Ctrl-C or SIGTERM",
         ]
     )
 
 
+class Children:
+    """`switchyard run ROLE` child processes that die with this one."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, role: str) -> None:
+        executable = Path(sys.executable).with_name("switchyard")
+        self.processes.append(
+            subprocess.Popen(
+                [str(executable), "run", role],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - at start-up, before any thread
+            )
+        )
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(CHILD_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def run(settings: Settings) -> int:
     """Server URLs in the settings are ignored: standalone always runs on embedded backends."""
-    if settings.database_url is not None:
-        logger.warning("standalone ignores DATABASE_URL and uses its embedded PostgreSQL")
+    if settings.database_url is not None or settings.redis_url is not None:
+        logger.warning("standalone ignores server URLs and uses its embedded backends")
     postgres = EmbeddedPostgres(settings.var_dir, port=settings.embedded_postgres_port)
-    try:
-        postgres.start()
-    except EmbeddedPostgresError as exc:
-        raise RoleStartupError(f"embedded PostgreSQL: {exc}") from None
-    try:
+    redis = EmbeddedRedis(settings.var_dir)
+    with ExitStack() as stack:
+        try:
+            postgres.start()
+            stack.callback(postgres.stop)
+            redis.start()
+            stack.callback(redis.stop)
+        except (EmbeddedPostgresError, EmbeddedRedisError) as exc:
+            raise RoleStartupError(str(exc)) from None
         asyncio.run(_prepare(postgres))
+        database_url = postgres.url(DATABASE).render_as_string(hide_password=False)
         embedded = settings.model_copy(
-            update={"database_url": SecretStr(postgres.url(DATABASE).render_as_string(False))}
+            update={
+                "database_url": SecretStr(database_url),
+                "redis_url": SecretStr(redis.url(0)),
+                "celery_broker_url": SecretStr(redis.url(1)),
+            }
         )
-        print(_banner(settings, postgres), flush=True)
+        children = Children(
+            {
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "REDIS_URL": redis.url(0),
+                "CELERY_BROKER_URL": redis.url(1),
+                "VAR_DIR": str(settings.var_dir.absolute()),
+            }
+        )
+        stack.callback(children.stop)
+        children.start("worker")
+        children.start("beat")
+        print(_banner(settings, postgres, redis), flush=True)
         serve(embedded, "standalone")
-    finally:
-        postgres.stop()
     return 0

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard import __version__
-from switchyard.services import postgres
+from switchyard.services import postgres, redis
+from switchyard.services.cache import Cache
 from switchyard.services.health import HealthCheck, HealthMonitor
 from switchyard.settings import Settings
 
@@ -19,6 +21,11 @@ class Services:
     service_type: str
     database: AsyncEngine | None
     sessions: async_sessionmaker[AsyncSession] | None
+    redis: Redis | None = None
+    cache: Cache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = Cache(self.redis, self.settings.cache_namespace)
 
     @classmethod
     def create(cls, settings: Settings, service_type: str) -> Services:
@@ -30,11 +37,18 @@ class Services:
             else None
         )
         sessions = postgres.create_session_factory(engine) if engine is not None else None
-        return cls(settings, service_type, engine, sessions)
+        redis_client = (
+            redis.create_client(settings, settings.redis_url.get_secret_value())
+            if settings.redis_url is not None
+            else None
+        )
+        return cls(settings, service_type, engine, sessions, redis_client)
 
     async def close(self) -> None:
         if self.database is not None:
             await self.database.dispose()
+        if self.redis is not None:
+            await self.redis.aclose()
 
     def health_checks(self) -> list[HealthCheck]:
         return [
@@ -42,12 +56,17 @@ class Services:
                 name="postgres",
                 critical=True,
                 probe=partial(postgres.probe, self.database) if self.database else None,
-            )
+            ),
+            HealthCheck(
+                name="redis",
+                critical=True,
+                probe=partial(redis.probe, self.redis) if self.redis else None,
+            ),
         ]
 
-    def health_monitor(self) -> HealthMonitor:
+    def health_monitor(self, checks: list[HealthCheck] | None = None) -> HealthMonitor:
         return HealthMonitor(
-            self.health_checks(),
+            self.health_checks() if checks is None else checks,
             service_type=self.service_type,
             version=__version__,
             timeout=self.settings.health_probe_timeout_seconds,
@@ -59,7 +78,7 @@ class Services:
         settings = self.settings
         return {
             "postgres": self.database is not None,
-            "redis": settings.redis_url is not None,
+            "redis": self.redis is not None,
             "broker": settings.celery_broker_url is not None,
             "neo4j": settings.neo4j_uri is not None,
             "objects": settings.minio_endpoint is not None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from switchyard.api.deps import HealthDep
+from switchyard.dependencies import HealthDep
 from switchyard.services.health import HealthReport
 
 router = APIRouter(tags=["health"])

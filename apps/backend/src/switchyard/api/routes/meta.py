@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from switchyard import API_VERSION, __version__
-from switchyard.api.deps import ServicesDep
 from switchyard.api.schemas import ApiInfo, Limits, RuntimeConfig
+from switchyard.dependencies import ServicesDep
 
 router = APIRouter(tags=["meta"])
 

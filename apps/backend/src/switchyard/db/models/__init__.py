@@ -1,13 +1,22 @@
 """Every model, imported so that `Base.metadata` is complete."""
 
 from switchyard.db.models.datasource import DataSourceConnection
+from switchyard.db.models.dead_letter import DeadLetter
 from switchyard.db.models.document import DocumentStatus, KnowledgeDocument
-from switchyard.db.models.tenant import Tenant, TenantStatus
+from switchyard.db.models.task_definition import TaskDefinition
+from switchyard.db.models.task_run import FINAL_STATES, RunState, TaskRun
+from switchyard.db.models.tenant import DEFAULT_TENANT_ID, Tenant, TenantStatus
 
 __all__ = [
+    "DEFAULT_TENANT_ID",
+    "FINAL_STATES",
     "DataSourceConnection",
+    "DeadLetter",
     "DocumentStatus",
     "KnowledgeDocument",
+    "RunState",
+    "TaskDefinition",
+    "TaskRun",
     "Tenant",
     "TenantStatus",
 ]

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import uuid
 from enum import StrEnum
 
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from switchyard.db.base import Base, Timestamps, UUIDPrimaryKey, string_enum
+
+# Owns everything until authentication assigns real tenants; created by migration 0002.
+DEFAULT_TENANT_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
 
 
 class TenantStatus(StrEnum):

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import DateTime, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from switchyard.db.base import Base, Timestamps, UUIDPrimaryKey, string_enum
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    STARTED = "started"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {RunState.SUCCEEDED, RunState.FAILED, RunState.DEAD_LETTERED, RunState.CANCELLED}
+)
+
+
+class TaskRun(UUIDPrimaryKey, Timestamps, Base):
+    """The ledger: one row per accepted run, written before the message is published."""
+
+    __tablename__ = "task_runs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        UniqueConstraint("definition_id", "scheduled_for"),
+        Index("ix_task_runs_tenant_id_created_at", "tenant_id", "created_at"),
+        Index(
+            "ix_task_runs_unpublished",
+            "created_at",
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(String(200))
+    definition_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("task_definitions.id", ondelete="SET NULL")
+    )
+    queue: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    state: Mapped[RunState] = mapped_column(string_enum(RunState, "run_state"))
+    result: Mapped[Any | None] = mapped_column(JSONB)
+    error_type: Mapped[str | None] = mapped_column(String(200))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    eta: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    submitted_by: Mapped[str | None] = mapped_column(String(200))
+    replay_of: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("task_runs.id", ondelete="SET NULL")
+    )

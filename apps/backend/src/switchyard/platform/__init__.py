@@ -1,0 +1,1 @@
+"""The task platform: Celery app, registry, queue topology, ledger, dead letters, beat."""

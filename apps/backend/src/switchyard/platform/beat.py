@@ -1,0 +1,204 @@
+"""Beat: publishes due runs of scheduled definitions; one leader at a time.
+
+The leader holds a PostgreSQL advisory lock on a connection of its own, so a dead leader's
+lock goes with its connection and a standby takes over on its next tick. Each due tick is
+claimed in the database (`last_scheduled_for`, and a unique (definition, tick) run), so even
+two leaders at once would publish it once. The leader also re-publishes accepted runs whose
+publish never completed (the gateway died in between)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from switchyard.db.models import RunState, TaskDefinition, TaskRun
+from switchyard.platform import ledger
+from switchyard.platform.heartbeat import write_heartbeat
+from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
+from switchyard.platform.registry import TaskRegistry
+from switchyard.platform.schedules import latest_due
+from switchyard.services.container import Services
+
+logger = logging.getLogger(__name__)
+
+LEADER_LOCK_KEY = 0x5357_4254  # "SWBT"
+OUTBOX_EVERY_SECONDS = 5.0
+
+
+class Beat:
+    def __init__(
+        self,
+        services: Services,
+        publisher: RunPublisher,
+        registry: TaskRegistry,
+        heartbeat: Path,
+    ) -> None:
+        assert services.database is not None
+        assert services.sessions is not None
+        self.services = services
+        self.engine = services.database
+        self.sessions = services.sessions
+        self.publisher = publisher
+        self.registry = registry
+        self.heartbeat = heartbeat
+        self.settings = services.settings
+        self.lock_connection: AsyncConnection | None = None
+        self.leader_since: float | None = None
+        self.last_outbox = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except Exception:
+                    logger.exception("beat tick failed")
+                    await self._resign()
+                self._write_heartbeat()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.beat_tick_seconds)
+        finally:
+            await self._resign()
+            self.heartbeat.unlink(missing_ok=True)
+
+    async def tick(self) -> None:
+        if not await self._lead():
+            return
+        now = datetime.now(UTC)
+        await self.publish_due(now)
+        if time.monotonic() - self.last_outbox >= OUTBOX_EVERY_SECONDS:
+            self.last_outbox = time.monotonic()
+            await self.republish_stale(now)
+
+    async def _lead(self) -> bool:
+        if self.lock_connection is not None:
+            await self.lock_connection.execute(text("SELECT 1"))
+            return True
+        connection = await self.engine.connect()
+        try:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            won = await connection.scalar(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK_KEY}
+            )
+        except Exception:
+            await connection.close()
+            raise
+        if not won:
+            await connection.close()
+            return False
+        self.lock_connection = connection
+        self.leader_since = time.time()
+        logger.info("beat leads")
+        return True
+
+    async def _resign(self) -> None:
+        connection, self.lock_connection = self.lock_connection, None
+        self.leader_since = None
+        if connection is not None:
+            try:
+                await connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK_KEY}
+                )
+            except Exception:
+                await connection.invalidate()
+            await connection.close()
+
+    def _write_heartbeat(self) -> None:
+        write_heartbeat(
+            self.heartbeat,
+            {"leader": self.leader_since is not None, "leader_since": self.leader_since},
+        )
+
+    async def publish_due(self, now: datetime) -> int:
+        """Create and publish one run per definition whose latest tick is not yet claimed."""
+        async with self.sessions() as session:
+            definitions = (
+                await session.scalars(
+                    select(TaskDefinition).where(
+                        TaskDefinition.enabled.is_(True), TaskDefinition.schedule.is_not(None)
+                    )
+                )
+            ).all()
+        published = 0
+        for definition in definitions:
+            assert definition.schedule is not None
+            anchor = definition.last_scheduled_for or definition.created_at
+            due = latest_due(definition.schedule, anchor, now)
+            if due is not None and await self._claim_tick(definition, due):
+                published += 1
+        return published
+
+    async def _claim_tick(self, definition: TaskDefinition, due: datetime) -> bool:
+        spec = self.registry.get(definition.task)
+        if spec is None:
+            logger.error("scheduled task is not registered", extra={"task": definition.task})
+            return False
+        try:
+            spec.input_model.model_validate(definition.payload)
+        except ValidationError:
+            logger.error("scheduled payload no longer valid", extra={"definition": definition.name})
+            return False
+        async with self.sessions.begin() as session:
+            claimed = await session.scalar(
+                update(TaskDefinition)
+                .where(
+                    TaskDefinition.id == definition.id,
+                    TaskDefinition.enabled.is_(True),
+                    or_(
+                        TaskDefinition.last_scheduled_for.is_(None),
+                        TaskDefinition.last_scheduled_for < due,
+                    ),
+                )
+                .values(last_scheduled_for=due)
+                .returning(TaskDefinition.id)
+            )
+            if claimed is None:
+                return False
+            run = TaskRun(
+                tenant_id=definition.tenant_id,
+                task=spec.name,
+                definition_id=definition.id,
+                queue=definition.queue or spec.queue,
+                payload=definition.payload,
+                state=RunState.QUEUED,
+                attempts=0,
+                scheduled_for=due,
+                submitted_by="beat",
+            )
+            session.add(run)
+        await self._publish([run])
+        return True
+
+    async def republish_stale(self, now: datetime) -> int:
+        older_than = now - timedelta(seconds=self.settings.task_republish_after_seconds)
+        async with self.sessions.begin() as session:
+            stale = await ledger.unpublished(session, older_than)
+            if stale:
+                logger.warning("re-publishing accepted runs", extra={"count": len(stale)})
+                await self._publish(stale, session=session)
+        return len(stale)
+
+    async def _publish(self, runs: list[TaskRun], session: Any = None) -> None:
+        done = []
+        for run in runs:
+            try:
+                await self.publisher.publish(str(run.id), run.task, run.queue, run.eta)
+            except BrokerUnavailableError:
+                break  # left unpublished: the next outbox pass tries again
+            done.append(run.id)
+        if not done:
+            return
+        if session is not None:
+            await ledger.mark_published(session, done)
+            return
+        async with self.sessions.begin() as own:
+            await ledger.mark_published(own, done)

@@ -1,0 +1,45 @@
+"""The broker side of a role: its Celery app, the run publisher and a health probe."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from celery import Celery
+
+from switchyard.platform.celery_app import create_celery
+from switchyard.platform.publisher import RunPublisher
+from switchyard.settings import Settings
+
+
+@dataclass
+class Broker:
+    celery: Celery
+    publisher: RunPublisher
+
+    @classmethod
+    def create(cls, settings: Settings) -> Broker | None:
+        if settings.celery_broker_url is None:
+            return None
+        celery = create_celery(settings, settings.celery_broker_url.get_secret_value())
+        publisher = RunPublisher(
+            celery, settings.task_delivery_limit, settings.broker_publish_timeout_seconds
+        )
+        return cls(celery, publisher)
+
+    def _connect(self) -> None:
+        with self.celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=0, timeout=self.publisher.timeout)
+
+    async def probe(self) -> None:
+        """Raise unless a broker connection can be opened."""
+        await asyncio.to_thread(self._connect)
+
+    async def revoke(self, run_id: str, *, terminate: bool) -> None:
+        """Best effort: the ledger already refuses to run a cancelled run."""
+        await asyncio.to_thread(
+            self.celery.control.revoke, run_id, terminate=terminate, signal="SIGTERM"
+        )
+
+    def close(self) -> None:
+        self.celery.close()

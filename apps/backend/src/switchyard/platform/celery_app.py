@@ -1,0 +1,54 @@
+"""The one Celery app of every role, configured from settings."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from switchyard.platform.topology import TASK_EXCHANGE, work_queues
+from switchyard.settings import Settings
+
+
+def broker_is_amqp(url: str) -> bool:
+    return url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+
+def create_celery(settings: Settings, broker_url: str) -> Celery:
+    app = Celery("switchyard", set_as_current=False)
+    amqp = broker_is_amqp(broker_url)
+    app.conf.update(
+        broker_url=broker_url,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.broker_publish_timeout_seconds,
+        broker_transport_options=(
+            {"confirm_publish": True} if amqp else {"visibility_timeout": 3600}
+        ),
+        task_default_queue="default",
+        task_default_exchange=TASK_EXCHANGE.name,
+        task_default_exchange_type="topic",
+        task_default_routing_key="default",
+        task_queues=work_queues(settings.task_delivery_limit) if amqp else None,
+        task_create_missing_queues=not amqp,
+        task_default_queue_type="quorum" if amqp else "classic",
+        worker_detect_quorum_queues=amqp,
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=False,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=True,
+        broker_heartbeat=30,
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 1.0,
+        },
+        enable_utc=True,
+    )
+    return app

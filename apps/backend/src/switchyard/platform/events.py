@@ -1,0 +1,39 @@
+"""Run state changes on Redis pub/sub, for live followers (SSE)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from switchyard.db.models import TaskRun
+
+logger = logging.getLogger(__name__)
+
+
+def channel(namespace: str, run_id: uuid.UUID) -> str:
+    return f"{namespace}:runs:{run_id}"
+
+
+def run_event(run: TaskRun) -> dict[str, Any]:
+    return {
+        "task_id": str(run.id),
+        "state": run.state.value,
+        "attempts": run.attempts,
+        "at": datetime.now(UTC).isoformat(),
+    }
+
+
+async def publish(redis: Redis | None, namespace: str, run: TaskRun) -> None:
+    """Best effort: the ledger is the truth, followers re-read it when they connect."""
+    if redis is None:
+        return
+    try:
+        await redis.publish(channel(namespace, run.id), json.dumps(run_event(run)))
+    except RedisError as exc:
+        logger.warning("run event not published", extra={"task_id": str(run.id), "error": str(exc)})

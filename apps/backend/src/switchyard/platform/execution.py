@@ -1,0 +1,92 @@
+"""Running one delivery of a registered task: claim in the ledger, validate, call, record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
+
+from switchyard.db.models import RunState, TaskRun
+from switchyard.platform import events, ledger
+from switchyard.platform.registry import TaskContext, TaskSpec
+from switchyard.services.container import Services
+
+logger = logging.getLogger("switchyard.tasks")
+
+
+class InvalidPayloadError(Exception):
+    """The stored payload no longer matches the task's input schema."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Literal["done", "skipped", "retry", "dead_letter"]
+    delay: int = 0
+    error: BaseException | None = None
+
+
+async def _record(
+    services: Services,
+    run_id: uuid.UUID,
+    state: RunState,
+    *,
+    result: Any = None,
+    error: BaseException | None = None,
+) -> bool:
+    assert services.sessions is not None
+    async with services.sessions.begin() as session:
+        recorded = await ledger.finish(session, run_id, state, result=result, error=error)
+        run = await session.get(TaskRun, run_id) if recorded else None
+    if run is not None:
+        await events.publish(services.redis, services.settings.cache_namespace, run)
+    return recorded
+
+
+async def execute(
+    services: Services, spec: TaskSpec[Any], run_id: uuid.UUID, *, redelivered: bool
+) -> Outcome:
+    """Run one attempt; the caller turns the outcome into an ack, a retry or a reject."""
+    assert services.sessions is not None
+    async with services.sessions.begin() as session:
+        run = await ledger.claim(session, run_id, redelivered=redelivered)
+    if run is None:
+        logger.info(
+            "delivery skipped: run is final, running or unknown", extra={"task_id": str(run_id)}
+        )
+        return Outcome("skipped")
+    await events.publish(services.redis, services.settings.cache_namespace, run)
+    log = logging.LoggerAdapter(
+        logger, {"task_id": str(run_id), "task": spec.name, "attempt": run.attempts}
+    )
+    try:
+        payload = spec.input_model.model_validate(run.payload)
+    except ValidationError as exc:
+        error = InvalidPayloadError(
+            f"payload does not match {spec.name}: {exc.error_count()} errors"
+        )
+        await _record(services, run_id, RunState.FAILED, error=error)
+        return Outcome("dead_letter", error=error)
+
+    context = TaskContext(services, run.tenant_id, run_id, run.attempts, log)
+    try:
+        async with asyncio.timeout(spec.soft_time_limit):
+            result = await spec.handler(payload, context)
+    except Exception as exc:
+        if spec.retry.retries(exc) and run.attempts <= spec.retry.max_retries:
+            delay = spec.retry.delay(run.attempts)
+            log.warning("attempt failed; retrying in %s s", delay, extra={"error": repr(exc)})
+            if await _record(services, run_id, RunState.RETRYING, error=exc):
+                return Outcome("retry", delay=delay, error=exc)
+            return Outcome("done")
+        log.error("run failed", extra={"error": repr(exc)})
+        if await _record(services, run_id, RunState.FAILED, error=exc):
+            return Outcome("dead_letter", error=exc)
+        return Outcome("done")
+    await _record(services, run_id, RunState.SUCCEEDED, result=to_jsonable_python(result))
+    log.info("run succeeded")
+    return Outcome("done")

@@ -1,0 +1,144 @@
+"""The task registry: every task declared once, with its input schema, queue and policies."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import random
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from switchyard.platform.topology import WORK_QUEUES
+
+if TYPE_CHECKING:
+    from switchyard.services.container import Services
+
+TASK_MODULES: Final = ("switchyard.system.tasks",)
+_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+MIN_RETRY_DELAY_SECONDS: Final = 1
+
+InputT = TypeVar("InputT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: delay n is min(cap, base * 2**(n-1)), with full jitter if asked."""
+
+    max_retries: int = 3
+    backoff_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
+    jitter: bool = True
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    def delay(self, retry_number: int) -> int:
+        """Seconds before retry `retry_number` (1-based); at least 1 (broker-held delays)."""
+        delay = min(self.backoff_max_seconds, self.backoff_seconds * 2.0 ** (retry_number - 1))
+        if self.jitter:
+            delay = random.uniform(delay / 2, delay)  # noqa: S311 - spreading load, not security
+        return max(MIN_RETRY_DELAY_SECONDS, math.ceil(delay))
+
+    def retries(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.retry_on)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a handler gets besides its input."""
+
+    services: Services
+    tenant_id: uuid.UUID
+    run_id: uuid.UUID
+    attempt: int
+    logger: logging.LoggerAdapter[logging.Logger]
+
+
+@dataclass(frozen=True)
+class TaskSpec(Generic[InputT]):
+    name: str
+    description: str
+    input_model: type[InputT]
+    handler: Callable[[InputT, TaskContext], Awaitable[Any]]
+    queue: str = "default"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    soft_time_limit: float = 60.0
+    time_limit: float = 90.0
+
+    def input_schema(self) -> dict[str, Any]:
+        return self.input_model.model_json_schema()
+
+
+class RegistryError(ValueError):
+    pass
+
+
+class TaskRegistry:
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskSpec[Any]] = {}
+
+    def register(self, spec: TaskSpec[Any]) -> None:
+        if not _NAME.match(spec.name):
+            raise RegistryError(f"task name {spec.name!r} is not of the form domain.verb")
+        if spec.name in self._tasks:
+            raise RegistryError(f"task {spec.name!r} is registered twice")
+        if spec.queue not in WORK_QUEUES:
+            raise RegistryError(f"task {spec.name!r}: unknown queue {spec.queue!r}")
+        if not 0 < spec.soft_time_limit < spec.time_limit:
+            raise RegistryError(f"task {spec.name!r}: need 0 < soft_time_limit < time_limit")
+        self._tasks[spec.name] = spec
+
+    def get(self, name: str) -> TaskSpec[Any] | None:
+        return self._tasks.get(name)
+
+    def all(self) -> list[TaskSpec[Any]]:
+        return sorted(self._tasks.values(), key=lambda spec: spec.name)
+
+
+registry = TaskRegistry()
+
+
+def task(
+    name: str,
+    *,
+    input: type[InputT],
+    description: str,
+    queue: str = "default",
+    retry: RetryPolicy | None = None,
+    soft_time_limit: float = 60.0,
+    time_limit: float = 90.0,
+) -> Callable[
+    [Callable[[InputT, TaskContext], Awaitable[Any]]],
+    Callable[[InputT, TaskContext], Awaitable[Any]],
+]:
+    """Declare an `async def handler(payload, ctx)` as the task `name`."""
+
+    def register(
+        handler: Callable[[InputT, TaskContext], Awaitable[Any]],
+    ) -> Callable[[InputT, TaskContext], Awaitable[Any]]:
+        registry.register(
+            TaskSpec(
+                name=name,
+                description=description,
+                input_model=input,
+                handler=handler,
+                queue=queue,
+                retry=retry or RetryPolicy(),
+                soft_time_limit=soft_time_limit,
+                time_limit=time_limit,
+            )
+        )
+        return handler
+
+    return register
+
+
+def load_task_modules() -> TaskRegistry:
+    """Import every module that declares tasks; the registry is then complete."""
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    return registry

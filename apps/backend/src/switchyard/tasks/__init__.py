@@ -1,0 +1,1 @@
+"""The tasks domain: the REST face of the task platform."""

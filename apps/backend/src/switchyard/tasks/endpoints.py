@@ -1,0 +1,226 @@
+"""/api/v1/tasks: registry, definitions, runs, live events and dead letters."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from sse_starlette import EventSourceResponse
+
+from switchyard.db.models import RunState
+from switchyard.dependencies import (
+    BrokerDep,
+    RegistryDep,
+    ServicesDep,
+    SessionDep,
+    TenantDep,
+)
+from switchyard.errors import ConflictError, InvalidInputError
+from switchyard.logging import request_id_var
+from switchyard.tasks import follow, repository, service
+from switchyard.tasks.schemas import (
+    DeadLetterOut,
+    DefinitionIn,
+    DefinitionOut,
+    DefinitionPatch,
+    RegisteredTasks,
+    RunAccepted,
+    RunOut,
+    RunPage,
+    RunRequest,
+)
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+MAX_PAGE_SIZE = 200
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+]
+
+
+def _submitter(tenant_id: uuid.UUID) -> service.Submitter:
+    return service.Submitter(tenant_id, request_id_var.get(), submitted_by="anonymous")
+
+
+@router.get("/registered")
+async def registered_tasks(
+    registry: RegistryDep, session: SessionDep, tenant_id: TenantDep
+) -> RegisteredTasks:
+    definitions = await repository.definitions(session, tenant_id)
+    return RegisteredTasks(
+        tasks=service.registered(registry),
+        definitions=[DefinitionOut.of(definition) for definition in definitions],
+    )
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED)
+async def register_definition(
+    body: DefinitionIn, registry: RegistryDep, session: SessionDep, tenant_id: TenantDep
+) -> DefinitionOut:
+    return DefinitionOut.of(await service.create_definition(session, registry, tenant_id, body))
+
+
+@router.get("/definitions/{name}")
+async def get_definition(name: str, session: SessionDep, tenant_id: TenantDep) -> DefinitionOut:
+    return DefinitionOut.of(await service.get_definition(session, tenant_id, name))
+
+
+@router.patch("/definitions/{name}")
+async def update_definition(
+    name: str,
+    patch: DefinitionPatch,
+    registry: RegistryDep,
+    session: SessionDep,
+    tenant_id: TenantDep,
+) -> DefinitionOut:
+    definition = await service.update_definition(session, registry, tenant_id, name, patch)
+    return DefinitionOut.of(definition)
+
+
+@router.delete("/definitions/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_definition(name: str, session: SessionDep, tenant_id: TenantDep) -> None:
+    await service.delete_definition(session, tenant_id, name)
+
+
+@router.post("/run", status_code=status.HTTP_202_ACCEPTED)
+async def run_task(
+    body: RunRequest,
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    broker: BrokerDep,
+    registry: RegistryDep,
+    tenant_id: TenantDep,
+    idempotency_key: IdempotencyKey = None,
+) -> RunAccepted:
+    assert services.sessions is not None
+    run, _ = await service.submit(
+        services.sessions,
+        broker.publisher,
+        registry,
+        body,
+        _submitter(tenant_id),
+        idempotency_key=idempotency_key,
+        max_countdown=services.settings.task_max_countdown_seconds,
+    )
+    response.headers["Location"] = request.url_for("get_run", task_id=run.id).path
+    return RunAccepted(task_id=run.id, state=run.state, eta=run.eta)
+
+
+@router.get("/")
+async def list_runs(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    state: RunState | None = None,
+    task: str | None = Query(default=None, max_length=200),
+    cursor: str | None = Query(default=None, max_length=200),
+    limit: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
+) -> RunPage:
+    after = None
+    if cursor is not None:
+        try:
+            after = repository.decode_cursor(cursor)
+        except ValueError:
+            raise InvalidInputError(
+                "The cursor is not one this API gave out.",
+                [{"field": "query.cursor", "message": "invalid cursor", "type": "cursor"}],
+            ) from None
+    rows = await repository.runs_page(
+        session, tenant_id, state=state, task=task, after=after, limit=limit
+    )
+    page, more = rows[:limit], len(rows) > limit
+    return RunPage(
+        items=[RunOut.of(run) for run in page],
+        next_cursor=repository.encode_cursor(page[-1]) if more else None,
+    )
+
+
+@router.get("/dead-letters")
+async def list_dead_letters(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    limit: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
+) -> list[DeadLetterOut]:
+    return [
+        DeadLetterOut.of(letter)
+        for letter in await repository.dead_letters(session, tenant_id, limit)
+    ]
+
+
+@router.post("/dead-letters/{letter_id}/replay", status_code=status.HTTP_202_ACCEPTED)
+async def replay_dead_letter(
+    letter_id: uuid.UUID,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    services: ServicesDep,
+    broker: BrokerDep,
+    registry: RegistryDep,
+    tenant_id: TenantDep,
+) -> RunAccepted:
+    letter = await service.get_dead_letter(session, tenant_id, letter_id)
+    if letter.payload is None:
+        raise ConflictError("This dead letter has no stored payload to replay.")
+    assert services.sessions is not None
+    run, _ = await service.submit(
+        services.sessions,
+        broker.publisher,
+        registry,
+        RunRequest(task=letter.task, payload=letter.payload, queue=letter.queue),
+        _submitter(tenant_id),
+        idempotency_key=None,
+        max_countdown=services.settings.task_max_countdown_seconds,
+        replay_of=letter.run_id,
+    )
+    letter.replayed_run_id = run.id
+    response.headers["Location"] = request.url_for("get_run", task_id=run.id).path
+    return RunAccepted(task_id=run.id, state=run.state, eta=run.eta)
+
+
+@router.delete("/dead-letters/{letter_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_dead_letter(
+    letter_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
+) -> None:
+    await session.delete(await service.get_dead_letter(session, tenant_id, letter_id))
+
+
+@router.get("/{task_id}")
+async def get_run(task_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> RunOut:
+    return RunOut.of(await service.get_run(session, tenant_id, task_id))
+
+
+@router.post("/{task_id}/cancel")
+async def cancel_run(
+    task_id: uuid.UUID,
+    session: SessionDep,
+    services: ServicesDep,
+    broker: BrokerDep,
+    tenant_id: TenantDep,
+) -> RunOut:
+    run, was_started = await service.cancel(session, tenant_id, task_id)
+    await session.commit()
+    await follow.announce(services, run)
+    await broker.revoke(str(run.id), terminate=was_started)
+    return RunOut.of(run)
+
+
+@router.get("/{task_id}/events", response_class=EventSourceResponse)
+async def run_events(
+    task_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    services: ServicesDep,
+    tenant_id: TenantDep,
+) -> EventSourceResponse:
+    """Server-Sent Events: the current state first, then each change, closing after a final one."""
+    await service.get_run(session, tenant_id, task_id)
+
+    async def stream() -> AsyncIterator[dict[str, Any]]:
+        async for event in follow.follow(services, tenant_id, task_id):
+            if await request.is_disconnected():
+                return
+            yield event
+
+    return EventSourceResponse(stream(), ping=15)

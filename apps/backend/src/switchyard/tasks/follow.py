@@ -1,0 +1,78 @@
+"""Following a run live: Redis pub/sub for changes, the ledger for the starting point."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from switchyard.db.models import FINAL_STATES, RunState, TaskRun
+from switchyard.platform import events
+from switchyard.services.container import Services
+from switchyard.tasks import repository
+
+RESYNC_SECONDS = 5.0
+_RANK = {RunState.QUEUED: 0, RunState.SCHEDULED: 0, RunState.STARTED: 1, RunState.RETRYING: 2}
+
+
+def _order(event: dict[str, Any]) -> tuple[int, int]:
+    """Later events sort higher: by attempt, then by place within the attempt."""
+    return int(event["attempts"]), _RANK.get(RunState(event["state"]), 3)
+
+
+async def announce(services: Services, run: TaskRun) -> None:
+    await events.publish(services.redis, services.settings.cache_namespace, run)
+
+
+async def _ledger(services: Services, tenant_id: uuid.UUID, run_id: uuid.UUID) -> dict[str, Any]:
+    assert services.sessions is not None
+    async with services.sessions() as session:
+        run = await repository.run(session, tenant_id, run_id)
+    if run is None:
+        raise LookupError(run_id)
+    return events.run_event(run)
+
+
+async def _next_message(pubsub: PubSub | None) -> dict[str, Any] | None:
+    if pubsub is None:
+        await asyncio.sleep(RESYNC_SECONDS)
+        return None
+    try:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=RESYNC_SECONDS)
+    except RedisError:
+        await asyncio.sleep(RESYNC_SECONDS)
+        return None
+    if message is None or message.get("type") != "message":
+        return None
+    loaded: dict[str, Any] = json.loads(message["data"])
+    return loaded
+
+
+async def follow(
+    services: Services, tenant_id: uuid.UUID, run_id: uuid.UUID
+) -> AsyncIterator[dict[str, Any]]:
+    """Subscribe, then read the ledger (so no change in between is missed), then relay each
+    newer change; without news for a few seconds, the ledger is read again."""
+    pubsub = services.redis.pubsub() if services.redis is not None else None
+    try:
+        if pubsub is not None:
+            await pubsub.subscribe(events.channel(services.settings.cache_namespace, run_id))
+        last = await _ledger(services, tenant_id, run_id)
+        yield {"event": "state", "data": json.dumps(last)}
+        while RunState(last["state"]) not in FINAL_STATES:
+            event = await _next_message(pubsub) or await _ledger(services, tenant_id, run_id)
+            if _order(event) > _order(last):
+                last = event
+                yield {"event": "state", "data": json.dumps(event)}
+    except LookupError:
+        return
+    finally:
+        if pubsub is not None:
+            with contextlib.suppress(RedisError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]

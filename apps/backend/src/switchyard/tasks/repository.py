@@ -1,0 +1,101 @@
+"""Queries of the tasks domain: definitions, runs listing, dead letters."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
+
+
+async def definition_by_name(
+    session: AsyncSession, tenant_id: uuid.UUID, name: str
+) -> TaskDefinition | None:
+    return await session.scalar(
+        select(TaskDefinition).where(
+            TaskDefinition.tenant_id == tenant_id, TaskDefinition.name == name
+        )
+    )
+
+
+async def definitions(session: AsyncSession, tenant_id: uuid.UUID) -> list[TaskDefinition]:
+    statement = (
+        select(TaskDefinition)
+        .where(TaskDefinition.tenant_id == tenant_id)
+        .order_by(TaskDefinition.name)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+async def run(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID) -> TaskRun | None:
+    return await session.scalar(
+        select(TaskRun).where(TaskRun.tenant_id == tenant_id, TaskRun.id == run_id)
+    )
+
+
+async def run_by_idempotency_key(
+    session: AsyncSession, tenant_id: uuid.UUID, key: str
+) -> TaskRun | None:
+    return await session.scalar(
+        select(TaskRun).where(TaskRun.tenant_id == tenant_id, TaskRun.idempotency_key == key)
+    )
+
+
+def encode_cursor(run: TaskRun) -> str:
+    raw = f"{run.created_at.isoformat()}|{run.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Raise ValueError for anything that is not a cursor this API gave out."""
+    created, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+    return datetime.fromisoformat(created), uuid.UUID(run_id)
+
+
+async def runs_page(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    *,
+    state: RunState | None,
+    task: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[TaskRun]:
+    """Newest first; `limit + 1` rows so the caller knows whether a next page exists."""
+    statement = select(TaskRun).where(TaskRun.tenant_id == tenant_id)
+    if state is not None:
+        statement = statement.where(TaskRun.state == state)
+    if task is not None:
+        statement = statement.where(TaskRun.task == task)
+    if after is not None:
+        created, run_id = after
+        statement = statement.where(
+            or_(
+                TaskRun.created_at < created,
+                and_(TaskRun.created_at == created, TaskRun.id < run_id),
+            )
+        )
+    statement = statement.order_by(TaskRun.created_at.desc(), TaskRun.id.desc()).limit(limit + 1)
+    return list((await session.scalars(statement)).all())
+
+
+async def dead_letters(session: AsyncSession, tenant_id: uuid.UUID, limit: int) -> list[DeadLetter]:
+    statement = (
+        select(DeadLetter)
+        .where(DeadLetter.tenant_id == tenant_id)
+        .order_by(DeadLetter.created_at.desc())
+        .limit(limit)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+async def dead_letter(
+    session: AsyncSession, tenant_id: uuid.UUID, letter_id: uuid.UUID
+) -> DeadLetter | None:
+    return await session.scalar(
+        select(DeadLetter).where(DeadLetter.tenant_id == tenant_id, DeadLetter.id == letter_id)
+    )

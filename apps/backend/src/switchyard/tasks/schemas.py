@@ -1,0 +1,219 @@
+"""Request and response bodies of /api/v1/tasks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
+
+DefinitionName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,199}$")]
+TaskName = Annotated[str, Field(min_length=3, max_length=200)]
+Payload = dict[str, Any]
+
+
+class CronSchedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(max_length=200, examples=["*/5 * * * *"])
+    timezone: str = Field(default="UTC", max_length=64)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError("is not a valid five-field cron expression")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not a known IANA time zone") from None
+        return value
+
+
+class IntervalSchedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    every_seconds: int = Field(ge=1, le=31 * 24 * 3600)
+
+
+Schedule = CronSchedule | IntervalSchedule
+
+
+class RetryPolicyOut(BaseModel):
+    max_retries: int
+    backoff_seconds: float
+    backoff_max_seconds: float
+    jitter: bool
+    retry_on: list[str]
+
+
+class RegisteredTask(BaseModel):
+    name: str
+    description: str
+    queue: str
+    retry: RetryPolicyOut
+    soft_time_limit: float
+    time_limit: float
+    input_schema: dict[str, Any]
+
+
+class DefinitionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: DefinitionName
+    task: TaskName
+    payload: Payload = Field(default_factory=dict)
+    queue: str | None = None
+    schedule: Schedule | None = None
+    enabled: bool = True
+    description: str | None = Field(default=None, max_length=2000)
+
+
+class DefinitionPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    payload: Payload | None = None
+    queue: str | None = None
+    schedule: Schedule | None = None
+    enabled: bool | None = None
+    description: str | None = Field(default=None, max_length=2000)
+
+
+class DefinitionOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    task: str
+    payload: Payload
+    queue: str | None
+    schedule: dict[str, Any] | None
+    enabled: bool
+    description: str | None
+    last_scheduled_for: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, definition: TaskDefinition) -> DefinitionOut:
+        return cls.model_validate(definition, from_attributes=True)
+
+
+class RegisteredTasks(BaseModel):
+    tasks: list[RegisteredTask]
+    definitions: list[DefinitionOut]
+
+
+class RunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: TaskName | None = None
+    definition: DefinitionName | None = None
+    payload: Payload | None = None
+    countdown: float | None = Field(default=None, ge=0)
+    eta: AwareDatetime | None = None
+    queue: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target_one_delay(self) -> Self:
+        if (self.task is None) == (self.definition is None):
+            raise ValueError("give exactly one of `task` and `definition`")
+        if self.countdown is not None and self.eta is not None:
+            raise ValueError("give at most one of `countdown` and `eta`")
+        return self
+
+
+class RunAccepted(BaseModel):
+    task_id: uuid.UUID
+    state: RunState
+    eta: datetime | None = None
+
+
+class RunError(BaseModel):
+    type: str
+    message: str | None
+
+
+class RunOut(BaseModel):
+    task_id: uuid.UUID
+    task: str
+    definition_id: uuid.UUID | None
+    queue: str
+    state: RunState
+    payload: Payload
+    result: Any | None
+    error: RunError | None
+    attempts: int
+    submitted_at: datetime
+    eta: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    idempotency_key: str | None
+    request_id: str | None
+    submitted_by: str | None
+    replay_of: uuid.UUID | None
+
+    @classmethod
+    def of(cls, run: TaskRun) -> RunOut:
+        return cls(
+            task_id=run.id,
+            task=run.task,
+            definition_id=run.definition_id,
+            queue=run.queue,
+            state=run.state,
+            payload=run.payload,
+            result=run.result,
+            error=RunError(type=run.error_type, message=run.error_message)
+            if run.error_type
+            else None,
+            attempts=run.attempts,
+            submitted_at=run.created_at,
+            eta=run.eta,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            idempotency_key=run.idempotency_key,
+            request_id=run.request_id,
+            submitted_by=run.submitted_by,
+            replay_of=run.replay_of,
+        )
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    next_cursor: str | None
+
+
+class DeadLetterOut(BaseModel):
+    id: uuid.UUID
+    task_id: uuid.UUID | None
+    task: str
+    queue: str
+    payload: Payload | None
+    reason: str
+    last_error: str | None
+    attempts: int
+    dead_lettered_at: datetime
+    replayed_task_id: uuid.UUID | None
+
+    @classmethod
+    def of(cls, letter: DeadLetter) -> DeadLetterOut:
+        return cls(
+            id=letter.id,
+            task_id=letter.run_id,
+            task=letter.task,
+            queue=letter.queue,
+            payload=letter.payload,
+            reason=letter.reason,
+            last_error=letter.last_error,
+            attempts=letter.attempts,
+            dead_lettered_at=letter.dead_lettered_at,
+            replayed_task_id=letter.replayed_run_id,
+        )

@@ -1,0 +1,315 @@
+"""Rules of the tasks domain: what may be run, registered, cancelled and replayed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
+from switchyard.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from switchyard.platform import ledger
+from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
+from switchyard.platform.registry import TaskRegistry, TaskSpec
+from switchyard.platform.topology import WORK_QUEUES
+from switchyard.tasks import repository
+from switchyard.tasks.schemas import (
+    DefinitionIn,
+    DefinitionPatch,
+    RegisteredTask,
+    RetryPolicyOut,
+    RunRequest,
+)
+
+BROKER_RETRY_AFTER_SECONDS = "5"
+
+
+@dataclass(frozen=True)
+class Submitter:
+    tenant_id: uuid.UUID
+    request_id: str | None
+    submitted_by: str | None
+
+
+def registered(registry: TaskRegistry) -> list[RegisteredTask]:
+    return [
+        RegisteredTask(
+            name=spec.name,
+            description=spec.description,
+            queue=spec.queue,
+            retry=RetryPolicyOut(
+                max_retries=spec.retry.max_retries,
+                backoff_seconds=spec.retry.backoff_seconds,
+                backoff_max_seconds=spec.retry.backoff_max_seconds,
+                jitter=spec.retry.jitter,
+                retry_on=[error.__name__ for error in spec.retry.retry_on],
+            ),
+            soft_time_limit=spec.soft_time_limit,
+            time_limit=spec.time_limit,
+            input_schema=spec.input_schema(),
+        )
+        for spec in registry.all()
+    ]
+
+
+def _spec(registry: TaskRegistry, name: str, field: str) -> TaskSpec[Any]:
+    spec = registry.get(name)
+    if spec is None:
+        raise InvalidInputError(
+            f"No task named {name!r} is registered.",
+            [{"field": field, "message": "unknown task", "type": "unknown_task"}],
+        )
+    return spec
+
+
+def validate_payload(spec: TaskSpec[Any], payload: dict[str, Any], field: str) -> None:
+    """422 naming each failing payload field, before anything is stored or published."""
+    try:
+        spec.input_model.model_validate(payload)
+    except ValidationError as exc:
+        errors = [
+            {
+                "field": ".".join([field, *(str(part) for part in error["loc"])]),
+                "message": error["msg"],
+                "type": error["type"],
+            }
+            for error in exc.errors(include_url=False)
+        ]
+        raise InvalidInputError(
+            f"The payload does not match {spec.name}'s input.", errors
+        ) from None
+
+
+def _queue(queue: str | None, field: str) -> str | None:
+    if queue is not None and queue not in WORK_QUEUES:
+        raise InvalidInputError(
+            f"Unknown queue {queue!r}.",
+            [{"field": field, "message": f"one of {', '.join(WORK_QUEUES)}", "type": "enum"}],
+        )
+    return queue
+
+
+def _eta(request: RunRequest, max_countdown: int) -> datetime | None:
+    now = datetime.now(UTC)
+    if request.countdown is not None:
+        eta, field = now + timedelta(seconds=request.countdown), "body.countdown"
+    elif request.eta is not None:
+        eta, field = request.eta.astimezone(UTC), "body.eta"
+    else:
+        return None
+    if eta - now > timedelta(seconds=max_countdown):
+        raise InvalidInputError(
+            f"Runs may be delayed by at most {max_countdown} seconds.",
+            [{"field": field, "message": f"at most {max_countdown} s ahead", "type": "too_far"}],
+        )
+    return eta if eta > now else None
+
+
+def _request_hash(request: RunRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def submit(
+    sessions: async_sessionmaker[AsyncSession],
+    publisher: RunPublisher,
+    registry: TaskRegistry,
+    request: RunRequest,
+    submitter: Submitter,
+    *,
+    idempotency_key: str | None,
+    max_countdown: int,
+    replay_of: uuid.UUID | None = None,
+) -> tuple[TaskRun, bool]:
+    """Record the run, then publish it: (run, created). A run is in the ledger before the broker
+    sees it; if the broker refuses, the run is removed again and the caller gets 503."""
+    async with sessions() as session:
+        definition = None
+        if request.definition is not None:
+            definition = await repository.definition_by_name(
+                session, submitter.tenant_id, request.definition
+            )
+            if definition is None:
+                raise NotFoundError(f"No task definition named {request.definition!r}.")
+            spec = _spec(registry, definition.task, "body.definition")
+        else:
+            assert request.task is not None
+            found = registry.get(request.task)
+            if found is None:
+                raise NotFoundError(f"No task named {request.task!r} is registered.")
+            spec = found
+        payload = (
+            request.payload
+            if request.payload is not None
+            else (definition.payload if definition else {})
+        )
+        validate_payload(spec, payload, "body.payload")
+        queue = _queue(request.queue, "body.queue") or (definition.queue if definition else None)
+        eta = _eta(request, max_countdown)
+        request_hash = _request_hash(request)
+        if idempotency_key is not None:
+            existing = await repository.run_by_idempotency_key(
+                session, submitter.tenant_id, idempotency_key
+            )
+            if existing is not None:
+                return _same_request(existing, request_hash), False
+
+    run = TaskRun(
+        id=uuid.uuid4(),
+        tenant_id=submitter.tenant_id,
+        task=spec.name,
+        definition_id=definition.id if definition else None,
+        queue=queue or spec.queue,
+        payload=payload,
+        state=RunState.SCHEDULED if eta else RunState.QUEUED,
+        attempts=0,
+        eta=eta,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        request_id=submitter.request_id,
+        submitted_by=submitter.submitted_by,
+        replay_of=replay_of,
+    )
+    try:
+        async with sessions.begin() as session:
+            session.add(run)
+    except IntegrityError:
+        async with sessions() as session:
+            assert idempotency_key is not None
+            existing = await repository.run_by_idempotency_key(
+                session, submitter.tenant_id, idempotency_key
+            )
+        if existing is None:
+            raise
+        return _same_request(existing, request_hash), False
+    await publish(sessions, publisher, run)
+    return run, True
+
+
+def _same_request(existing: TaskRun, request_hash: str) -> TaskRun:
+    if existing.request_hash != request_hash:
+        raise ConflictError("This Idempotency-Key was used with a different request.")
+    return existing
+
+
+async def publish(
+    sessions: async_sessionmaker[AsyncSession], publisher: RunPublisher, run: TaskRun
+) -> None:
+    try:
+        await publisher.publish(str(run.id), run.task, run.queue, run.eta)
+    except BrokerUnavailableError:
+        async with sessions.begin() as session:
+            await session.execute(delete(TaskRun).where(TaskRun.id == run.id))
+        raise ServiceUnavailableError(
+            "The task broker is unreachable; nothing was queued. Try again shortly.",
+            headers={"Retry-After": BROKER_RETRY_AFTER_SECONDS},
+        ) from None
+    async with sessions.begin() as session:
+        await ledger.mark_published(session, [run.id])
+
+
+async def get_run(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID) -> TaskRun:
+    run = await repository.run(session, tenant_id, run_id)
+    if run is None:
+        raise NotFoundError(f"No run {run_id}.")
+    return run
+
+
+async def cancel(
+    session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID
+) -> tuple[TaskRun, bool]:
+    """Cancel a run that is not final: (run, was_started)."""
+    run = await get_run(session, tenant_id, run_id)
+    was_started = run.state == RunState.STARTED
+    cancelled = await ledger.cancel(session, run_id)
+    if cancelled is None:
+        raise ConflictError(f"Run {run_id} is already {run.state.value}.")
+    return cancelled, was_started
+
+
+def _definition_fields(
+    registry: TaskRegistry, task: str, payload: dict[str, Any], queue: str | None
+) -> None:
+    spec = _spec(registry, task, "body.task")
+    validate_payload(spec, payload, "body.payload")
+    _queue(queue, "body.queue")
+
+
+async def create_definition(
+    session: AsyncSession, registry: TaskRegistry, tenant_id: uuid.UUID, body: DefinitionIn
+) -> TaskDefinition:
+    _definition_fields(registry, body.task, body.payload, body.queue)
+    if await repository.definition_by_name(session, tenant_id, body.name) is not None:
+        raise ConflictError(f"A task definition named {body.name!r} exists.")
+    definition = TaskDefinition(
+        tenant_id=tenant_id,
+        name=body.name,
+        task=body.task,
+        payload=body.payload,
+        queue=body.queue,
+        schedule=body.schedule.model_dump() if body.schedule else None,
+        enabled=body.enabled,
+        description=body.description,
+    )
+    session.add(definition)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise ConflictError(f"A task definition named {body.name!r} exists.") from None
+    await session.refresh(definition)
+    return definition
+
+
+async def get_definition(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> TaskDefinition:
+    definition = await repository.definition_by_name(session, tenant_id, name)
+    if definition is None:
+        raise NotFoundError(f"No task definition named {name!r}.")
+    return definition
+
+
+async def update_definition(
+    session: AsyncSession,
+    registry: TaskRegistry,
+    tenant_id: uuid.UUID,
+    name: str,
+    patch: DefinitionPatch,
+) -> TaskDefinition:
+    definition = await get_definition(session, tenant_id, name)
+    changes = patch.model_dump(exclude_unset=True)
+    payload = changes.get("payload", definition.payload)
+    queue = changes.get("queue", definition.queue)
+    _definition_fields(registry, definition.task, payload, queue)
+    for key, value in changes.items():
+        setattr(definition, key, value)
+    if "schedule" in changes:
+        definition.schedule = patch.schedule.model_dump() if patch.schedule else None
+    await session.flush()
+    await session.refresh(definition)
+    return definition
+
+
+async def delete_definition(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> None:
+    definition = await get_definition(session, tenant_id, name)
+    await session.delete(definition)
+
+
+async def get_dead_letter(
+    session: AsyncSession, tenant_id: uuid.UUID, letter_id: uuid.UUID
+) -> DeadLetter:
+    letter = await repository.dead_letter(session, tenant_id, letter_id)
+    if letter is None:
+        raise NotFoundError(f"No dead letter {letter_id}.")
+    return letter
