@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.messaging",
     "tests.fixtures.gateway",
     "tests.fixtures.processes",
+    "tests.fixtures.tasks",
 ]

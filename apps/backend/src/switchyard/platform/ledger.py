@@ -62,13 +62,12 @@ async def finish(
 
 
 async def mark_dead_lettered(session: AsyncSession, run_id: uuid.UUID) -> TaskRun | None:
-    """A dead letter ends any run that has not succeeded or been cancelled."""
+    """The broker gave up on a run the worker never concluded (a crash loop, say).
+
+    A run that ended `failed` keeps that state: its dead letter is archived all the same."""
     statement = (
         update(TaskRun)
-        .where(
-            TaskRun.id == run_id,
-            TaskRun.state.not_in((RunState.SUCCEEDED, RunState.CANCELLED)),
-        )
+        .where(TaskRun.id == run_id, TaskRun.state.not_in(FINAL_STATES))
         .values(
             state=RunState.DEAD_LETTERED, finished_at=func.coalesce(TaskRun.finished_at, func.now())
         )
