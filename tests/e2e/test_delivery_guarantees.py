@@ -1,0 +1,77 @@
+"""A 202 is a run that runs: re-publishing after a lost publish; no second execution."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from switchyard.db.models import DEFAULT_TENANT_ID, RunState, TaskRun
+from switchyard.platform.beat import Beat
+from switchyard.platform.broker import Broker
+from switchyard.platform.registry import load_task_modules
+from switchyard.services.container import Services
+from switchyard.settings import Settings
+from tests.fixtures.tasks import wait_for_run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("default_worker")]
+
+
+async def test_run_whose_publish_never_happened_is_republished_and_runs(
+    tasks_api: httpx.AsyncClient, task_settings: Settings, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """The gateway died between its ledger write and the publish: the row is all there is."""
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    orphan = TaskRun(
+        tenant_id=DEFAULT_TENANT_ID,
+        task="system.echo",
+        queue="default",
+        payload={"message": "orphan"},
+        state=RunState.QUEUED,
+        attempts=0,
+        created_at=datetime.now(UTC) - timedelta(minutes=1),
+    )
+    async with sessions.begin() as session:
+        session.add(orphan)
+
+    services = Services.create(task_settings, "beat")
+    broker = Broker.create(task_settings)
+    assert broker is not None
+    try:
+        beat = Beat(services, broker.publisher, load_task_modules(), tmp_path / "beat.heartbeat")
+        assert await beat.republish_stale(datetime.now(UTC)) >= 1
+        assert await beat.republish_stale(datetime.now(UTC)) == 0
+    finally:
+        await services.close()
+        broker.close()
+
+    run = await wait_for_run(tasks_api, str(orphan.id))
+    assert run["state"] == "succeeded"
+    assert run["result"] == {"message": "orphan"}
+    assert run["attempts"] == 1
+
+
+async def test_a_delivery_of_a_final_run_is_not_executed_again(
+    tasks_api: httpx.AsyncClient, task_settings: Settings
+) -> None:
+    accepted = await tasks_api.post(
+        "/api/v1/tasks/run", json={"task": "system.fail", "payload": {"fail_attempts": 0}}
+    )
+    task_id = accepted.json()["task_id"]
+    first = await wait_for_run(tasks_api, task_id)
+    assert first["attempts"] == 1
+
+    broker = Broker.create(task_settings)
+    assert broker is not None
+    try:
+        await broker.publisher.publish(task_id, "system.fail", "default", None)
+    finally:
+        broker.close()
+    await asyncio.sleep(3)
+    again = (await tasks_api.get(f"/api/v1/tasks/{task_id}")).json()
+    assert again["attempts"] == 1
+    assert again["finished_at"] == first["finished_at"]

@@ -1,0 +1,252 @@
+"""The tasks API's rules, checked before anything reaches a worker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from switchyard.api.app import create_app
+from switchyard.db.models import DEFAULT_TENANT_ID, RunState, TaskRun
+from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.tasks import unique
+
+PROBLEM = "application/problem+json"
+
+
+async def run_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(await connection.scalar(select(func.count()).select_from(TaskRun)) or 0)
+
+
+def fields(response: httpx.Response) -> set[str]:
+    assert response.headers["content-type"] == PROBLEM, response.text
+    return {error["field"] for error in response.json()["errors"]}
+
+
+async def test_registered_lists_tasks_with_schemas_policies_and_definitions(
+    tasks_api: httpx.AsyncClient,
+) -> None:
+    body = (await tasks_api.get("/api/v1/tasks/registered")).json()
+    tasks = {task["name"]: task for task in body["tasks"]}
+    assert {"system.echo", "system.sleep", "system.fail"} <= tasks.keys()
+    sleep = tasks["system.sleep"]
+    assert sleep["queue"] == "default"
+    assert sleep["input_schema"]["properties"]["seconds"]["maximum"] == 300
+    assert sleep["input_schema"]["required"] == ["seconds"]
+    fail = tasks["system.fail"]
+    assert fail["retry"]["max_retries"] == 2
+    assert fail["retry"]["retry_on"] == ["TransientFaultError"]
+    assert fail["time_limit"] > fail["soft_time_limit"]
+    assert isinstance(body["definitions"], list)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"task": "system.sleep", "payload": {}}, "body.payload.seconds"),
+        ({"task": "system.sleep", "payload": {"seconds": 301}}, "body.payload.seconds"),
+        ({"task": "system.echo", "payload": {"message": 5}}, "body.payload.message"),
+        ({"task": "system.echo", "payload": {"message": "x"}, "queue": "nope"}, "body.queue"),
+        (
+            {"task": "system.echo", "payload": {"message": "x"}, "countdown": 10**9},
+            "body.countdown",
+        ),
+        ({"task": "system.echo", "countdown": -1}, "body.countdown"),
+        ({"task": "system.echo", "definition": "both"}, "body"),
+        ({"payload": {}}, "body"),
+    ],
+)
+async def test_invalid_run_requests_are_422_naming_the_field_and_store_nothing(
+    tasks_api: httpx.AsyncClient, engine: AsyncEngine, body: dict[str, object], field: str
+) -> None:
+    before = await run_count(engine)
+    response = await tasks_api.post("/api/v1/tasks/run", json=body)
+    assert response.status_code == 422
+    assert field in fields(response)
+    assert await run_count(engine) == before
+
+
+async def test_unknown_task_or_definition_is_404(tasks_api: httpx.AsyncClient) -> None:
+    for body in ({"task": "system.nope"}, {"definition": "no-such-definition"}):
+        response = await tasks_api.post("/api/v1/tasks/run", json=body)
+        assert response.status_code == 404
+        assert response.headers["content-type"] == PROBLEM
+
+
+async def test_unknown_run_is_404_and_a_malformed_id_is_422(tasks_api: httpx.AsyncClient) -> None:
+    missing = await tasks_api.get(f"/api/v1/tasks/{uuid.uuid4()}")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "not_found"
+    assert (await tasks_api.post(f"/api/v1/tasks/{uuid.uuid4()}/cancel")).status_code == 404
+    assert (await tasks_api.get(f"/api/v1/tasks/{uuid.uuid4()}/events")).status_code == 404
+    malformed = await tasks_api.get("/api/v1/tasks/not-a-uuid")
+    assert malformed.status_code == 422
+    assert fields(malformed) == {"path.task_id"}
+
+
+async def test_broker_down_is_503_with_retry_after_and_leaves_no_run(
+    make_settings: SettingsFactory, engine: AsyncEngine
+) -> None:
+    settings = make_settings(
+        celery_broker_url="amqp://guest:guest@127.0.0.1:1//", broker_publish_timeout_seconds=2
+    )
+    before = await run_count(engine)
+    async with running(create_app(settings)) as client:
+        response = await client.post(
+            "/api/v1/tasks/run", json={"task": "system.echo", "payload": {"message": "x"}}
+        )
+        health = (await client.get("/health")).json()
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["code"] == "service_unavailable"
+    assert await run_count(engine) == before
+    assert health["checks"]["broker"]["status"] == "down"
+    assert health["status"] == "degraded"
+
+
+async def test_gateway_without_broker_answers_503_for_runs(make_settings: SettingsFactory) -> None:
+    async with running(create_app(make_settings())) as client:
+        response = await client.post("/api/v1/tasks/run", json={"task": "system.echo"})
+    assert response.status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"task": "system.nope"}, "body.task"),
+        ({"payload": {"seconds": "soon"}}, "body.payload.seconds"),
+        ({"schedule": {"cron": "not cron"}}, "body.schedule.CronSchedule.cron"),
+        (
+            {"schedule": {"cron": "* * * * *", "timezone": "Mars/Base"}},
+            "body.schedule.CronSchedule.timezone",
+        ),
+        ({"schedule": {"every_seconds": 0}}, "body.schedule.IntervalSchedule.every_seconds"),
+        ({"name": "Bad Name!"}, "body.name"),
+        ({"queue": "nope"}, "body.queue"),
+    ],
+)
+async def test_invalid_definitions_are_422_naming_the_field(
+    tasks_api: httpx.AsyncClient, change: dict[str, object], field: str
+) -> None:
+    body = {"name": unique("def"), "task": "system.sleep", "payload": {"seconds": 1}, **change}
+    response = await tasks_api.post("/api/v1/tasks/register", json=body)
+    assert response.status_code == 422, response.text
+    assert field in fields(response)
+
+
+async def test_definition_lifecycle_and_duplicate_names(tasks_api: httpx.AsyncClient) -> None:
+    name = unique("nightly")
+    body = {
+        "name": name,
+        "task": "system.sleep",
+        "payload": {"seconds": 1},
+        "schedule": {"cron": "0 3 * * *", "timezone": "Europe/Paris"},
+        "description": "nightly nap",
+    }
+    created = await tasks_api.post("/api/v1/tasks/register", json=body)
+    assert created.status_code == 201
+    assert created.json()["schedule"] == {"cron": "0 3 * * *", "timezone": "Europe/Paris"}
+    assert created.json()["enabled"] is True
+    duplicate = await tasks_api.post("/api/v1/tasks/register", json=body)
+    assert duplicate.status_code == 409
+    listed = (await tasks_api.get("/api/v1/tasks/registered")).json()["definitions"]
+    assert name in {definition["name"] for definition in listed}
+
+    bad_patch = await tasks_api.patch(
+        f"/api/v1/tasks/definitions/{name}", json={"payload": {"seconds": 999}}
+    )
+    assert bad_patch.status_code == 422
+    patched = await tasks_api.patch(
+        f"/api/v1/tasks/definitions/{name}", json={"schedule": None, "enabled": False}
+    )
+    assert patched.status_code == 200
+    assert patched.json()["schedule"] is None
+    assert patched.json()["enabled"] is False
+    fetched = await tasks_api.get(f"/api/v1/tasks/definitions/{name}")
+    assert fetched.json()["payload"] == {"seconds": 1}
+    assert (await tasks_api.delete(f"/api/v1/tasks/definitions/{name}")).status_code == 204
+    assert (await tasks_api.get(f"/api/v1/tasks/definitions/{name}")).status_code == 404
+    assert (await tasks_api.delete(f"/api/v1/tasks/definitions/{name}")).status_code == 404
+
+
+@pytest.fixture
+async def stored_runs(engine: AsyncEngine) -> AsyncIterator[list[uuid.UUID]]:
+    """Five finished runs of a task of their own, one second apart."""
+    task = unique("test.page").replace("-", "_")
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    runs = [
+        TaskRun(
+            tenant_id=DEFAULT_TENANT_ID,
+            task=task,
+            queue="default",
+            payload={"i": i},
+            state=RunState.SUCCEEDED if i % 2 else RunState.FAILED,
+            attempts=1,
+            created_at=start + timedelta(seconds=i),
+        )
+        for i in range(5)
+    ]
+    async with sessions.begin() as session:
+        session.add_all(runs)
+    yield [run.id for run in reversed(runs)]
+    async with sessions.begin() as session:
+        for run in runs:
+            await session.delete(await session.get_one(TaskRun, run.id))
+
+
+async def test_runs_are_listed_newest_first_in_cursor_pages(
+    tasks_api: httpx.AsyncClient, stored_runs: list[uuid.UUID], engine: AsyncEngine
+) -> None:
+    async with engine.connect() as connection:
+        task = await connection.scalar(select(TaskRun.task).where(TaskRun.id == stored_runs[0]))
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"task": task, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await tasks_api.get("/api/v1/tasks/", params=params)).json()
+        seen += [item["task_id"] for item in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [str(run_id) for run_id in stored_runs]
+    assert pages == 3
+    failed = (
+        await tasks_api.get("/api/v1/tasks/", params={"task": task, "state": "failed"})
+    ).json()
+    assert [item["payload"]["i"] for item in failed["items"]] == [4, 2, 0]
+
+
+async def test_bad_cursor_and_page_size_are_422(tasks_api: httpx.AsyncClient) -> None:
+    assert fields(await tasks_api.get("/api/v1/tasks/", params={"cursor": "garbage"})) == {
+        "query.cursor"
+    }
+    assert fields(await tasks_api.get("/api/v1/tasks/", params={"limit": 1000})) == {"query.limit"}
+    assert fields(await tasks_api.get("/api/v1/tasks/", params={"state": "sleeping"})) == {
+        "query.state"
+    }
+
+
+async def test_cancel_of_a_final_run_is_409(
+    tasks_api: httpx.AsyncClient, stored_runs: list[uuid.UUID]
+) -> None:
+    response = await tasks_api.post(f"/api/v1/tasks/{stored_runs[0]}/cancel")
+    assert response.status_code == 409
+    assert "already" in response.json()["detail"]
+
+
+async def test_events_of_a_final_run_are_its_state_then_the_end(
+    tasks_api: httpx.AsyncClient, stored_runs: list[uuid.UUID]
+) -> None:
+    response = await tasks_api.get(f"/api/v1/tasks/{stored_runs[1]}/events")
+    data = [line for line in response.text.splitlines() if line.startswith("data:")]
+    assert len(data) == 1
+    assert '"state": "succeeded"' in data[0]
