@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 BIN = Path(sys.executable).parent
-BACKEND_SERVICES = ("migrate", "api-gateway")
+BACKEND_SERVICES = ("migrate", "api-gateway", "worker", "beat")
 INFRASTRUCTURE = ("postgres", "redis", "rabbitmq", "neo4j", "minio", "chroma")
 
 
@@ -93,14 +93,17 @@ def test_infrastructure_has_healthchecks_and_named_volumes(compose: dict[str, An
         assert volume in compose["volumes"], name
 
 
-def test_gateway_waits_for_a_healthy_database_and_a_finished_migration(
+def test_roles_wait_for_healthy_backends_and_a_finished_migration(
     compose: dict[str, Any],
 ) -> None:
     gateway = compose["services"]["api-gateway"]
-    assert gateway["depends_on"] == {
-        "postgres": {"condition": "service_healthy"},
-        "migrate": {"condition": "service_completed_successfully"},
-    }
+    for name in ("api-gateway", "worker", "beat"):
+        assert compose["services"][name]["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+            "rabbitmq": {"condition": "service_healthy"},
+            "migrate": {"condition": "service_completed_successfully"},
+        }, name
     assert gateway["ports"] == ["8000:8000"]
     assert compose["services"]["migrate"]["restart"] == "no"
 

@@ -69,12 +69,14 @@ def test_production_refuses_every_default_secret_one_line_each(
     monkeypatch.setenv("DATABASE_URL", "postgresql://app:changethis@db:5432/app")
     monkeypatch.setenv("MINIO_ENDPOINT", "minio:9000")
     monkeypatch.setenv("NEO4J_URI", "bolt://neo4j:7687")
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest:guest@rabbitmq:5672//")
     with pytest.raises(SettingsError) as raised:
         load_settings()
     fields = [line.split(":", 1)[0] for line in raised.value.lines]
     assert fields == [
         "JWT_SECRET",
         "DATABASE_URL",
+        "CELERY_BROKER_URL",
         "MINIO_ACCESS_KEY",
         "MINIO_SECRET_KEY",
         "NEO4J_PASSWORD",

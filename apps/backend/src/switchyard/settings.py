@@ -6,6 +6,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -179,6 +180,13 @@ class Settings(BaseSettings):
             problems.append("DATABASE_URL: missing; set the PostgreSQL URL")
         elif (database.password or "").lower() in KNOWN_DEFAULT_SECRETS:
             problems.append("DATABASE_URL: the password is empty or a known default")
+        if self.celery_broker_url is not None:
+            broker = urlsplit(self.celery_broker_url.get_secret_value())
+            if broker.password is not None and broker.password.lower() in {
+                *KNOWN_DEFAULT_SECRETS,
+                "guest",
+            }:
+                problems.append("CELERY_BROKER_URL: the password is a known default")
         if self.minio_endpoint:
             for name, secret in (
                 ("MINIO_ACCESS_KEY", self.minio_access_key),
