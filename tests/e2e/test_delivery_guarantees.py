@@ -75,3 +75,30 @@ async def test_a_delivery_of_a_final_run_is_not_executed_again(
     again = (await tasks_api.get(f"/api/v1/tasks/{task_id}")).json()
     assert again["attempts"] == 1
     assert again["finished_at"] == first["finished_at"]
+
+
+async def test_worker_validates_the_payload_again(
+    tasks_api: httpx.AsyncClient, task_settings: Settings, engine: AsyncEngine
+) -> None:
+    """A stored payload that no longer fits the task's schema fails without running it."""
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    run = TaskRun(
+        tenant_id=DEFAULT_TENANT_ID,
+        task="system.sleep",
+        queue="default",
+        payload={"seconds": "a while"},
+        state=RunState.QUEUED,
+        attempts=0,
+    )
+    async with sessions.begin() as session:
+        session.add(run)
+    broker = Broker.create(task_settings)
+    assert broker is not None
+    try:
+        await broker.publisher.publish(str(run.id), run.task, run.queue, None)
+    finally:
+        broker.close()
+    stored = await wait_for_run(tasks_api, str(run.id))
+    assert stored["state"] == "failed"
+    assert stored["error"]["type"] == "InvalidPayloadError"
+    assert stored["result"] is None
