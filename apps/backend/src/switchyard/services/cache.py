@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import cast
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
@@ -17,6 +18,8 @@ CACHE_ERRORS = Counter(
     ["operation"],
 )
 
+T = TypeVar("T")
+
 
 class Cache:
     def __init__(self, client: Redis | None, namespace: str) -> None:
@@ -26,69 +29,57 @@ class Cache:
     def key(self, key: str) -> str:
         return f"{self.namespace}:cache:{key}"
 
-    def _failed(self, operation: str, exc: Exception | None) -> None:
-        CACHE_ERRORS.labels(operation=operation).inc()
-        if exc is not None:
+    async def _attempt(self, operation: str, call: Callable[[Redis], Awaitable[T]], miss: T) -> T:
+        if self.client is None:
+            return miss
+        try:
+            return await call(self.client)
+        except RedisError as exc:
+            CACHE_ERRORS.labels(operation=operation).inc()
             logger.warning(
                 "cache %s failed; treated as a miss", operation, extra={"error": str(exc)}
             )
+            return miss
 
     async def get(self, key: str) -> bytes | None:
-        if self.client is None:
-            return None
-        try:
-            value = cast(bytes | None, await self.client.get(self.key(key)))
-        except RedisError as exc:
-            self._failed("get", exc)
-            return None
-        return value
+        async def call(client: Redis) -> bytes | None:
+            return cast(bytes | None, await client.get(self.key(key)))
+
+        return await self._attempt("get", call, None)
 
     async def set(self, key: str, value: bytes | str, ttl_seconds: float | None = None) -> bool:
-        if self.client is None:
-            return False
-        try:
-            px = int(ttl_seconds * 1000) if ttl_seconds is not None else None
-            return bool(await self.client.set(self.key(key), value, px=px))
-        except RedisError as exc:
-            self._failed("set", exc)
-            return False
+        px = int(ttl_seconds * 1000) if ttl_seconds is not None else None
+
+        async def call(client: Redis) -> bool:
+            return bool(await client.set(self.key(key), value, px=px))
+
+        return await self._attempt("set", call, False)
 
     async def delete(self, key: str) -> bool:
-        if self.client is None:
-            return False
-        try:
-            return bool(await self.client.delete(self.key(key)))
-        except RedisError as exc:
-            self._failed("delete", exc)
-            return False
+        async def call(client: Redis) -> bool:
+            return bool(await client.delete(self.key(key)))
+
+        return await self._attempt("delete", call, False)
 
     async def exists(self, key: str) -> bool:
-        if self.client is None:
-            return False
-        try:
-            return bool(await self.client.exists(self.key(key)))
-        except RedisError as exc:
-            self._failed("exists", exc)
-            return False
+        async def call(client: Redis) -> bool:
+            return bool(await client.exists(self.key(key)))
+
+        return await self._attempt("exists", call, False)
 
     async def incr(self, key: str, amount: int = 1, ttl_seconds: float | None = None) -> int | None:
         """The new value, or None when Redis failed; `ttl_seconds` is set on first increment."""
-        if self.client is None:
-            return None
-        try:
-            value = int(await self.client.incrby(self.key(key), amount))
+
+        async def call(client: Redis) -> int | None:
+            value = int(await client.incrby(self.key(key), amount))
             if ttl_seconds is not None and value == amount:
-                await self.client.pexpire(self.key(key), int(ttl_seconds * 1000))
-        except RedisError as exc:
-            self._failed("incr", exc)
-            return None
-        return value
+                await client.pexpire(self.key(key), int(ttl_seconds * 1000))
+            return value
+
+        return await self._attempt("incr", call, None)
 
     async def expire(self, key: str, ttl_seconds: float) -> bool:
-        if self.client is None:
-            return False
-        try:
-            return bool(await self.client.pexpire(self.key(key), int(ttl_seconds * 1000)))
-        except RedisError as exc:
-            self._failed("expire", exc)
-            return False
+        async def call(client: Redis) -> bool:
+            return bool(await client.pexpire(self.key(key), int(ttl_seconds * 1000)))
+
+        return await self._attempt("expire", call, False)
