@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,24 +11,29 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from switchyard.db.models import DEFAULT_TENANT_ID, RunState, TaskRun
+from switchyard.db.models import RunState, TaskRun
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
 from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
 from switchyard.settings import Settings
+from tests.fixtures.accounts import Account
 from tests.fixtures.tasks import wait_for_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("default_worker")]
 
 
 async def test_run_whose_publish_never_happened_is_republished_and_runs(
-    tasks_api: httpx.AsyncClient, task_settings: Settings, engine: AsyncEngine, tmp_path: Path
+    tasks_api: httpx.AsyncClient,
+    tasks_account: Account,
+    task_settings: Settings,
+    engine: AsyncEngine,
+    tmp_path: Path,
 ) -> None:
     """The gateway died between its ledger write and the publish: the row is all there is."""
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     orphan = TaskRun(
-        tenant_id=DEFAULT_TENANT_ID,
+        tenant_id=tasks_account.tenant_id,
         task="system.echo",
         queue="default",
         payload={"message": "orphan"},
@@ -68,7 +74,7 @@ async def test_a_delivery_of_a_final_run_is_not_executed_again(
     broker = Broker.create(task_settings)
     assert broker is not None
     try:
-        await broker.publisher.publish(task_id, "system.fail", "default", None)
+        await broker.publisher.publish(task_id, "system.fail", "default", None, None)
     finally:
         broker.close()
     await asyncio.sleep(3)
@@ -78,12 +84,15 @@ async def test_a_delivery_of_a_final_run_is_not_executed_again(
 
 
 async def test_worker_validates_the_payload_again(
-    tasks_api: httpx.AsyncClient, task_settings: Settings, engine: AsyncEngine
+    tasks_api: httpx.AsyncClient,
+    tasks_account: Account,
+    task_settings: Settings,
+    engine: AsyncEngine,
 ) -> None:
     """A stored payload that no longer fits the task's schema fails without running it."""
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     run = TaskRun(
-        tenant_id=DEFAULT_TENANT_ID,
+        tenant_id=tasks_account.tenant_id,
         task="system.sleep",
         queue="default",
         payload={"seconds": "a while"},
@@ -95,10 +104,43 @@ async def test_worker_validates_the_payload_again(
     broker = Broker.create(task_settings)
     assert broker is not None
     try:
-        await broker.publisher.publish(str(run.id), run.task, run.queue, None)
+        await broker.publisher.publish(str(run.id), run.task, run.queue, None, None)
     finally:
         broker.close()
     stored = await wait_for_run(tasks_api, str(run.id))
     assert stored["state"] == "failed"
     assert stored["error"]["type"] == "InvalidPayloadError"
     assert stored["result"] is None
+
+
+async def test_a_message_naming_another_tenant_is_refused(
+    tasks_api: httpx.AsyncClient,
+    tasks_account: Account,
+    task_settings: Settings,
+    engine: AsyncEngine,
+) -> None:
+    """Runs carry their tenant in the message; a worker runs a run only in its own tenant."""
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    run = TaskRun(
+        tenant_id=tasks_account.tenant_id,
+        task="system.echo",
+        queue="default",
+        payload={"message": "mine"},
+        state=RunState.QUEUED,
+        attempts=0,
+    )
+    async with sessions.begin() as session:
+        session.add(run)
+    broker = Broker.create(task_settings)
+    assert broker is not None
+    try:
+        await broker.publisher.publish(str(run.id), run.task, run.queue, None, str(uuid.uuid4()))
+        await asyncio.sleep(3)
+        refused = (await tasks_api.get(f"/api/v1/tasks/{run.id}")).json()
+        assert (refused["state"], refused["attempts"]) == ("queued", 0)
+        await broker.publisher.publish(
+            str(run.id), run.task, run.queue, None, str(tasks_account.tenant_id)
+        )
+    finally:
+        broker.close()
+    assert (await wait_for_run(tasks_api, str(run.id)))["state"] == "succeeded"

@@ -9,16 +9,17 @@ import httpx
 import psutil
 import pytest
 
+from tests.fixtures.accounts import PASSWORD
 from tests.fixtures.processes import RunningRole
 from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
 
-def wait_for_final(url: str, timeout: float = 60.0) -> dict[str, object]:
+def wait_for_final(url: str, headers: dict[str, str], timeout: float = 60.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run: dict[str, object] = httpx.get(url).json()
+        run: dict[str, object] = httpx.get(url, headers=headers).json()
         if run["state"] in ("succeeded", "failed", "dead_lettered", "cancelled"):
             return run
         time.sleep(0.2)
@@ -52,12 +53,23 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     assert len(postgres_processes(data_dir)) >= 1
     pg_version = (data_dir / "PG_VERSION").stat()
 
+    email = "first-user@example.com"
+    registered = httpx.post(
+        f"{first.base_url}/api/v1/auth/register",
+        json={"email": email, "password": PASSWORD, "tenant_name": "Try-out"},
+    )
+    assert registered.status_code == 201
+    tokens = httpx.post(
+        f"{first.base_url}/api/v1/auth/login", json={"email": email, "password": PASSWORD}
+    ).json()
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
     accepted = httpx.post(
         f"{first.base_url}/api/v1/tasks/run",
         json={"task": "system.echo", "payload": {"message": "hello standalone"}},
+        headers=headers,
     )
     assert accepted.status_code == 202
-    run = wait_for_final(f"{first.base_url}{accepted.headers['location']}")
+    run = wait_for_final(f"{first.base_url}{accepted.headers['location']}", headers)
     assert run["state"] == "succeeded"
     assert run["result"] == {"message": "hello standalone"}
 

@@ -61,20 +61,20 @@ async def test_upgrade_downgrade_upgrade(create_database: DatabaseFactory) -> No
     assert await current_revision(url) is None
     await migrate(url)
     assert await tables(url) >= APP_TABLES
-    assert await current_revision(url) == "0002"
+    assert await current_revision(url) == "0003"
 
 
 async def test_migrate_twice_is_a_no_op(create_database: DatabaseFactory) -> None:
     url = await create_database()
     await migrate(url)
     await migrate(url)
-    assert await current_revision(url) == "0002"
+    assert await current_revision(url) == "0003"
 
 
 async def test_concurrent_migrations_wait_for_each_other(create_database: DatabaseFactory) -> None:
     url = await create_database()
     await asyncio.gather(*(migrate(url) for _ in range(4)))
-    assert await current_revision(url) == "0002"
+    assert await current_revision(url) == "0003"
 
 
 async def test_migrate_leaves_no_advisory_lock_behind(create_database: DatabaseFactory) -> None:

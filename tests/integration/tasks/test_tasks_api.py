@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.api.app import create_app
-from switchyard.db.models import DEFAULT_TENANT_ID, RunState, TaskRun
+from switchyard.db.models import RunState, TaskRun
+from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
 from tests.fixtures.tasks import unique
 
@@ -98,6 +99,7 @@ async def test_broker_down_is_503_with_retry_after_and_leaves_no_run(
     )
     before = await run_count(engine)
     async with running(create_app(settings)) as client:
+        client.headers.update((await sign_up(client)).headers)
         response = await client.post(
             "/api/v1/tasks/run", json={"task": "system.echo", "payload": {"message": "x"}}
         )
@@ -112,6 +114,7 @@ async def test_broker_down_is_503_with_retry_after_and_leaves_no_run(
 
 async def test_gateway_without_broker_answers_503_for_runs(make_settings: SettingsFactory) -> None:
     async with running(create_app(make_settings())) as client:
+        client.headers.update((await sign_up(client)).headers)
         response = await client.post("/api/v1/tasks/run", json={"task": "system.echo"})
     assert response.status_code == 503
 
@@ -176,14 +179,16 @@ async def test_definition_lifecycle_and_duplicate_names(tasks_api: httpx.AsyncCl
 
 
 @pytest.fixture
-async def stored_runs(engine: AsyncEngine) -> AsyncIterator[list[uuid.UUID]]:
+async def stored_runs(
+    engine: AsyncEngine, tasks_account: Account
+) -> AsyncIterator[list[uuid.UUID]]:
     """Five finished runs of a task of their own, one second apart."""
     task = unique("test.page").replace("-", "_")
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     start = datetime.now(UTC) - timedelta(hours=1)
     runs = [
         TaskRun(
-            tenant_id=DEFAULT_TENANT_ID,
+            tenant_id=tasks_account.tenant_id,
             task=task,
             queue="default",
             payload={"i": i},

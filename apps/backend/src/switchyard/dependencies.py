@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from switchyard.db.models import DEFAULT_TENANT_ID
-from switchyard.errors import ServiceUnavailableError
+from switchyard.auth import service as auth_service
+from switchyard.auth.principal import Principal
+from switchyard.auth.scopes import ADMIN_ROLES
+from switchyard.auth.security import API_KEY_MARKER
+from switchyard.errors import (
+    ForbiddenError,
+    ServiceUnavailableError,
+    SwitchyardError,
+    TooManyRequestsError,
+    UnauthorizedError,
+)
 from switchyard.platform.broker import Broker
 from switchyard.platform.registry import TaskRegistry
 from switchyard.services.container import Services
 from switchyard.services.health import HealthMonitor
+from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 
 
@@ -41,15 +52,10 @@ def get_registry(request: Request) -> TaskRegistry:
     return cast(TaskRegistry, request.app.state.registry)
 
 
-def get_tenant_id() -> uuid.UUID:
-    """The caller's tenant; the default tenant until authentication exists."""
-    return DEFAULT_TENANT_ID
-
-
 ServicesDep = Annotated[Services, Depends(get_services)]
 BrokerDep = Annotated[Broker, Depends(get_broker)]
 RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]
-TenantDep = Annotated[uuid.UUID, Depends(get_tenant_id)]
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 HealthDep = Annotated[HealthMonitor, Depends(get_health)]
 
@@ -61,6 +67,9 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
     async with services.sessions() as session:
         try:
             yield session
+        except SwitchyardError as exc:
+            await (session.commit() if exc.persist_changes else session.rollback())
+            raise
         except BaseException:
             await session.rollback()
             raise
@@ -69,3 +78,97 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def get_rate_limiter(request: Request) -> RateLimiter:
+    return cast(RateLimiter, request.app.state.rate_limiter)
+
+
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
+
+
+async def enforce(limiter: RateLimiter, limit: str, *keys: str) -> None:
+    decision = await limiter.hit(limit, *keys)
+    if not decision.allowed:
+        raise TooManyRequestsError(
+            f"Too many requests (limit {limit}); retry after {decision.retry_after} s.",
+            decision.retry_after,
+        )
+
+
+async def limit_by_client_ip(
+    request: Request, settings: SettingsDep, limiter: RateLimiterDep
+) -> None:
+    """For sign-up and sign-in: counted per client address, before any credential is read."""
+    client = request.client.host if request.client else "unknown"
+    await enforce(limiter, settings.rate_limit_auth, "auth", client)
+
+
+def _credential(request: Request) -> str:
+    api_key = request.headers.get("X-API-Key")
+    if api_key:
+        return api_key
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    raise UnauthorizedError("Authentication is required: a bearer token or an API key.")
+
+
+# Declared so that the OpenAPI page offers "Authorize"; the header is read below either way.
+_bearer = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+async def get_principal(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
+    _token: Annotated[str | None, Depends(_bearer)] = None,
+    _key: Annotated[str | None, Depends(_api_key)] = None,
+) -> Principal:
+    """The caller, from `Authorization: Bearer <token or key>` or `X-API-Key`; rate limited."""
+    credential = _credential(request)
+    if credential.startswith(API_KEY_MARKER):
+        principal = await auth_service.principal_from_api_key(session, credential)
+    else:
+        principal = await auth_service.principal_from_token(session, settings, credential)
+    await enforce(limiter, settings.rate_limit_api, "api", principal.rate_limit_key)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_tenant_id(principal: PrincipalDep) -> uuid.UUID:
+    return principal.tenant_id
+
+
+TenantDep = Annotated[uuid.UUID, Depends(get_tenant_id)]
+
+
+def require_scope(scope: str) -> Callable[[Principal], Principal]:
+    """A dependency that answers 403, naming `scope`, when the caller lacks it."""
+
+    def check(principal: PrincipalDep) -> Principal:
+        if scope not in principal.scopes:
+            raise ForbiddenError(f"This action needs the scope {scope!r}.")
+        return principal
+
+    return check
+
+
+def require_tenant_admin(principal: PrincipalDep) -> Principal:
+    if principal.kind != "user" or principal.role not in ADMIN_ROLES:
+        raise ForbiddenError("This action needs a tenant owner or admin (signed in as a user).")
+    return principal
+
+
+def require_superuser(principal: PrincipalDep) -> Principal:
+    if not principal.is_superuser:
+        raise ForbiddenError("This action needs a platform superuser.")
+    return principal
+
+
+TenantAdminDep = Annotated[Principal, Depends(require_tenant_admin)]
+SuperuserDep = Annotated[Principal, Depends(require_superuser)]

@@ -11,6 +11,8 @@ class SwitchyardError(Exception):
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
     title: ClassVar[str] = "Bad request"
+    # The unit of work commits, instead of rolling back, before this error is answered.
+    persist_changes: ClassVar[bool] = False
 
     def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -22,6 +24,36 @@ class NotFoundError(SwitchyardError):
     status = 404
     code = "not_found"
     title = "Not found"
+
+
+class UnauthorizedError(SwitchyardError):
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class TokenReuseError(UnauthorizedError):
+    """A rotated refresh token came back: its whole family is revoked, and that must stick."""
+
+    persist_changes = True
+
+
+class ForbiddenError(SwitchyardError):
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class TooManyRequestsError(SwitchyardError):
+    status = 429
+    code = "rate_limited"
+    title = "Too Many Requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class ConflictError(SwitchyardError):

@@ -81,6 +81,20 @@ class Settings(BaseSettings):
     embedded_postgres_port: int = Field(default=0, ge=0, le=65535)
 
     jwt_secret: SecretStr = SecretStr("changethis")
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = "switchyard"
+    jwt_audience: str = "switchyard-api"
+    access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    refresh_token_days: int = Field(default=30, ge=1, le=365)
+    password_min_length: int = Field(default=12, ge=8, le=128)
+    password_max_length: int = Field(default=128, ge=16, le=1024)
+    first_superuser_email: str | None = None
+    first_superuser_password: SecretStr | None = None
+
+    rate_limits_enabled: bool = True
+    rate_limit_auth: str = "5/minute"
+    rate_limit_api: str = "600/minute"
+    rate_limit_task_runs: str = "120/minute"
 
     redis_url: SecretStr | None = None
     redis_socket_timeout_seconds: float = Field(default=2.0, gt=0)
@@ -112,6 +126,17 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("rate_limit_auth", "rate_limit_api", "rate_limit_task_runs")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("is not a rate limit like '5/minute'") from None
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -149,6 +174,7 @@ class Settings(BaseSettings):
             value.get_secret_value()
             for value in (
                 self.jwt_secret,
+                self.first_superuser_password,
                 self.neo4j_password,
                 self.minio_access_key,
                 self.minio_secret_key,
@@ -180,6 +206,15 @@ class Settings(BaseSettings):
             problems.append("DATABASE_URL: missing; set the PostgreSQL URL")
         elif (database.password or "").lower() in KNOWN_DEFAULT_SECRETS:
             problems.append("DATABASE_URL: the password is empty or a known default")
+        if self.first_superuser_email and (
+            self.first_superuser_password is None
+            or self.first_superuser_password.get_secret_value().lower() in KNOWN_DEFAULT_SECRETS
+            or len(self.first_superuser_password.get_secret_value()) < self.password_min_length
+        ):
+            problems.append(
+                "FIRST_SUPERUSER_PASSWORD: missing, a known default or shorter than "
+                f"{self.password_min_length} characters"
+            )
         if self.celery_broker_url is not None:
             broker = urlsplit(self.celery_broker_url.get_secret_value())
             if broker.password is not None and broker.password.lower() in {

@@ -12,12 +12,15 @@ from switchyard import API_VERSION, __version__
 from switchyard.api.errors import install_exception_handlers
 from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
 from switchyard.api.routes import health, meta
+from switchyard.auth import endpoints as auth
 from switchyard.platform.broker import Broker
 from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
 from switchyard.services.health import HealthCheck
+from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 from switchyard.tasks import endpoints as tasks
+from switchyard.tenants import endpoints as tenants
 
 
 def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI:
@@ -28,6 +31,10 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         app.state.services = services
         app.state.broker = broker
         app.state.registry = load_task_modules()
+        app.state.rate_limiter = RateLimiter(
+            settings.redis_url.get_secret_value() if settings.redis_url else None,
+            enabled=settings.rate_limits_enabled,
+        )
         checks = services.health_checks()
         if broker is not None:
             checks.append(HealthCheck("broker", critical=False, probe=broker.probe))
@@ -62,6 +69,9 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(health.router)
     api = f"/api/{API_VERSION}"
     app.include_router(meta.router, prefix=api)
+    app.include_router(auth.router, prefix=api)
+    app.include_router(auth.keys_router, prefix=api)
+    app.include_router(tenants.router, prefix=api)
     app.include_router(tasks.router, prefix=api)
     app.include_router(health.router, prefix=api, include_in_schema=False)
     return app

@@ -191,7 +191,9 @@ class Beat:
         done = []
         for run in runs:
             try:
-                await self.publisher.publish(str(run.id), run.task, run.queue, run.eta)
+                await self.publisher.publish(
+                    str(run.id), run.task, run.queue, run.eta, str(run.tenant_id)
+                )
             except BrokerUnavailableError:
                 break  # left unpublished: the next outbox pass tries again
             done.append(run.id)

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.dialects.postgresql import insert
 
-from switchyard.db.models import DeadLetter, TaskRun
+from switchyard.db.models import DEFAULT_TENANT_ID, DeadLetter, TaskRun
 from switchyard.platform import events, ledger
 from switchyard.services.container import Services
 
@@ -82,7 +82,8 @@ async def archive(services: Services, record: DeadLetterRecord) -> None:
         statement = (
             insert(DeadLetter)
             .values(
-                tenant_id=run.tenant_id if run else None,
+                # A message with no run behind it is kept by the system tenant.
+                tenant_id=run.tenant_id if run else DEFAULT_TENANT_ID,
                 run_id=run.id if run else None,
                 task=record.task,
                 queue=record.queue,

@@ -48,11 +48,22 @@ async def _record(
 
 
 async def execute(
-    services: Services, spec: TaskSpec[Any], run_id: uuid.UUID, *, redelivered: bool
+    services: Services,
+    spec: TaskSpec[Any],
+    run_id: uuid.UUID,
+    *,
+    redelivered: bool,
+    tenant_id: uuid.UUID | None = None,
 ) -> Outcome:
-    """Run one attempt; the caller turns the outcome into an ack, a retry or a reject."""
+    """Run one attempt in the run's tenant; the caller acks, retries or rejects on the outcome."""
     assert services.sessions is not None
     async with services.sessions.begin() as session:
+        stored = await session.get(TaskRun, run_id)
+        if stored is not None and tenant_id is not None and stored.tenant_id != tenant_id:
+            logger.error(
+                "delivery refused: its tenant is not the run's", extra={"task_id": str(run_id)}
+            )
+            return Outcome("skipped")
         run = await ledger.claim(session, run_id, redelivered=redelivered)
     if run is None:
         logger.info(

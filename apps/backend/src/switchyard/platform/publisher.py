@@ -15,6 +15,8 @@ from switchyard.platform.celery_app import broker_is_amqp
 logger = logging.getLogger(__name__)
 
 MIN_DELAY_SECONDS = 1.0
+# Every run message names its tenant; the worker refuses a run whose ledger row disagrees.
+TENANT_HEADER = "switchyard_tenant"
 
 
 class BrokerUnavailableError(Exception):
@@ -39,7 +41,9 @@ class RunPublisher:
                 topology.declare(connection, self.delivery_limit)
             self._declared = True
 
-    def publish_sync(self, run_id: str, task: str, queue: str, eta: datetime | None) -> None:
+    def publish_sync(
+        self, run_id: str, task: str, queue: str, eta: datetime | None, tenant_id: str | None
+    ) -> None:
         self.declare_topology()
         if eta is not None and (eta - datetime.now(UTC)).total_seconds() < MIN_DELAY_SECONDS:
             eta = None  # broker-held delays count whole seconds; anything sooner runs now
@@ -50,13 +54,17 @@ class RunPublisher:
             queue=queue,
             routing_key=queue,
             eta=eta,
+            headers={TENANT_HEADER: tenant_id} if tenant_id else None,
         )
 
-    async def publish(self, run_id: str, task: str, queue: str, eta: datetime | None) -> None:
+    async def publish(
+        self, run_id: str, task: str, queue: str, eta: datetime | None, tenant_id: str | None
+    ) -> None:
         """Publish or raise BrokerUnavailableError within `timeout` seconds."""
         try:
             await asyncio.wait_for(
-                asyncio.to_thread(self.publish_sync, run_id, task, queue, eta), self.timeout
+                asyncio.to_thread(self.publish_sync, run_id, task, queue, eta, tenant_id),
+                self.timeout,
             )
         except Exception as exc:
             logger.warning("publish failed", extra={"task_id": run_id, "error": repr(exc)})

@@ -20,6 +20,7 @@ from switchyard.platform.celery_app import broker_is_amqp
 from switchyard.platform.dead_letters import DeadLetterRecord, archive, parse
 from switchyard.platform.execution import execute
 from switchyard.platform.heartbeat import write_heartbeat
+from switchyard.platform.publisher import TENANT_HEADER
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.topology import DEAD_LETTER_QUEUE
 
@@ -32,12 +33,14 @@ def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
     def run_registered_task(task: Task, run_id: str) -> None:
         current = runtime.current()
         delivery = task.request.delivery_info or {}
+        tenant = getattr(task.request, TENANT_HEADER, None)
         outcome = current.run(
             execute(
                 current.services,
                 spec,
                 uuid.UUID(run_id),
                 redelivered=bool(delivery.get("redelivered")),
+                tenant_id=uuid.UUID(tenant) if tenant else None,
             )
         )
         if outcome.kind == "retry":

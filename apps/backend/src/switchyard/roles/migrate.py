@@ -1,17 +1,31 @@
-"""The `migrate` role: upgrade the database to the newest migration, then exit 0."""
+"""The `migrate` role: upgrade the database, bootstrap the platform superuser, exit 0."""
 
 from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from switchyard.auth.service import ensure_superuser
 from switchyard.db.migrate import migrate
 from switchyard.roles.errors import RoleConfigurationError
 from switchyard.settings import Settings
+
+
+async def prepare_database(settings: Settings, url: URL) -> None:
+    await migrate(url)
+    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+    try:
+        async with async_sessionmaker(engine).begin() as session:
+            await ensure_superuser(session, settings)
+    finally:
+        await engine.dispose()
 
 
 def run(settings: Settings) -> int:
     url = settings.database
     if url is None:
         raise RoleConfigurationError("DATABASE_URL: required by the migrate role")
-    asyncio.run(migrate(url))
+    asyncio.run(prepare_database(settings, url))
     return 0

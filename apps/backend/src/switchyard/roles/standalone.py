@@ -18,12 +18,12 @@ from pathlib import Path
 import asyncpg
 from pydantic import SecretStr
 
-from switchyard.db.migrate import migrate
 from switchyard.embedded.postgres import EmbeddedPostgres, EmbeddedPostgresError
 from switchyard.embedded.process import die_with_parent
 from switchyard.embedded.redis import EmbeddedRedis, EmbeddedRedisError
 from switchyard.roles.api_gateway import serve
 from switchyard.roles.errors import RoleStartupError
+from switchyard.roles.migrate import prepare_database
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,9 +44,9 @@ async def _create_database(postgres: EmbeddedPostgres) -> None:
         await connection.close()
 
 
-async def _prepare(postgres: EmbeddedPostgres) -> None:
+async def _prepare(settings: Settings, postgres: EmbeddedPostgres) -> None:
     await _create_database(postgres)
-    await migrate(postgres.url(DATABASE))
+    await prepare_database(settings, postgres.url(DATABASE))
 
 
 def _banner(settings: Settings, postgres: EmbeddedPostgres, redis: EmbeddedRedis) -> str:
@@ -107,7 +107,7 @@ def run(settings: Settings) -> int:
             stack.callback(redis.stop)
         except (EmbeddedPostgresError, EmbeddedRedisError) as exc:
             raise RoleStartupError(str(exc)) from None
-        asyncio.run(_prepare(postgres))
+        asyncio.run(_prepare(settings, postgres))
         database_url = postgres.url(DATABASE).render_as_string(hide_password=False)
         embedded = settings.model_copy(
             update={

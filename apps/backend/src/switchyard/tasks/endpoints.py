@@ -6,16 +6,19 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 
 from switchyard.db.models import RunState
 from switchyard.dependencies import (
     BrokerDep,
+    RateLimiterDep,
     RegistryDep,
     ServicesDep,
     SessionDep,
     TenantDep,
+    enforce,
+    require_scope,
 )
 from switchyard.errors import ConflictError, InvalidInputError
 from switchyard.logging import request_id_var
@@ -44,7 +47,7 @@ def _submitter(tenant_id: uuid.UUID) -> service.Submitter:
     return service.Submitter(tenant_id, request_id_var.get(), submitted_by="anonymous")
 
 
-@router.get("/registered")
+@router.get("/registered", dependencies=[Depends(require_scope("tasks:read"))])
 async def registered_tasks(
     registry: RegistryDep, session: SessionDep, tenant_id: TenantDep
 ) -> RegisteredTasks:
@@ -55,19 +58,23 @@ async def registered_tasks(
     )
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(require_scope("tasks:admin"))],
+)
 async def register_definition(
     body: DefinitionIn, registry: RegistryDep, session: SessionDep, tenant_id: TenantDep
 ) -> DefinitionOut:
     return DefinitionOut.of(await service.create_definition(session, registry, tenant_id, body))
 
 
-@router.get("/definitions/{name}")
+@router.get("/definitions/{name}", dependencies=[Depends(require_scope("tasks:read"))])
 async def get_definition(name: str, session: SessionDep, tenant_id: TenantDep) -> DefinitionOut:
     return DefinitionOut.of(await service.get_definition(session, tenant_id, name))
 
 
-@router.patch("/definitions/{name}")
+@router.patch("/definitions/{name}", dependencies=[Depends(require_scope("tasks:admin"))])
 async def update_definition(
     name: str,
     patch: DefinitionPatch,
@@ -79,12 +86,18 @@ async def update_definition(
     return DefinitionOut.of(definition)
 
 
-@router.delete("/definitions/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/definitions/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Depends(require_scope("tasks:admin"))],
+)
 async def delete_definition(name: str, session: SessionDep, tenant_id: TenantDep) -> None:
     await service.delete_definition(session, tenant_id, name)
 
 
-@router.post("/run", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/run", status_code=status.HTTP_202_ACCEPTED, dependencies=[Depends(require_scope("tasks:run"))]
+)
 async def run_task(
     body: RunRequest,
     request: Request,
@@ -93,9 +106,11 @@ async def run_task(
     broker: BrokerDep,
     registry: RegistryDep,
     tenant_id: TenantDep,
+    limiter: RateLimiterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> RunAccepted:
     assert services.sessions is not None
+    await enforce(limiter, services.settings.rate_limit_task_runs, "runs", str(tenant_id))
     run, _ = await service.submit(
         services.sessions,
         broker.publisher,
@@ -109,7 +124,7 @@ async def run_task(
     return RunAccepted(task_id=run.id, state=run.state, eta=run.eta)
 
 
-@router.get("/")
+@router.get("/", dependencies=[Depends(require_scope("tasks:read"))])
 async def list_runs(
     session: SessionDep,
     tenant_id: TenantDep,
@@ -137,7 +152,7 @@ async def list_runs(
     )
 
 
-@router.get("/dead-letters")
+@router.get("/dead-letters", dependencies=[Depends(require_scope("tasks:read"))])
 async def list_dead_letters(
     session: SessionDep,
     tenant_id: TenantDep,
@@ -149,7 +164,11 @@ async def list_dead_letters(
     ]
 
 
-@router.post("/dead-letters/{letter_id}/replay", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/dead-letters/{letter_id}/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(require_scope("tasks:admin"))],
+)
 async def replay_dead_letter(
     letter_id: uuid.UUID,
     request: Request,
@@ -179,19 +198,23 @@ async def replay_dead_letter(
     return RunAccepted(task_id=run.id, state=run.state, eta=run.eta)
 
 
-@router.delete("/dead-letters/{letter_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/dead-letters/{letter_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Depends(require_scope("tasks:admin"))],
+)
 async def delete_dead_letter(
     letter_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
 ) -> None:
     await session.delete(await service.get_dead_letter(session, tenant_id, letter_id))
 
 
-@router.get("/{task_id}")
+@router.get("/{task_id}", dependencies=[Depends(require_scope("tasks:read"))])
 async def get_run(task_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> RunOut:
     return RunOut.of(await service.get_run(session, tenant_id, task_id))
 
 
-@router.post("/{task_id}/cancel")
+@router.post("/{task_id}/cancel", dependencies=[Depends(require_scope("tasks:run"))])
 async def cancel_run(
     task_id: uuid.UUID,
     session: SessionDep,
@@ -206,7 +229,11 @@ async def cancel_run(
     return RunOut.of(run)
 
 
-@router.get("/{task_id}/events", response_class=EventSourceResponse)
+@router.get(
+    "/{task_id}/events",
+    response_class=EventSourceResponse,
+    dependencies=[Depends(require_scope("tasks:read"))],
+)
 async def run_events(
     task_id: uuid.UUID,
     request: Request,

@@ -6,43 +6,32 @@ import base64
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
+from switchyard.db.tenancy import scoped
 
 
 async def definition_by_name(
     session: AsyncSession, tenant_id: uuid.UUID, name: str
 ) -> TaskDefinition | None:
-    return await session.scalar(
-        select(TaskDefinition).where(
-            TaskDefinition.tenant_id == tenant_id, TaskDefinition.name == name
-        )
-    )
+    return await session.scalar(scoped(TaskDefinition, tenant_id, TaskDefinition.name == name))
 
 
 async def definitions(session: AsyncSession, tenant_id: uuid.UUID) -> list[TaskDefinition]:
-    statement = (
-        select(TaskDefinition)
-        .where(TaskDefinition.tenant_id == tenant_id)
-        .order_by(TaskDefinition.name)
-    )
+    statement = scoped(TaskDefinition, tenant_id).order_by(TaskDefinition.name)
     return list((await session.scalars(statement)).all())
 
 
 async def run(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID) -> TaskRun | None:
-    return await session.scalar(
-        select(TaskRun).where(TaskRun.tenant_id == tenant_id, TaskRun.id == run_id)
-    )
+    return await session.scalar(scoped(TaskRun, tenant_id, TaskRun.id == run_id))
 
 
 async def run_by_idempotency_key(
     session: AsyncSession, tenant_id: uuid.UUID, key: str
 ) -> TaskRun | None:
-    return await session.scalar(
-        select(TaskRun).where(TaskRun.tenant_id == tenant_id, TaskRun.idempotency_key == key)
-    )
+    return await session.scalar(scoped(TaskRun, tenant_id, TaskRun.idempotency_key == key))
 
 
 def encode_cursor(run: TaskRun) -> str:
@@ -66,7 +55,7 @@ async def runs_page(
     limit: int,
 ) -> list[TaskRun]:
     """Newest first; `limit + 1` rows so the caller knows whether a next page exists."""
-    statement = select(TaskRun).where(TaskRun.tenant_id == tenant_id)
+    statement = scoped(TaskRun, tenant_id)
     if state is not None:
         statement = statement.where(TaskRun.state == state)
     if task is not None:
@@ -84,18 +73,11 @@ async def runs_page(
 
 
 async def dead_letters(session: AsyncSession, tenant_id: uuid.UUID, limit: int) -> list[DeadLetter]:
-    statement = (
-        select(DeadLetter)
-        .where(DeadLetter.tenant_id == tenant_id)
-        .order_by(DeadLetter.created_at.desc())
-        .limit(limit)
-    )
+    statement = scoped(DeadLetter, tenant_id).order_by(DeadLetter.created_at.desc()).limit(limit)
     return list((await session.scalars(statement)).all())
 
 
 async def dead_letter(
     session: AsyncSession, tenant_id: uuid.UUID, letter_id: uuid.UUID
 ) -> DeadLetter | None:
-    return await session.scalar(
-        select(DeadLetter).where(DeadLetter.tenant_id == tenant_id, DeadLetter.id == letter_id)
-    )
+    return await session.scalar(scoped(DeadLetter, tenant_id, DeadLetter.id == letter_id))

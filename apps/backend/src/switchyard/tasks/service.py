@@ -209,7 +209,7 @@ async def publish(
     sessions: async_sessionmaker[AsyncSession], publisher: RunPublisher, run: TaskRun
 ) -> None:
     try:
-        await publisher.publish(str(run.id), run.task, run.queue, run.eta)
+        await publisher.publish(str(run.id), run.task, run.queue, run.eta, str(run.tenant_id))
     except BrokerUnavailableError:
         async with sessions.begin() as session:
             await session.execute(delete(TaskRun).where(TaskRun.id == run.id))

@@ -6,17 +6,23 @@ from switchyard.db.models.document import DocumentStatus, KnowledgeDocument
 from switchyard.db.models.task_definition import TaskDefinition
 from switchyard.db.models.task_run import FINAL_STATES, RunState, TaskRun
 from switchyard.db.models.tenant import DEFAULT_TENANT_ID, Tenant, TenantStatus
+from switchyard.db.models.user import ApiKey, Membership, RefreshToken, Role, User
 
 __all__ = [
     "DEFAULT_TENANT_ID",
     "FINAL_STATES",
+    "ApiKey",
     "DataSourceConnection",
     "DeadLetter",
     "DocumentStatus",
     "KnowledgeDocument",
+    "Membership",
+    "RefreshToken",
+    "Role",
     "RunState",
     "TaskDefinition",
     "TaskRun",
     "Tenant",
     "TenantStatus",
+    "User",
 ]

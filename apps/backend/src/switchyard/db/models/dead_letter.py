@@ -17,9 +17,7 @@ class DeadLetter(UUIDPrimaryKey, Timestamps, Base):
     __tablename__ = "dead_letters"
     __table_args__ = (Index("ix_dead_letters_tenant_id_created_at", "tenant_id", "created_at"),)
 
-    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE")
-    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     run_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("task_runs.id", ondelete="SET NULL"), unique=True
     )

@@ -1,0 +1,1 @@
+"""Identity: users, tokens, API keys, scopes and the caller's tenant."""

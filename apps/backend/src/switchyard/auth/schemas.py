@@ -1,0 +1,88 @@
+"""Bodies of /api/v1/auth and /api/v1/api-keys."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+from switchyard.db.models import Role
+
+Scope = Literal["tasks:read", "tasks:run", "tasks:admin", "documents:read", "documents:write"]
+
+
+class RegisterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: EmailStr
+    password: str = Field(max_length=1024)
+    tenant_name: str = Field(min_length=1, max_length=200)
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: EmailStr
+    password: str = Field(max_length=1024)
+    tenant: str | None = Field(default=None, max_length=63, description="Tenant slug")
+
+
+class RefreshIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth2 token type
+    expires_in: int
+    refresh_token: str
+
+
+class TenantSummary(BaseModel):
+    id: uuid.UUID
+    name: str
+    slug: str
+    status: str
+
+
+class Registered(BaseModel):
+    user_id: uuid.UUID
+    email: str
+    tenant: TenantSummary
+    role: Role
+
+
+class Me(BaseModel):
+    kind: Literal["user", "api_key"]
+    user_id: uuid.UUID | None
+    email: str | None
+    api_key_id: uuid.UUID | None
+    tenant: TenantSummary
+    role: Role | None
+    scopes: list[str]
+    is_superuser: bool
+
+
+class ApiKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[Scope] = Field(min_length=1)
+
+
+class ApiKeyOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The secret: shown this once, stored only as a hash")

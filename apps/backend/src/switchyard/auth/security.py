@@ -1,0 +1,127 @@
+"""Secrets: password hashes, signed access tokens, refresh tokens and API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from pwdlib import PasswordHash
+
+from switchyard.settings import Settings
+
+_passwords = PasswordHash.recommended()
+# Verifying against this when an email is unknown makes both answers take as long.
+_DUMMY_HASH = _passwords.hash("switchyard-timing-equaliser")
+API_KEY_MARKER = "sy_"
+ACCESS = "access"
+
+
+def hash_password(password: str) -> str:
+    return _passwords.hash(password)
+
+
+def verify_password(password: str, password_hash: str | None) -> bool:
+    if password_hash is None:
+        _passwords.verify(password, _DUMMY_HASH)
+        return False
+    return bool(_passwords.verify(password, password_hash))
+
+
+def digest(secret: str) -> str:
+    """SHA-256 of a high-entropy secret (keys and refresh tokens, not passwords)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def same_digest(secret: str, expected: str) -> bool:
+    return hmac.compare_digest(digest(secret), expected)
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    tenant_id: uuid.UUID
+    role: str
+    superuser: bool
+
+
+def issue_access_token(settings: Settings, claims: AccessClaims) -> tuple[str, int]:
+    """A signed token and its lifetime in seconds."""
+    now = datetime.now(UTC)
+    lifetime = timedelta(minutes=settings.access_token_minutes)
+    payload: dict[str, Any] = {
+        "sub": str(claims.user_id),
+        "tid": str(claims.tenant_id),
+        "role": claims.role,
+        "su": claims.superuser,
+        "typ": ACCESS,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": uuid.uuid4().hex,
+    }
+    token = jwt.encode(payload, settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
+    return token, int(lifetime.total_seconds())
+
+
+class InvalidTokenError(Exception):
+    pass
+
+
+def read_access_token(settings: Settings, token: str) -> AccessClaims:
+    """Verify signature, algorithm (fixed by settings), expiry, issuer and audience."""
+    try:
+        payload = jwt.decode(
+            token,
+            settings.jwt_secret.get_secret_value(),
+            algorithms=[settings.jwt_algorithm],
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+        )
+        if payload.get("typ") != ACCESS:
+            raise InvalidTokenError("not an access token")
+        return AccessClaims(
+            user_id=uuid.UUID(payload["sub"]),
+            tenant_id=uuid.UUID(payload["tid"]),
+            role=str(payload["role"]),
+            superuser=bool(payload.get("su", False)),
+        )
+    except (jwt.PyJWTError, KeyError, ValueError) as exc:
+        raise InvalidTokenError(str(exc)) from None
+
+
+def new_refresh_secret(token_id: uuid.UUID) -> tuple[str, str]:
+    """The refresh token handed out (`id.secret`) and the digest stored."""
+    secret = secrets.token_urlsafe(32)
+    return f"{token_id}.{secret}", digest(secret)
+
+
+def split_refresh_token(token: str) -> tuple[uuid.UUID, str] | None:
+    token_id, _, secret = token.partition(".")
+    try:
+        return uuid.UUID(token_id), secret
+    except ValueError:
+        return None
+
+
+def new_api_key() -> tuple[str, str, str]:
+    """(the key shown once, its lookup prefix, the digest stored)."""
+    prefix = secrets.token_hex(5)
+    secret = secrets.token_urlsafe(32)
+    return f"{API_KEY_MARKER}{prefix}_{secret}", prefix, digest(secret)
+
+
+def split_api_key(key: str) -> tuple[str, str] | None:
+    if not key.startswith(API_KEY_MARKER):
+        return None
+    prefix, _, secret = key[len(API_KEY_MARKER) :].partition("_")
+    if len(prefix) != 10 or not secret:
+        return None
+    return prefix, secret

@@ -1,0 +1,281 @@
+"""Sign-up, sign-in, token rotation, API keys, and resolving a caller to a Principal."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from switchyard.auth import security
+from switchyard.auth.principal import Principal
+from switchyard.auth.schemas import ApiKeyIn, RegisterIn, TokenPair
+from switchyard.auth.scopes import ROLE_SCOPES
+from switchyard.db.models import (
+    ApiKey,
+    Membership,
+    RefreshToken,
+    Role,
+    Tenant,
+    TenantStatus,
+    User,
+)
+from switchyard.db.tenancy import scoped
+from switchyard.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    TokenReuseError,
+    UnauthorizedError,
+)
+from switchyard.settings import Settings
+
+BAD_CREDENTIALS = "Incorrect email or password."
+BAD_TOKEN = "The credentials are invalid or expired."  # noqa: S105 - a message
+LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+
+def check_password(settings: Settings, password: str) -> None:
+    low, high = settings.password_min_length, settings.password_max_length
+    if not low <= len(password) <= high:
+        raise InvalidInputError(
+            "The password does not meet the length rule.",
+            [
+                {
+                    "field": "body.password",
+                    "message": f"between {low} and {high} characters",
+                    "type": "password_length",
+                }
+            ],
+        )
+
+
+async def _free_slug(session: AsyncSession, name: str) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:50] or "tenant"
+    slug = base
+    while await session.scalar(select(Tenant.id).where(Tenant.slug == slug)) is not None:
+        slug = f"{base}-{secrets.token_hex(3)}"
+    return slug
+
+
+async def create_tenant(session: AsyncSession, name: str, slug: str | None = None) -> Tenant:
+    if slug is not None and await session.scalar(select(Tenant.id).where(Tenant.slug == slug)):
+        raise ConflictError(f"The tenant slug {slug!r} is taken.")
+    tenant = Tenant(name=name, slug=slug or await _free_slug(session, name))
+    session.add(tenant)
+    await session.flush()
+    await session.refresh(tenant)
+    return tenant
+
+
+async def register(
+    session: AsyncSession, settings: Settings, body: RegisterIn
+) -> tuple[User, Tenant]:
+    check_password(settings, body.password)
+    email = body.email.lower()
+    if await session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise ConflictError("An account with this email exists; sign in instead.")
+    tenant = await create_tenant(session, body.tenant_name)
+    user = User(email=email, password_hash=security.hash_password(body.password))
+    session.add(user)
+    await session.flush()
+    session.add(Membership(user_id=user.id, tenant_id=tenant.id, role=Role.OWNER))
+    await session.flush()
+    return user, tenant
+
+
+async def ensure_superuser(session: AsyncSession, settings: Settings) -> User | None:
+    """Create the platform superuser named in settings, once; owner of the system tenant."""
+    if not settings.first_superuser_email or settings.first_superuser_password is None:
+        return None
+    email = settings.first_superuser_email.lower()
+    user = await session.scalar(select(User).where(User.email == email))
+    if user is not None:
+        return user
+    password = settings.first_superuser_password.get_secret_value()
+    user = User(email=email, password_hash=security.hash_password(password), is_superuser=True)
+    session.add(user)
+    await session.flush()
+    system = await session.scalar(select(Tenant).where(Tenant.slug == "default"))
+    if system is not None:
+        session.add(Membership(user_id=user.id, tenant_id=system.id, role=Role.OWNER))
+    await session.flush()
+    return user
+
+
+async def authenticate(
+    session: AsyncSession, email: str, password: str, tenant_slug: str | None
+) -> tuple[User, Membership]:
+    """The same answer, in about the same time, whether or not the email exists."""
+    user = await session.scalar(select(User).where(User.email == email.lower()))
+    valid = security.verify_password(password, user.password_hash if user else None)
+    if user is None or not valid or not user.is_active:
+        raise UnauthorizedError(BAD_CREDENTIALS)
+    statement = select(Membership).where(Membership.user_id == user.id)
+    if tenant_slug is not None:
+        statement = statement.join(Tenant, Tenant.id == Membership.tenant_id).where(
+            Tenant.slug == tenant_slug
+        )
+    membership = await session.scalar(statement.order_by(Membership.created_at).limit(1))
+    if membership is None:
+        raise UnauthorizedError(BAD_CREDENTIALS)
+    await _active_tenant(session, membership.tenant_id)
+    return user, membership
+
+
+async def _active_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
+    tenant = await session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise UnauthorizedError(BAD_TOKEN)
+    if tenant.status is TenantStatus.SUSPENDED:
+        raise ForbiddenError("This tenant is suspended.")
+    return tenant
+
+
+async def issue_tokens(
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    membership: Membership,
+    family_id: uuid.UUID | None = None,
+) -> TokenPair:
+    claims = security.AccessClaims(
+        user.id, membership.tenant_id, membership.role.value, user.is_superuser
+    )
+    access, lifetime = security.issue_access_token(settings, claims)
+    token_id = uuid.uuid4()
+    refresh, secret_hash = security.new_refresh_secret(token_id)
+    session.add(
+        RefreshToken(
+            id=token_id,
+            user_id=user.id,
+            tenant_id=membership.tenant_id,
+            family_id=family_id or uuid.uuid4(),
+            secret_hash=secret_hash,
+            expires_at=datetime.now(UTC) + timedelta(days=settings.refresh_token_days),
+        )
+    )
+    await session.flush()
+    return TokenPair(access_token=access, expires_in=lifetime, refresh_token=refresh)
+
+
+async def _revoke_family(session: AsyncSession, family_id: uuid.UUID) -> None:
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+
+
+async def _presented(session: AsyncSession, token: str) -> RefreshToken:
+    parts = security.split_refresh_token(token)
+    stored = await session.get(RefreshToken, parts[0]) if parts else None
+    if parts is None or stored is None or not security.same_digest(parts[1], stored.secret_hash):
+        raise UnauthorizedError(BAD_TOKEN)
+    return stored
+
+
+async def refresh(session: AsyncSession, settings: Settings, token: str) -> TokenPair:
+    """Rotate: the presented token is spent; presenting a spent one revokes its family."""
+    stored = await _presented(session, token)
+    if stored.used_at is not None or stored.revoked_at is not None:
+        await _revoke_family(session, stored.family_id)
+        raise TokenReuseError("This refresh token was already used; sign in again.")
+    if stored.expires_at <= datetime.now(UTC):
+        raise UnauthorizedError(BAD_TOKEN)
+    stored.used_at = stored.revoked_at = datetime.now(UTC)
+    user = await session.get(User, stored.user_id)
+    membership = await session.scalar(
+        select(Membership).where(
+            Membership.user_id == stored.user_id, Membership.tenant_id == stored.tenant_id
+        )
+    )
+    if user is None or membership is None or not user.is_active:
+        raise UnauthorizedError(BAD_TOKEN)
+    await _active_tenant(session, stored.tenant_id)
+    return await issue_tokens(session, settings, user, membership, stored.family_id)
+
+
+async def logout(session: AsyncSession, token: str) -> None:
+    stored = await _presented(session, token)
+    await _revoke_family(session, stored.family_id)
+
+
+async def principal_from_token(session: AsyncSession, settings: Settings, token: str) -> Principal:
+    try:
+        claims = security.read_access_token(settings, token)
+    except security.InvalidTokenError:
+        raise UnauthorizedError(BAD_TOKEN) from None
+    user = await session.get(User, claims.user_id)
+    if user is None or not user.is_active:
+        raise UnauthorizedError(BAD_TOKEN)
+    await _active_tenant(session, claims.tenant_id)
+    role = Role(claims.role)
+    return Principal(
+        kind="user",
+        tenant_id=claims.tenant_id,
+        scopes=ROLE_SCOPES[role],
+        user_id=user.id,
+        role=role,
+        is_superuser=user.is_superuser,
+    )
+
+
+async def principal_from_api_key(session: AsyncSession, key: str) -> Principal:
+    parts = security.split_api_key(key)
+    stored = (
+        await session.scalar(select(ApiKey).where(ApiKey.prefix == parts[0])) if parts else None
+    )
+    if (
+        parts is None
+        or stored is None
+        or stored.revoked_at is not None
+        or not security.same_digest(parts[1], stored.secret_hash)
+    ):
+        raise UnauthorizedError(BAD_TOKEN)
+    await _active_tenant(session, stored.tenant_id)
+    now = datetime.now(UTC)
+    if stored.last_used_at is None or now - stored.last_used_at > LAST_USED_GRANULARITY:
+        stored.last_used_at = now
+    return Principal(
+        kind="api_key",
+        tenant_id=stored.tenant_id,
+        scopes=frozenset(stored.scopes),
+        api_key_id=stored.id,
+    )
+
+
+async def create_api_key(
+    session: AsyncSession, principal: Principal, body: ApiKeyIn
+) -> tuple[ApiKey, str]:
+    key, prefix, secret_hash = security.new_api_key()
+    api_key = ApiKey(
+        tenant_id=principal.tenant_id,
+        name=body.name,
+        prefix=prefix,
+        secret_hash=secret_hash,
+        scopes=sorted(set(body.scopes)),
+        created_by=principal.user_id,
+    )
+    session.add(api_key)
+    await session.flush()
+    await session.refresh(api_key)
+    return api_key, key
+
+
+async def api_keys(session: AsyncSession, tenant_id: uuid.UUID) -> list[ApiKey]:
+    statement = scoped(ApiKey, tenant_id).order_by(ApiKey.created_at)
+    return list((await session.scalars(statement)).all())
+
+
+async def revoke_api_key(session: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
+    api_key = await session.scalar(scoped(ApiKey, tenant_id, ApiKey.id == key_id))
+    if api_key is None:
+        raise NotFoundError(f"No API key {key_id}.")
+    if api_key.revoked_at is None:
+        api_key.revoked_at = datetime.now(UTC)
+    return api_key

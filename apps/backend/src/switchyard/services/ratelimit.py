@@ -1,0 +1,51 @@
+"""Rate limits on Redis (the `limits` library), falling back to in-process counters."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    retry_after: int
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str | None, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.redis: Storage | None = None
+        if redis_url is not None:
+            uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
+            self.redis = RedisStorage(uri, implementation="redispy", wrap_exceptions=True)
+        self.memory = MemoryStorage()
+
+    async def _hit(self, storage: Storage, item: RateLimitItem, keys: tuple[str, ...]) -> Decision:
+        limiter = FixedWindowRateLimiter(storage)
+        allowed = await limiter.hit(item, *keys)
+        if allowed:
+            return Decision(True, 0)
+        stats = await limiter.get_window_stats(item, *keys)
+        return Decision(False, max(1, int(stats.reset_time - time.time()) + 1))
+
+    async def hit(self, limit: str, *keys: str) -> Decision:
+        """Count one request against `limit` (e.g. "5/minute") for the given keys."""
+        if not self.enabled:
+            return Decision(True, 0)
+        item = parse(limit)
+        if self.redis is not None:
+            try:
+                return await self._hit(self.redis, item, keys)
+            except Exception as exc:  # the storage's own errors vary by client; fall back
+                logger.warning(
+                    "rate limit storage failed; counting in process", extra={"error": repr(exc)}
+                )
+        return await self._hit(self.memory, item, keys)

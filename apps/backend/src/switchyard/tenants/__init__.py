@@ -1,0 +1,1 @@
+"""Tenants: the platform superuser's view of all, and an admin's view of their own."""
