@@ -4,6 +4,7 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import asyncpg
 from sqlalchemy.engine import URL
 
 from tests.fixtures.postgres import DatabaseFactory
@@ -114,7 +115,11 @@ async def test_migrate_role_upgrades_and_is_safe_to_repeat_concurrently(
             "run",
             "migrate",
             cwd=tmp_path,
-            env=switchyard_env(DATABASE_URL=url),
+            env=switchyard_env(
+                DATABASE_URL=url,
+                FIRST_SUPERUSER_EMAIL="root@example.com",
+                FIRST_SUPERUSER_PASSWORD="a-long-superuser-password",
+            ),
             stderr=asyncio.subprocess.PIPE,
         )
         _, stderr = await asyncio.wait_for(process.communicate(), 60)
@@ -125,3 +130,12 @@ async def test_migrate_role_upgrades_and_is_safe_to_repeat_concurrently(
     code, stderr = await migrate_process()
     assert code == 0
     assert b'"message": "database migrated"' in stderr
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        superusers = await connection.fetch(
+            "SELECT u.email, m.role FROM users u JOIN memberships m ON m.user_id = u.id "
+            "WHERE u.is_superuser"
+        )
+    finally:
+        await connection.close()
+    assert [(row["email"], row["role"]) for row in superusers] == [("root@example.com", "owner")]

@@ -137,3 +137,25 @@ def test_empty_values_fall_back_to_defaults(monkeypatch: pytest.MonkeyPatch) -> 
     settings = Settings(_env_file=None)
     assert settings.redis_url is None
     assert settings.api_port == 8000
+
+
+def test_production_refuses_a_weak_superuser_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_SECRET", STRONG_SECRET)
+    monkeypatch.setenv("DATABASE_URL", PROD_DB)
+    monkeypatch.setenv("FIRST_SUPERUSER_EMAIL", "root@example.com")
+    monkeypatch.setenv("FIRST_SUPERUSER_PASSWORD", "changethis")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert [line.split(":")[0] for line in raised.value.lines] == ["FIRST_SUPERUSER_PASSWORD"]
+
+
+def test_rate_limits_must_parse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RATE_LIMIT_API", "lots")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert raised.value.lines[0].startswith("RATE_LIMIT_API: ")

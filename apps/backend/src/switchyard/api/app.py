@@ -34,6 +34,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         app.state.rate_limiter = RateLimiter(
             settings.redis_url.get_secret_value() if settings.redis_url else None,
             enabled=settings.rate_limits_enabled,
+            namespace=settings.cache_namespace,
         )
         checks = services.health_checks()
         if broker is not None:

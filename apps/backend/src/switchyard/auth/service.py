@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.auth import security
@@ -89,21 +90,25 @@ async def register(
 
 
 async def ensure_superuser(session: AsyncSession, settings: Settings) -> User | None:
-    """Create the platform superuser named in settings, once; owner of the system tenant."""
+    """Create the platform superuser named in settings, once (two `migrate`s may race here);
+    it owns the system tenant."""
     if not settings.first_superuser_email or settings.first_superuser_password is None:
         return None
     email = settings.first_superuser_email.lower()
-    user = await session.scalar(select(User).where(User.email == email))
-    if user is not None:
-        return user
     password = settings.first_superuser_password.get_secret_value()
-    user = User(email=email, password_hash=security.hash_password(password), is_superuser=True)
-    session.add(user)
-    await session.flush()
+    await session.execute(
+        insert(User)
+        .values(email=email, password_hash=security.hash_password(password), is_superuser=True)
+        .on_conflict_do_nothing(index_elements=["email"])
+    )
+    user = await session.scalar(select(User).where(User.email == email))
     system = await session.scalar(select(Tenant).where(Tenant.slug == "default"))
-    if system is not None:
-        session.add(Membership(user_id=user.id, tenant_id=system.id, role=Role.OWNER))
-    await session.flush()
+    if user is not None and system is not None:
+        await session.execute(
+            insert(Membership)
+            .values(user_id=user.id, tenant_id=system.id, role=Role.OWNER)
+            .on_conflict_do_nothing(index_elements=["user_id", "tenant_id"])
+        )
     return user
 
 

@@ -20,8 +20,11 @@ class Decision:
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str | None, *, enabled: bool = True) -> None:
+    def __init__(
+        self, redis_url: str | None, *, enabled: bool = True, namespace: str = "switchyard"
+    ) -> None:
         self.enabled = enabled
+        self.namespace = namespace
         self.redis: Storage | None = None
         if redis_url is not None:
             uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
@@ -41,6 +44,7 @@ class RateLimiter:
         if not self.enabled:
             return Decision(True, 0)
         item = parse(limit)
+        keys = (self.namespace, *keys)
         if self.redis is not None:
             try:
                 return await self._hit(self.redis, item, keys)

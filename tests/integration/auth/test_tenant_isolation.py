@@ -1,0 +1,153 @@
+"""No caller sees another tenant's data: another tenant's id answers like an unknown id.
+
+`test_every_route_with_an_id_has_a_cross_tenant_case` reads the OpenAPI document and fails
+when a route that takes an id is added without a case here."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from switchyard.db.base import Base
+from switchyard.db.models import DeadLetter, RunState, TaskRun
+from switchyard.db.tenancy import tenant_owned
+from tests.fixtures.accounts import Account, sign_up
+
+
+@dataclass
+class Owned:
+    """Resources of tenant A."""
+
+    definition: str
+    run_id: uuid.UUID
+    letter_id: uuid.UUID
+    key_id: str
+
+
+# route -> (the id of A's resource it is called with, the status another tenant gets)
+CASES: dict[tuple[str, str], tuple[str, int]] = {
+    ("get", "/api/v1/tasks/definitions/{name}"): ("definition", 404),
+    ("patch", "/api/v1/tasks/definitions/{name}"): ("definition", 404),
+    ("delete", "/api/v1/tasks/definitions/{name}"): ("definition", 404),
+    ("get", "/api/v1/tasks/{task_id}"): ("run_id", 404),
+    ("post", "/api/v1/tasks/{task_id}/cancel"): ("run_id", 404),
+    ("get", "/api/v1/tasks/{task_id}/events"): ("run_id", 404),
+    ("post", "/api/v1/tasks/dead-letters/{letter_id}/replay"): ("letter_id", 404),
+    ("delete", "/api/v1/tasks/dead-letters/{letter_id}"): ("letter_id", 404),
+    ("delete", "/api/v1/api-keys/{key_id}"): ("key_id", 404),
+    # Superuser routes: a tenant's owner is refused whatever the id, so nothing is revealed.
+    ("post", "/api/v1/tenants/{tenant_id}/suspend"): ("tenant_id", 403),
+    ("post", "/api/v1/tenants/{tenant_id}/activate"): ("tenant_id", 403),
+}
+BODIES = {("patch", "/api/v1/tasks/definitions/{name}"): {"enabled": False}}
+
+
+@pytest.fixture
+async def tenants(
+    api_client: httpx.AsyncClient, engine: AsyncEngine
+) -> tuple[Account, Account, Owned]:
+    a, b = await sign_up(api_client, "Tenant A"), await sign_up(api_client, "Tenant B")
+    name = f"def-{uuid.uuid4().hex[:6]}"
+    created = await api_client.post(
+        "/api/v1/tasks/register",
+        json={"name": name, "task": "system.echo", "payload": {"message": "a"}},
+        headers=a.headers,
+    )
+    assert created.status_code == 201
+    key = await api_client.post(
+        "/api/v1/api-keys", json={"name": "a", "scopes": ["tasks:read"]}, headers=a.headers
+    )
+    run = TaskRun(
+        tenant_id=a.tenant_id,
+        task="system.echo",
+        queue="default",
+        payload={"message": "a"},
+        state=RunState.QUEUED,
+        attempts=0,
+    )
+    async with async_sessionmaker(engine, expire_on_commit=False).begin() as session:
+        session.add(run)
+        await session.flush()
+        letter = DeadLetter(
+            tenant_id=a.tenant_id,
+            run_id=run.id,
+            task="system.echo",
+            queue="default",
+            payload={"message": "a"},
+            reason="rejected",
+            attempts=1,
+            dead_lettered_at=datetime.now(UTC),
+            headers={},
+        )
+        session.add(letter)
+    return a, b, Owned(name, run.id, letter.id, key.json()["id"])
+
+
+def url(template: str, value: str) -> str:
+    start, end = template.index("{"), template.index("}")
+    return template[:start] + value + template[end + 1 :]
+
+
+async def test_every_route_with_an_id_has_a_cross_tenant_case(
+    api_client: httpx.AsyncClient,
+) -> None:
+    spec = (await api_client.get("/openapi.json")).json()
+    with_ids = {
+        (method, path)
+        for path, operations in spec["paths"].items()
+        if "{" in path
+        for method in operations
+    }
+    assert with_ids == set(CASES)
+
+
+def test_every_tenant_owned_table_has_a_non_null_tenant_id() -> None:
+    owned = [table for table in Base.metadata.sorted_tables if "tenant_id" in table.c]
+    assert {table.name for table in owned} >= {"task_runs", "task_definitions", "dead_letters"}
+    assert [table.name for table in owned if table.c.tenant_id.nullable] == []
+    for mapper in Base.registry.mappers:
+        assert tenant_owned(mapper.class_) == ("tenant_id" in mapper.local_table.c)
+
+
+@pytest.mark.parametrize(("method", "template"), sorted(CASES))
+async def test_another_tenants_id_answers_like_an_unknown_id(
+    api_client: httpx.AsyncClient,
+    tenants: tuple[Account, Account, Owned],
+    method: str,
+    template: str,
+) -> None:
+    a, b, owned = tenants
+    attribute, expected = CASES[(method, template)]
+    value = str(a.tenant_id) if attribute == "tenant_id" else str(getattr(owned, attribute))
+    unknown = "no-such-name" if attribute == "definition" else str(uuid.uuid4())
+    body = BODIES.get((method, template))
+    theirs = await api_client.request(method, url(template, value), json=body, headers=b.headers)
+    missing = await api_client.request(method, url(template, unknown), json=body, headers=b.headers)
+    assert theirs.status_code == missing.status_code == expected
+    assert theirs.json()["code"] == missing.json()["code"]
+    # And the owner still sees it untouched.
+    if method == "get" and attribute != "tenant_id" and not template.endswith("/events"):
+        mine = await api_client.get(url(template, value), headers=a.headers)
+        assert mine.status_code == 200
+
+
+async def test_lists_show_only_the_callers_tenant(
+    api_client: httpx.AsyncClient, tenants: tuple[Account, Account, Owned]
+) -> None:
+    a, b, owned = tenants
+    for path in ("/api/v1/tasks/", "/api/v1/tasks/dead-letters", "/api/v1/tasks/registered"):
+        seen_by_b = (await api_client.get(path, headers=b.headers)).text
+        seen_by_a = (await api_client.get(path, headers=a.headers)).text
+        for marker in (str(owned.run_id), str(owned.letter_id), owned.definition):
+            assert marker not in seen_by_b
+        assert any(
+            marker in seen_by_a
+            for marker in (str(owned.run_id), str(owned.letter_id), owned.definition)
+        )
+    keys_of_b = (await api_client.get("/api/v1/api-keys", headers=b.headers)).json()
+    assert owned.key_id not in {key["id"] for key in keys_of_b}
