@@ -16,8 +16,8 @@ from switchyard.db.models import (
 )
 
 
-async def add_tenant(session: AsyncSession, slug: str = "acme") -> Tenant:
-    tenant = Tenant(name="Acme", slug=slug)
+async def add_tenant(session: AsyncSession, slug: str | None = None) -> Tenant:
+    tenant = Tenant(name="Acme", slug=slug or f"models-{uuid.uuid4().hex[:10]}")
     session.add(tenant)
     await session.flush()
     return tenant
@@ -33,8 +33,14 @@ async def test_tenant_gets_uuid_timestamps_and_active_status(db_session: AsyncSe
 
 
 async def test_database_fills_defaults_for_raw_inserts(db_session: AsyncSession) -> None:
-    await db_session.execute(text("INSERT INTO tenants (name, slug) VALUES ('Raw', 'raw')"))
-    row = (await db_session.execute(text("SELECT id, status FROM tenants WHERE slug='raw'"))).one()
+    await db_session.execute(
+        text("INSERT INTO tenants (name, slug) VALUES ('Raw', 'raw-models-test')")
+    )
+    row = (
+        await db_session.execute(
+            text("SELECT id, status FROM tenants WHERE slug='raw-models-test'")
+        )
+    ).one()
     assert isinstance(row.id, uuid.UUID)
     assert row.status == "active"
 
@@ -57,8 +63,8 @@ async def test_updated_at_moves_on_update(engine: AsyncEngine) -> None:
 
 
 async def test_tenant_slug_is_unique(db_session: AsyncSession) -> None:
-    await add_tenant(db_session, "same")
-    db_session.add(Tenant(name="Other", slug="same"))
+    first = await add_tenant(db_session)
+    db_session.add(Tenant(name="Other", slug=first.slug))
     with pytest.raises(IntegrityError, match="uq_tenants_slug"):
         await db_session.flush()
 
@@ -66,7 +72,9 @@ async def test_tenant_slug_is_unique(db_session: AsyncSession) -> None:
 async def test_tenant_status_is_constrained(db_session: AsyncSession) -> None:
     with pytest.raises(IntegrityError, match="ck_tenants_tenant_status"):
         await db_session.execute(
-            text("INSERT INTO tenants (name, slug, status) VALUES ('x', 'x', 'deleted')")
+            text(
+                "INSERT INTO tenants (name, slug, status) VALUES ('x', 'x-models-test', 'deleted')"
+            )
         )
 
 
@@ -97,7 +105,7 @@ async def test_document_defaults_and_tenant_cascade(db_session: AsyncSession) ->
 
 
 async def test_data_source_names_are_unique_per_tenant(db_session: AsyncSession) -> None:
-    first, second = await add_tenant(db_session, "t1"), await add_tenant(db_session, "t2")
+    first, second = await add_tenant(db_session), await add_tenant(db_session)
     for tenant in (first, second):
         db_session.add(
             DataSourceConnection(
