@@ -9,16 +9,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from switchyard.db.models import RunState, TaskRun
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
 from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account
-from tests.fixtures.tasks import wait_for_run
+from tests.fixtures.tasks import insert_run, wait_for_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("default_worker")]
 
@@ -31,18 +30,12 @@ async def test_run_whose_publish_never_happened_is_republished_and_runs(
     tmp_path: Path,
 ) -> None:
     """The gateway died between its ledger write and the publish: the row is all there is."""
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
-    orphan = TaskRun(
-        tenant_id=tasks_account.tenant_id,
-        task="system.echo",
-        queue="default",
+    orphan = await insert_run(
+        engine,
+        tasks_account.tenant_id,
         payload={"message": "orphan"},
-        state=RunState.QUEUED,
-        attempts=0,
         created_at=datetime.now(UTC) - timedelta(minutes=1),
     )
-    async with sessions.begin() as session:
-        session.add(orphan)
 
     services = Services.create(task_settings, "beat")
     broker = Broker.create(task_settings)
@@ -90,17 +83,12 @@ async def test_worker_validates_the_payload_again(
     engine: AsyncEngine,
 ) -> None:
     """A stored payload that no longer fits the task's schema fails without running it."""
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
-    run = TaskRun(
-        tenant_id=tasks_account.tenant_id,
+    run = await insert_run(
+        engine,
+        tasks_account.tenant_id,
         task="system.sleep",
-        queue="default",
         payload={"seconds": "a while"},
-        state=RunState.QUEUED,
-        attempts=0,
     )
-    async with sessions.begin() as session:
-        session.add(run)
     broker = Broker.create(task_settings)
     assert broker is not None
     try:
@@ -120,17 +108,11 @@ async def test_a_message_naming_another_tenant_is_refused(
     engine: AsyncEngine,
 ) -> None:
     """Runs carry their tenant in the message; a worker runs a run only in its own tenant."""
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
-    run = TaskRun(
-        tenant_id=tasks_account.tenant_id,
-        task="system.echo",
-        queue="default",
+    run = await insert_run(
+        engine,
+        tasks_account.tenant_id,
         payload={"message": "mine"},
-        state=RunState.QUEUED,
-        attempts=0,
     )
-    async with sessions.begin() as session:
-        session.add(run)
     broker = Broker.create(task_settings)
     assert broker is not None
     try:

@@ -66,21 +66,25 @@ async def rename_current_tenant(
     return tenant_summary(tenant)
 
 
+async def _set_status(
+    session: SessionDep, tenant_id: uuid.UUID, status: TenantStatus
+) -> TenantSummary:
+    tenant = await _tenant(session, tenant_id)
+    tenant.status = status
+    await session.flush()
+    return tenant_summary(tenant)
+
+
 @router.post("/{tenant_id}/suspend")
 async def suspend_tenant(
     tenant_id: uuid.UUID, _: SuperuserDep, session: SessionDep
 ) -> TenantSummary:
-    tenant = await _tenant(session, tenant_id)
-    tenant.status = TenantStatus.SUSPENDED
-    await session.flush()
-    return tenant_summary(tenant)
+    """Its users' tokens and its API keys get 403 until it is activated again."""
+    return await _set_status(session, tenant_id, TenantStatus.SUSPENDED)
 
 
 @router.post("/{tenant_id}/activate")
 async def activate_tenant(
     tenant_id: uuid.UUID, _: SuperuserDep, session: SessionDep
 ) -> TenantSummary:
-    tenant = await _tenant(session, tenant_id)
-    tenant.status = TenantStatus.ACTIVE
-    await session.flush()
-    return tenant_summary(tenant)
+    return await _set_status(session, tenant_id, TenantStatus.ACTIVE)
