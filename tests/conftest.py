@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.processes",
     "tests.fixtures.tasks",
+    "tests.fixtures.backing",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    public_base_url: str | None = None
     cors_origins: CommaList = Field(default_factory=list)
     features: CommaList = Field(default_factory=list)
     max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
@@ -111,18 +113,56 @@ class Settings(BaseSettings):
     worker_pool: Literal["prefork", "threads", "solo"] = "prefork"
     beat_tick_seconds: float = Field(default=1.0, gt=0, le=60)
     heartbeat_max_age_seconds: float = Field(default=60.0, gt=0)
-    neo4j_uri: str | None = None
-    neo4j_user: str = "neo4j"
-    neo4j_password: SecretStr = SecretStr("changethis")
+    health_critical: CommaList = Field(default_factory=lambda: ["postgres", "redis", "rabbitmq"])
+
+    # Object storage: MinIO or any S3; a directory under VAR_DIR without MINIO_ENDPOINT.
     minio_endpoint: str | None = None
     minio_access_key: SecretStr = SecretStr("minioadmin")
     minio_secret_key: SecretStr = SecretStr("minioadmin")
+    minio_secure: bool = False
+    minio_region: str | None = None
     minio_bucket: str = "switchyard"
+    object_store_dir: Path | None = None
+    object_url_expiry_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+    # Vectors: a Chroma server with CHROMA_HOST, an embedded persistent store otherwise.
     chroma_host: str | None = None
     chroma_port: int = Field(default=8000, ge=1, le=65535)
-    zhipuai_api_key: SecretStr | None = None
+    chroma_ssl: bool = False
+    chroma_dir: Path | None = None
 
-    @field_validator("cors_origins", "features", "worker_queues", mode="before")
+    # Graph: Neo4j; disabled without NEO4J_URI.
+    neo4j_uri: str | None = None
+    neo4j_user: str = "neo4j"
+    neo4j_password: SecretStr = SecretStr("changethis")
+    neo4j_database: str | None = None
+    neo4j_max_pool_size: int = Field(default=50, ge=1, le=1000)
+    neo4j_connection_timeout_seconds: float = Field(default=5.0, gt=0)
+    neo4j_acquisition_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # LLM: Zhipu GLM over its HTTP API; disabled without ZHIPUAI_API_KEY.
+    zhipuai_api_key: SecretStr | None = None
+    zhipuai_base_url: str = "https://open.bigmodel.cn/api/paas/v4/"
+    zhipuai_chat_model: str = "glm-4-flash"
+    zhipuai_embedding_model: str = "embedding-3"
+    zhipuai_embedding_dimensions: int | None = Field(default=None, ge=1, le=8192)
+    zhipuai_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
+    zhipuai_max_retries: int = Field(default=3, ge=0, le=10)
+    zhipuai_retry_backoff_seconds: float = Field(default=0.5, ge=0, le=60)
+    zhipuai_tenant_concurrency: int = Field(default=4, ge=1, le=256)
+
+    # Extra databases by name, as JSON: {"analytics": "mysql+asyncmy://user:pw@host/db"}.
+    database_binds: dict[str, SecretStr] = Field(default_factory=dict)
+
+    # Data sources: Fernet keys, newest first (all decrypt, the first encrypts).
+    data_source_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    data_source_allow_local_hosts: bool = False
+    data_source_test_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator(
+        "cors_origins", "features", "worker_queues", "health_critical", "data_source_keys",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
@@ -155,6 +195,48 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL")
         return SecretStr(url.set(drivername="postgresql+asyncpg").render_as_string(False))
 
+    @field_validator("data_source_keys")
+    @classmethod
+    def _fernet_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        from cryptography.fernet import Fernet
+
+        for position, key in enumerate(value, start=1):
+            try:
+                Fernet(key.get_secret_value())
+            except ValueError:
+                raise ValueError(
+                    f"key {position} is not a Fernet key (32 url-safe base64-encoded bytes)"
+                ) from None
+        return value
+
+    @field_validator("database_binds")
+    @classmethod
+    def _binds(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        for name, url in value.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", name):
+                raise ValueError(f"bind name {name!r} must be lower-case letters, digits and _")
+            try:
+                make_url(url.get_secret_value())
+            except ArgumentError:
+                raise ValueError(f"bind {name!r} is not a valid database URL") from None
+        return value
+
+    @property
+    def public_url(self) -> str:
+        """Where clients reach the gateway (links the gateway hands out start with it)."""
+        return (self.public_base_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def object_dir(self) -> Path:
+        return self.object_store_dir or self.var_dir / "objects"
+
+    @property
+    def vector_dir(self) -> Path:
+        return self.chroma_dir or self.var_dir / "chroma"
+
     def heartbeat_file(self, role: str) -> Path:
         """Where a worker or beat process proves it is alive (read by `switchyard healthcheck`)."""
         return self.var_dir / f"{role}.heartbeat"
@@ -182,6 +264,8 @@ class Settings(BaseSettings):
                 self.redis_url,
                 self.celery_broker_url,
                 self.database_url,
+                *self.database_binds.values(),
+                *self.data_source_keys,
             )
             if value is not None
         ]
@@ -231,6 +315,11 @@ class Settings(BaseSettings):
                     problems.append(f"{name}: missing or left at a known default")
         if self.neo4j_uri and self.neo4j_password.get_secret_value() in KNOWN_DEFAULT_SECRETS:
             problems.append("NEO4J_PASSWORD: missing or left at a known default")
+        if not self.data_source_keys:
+            problems.append(
+                "DATA_SOURCE_KEYS: missing; set one or more Fernet keys (newest first) "
+                "to encrypt data source URLs"
+            )
         return problems
 
 
