@@ -1,0 +1,246 @@
+"""Vectors in ChromaDB: one collection per tenant, embeddings always supplied by us.
+
+With CHROMA_HOST the async HTTP client talks to a Chroma server; without it an embedded
+`PersistentClient` keeps the vectors under VAR_DIR (its blocking calls run in threads).
+Collections are created with no embedding function, so Chroma never loads (or downloads)
+a model of its own. `chromadb` is imported on first use: it takes seconds to import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from switchyard.errors import SwitchyardError
+
+if TYPE_CHECKING:
+    from switchyard.settings import Settings
+
+Scalar = str | int | float | bool
+Where = Mapping[str, Scalar | Sequence[Scalar]]
+DOCUMENT_ID: Final = "document_id"
+MAX_TOP_K: Final = 100
+T = TypeVar("T")
+
+
+class VectorInputError(SwitchyardError):
+    status = 422
+    code = "invalid_vectors"
+    title = "Invalid vectors"
+
+
+@dataclass(frozen=True)
+class VectorChunk:
+    id: str
+    document_id: uuid.UUID
+    text: str
+    embedding: Sequence[float]
+    metadata: Mapping[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VectorMatch:
+    id: str
+    document_id: uuid.UUID
+    text: str
+    distance: float
+    metadata: dict[str, Scalar]
+
+    @property
+    def score(self) -> float:
+        """Cosine similarity (collections use the cosine space)."""
+        return 1.0 - self.distance
+
+
+def collection_name(tenant_id: uuid.UUID) -> str:
+    if not isinstance(tenant_id, uuid.UUID):
+        raise TypeError("tenant_id must be a UUID taken from the principal")
+    return f"tenant-{tenant_id.hex}"
+
+
+def to_where(where: Where | None) -> dict[str, Any] | None:
+    """Equality filters, a list meaning "any of"; several keys must all match."""
+    if not where:
+        return None
+    clauses: list[dict[str, Any]] = []
+    for key, value in where.items():
+        if isinstance(value, str | int | float | bool):
+            clauses.append({key: {"$eq": value}})
+        else:
+            clauses.append({key: {"$in": list(value)}})
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _chroma_settings() -> Any:
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    from chromadb.config import Settings as ChromaSettings
+
+    return ChromaSettings(anonymized_telemetry=False)
+
+
+class VectorStore:
+    """Per-tenant collections in Chroma, over the async HTTP client or the embedded one."""
+
+    def __init__(
+        self,
+        *,
+        host: str | None = None,
+        port: int = 8000,
+        ssl: bool = False,
+        path: os.PathLike[str] | str | None = None,
+    ) -> None:
+        if host is None and path is None:
+            raise ValueError("a Chroma host or a directory is needed")
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self.path = path
+        self.kind = "http" if host else "embedded"
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+        self._collections: dict[uuid.UUID, Any] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VectorStore:
+        if settings.chroma_host:
+            return cls(host=settings.chroma_host, port=settings.chroma_port, ssl=settings.chroma_ssl)
+        return cls(path=settings.vector_dir)
+
+    async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.kind == "http":
+            return await function(*args, **kwargs)
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    async def client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._connect()
+        return self._client
+
+    async def _connect(self) -> Any:
+        if self.kind == "http":
+            import chromadb
+
+            return await chromadb.AsyncHttpClient(
+                host=self.host or "", port=self.port, ssl=self.ssl, settings=_chroma_settings()
+            )
+
+        def open_embedded() -> Any:
+            import chromadb
+
+            assert self.path is not None
+            os.makedirs(self.path, exist_ok=True)
+            return chromadb.PersistentClient(path=self.path, settings=_chroma_settings())
+
+        return await asyncio.to_thread(open_embedded)
+
+    async def collection(self, tenant_id: uuid.UUID) -> Any:
+        name = collection_name(tenant_id)
+        found = self._collections.get(tenant_id)
+        if found is None:
+            client = await self.client()
+            found = await self._call(
+                client.get_or_create_collection,
+                name=name,
+                embedding_function=None,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={"tenant_id": str(tenant_id)},
+            )
+            self._collections[tenant_id] = found
+        return found
+
+    async def _guarded(self, action: Awaitable[T]) -> T:
+        from chromadb.errors import InvalidArgumentError
+
+        try:
+            return await action
+        except (ValueError, TypeError, InvalidArgumentError) as exc:
+            raise VectorInputError(str(exc).splitlines()[0][:300]) from exc
+
+    async def upsert(self, tenant_id: uuid.UUID, chunks: Sequence[VectorChunk]) -> None:
+        if not chunks:
+            return
+        collection = await self.collection(tenant_id)
+        await self._guarded(
+            self._call(
+                collection.upsert,
+                ids=[chunk.id for chunk in chunks],
+                embeddings=[list(map(float, chunk.embedding)) for chunk in chunks],
+                documents=[chunk.text for chunk in chunks],
+                metadatas=[
+                    {**chunk.metadata, DOCUMENT_ID: str(chunk.document_id)} for chunk in chunks
+                ],
+            )
+        )
+
+    async def query(
+        self,
+        tenant_id: uuid.UUID,
+        embedding: Sequence[float],
+        *,
+        top_k: int = 5,
+        where: Where | None = None,
+    ) -> list[VectorMatch]:
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise VectorInputError(f"top_k must be between 1 and {MAX_TOP_K}")
+        collection = await self.collection(tenant_id)
+        result = await self._guarded(
+            self._call(
+                collection.query,
+                query_embeddings=[list(map(float, embedding))],
+                n_results=top_k,
+                where=to_where(where),
+                include=["documents", "metadatas", "distances"],
+            )
+        )
+        matches = []
+        for ident, text, metadata, distance in zip(
+            result["ids"][0],
+            result["documents"][0],
+            result["metadatas"][0],
+            result["distances"][0],
+            strict=True,
+        ):
+            meta = dict(metadata or {})
+            document_id = uuid.UUID(str(meta.pop(DOCUMENT_ID)))
+            matches.append(VectorMatch(ident, document_id, text or "", float(distance), meta))
+        return matches
+
+    async def count(self, tenant_id: uuid.UUID) -> int:
+        collection = await self.collection(tenant_id)
+        return int(await self._call(collection.count))
+
+    async def delete_document(self, tenant_id: uuid.UUID, document_id: uuid.UUID) -> None:
+        collection = await self.collection(tenant_id)
+        await self._call(collection.delete, where={DOCUMENT_ID: {"$eq": str(document_id)}})
+
+    async def drop_tenant(self, tenant_id: uuid.UUID) -> None:
+        client = await self.client()
+        self._collections.pop(tenant_id, None)
+        try:
+            await self._call(client.delete_collection, collection_name(tenant_id))
+        except Exception as exc:  # absent already: nothing to drop
+            if "does not exist" not in str(exc) and "NotFound" not in type(exc).__name__:
+                raise
+
+    async def probe(self) -> None:
+        if self.kind == "embedded" and self._client is None:
+            # The embedded store opens on first use (importing chromadb takes seconds);
+            # until then, a writable directory is what "up" means.
+            assert self.path is not None
+            await asyncio.to_thread(os.makedirs, self.path, exist_ok=True)
+            if not os.access(self.path, os.W_OK):
+                raise PermissionError(f"{self.path} is not writable")
+            return
+        client = await self.client()
+        await self._call(client.heartbeat)
+
+    async def close(self) -> None:
+        self._collections.clear()
+        self._client = None
