@@ -84,8 +84,7 @@ class FakeZhipu:
         self.failures.clear()
         self.requests.clear()
         self.delay = 0.0
-        self.in_flight = 0
-        self.max_in_flight = 0
+        self.max_in_flight = 0  # in_flight stays: a late request of an earlier test may be open
         self.reply = None
 
     def fail_next(
