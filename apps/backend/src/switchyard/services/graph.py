@@ -1,0 +1,261 @@
+"""The knowledge graph in Neo4j, through the official async driver.
+
+(:Tenant)-[:OWNS]->(:Document)-[:HAS_CHUNK]->(:Chunk)-[:MENTIONS]->(:Entity); every node
+carries `tenant_id`, and every query matches on it. Queries are constants with `$parameters`:
+nothing from input is ever spliced into Cypher. Without NEO4J_URI there is no graph.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, LiteralString
+
+from switchyard.errors import ServiceUnavailableError
+
+if TYPE_CHECKING:
+    from neo4j import AsyncDriver
+
+    from switchyard.settings import Settings
+
+CONSTRAINTS: Final[tuple[LiteralString, ...]] = (
+    "CREATE CONSTRAINT tenant_id IF NOT EXISTS "
+    "FOR (t:Tenant) REQUIRE t.tenant_id IS UNIQUE",
+    "CREATE CONSTRAINT document_key IF NOT EXISTS "
+    "FOR (d:Document) REQUIRE (d.tenant_id, d.id) IS UNIQUE",
+    "CREATE CONSTRAINT chunk_key IF NOT EXISTS "
+    "FOR (c:Chunk) REQUIRE (c.tenant_id, c.id) IS UNIQUE",
+    "CREATE CONSTRAINT entity_key IF NOT EXISTS "
+    "FOR (e:Entity) REQUIRE (e.tenant_id, e.key) IS UNIQUE",
+)
+
+UPSERT_DOCUMENT: Final = """
+MERGE (t:Tenant {tenant_id: $tenant_id})
+MERGE (d:Document {tenant_id: $tenant_id, id: $document_id})
+SET d.title = $title, d.updated_at = datetime()
+MERGE (t)-[:OWNS]->(d)
+"""
+
+ADD_CHUNKS: Final = """
+MATCH (d:Document {tenant_id: $tenant_id, id: $document_id})
+UNWIND $chunks AS chunk
+MERGE (c:Chunk {tenant_id: $tenant_id, id: chunk.id})
+SET c.position = chunk.position, c.text = chunk.text, c.document_id = $document_id
+MERGE (d)-[:HAS_CHUNK]->(c)
+RETURN count(c) AS written
+"""
+
+ADD_MENTIONS: Final = """
+UNWIND $mentions AS mention
+MATCH (c:Chunk {tenant_id: $tenant_id, id: mention.chunk_id})
+MERGE (e:Entity {tenant_id: $tenant_id, key: mention.key})
+ON CREATE SET e.name = mention.name, e.kind = mention.kind
+MERGE (c)-[:MENTIONS]->(e)
+RETURN count(e) AS written
+"""
+
+DELETE_DOCUMENT: Final = """
+MATCH (d:Document {tenant_id: $tenant_id, id: $document_id})
+OPTIONAL MATCH (d)-[:HAS_CHUNK]->(c:Chunk {tenant_id: $tenant_id})
+DETACH DELETE c, d
+"""
+
+DELETE_ORPHAN_ENTITIES: Final = """
+MATCH (e:Entity {tenant_id: $tenant_id})
+WHERE NOT (e)<-[:MENTIONS]-(:Chunk {tenant_id: $tenant_id})
+DETACH DELETE e
+"""
+
+ENTITIES: Final = """
+MATCH (e:Entity {tenant_id: $tenant_id})<-[:MENTIONS]-(c:Chunk {tenant_id: $tenant_id})
+RETURN e.name AS name, e.kind AS kind, count(DISTINCT c) AS mentions
+ORDER BY mentions DESC, name
+LIMIT $limit
+"""
+
+CHUNKS_MENTIONING: Final = """
+MATCH (e:Entity {tenant_id: $tenant_id})<-[:MENTIONS]-(c:Chunk {tenant_id: $tenant_id})
+WHERE e.key IN $keys
+RETURN c.id AS chunk_id, c.document_id AS document_id, c.text AS text,
+       collect(DISTINCT e.name) AS entities
+ORDER BY size(entities) DESC, chunk_id
+LIMIT $limit
+"""
+
+DOCUMENT_SUMMARY: Final = """
+MATCH (:Tenant {tenant_id: $tenant_id})-[:OWNS]->(d:Document {tenant_id: $tenant_id, id: $document_id})
+OPTIONAL MATCH (d)-[:HAS_CHUNK]->(c:Chunk {tenant_id: $tenant_id})
+OPTIONAL MATCH (c)-[:MENTIONS]->(e:Entity {tenant_id: $tenant_id})
+RETURN d.title AS title, count(DISTINCT c) AS chunks, collect(DISTINCT e.name) AS entities
+"""
+
+QUERIES: Final = (
+    UPSERT_DOCUMENT,
+    ADD_CHUNKS,
+    ADD_MENTIONS,
+    DELETE_DOCUMENT,
+    DELETE_ORPHAN_ENTITIES,
+    ENTITIES,
+    CHUNKS_MENTIONING,
+    DOCUMENT_SUMMARY,
+)
+
+
+class GraphDisabledError(ServiceUnavailableError):
+    code = "graph_disabled"
+
+    def __init__(self) -> None:
+        super().__init__("The knowledge graph needs NEO4J_URI, which is not set.")
+
+
+@dataclass(frozen=True)
+class GraphChunk:
+    id: str
+    position: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Mention:
+    chunk_id: str
+    name: str
+    kind: str = "thing"
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind.casefold()}:{' '.join(self.name.casefold().split())}"
+
+
+@dataclass(frozen=True)
+class EntityCount:
+    name: str
+    kind: str
+    mentions: int
+
+
+@dataclass(frozen=True)
+class ChunkHit:
+    chunk_id: str
+    document_id: uuid.UUID
+    text: str
+    entities: list[str]
+
+
+def _tenant(tenant_id: uuid.UUID) -> str:
+    if not isinstance(tenant_id, uuid.UUID):
+        raise TypeError("tenant_id must be a UUID taken from the principal")
+    return str(tenant_id)
+
+
+class KnowledgeGraph:
+    """The graph repository; the driver's pool belongs to the services container."""
+
+    def __init__(self, driver: AsyncDriver, database: str | None = None) -> None:
+        self.driver = driver
+        self.database = database
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KnowledgeGraph:
+        from neo4j import AsyncGraphDatabase
+
+        assert settings.neo4j_uri is not None
+        driver = AsyncGraphDatabase.driver(
+            settings.neo4j_uri,
+            auth=(settings.neo4j_user, settings.neo4j_password.get_secret_value()),
+            max_connection_pool_size=settings.neo4j_max_pool_size,
+            connection_timeout=settings.neo4j_connection_timeout_seconds,
+            connection_acquisition_timeout=settings.neo4j_acquisition_timeout_seconds,
+        )
+        return cls(driver, settings.neo4j_database)
+
+    async def _write(self, query: LiteralString, **parameters: Any) -> list[dict[str, Any]]:
+        from neo4j import RoutingControl
+
+        result = await self.driver.execute_query(
+            query, parameters, routing_=RoutingControl.WRITE, database_=self.database
+        )
+        return [record.data() for record in result.records]
+
+    async def _read(self, query: LiteralString, **parameters: Any) -> list[dict[str, Any]]:
+        from neo4j import RoutingControl
+
+        result = await self.driver.execute_query(
+            query, parameters, routing_=RoutingControl.READ, database_=self.database
+        )
+        return [record.data() for record in result.records]
+
+    async def ensure_constraints(self) -> None:
+        """Run by `migrate`: uniqueness per tenant for every node label (idempotent)."""
+        for statement in CONSTRAINTS:
+            await self._write(statement)
+
+    async def upsert_document(
+        self, tenant_id: uuid.UUID, document_id: uuid.UUID, title: str
+    ) -> None:
+        await self._write(
+            UPSERT_DOCUMENT, tenant_id=_tenant(tenant_id), document_id=str(document_id), title=title
+        )
+
+    async def add_chunks(
+        self, tenant_id: uuid.UUID, document_id: uuid.UUID, chunks: Sequence[GraphChunk]
+    ) -> int:
+        rows = await self._write(
+            ADD_CHUNKS,
+            tenant_id=_tenant(tenant_id),
+            document_id=str(document_id),
+            chunks=[{"id": c.id, "position": c.position, "text": c.text} for c in chunks],
+        )
+        return int(rows[0]["written"]) if rows else 0
+
+    async def add_mentions(self, tenant_id: uuid.UUID, mentions: Sequence[Mention]) -> int:
+        rows = await self._write(
+            ADD_MENTIONS,
+            tenant_id=_tenant(tenant_id),
+            mentions=[
+                {"chunk_id": m.chunk_id, "key": m.key, "name": m.name, "kind": m.kind}
+                for m in mentions
+            ],
+        )
+        return int(rows[0]["written"]) if rows else 0
+
+    async def delete_document(self, tenant_id: uuid.UUID, document_id: uuid.UUID) -> None:
+        tenant = _tenant(tenant_id)
+        await self._write(DELETE_DOCUMENT, tenant_id=tenant, document_id=str(document_id))
+        await self._write(DELETE_ORPHAN_ENTITIES, tenant_id=tenant)
+
+    async def entities(self, tenant_id: uuid.UUID, limit: int = 50) -> list[EntityCount]:
+        rows = await self._read(ENTITIES, tenant_id=_tenant(tenant_id), limit=limit)
+        return [EntityCount(r["name"], r["kind"], int(r["mentions"])) for r in rows]
+
+    async def chunks_mentioning(
+        self, tenant_id: uuid.UUID, entities: Sequence[Mention], limit: int = 20
+    ) -> list[ChunkHit]:
+        rows = await self._read(
+            CHUNKS_MENTIONING,
+            tenant_id=_tenant(tenant_id),
+            keys=[m.key for m in entities],
+            limit=limit,
+        )
+        return [
+            ChunkHit(r["chunk_id"], uuid.UUID(r["document_id"]), r["text"], list(r["entities"]))
+            for r in rows
+        ]
+
+    async def document_summary(
+        self, tenant_id: uuid.UUID, document_id: uuid.UUID
+    ) -> dict[str, Any] | None:
+        rows = await self._read(
+            DOCUMENT_SUMMARY, tenant_id=_tenant(tenant_id), document_id=str(document_id)
+        )
+        return rows[0] if rows and rows[0].get("title") is not None else None
+
+    async def probe(self) -> None:
+        await self.driver.verify_connectivity()
+
+    async def close(self) -> None:
+        await self.driver.close()
+
+
+def create_graph(settings: Settings) -> KnowledgeGraph | None:
+    return KnowledgeGraph.from_settings(settings) if settings.neo4j_uri else None

@@ -1,0 +1,52 @@
+"""The knowledge graph against a real Neo4j (see the `neo4j_settings` fixture for where from)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from switchyard.services.graph import GraphChunk, KnowledgeGraph, Mention
+from switchyard.settings import Settings
+
+
+@pytest.fixture
+async def knowledge_graph(neo4j_settings: dict[str, str]) -> AsyncIterator[KnowledgeGraph]:
+    repository = KnowledgeGraph.from_settings(Settings(**neo4j_settings))  # type: ignore[arg-type]
+    await repository.probe()
+    await repository.ensure_constraints()
+    await repository.ensure_constraints()  # idempotent
+    yield repository
+    await repository.close()
+
+
+async def test_documents_chunks_and_entities_per_tenant(knowledge_graph: KnowledgeGraph) -> None:
+    tenant, other, document = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await knowledge_graph.upsert_document(tenant, document, "Quarterly report")
+    await knowledge_graph.upsert_document(tenant, document, "Quarterly report v2")
+    chunks = [GraphChunk(f"{document}:0", 0, "ACME hired Ada"), GraphChunk(f"{document}:1", 1, "ACME")]
+    assert await knowledge_graph.add_chunks(tenant, document, chunks) == 2
+    await knowledge_graph.add_mentions(
+        tenant,
+        [
+            Mention(chunks[0].id, "ACME", "org"),
+            Mention(chunks[0].id, "Ada", "person"),
+            Mention(chunks[1].id, "acme", "org"),
+        ],
+    )
+    entities = await knowledge_graph.entities(tenant)
+    assert [(e.name, e.mentions) for e in entities] == [("ACME", 2), ("Ada", 1)]
+    summary = await knowledge_graph.document_summary(tenant, document)
+    assert summary is not None and summary["title"] == "Quarterly report v2"
+    assert summary["chunks"] == 2
+    hits = await knowledge_graph.chunks_mentioning(tenant, [Mention("", "Ada", "person")])
+    assert [h.chunk_id for h in hits] == [chunks[0].id]
+
+    assert await knowledge_graph.entities(other) == []
+    assert await knowledge_graph.document_summary(other, document) is None
+    assert await knowledge_graph.add_chunks(other, document, chunks) == 0
+
+    await knowledge_graph.delete_document(tenant, document)
+    assert await knowledge_graph.entities(tenant) == []
+    assert await knowledge_graph.document_summary(tenant, document) is None
