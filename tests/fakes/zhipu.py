@@ -50,8 +50,8 @@ class Recorded:
 
 def embed(text: str, dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
     vector = [0.0] * dimensions
-    for word in text.lower().split():
-        word = word.strip(".,;:!?\"'()")
+    for raw in text.lower().split():
+        word = raw.strip(".,;:!?\"'()")
         if not word:
             continue
         digest = hashlib.sha256(word.encode()).digest()

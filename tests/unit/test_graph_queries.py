@@ -72,14 +72,17 @@ def test_every_node_in_every_query_is_matched_by_tenant(query: str) -> None:
 
 @pytest.mark.parametrize("query", QUERIES + CONSTRAINTS)
 def test_queries_are_constants_with_parameters_only(query: str) -> None:
-    assert "{}" not in query and "%s" not in query and "{0" not in query
-    assert "'" not in query and '"' not in query  # no literal strings at all
+    assert "{}" not in query
+    assert "%s" not in query
+    assert "{0" not in query
+    assert "'" not in query
+    assert '"' not in query
 
 
 def test_constraints_make_every_label_unique_per_tenant() -> None:
     for label, key in (("Document", "id"), ("Chunk", "id"), ("Entity", "key")):
         assert any(
-            f":{label})" in c and f".tenant_id, " in c and f".{key}) IS UNIQUE" in c
+            f":{label})" in c and ".tenant_id, " in c and f".{key}) IS UNIQUE" in c
             for c in CONSTRAINTS
         ), label
     assert all("IF NOT EXISTS" in c for c in CONSTRAINTS)
@@ -100,7 +103,9 @@ async def test_writes_pass_input_as_parameters(
     assert (written, linked) == (2, 1)
 
     (q1, p1, r1, db1), (q2, p2, _, _), (q3, p3, _, _) = driver.calls
-    assert q1 == graph.UPSERT_DOCUMENT and q2 == graph.ADD_CHUNKS and q3 == graph.ADD_MENTIONS
+    assert q1 == graph.UPSERT_DOCUMENT
+    assert q2 == graph.ADD_CHUNKS
+    assert q3 == graph.ADD_MENTIONS
     assert all(hostile not in query for query, *_ in driver.calls)
     assert p1 == {"tenant_id": str(tenant), "document_id": str(document), "title": hostile}
     assert p2["chunks"] == [
@@ -147,7 +152,8 @@ async def test_reads_route_to_readers_and_map_rows(
     missing = await repository.document_summary(tenant, uuid.uuid4())
 
     assert [(e.name, e.mentions) for e in entities] == [("ACME", 3)]
-    assert hits[0].document_id == document and hits[0].entities == ["ACME"]
+    assert hits[0].document_id == document
+    assert hits[0].entities == ["ACME"]
     assert summary == {"title": "Report", "chunks": 2, "entities": ["ACME"]}
     assert missing is None
     assert [call[2] for call in driver.calls] == ["r", "r", "r", "r"]
@@ -170,7 +176,8 @@ async def test_tenant_must_be_a_uuid(repository: KnowledgeGraph) -> None:
 async def test_without_neo4j_uri_there_is_no_graph() -> None:
     assert create_graph(Settings()) is None
     error = GraphDisabledError()
-    assert error.status == 503 and "NEO4J_URI" in error.detail
+    assert error.status == 503
+    assert "NEO4J_URI" in error.detail
 
 
 async def test_driver_takes_pool_settings_and_probe_fails_fast_when_unreachable() -> None:
@@ -182,9 +189,9 @@ async def test_driver_takes_pool_settings_and_probe_fails_fast_when_unreachable(
     )
     repository = create_graph(settings)
     assert repository is not None
-    config = repository.driver._pool.pool_config  # type: ignore[attr-defined]
+    config = repository.driver._pool.pool_config
     assert config.max_connection_pool_size == 7
     assert config.connection_timeout == 1
-    with pytest.raises(Exception, match="(?i)connect|unavailable"):
+    with pytest.raises(Exception, match=r"(?i)connect|unavailable"):
         await repository.probe()
     await repository.close()

@@ -58,7 +58,7 @@ async def test_config_never_returns_a_secret(make_settings: SettingsFactory) -> 
         "broker": True,
         "neo4j": True,
         "objects": True,
-        "vectors": False,
+        "vectors": True,
         "llm": True,
     }
     text = json.dumps(response.json())

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import jwt
@@ -152,7 +153,8 @@ def forged(settings: Settings, account: Account, **changes: object) -> str:
     key = changes.pop("key", settings.jwt_secret.get_secret_value())
     algorithm = str(changes.pop("alg", "HS256"))
     claims.update(changes)
-    return jwt.encode(claims, key if algorithm != "none" else None, algorithm=algorithm)
+    secret: Any = key if algorithm != "none" else None
+    return jwt.encode(claims, secret, algorithm=algorithm)
 
 
 @pytest.mark.parametrize(

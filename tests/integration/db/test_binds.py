@@ -60,7 +60,7 @@ async def test_bind_migrates_from_its_own_version_table(mariadb_url: str) -> Non
 
 async def test_models_write_and_read_through_their_bind(mariadb_url: str) -> None:
     await migrate_bind("analytics", mariadb_url)
-    settings = Settings(database_binds={"analytics": mariadb_url})  # type: ignore[dict-item]
+    settings = Settings(database_binds={"analytics": mariadb_url})
     binds = create_binds(settings, "test")
     bind = binds["analytics"]
     assert bind.dialect == "mysql"
@@ -83,12 +83,13 @@ async def test_models_write_and_read_through_their_bind(mariadb_url: str) -> Non
         )
         stamps = (await session.scalars(select(UsageEvent.occurred_at))).all()
     assert total == 150
-    assert len(stamps) == 3 and all(stamp is not None for stamp in stamps)
+    assert len(stamps) == 3
+    assert all(stamp is not None for stamp in stamps)
     await bind.engine.dispose()
 
 
 async def test_a_bind_without_migrations_still_gets_an_engine(mariadb_url: str) -> None:
-    settings = Settings(database_binds={"reporting": mariadb_url})  # type: ignore[dict-item]
+    settings = Settings(database_binds={"reporting": mariadb_url})
     assert not has_migrations("reporting")
     assert not await migrate_bind("reporting", mariadb_url)
     binds = create_binds(settings, "test")
@@ -103,11 +104,12 @@ def test_bind_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="unsupported database"):
         async_url("sqlite:///x.db")
     with pytest.raises(ValueError, match="bind name"):
-        Settings(database_binds={"Bad-Name": "mysql://h/db"})  # type: ignore[dict-item]
+        Settings(database_binds={"Bad-Name": "mysql://h/db"})
     with pytest.raises(ValueError, match="not a valid database URL"):
-        Settings(database_binds={"analytics": "::nonsense"})  # type: ignore[dict-item]
+        Settings(database_binds={"analytics": "::nonsense"})
     error = BindUnavailableError("analytics")
-    assert error.status == 503 and "DATABASE_BINDS" in error.detail
+    assert error.status == 503
+    assert "DATABASE_BINDS" in error.detail
 
 
 def test_binds_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,7 +25,10 @@ async def test_documents_chunks_and_entities_per_tenant(knowledge_graph: Knowled
     tenant, other, document = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     await knowledge_graph.upsert_document(tenant, document, "Quarterly report")
     await knowledge_graph.upsert_document(tenant, document, "Quarterly report v2")
-    chunks = [GraphChunk(f"{document}:0", 0, "ACME hired Ada"), GraphChunk(f"{document}:1", 1, "ACME")]
+    chunks = [
+        GraphChunk(f"{document}:0", 0, "ACME hired Ada"),
+        GraphChunk(f"{document}:1", 1, "ACME"),
+    ]
     assert await knowledge_graph.add_chunks(tenant, document, chunks) == 2
     await knowledge_graph.add_mentions(
         tenant,
@@ -38,7 +41,8 @@ async def test_documents_chunks_and_entities_per_tenant(knowledge_graph: Knowled
     entities = await knowledge_graph.entities(tenant)
     assert [(e.name, e.mentions) for e in entities] == [("ACME", 2), ("Ada", 1)]
     summary = await knowledge_graph.document_summary(tenant, document)
-    assert summary is not None and summary["title"] == "Quarterly report v2"
+    assert summary is not None
+    assert summary["title"] == "Quarterly report v2"
     assert summary["chunks"] == 2
     hits = await knowledge_graph.chunks_mentioning(tenant, [Mention("", "Ada", "person")])
     assert [h.chunk_id for h in hits] == [chunks[0].id]

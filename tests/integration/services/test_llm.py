@@ -87,7 +87,8 @@ async def test_streamed_chat_yields_deltas_then_usage(llm: ZhipuClient, zhipu: F
     assert "".join(c.delta for c in chunks) == "one two three"
     assert [c.delta for c in chunks if c.delta] == ["one", " two", " three"]
     assert chunks[-1].finish_reason == "stop"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 3
     assert zhipu.requests[-1].body["stream"] is True
     assert zhipu.requests[-1].body["model"] == "glm-4-plus"
 
@@ -164,16 +165,15 @@ async def test_a_wrong_key_is_reported_without_the_key(zhipu: FakeZhipu) -> None
     with pytest.raises(LLMError) as refused:
         await client.chat(uuid.uuid4(), USER)
     await client.close()
-    assert "401" in refused.value.detail and "ZHIPUAI_API_KEY" in refused.value.detail
+    assert "401" in refused.value.detail
+    assert "ZHIPUAI_API_KEY" in refused.value.detail
     assert "wrong-key-123" not in refused.value.detail
     assert len(zhipu.requests) == 1
 
 
 async def test_timeouts_are_retried_then_reported(zhipu: FakeZhipu) -> None:
     zhipu.delay = 1.0
-    client = ZhipuClient(
-        llm_settings(zhipu, zhipuai_timeout_seconds=0.2, zhipuai_max_retries=1)
-    )
+    client = ZhipuClient(llm_settings(zhipu, zhipuai_timeout_seconds=0.2, zhipuai_max_retries=1))
     with pytest.raises(LLMTimeoutError) as late:
         await client.chat(uuid.uuid4(), USER)
     await client.close()
@@ -208,7 +208,7 @@ async def test_probe_is_reachability_without_a_completion(
     unreachable = ZhipuClient(
         Settings(zhipuai_api_key="k", zhipuai_base_url="http://127.0.0.1:9/api/paas/v4/")
     )
-    with pytest.raises(Exception, match="(?i)connect"):
+    with pytest.raises(Exception, match=r"(?i)connect"):
         await unreachable.probe()
     await unreachable.close()
 

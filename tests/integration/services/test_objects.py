@@ -142,7 +142,8 @@ async def test_presigned_get_serves_the_object_until_it_expires(
         await store.presigned_get(tenant, "shared/missing.txt")
 
     if isinstance(store, MinioObjectStore):
-        response = httpx.get(url)
+        async with httpx.AsyncClient() as http:
+            response = await http.get(url)
         assert response.status_code == 200
         assert response.content == b"presigned body"
         # moto serves unsigned requests too; the expiry is what the client signed into the URL.

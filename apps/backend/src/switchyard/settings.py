@@ -157,10 +157,14 @@ class Settings(BaseSettings):
     # Data sources: Fernet keys, newest first (all decrypt, the first encrypts).
     data_source_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     data_source_allow_local_hosts: bool = False
-    data_source_test_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    data_source_test_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
 
     @field_validator(
-        "cors_origins", "features", "worker_queues", "health_critical", "data_source_keys",
+        "cors_origins",
+        "features",
+        "worker_queues",
+        "health_critical",
+        "data_source_keys",
         mode="before",
     )
     @classmethod

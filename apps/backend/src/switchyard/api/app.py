@@ -13,10 +13,10 @@ from switchyard.api.errors import install_exception_handlers
 from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
 from switchyard.api.routes import health, meta
 from switchyard.auth import endpoints as auth
-from switchyard.platform.broker import Broker
+from switchyard.datasources import endpoints as datasources
+from switchyard.platform.broker import Broker, broker_check_name
 from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
-from switchyard.services.health import HealthCheck
 from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 from switchyard.tasks import endpoints as tasks
@@ -37,8 +37,9 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
             namespace=settings.cache_namespace,
         )
         checks = services.health_checks()
-        if broker is not None:
-            checks.append(HealthCheck("broker", critical=False, probe=broker.probe))
+        checks.insert(
+            2, services.health_check(broker_check_name(settings), broker.probe if broker else None)
+        )
         app.state.health = services.health_monitor(checks)
         try:
             yield
@@ -74,5 +75,6 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(auth.keys_router, prefix=api)
     app.include_router(tenants.router, prefix=api)
     app.include_router(tasks.router, prefix=api)
+    app.include_router(datasources.router, prefix=api)
     app.include_router(health.router, prefix=api, include_in_schema=False)
     return app

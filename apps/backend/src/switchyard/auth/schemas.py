@@ -10,7 +10,17 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from switchyard.db.models import Role
 
-Scope = Literal["tasks:read", "tasks:run", "tasks:admin", "documents:read", "documents:write"]
+# The same names as auth.scopes.SCOPES (a unit test keeps the two equal).
+Scope = Literal[
+    "tasks:read",
+    "tasks:run",
+    "tasks:admin",
+    "documents:read",
+    "documents:write",
+    "datasources:read",
+    "datasources:write",
+    "llm:use",
+]
 
 
 class RegisterIn(BaseModel):

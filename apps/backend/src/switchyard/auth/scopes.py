@@ -12,12 +12,24 @@ SCOPES: Final[dict[str, str]] = {
     "tasks:admin": "Register, change and delete definitions; replay and delete dead letters",
     "documents:read": "Read knowledge documents and search them",
     "documents:write": "Upload, change and delete knowledge documents",
+    "datasources:read": "See the tenant's data sources (passwords redacted)",
+    "datasources:write": "Add, change, delete and test data sources",
+    "llm:use": "Call the LLM: chat completions and embeddings",
 }
 
 ROLE_SCOPES: Final[dict[Role, frozenset[str]]] = {
     Role.OWNER: frozenset(SCOPES),
     Role.ADMIN: frozenset(SCOPES),
-    Role.MEMBER: frozenset({"tasks:read", "tasks:run", "documents:read", "documents:write"}),
+    Role.MEMBER: frozenset(
+        {
+            "tasks:read",
+            "tasks:run",
+            "documents:read",
+            "documents:write",
+            "datasources:read",
+            "llm:use",
+        }
+    ),
 }
 
 ADMIN_ROLES: Final = frozenset({Role.OWNER, Role.ADMIN})

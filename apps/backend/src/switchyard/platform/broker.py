@@ -12,6 +12,14 @@ from switchyard.platform.publisher import RunPublisher
 from switchyard.settings import Settings
 
 
+def broker_check_name(settings: Settings) -> str:
+    """`rabbitmq` for an AMQP broker (and none at all); `broker` for another transport."""
+    url = settings.celery_broker_url
+    if url is None or url.get_secret_value().startswith(("amqp://", "amqps://", "pyamqp://")):
+        return "rabbitmq"
+    return "broker"
+
+
 @dataclass
 class Broker:
     celery: Celery

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -9,9 +10,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard import __version__
+from switchyard.db.binds import Bind, BindUnavailableError, create_binds
 from switchyard.services import postgres, redis
 from switchyard.services.cache import Cache
+from switchyard.services.graph import GraphDisabledError, KnowledgeGraph, create_graph
 from switchyard.services.health import HealthCheck, HealthMonitor
+from switchyard.services.llm import LLMDisabledError, ZhipuClient, create_llm
+from switchyard.services.objects import ObjectStore, create_object_store
+from switchyard.services.vectors import VectorStore
 from switchyard.settings import Settings
 
 
@@ -23,9 +29,20 @@ class Services:
     sessions: async_sessionmaker[AsyncSession] | None
     redis: Redis | None = None
     cache: Cache = field(init=False)
+    objects: ObjectStore = field(init=False)
+    vectors: VectorStore = field(init=False)
+    graph: KnowledgeGraph | None = field(init=False)
+    llm: ZhipuClient | None = field(init=False)
+    binds: dict[str, Bind] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.cache = Cache(self.redis, self.settings.cache_namespace)
+        settings = self.settings
+        self.cache = Cache(self.redis, settings.cache_namespace)
+        self.objects = create_object_store(settings)
+        self.vectors = VectorStore.from_settings(settings)
+        self.graph = create_graph(settings)
+        self.llm = create_llm(settings)
+        self.binds = create_binds(settings, f"switchyard-{self.service_type}")
 
     @classmethod
     def create(cls, settings: Settings, service_type: str) -> Services:
@@ -49,20 +66,51 @@ class Services:
             await self.database.dispose()
         if self.redis is not None:
             await self.redis.aclose()
+        await self.objects.close()
+        await self.vectors.close()
+        if self.graph is not None:
+            await self.graph.close()
+        if self.llm is not None:
+            await self.llm.close()
+        for bind in self.binds.values():
+            await bind.engine.dispose()
+
+    def require_graph(self) -> KnowledgeGraph:
+        if self.graph is None:
+            raise GraphDisabledError
+        return self.graph
+
+    def require_llm(self) -> ZhipuClient:
+        if self.llm is None:
+            raise LLMDisabledError
+        return self.llm
+
+    def bind(self, name: str) -> Bind:
+        found = self.binds.get(name)
+        if found is None:
+            raise BindUnavailableError(name)
+        return found
+
+    def health_check(self, name: str, probe: Callable[[], Awaitable[None]] | None) -> HealthCheck:
+        """A check that is critical when HEALTH_CRITICAL names it."""
+        return HealthCheck(name, name in self.settings.health_critical, probe)
 
     def health_checks(self) -> list[HealthCheck]:
-        return [
-            HealthCheck(
-                name="postgres",
-                critical=True,
-                probe=partial(postgres.probe, self.database) if self.database else None,
+        """Every backing service; a check without a probe reports `disabled`."""
+        checks = [
+            self.health_check(
+                "postgres", partial(postgres.probe, self.database) if self.database else None
             ),
-            HealthCheck(
-                name="redis",
-                critical=True,
-                probe=partial(redis.probe, self.redis) if self.redis else None,
-            ),
+            self.health_check("redis", partial(redis.probe, self.redis) if self.redis else None),
+            self.health_check("minio", self.objects.probe),
+            self.health_check("chroma", self.vectors.probe),
+            self.health_check("neo4j", self.graph.probe if self.graph else None),
+            self.health_check("zhipu", self.llm.probe if self.llm else None),
         ]
+        checks.extend(
+            self.health_check(f"database:{name}", bind.probe) for name, bind in self.binds.items()
+        )
+        return checks
 
     def health_monitor(self, checks: list[HealthCheck] | None = None) -> HealthMonitor:
         return HealthMonitor(
@@ -81,7 +129,8 @@ class Services:
             "redis": self.redis is not None,
             "broker": settings.celery_broker_url is not None,
             "neo4j": settings.neo4j_uri is not None,
-            "objects": settings.minio_endpoint is not None,
-            "vectors": settings.chroma_host is not None,
+            "objects": True,
+            "vectors": True,
             "llm": settings.zhipuai_api_key is not None,
+            **{f"database:{name}": True for name in self.binds},
         }

@@ -20,12 +20,10 @@ if TYPE_CHECKING:
     from switchyard.settings import Settings
 
 CONSTRAINTS: Final[tuple[LiteralString, ...]] = (
-    "CREATE CONSTRAINT tenant_id IF NOT EXISTS "
-    "FOR (t:Tenant) REQUIRE t.tenant_id IS UNIQUE",
+    "CREATE CONSTRAINT tenant_id IF NOT EXISTS FOR (t:Tenant) REQUIRE t.tenant_id IS UNIQUE",
     "CREATE CONSTRAINT document_key IF NOT EXISTS "
     "FOR (d:Document) REQUIRE (d.tenant_id, d.id) IS UNIQUE",
-    "CREATE CONSTRAINT chunk_key IF NOT EXISTS "
-    "FOR (c:Chunk) REQUIRE (c.tenant_id, c.id) IS UNIQUE",
+    "CREATE CONSTRAINT chunk_key IF NOT EXISTS FOR (c:Chunk) REQUIRE (c.tenant_id, c.id) IS UNIQUE",
     "CREATE CONSTRAINT entity_key IF NOT EXISTS "
     "FOR (e:Entity) REQUIRE (e.tenant_id, e.key) IS UNIQUE",
 )
@@ -84,7 +82,8 @@ LIMIT $limit
 """
 
 DOCUMENT_SUMMARY: Final = """
-MATCH (:Tenant {tenant_id: $tenant_id})-[:OWNS]->(d:Document {tenant_id: $tenant_id, id: $document_id})
+MATCH (:Tenant {tenant_id: $tenant_id})
+      -[:OWNS]->(d:Document {tenant_id: $tenant_id, id: $document_id})
 OPTIONAL MATCH (d)-[:HAS_CHUNK]->(c:Chunk {tenant_id: $tenant_id})
 OPTIONAL MATCH (c)-[:MENTIONS]->(e:Entity {tenant_id: $tenant_id})
 RETURN d.title AS title, count(DISTINCT c) AS chunks, collect(DISTINCT e.name) AS entities

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import hashlib
 import hmac
 import io
@@ -19,11 +20,11 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Protocol, cast
 from urllib.parse import urlencode
 
 from switchyard.errors import NotFoundError, SwitchyardError
@@ -127,7 +128,7 @@ class ObjectStore(Protocol):
 
     async def delete(self, tenant_id: uuid.UUID, key: str) -> None: ...
 
-    async def list(self, tenant_id: uuid.UUID, prefix: str = "") -> list[ObjectInfo]: ...
+    async def list(self, tenant_id: uuid.UUID, prefix: str = "") -> builtins.list[ObjectInfo]: ...
 
     async def presigned_get(
         self, tenant_id: uuid.UUID, key: str, expires: timedelta | None = None
@@ -274,7 +275,7 @@ class LocalObjectStore:
             )
             await asyncio.to_thread(self._commit, full, Path(temporary), info)
         except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            os.unlink(temporary)
             raise
         return info
 
@@ -326,16 +327,18 @@ class LocalObjectStore:
             file.close()
 
     async def delete(self, tenant_id: uuid.UUID, key: str) -> None:
-        data_path, meta_path = self._paths(full_key(tenant_id, key))
-        data_path.unlink(missing_ok=True)
-        meta_path.unlink(missing_ok=True)
+        await asyncio.to_thread(self._delete, full_key(tenant_id, key))
 
-    async def list(self, tenant_id: uuid.UUID, prefix: str = "") -> list[ObjectInfo]:
+    def _delete(self, full: str) -> None:
+        for path in self._paths(full):
+            path.unlink(missing_ok=True)
+
+    async def list(self, tenant_id: uuid.UUID, prefix: str = "") -> builtins.list[ObjectInfo]:
         base = tenant_prefix(tenant_id)
         check_prefix(prefix)
         return await asyncio.to_thread(self._list, base, prefix)
 
-    def _list(self, base: str, prefix: str) -> list[ObjectInfo]:
+    def _list(self, base: str, prefix: str) -> builtins.list[ObjectInfo]:
         tenant_root = self.root / "data" / base
         if not tenant_root.is_dir():
             return []
@@ -353,13 +356,15 @@ class LocalObjectStore:
         full = full_key(tenant_id, key)
         await self.stat(tenant_id, key)
         expires_at = int(time.time() + (expires or timedelta(hours=1)).total_seconds())
-        query = urlencode({"expires": expires_at, "signature": _sign(self._secret, full, expires_at)})
+        query = urlencode(
+            {"expires": expires_at, "signature": _sign(self._secret, full, expires_at)}
+        )
         return f"{self.url_base}/objects/{full}?{query}"
 
     def verify(self, full: str, expires_at: int, signature: str) -> Path:
         """The file behind a presigned URL, if the URL is genuine and not expired."""
         parts = full.split("/", 2)
-        if len(parts) != 3 or parts[0] != "tenants":  # noqa: PLR2004
+        if len(parts) != 3 or parts[0] != "tenants":
             raise NotFoundError("no such object")
         try:
             full = full_key(uuid.UUID(parts[1]), parts[2])
@@ -441,14 +446,14 @@ class MinioObjectStore:
         full = full_key(tenant_id, key)
         meter = _Meter(length, max_bytes)
         await self.ensure_bucket()
-        chunks = _chunks(data)
+        chunks = cast(AsyncGenerator[bytes], _chunks(data))
         reader = _BlockingReader(chunks, meter, asyncio.get_running_loop())
         try:
             await asyncio.to_thread(
                 self.client.put_object,
                 self.bucket,
                 full,
-                reader,
+                cast(BinaryIO, reader),
                 length if length is not None else -1,
                 content_type=content_type,
                 part_size=PART_SIZE,
@@ -500,12 +505,12 @@ class MinioObjectStore:
     async def delete(self, tenant_id: uuid.UUID, key: str) -> None:
         await asyncio.to_thread(self.client.remove_object, self.bucket, full_key(tenant_id, key))
 
-    async def list(self, tenant_id: uuid.UUID, prefix: str = "") -> list[ObjectInfo]:
+    async def list(self, tenant_id: uuid.UUID, prefix: str = "") -> builtins.list[ObjectInfo]:
         base = tenant_prefix(tenant_id)
         check_prefix(prefix)
         await self.ensure_bucket()
 
-        def collect() -> list[ObjectInfo]:
+        def collect() -> builtins.list[ObjectInfo]:
             return [
                 ObjectInfo(
                     key=(item.object_name or "").removeprefix(base),

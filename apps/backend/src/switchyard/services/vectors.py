@@ -107,7 +107,9 @@ class VectorStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> VectorStore:
         if settings.chroma_host:
-            return cls(host=settings.chroma_host, port=settings.chroma_port, ssl=settings.chroma_ssl)
+            return cls(
+                host=settings.chroma_host, port=settings.chroma_port, ssl=settings.chroma_ssl
+            )
         return cls(path=settings.vector_dir)
 
     async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -136,7 +138,7 @@ class VectorStore:
 
             assert self.path is not None
             os.makedirs(self.path, exist_ok=True)
-            return chromadb.PersistentClient(path=self.path, settings=_chroma_settings())
+            return chromadb.PersistentClient(path=str(self.path), settings=_chroma_settings())
 
         return await asyncio.to_thread(open_embedded)
 

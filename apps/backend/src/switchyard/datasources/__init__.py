@@ -1,0 +1,1 @@
+"""A tenant's external database connections: stored encrypted, shown redacted, tested by a task."""

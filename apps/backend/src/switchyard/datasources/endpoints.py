@@ -1,0 +1,124 @@
+"""/data-sources: a tenant's external databases; URLs encrypted at rest, passwords never shown."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends, Request, Response, status
+
+from switchyard.datasources import service
+from switchyard.datasources.crypto import DataSourceCipher
+from switchyard.datasources.schemas import (
+    DataSourceCreate,
+    DataSourcePage,
+    DataSourceRead,
+    DataSourceUpdate,
+)
+from switchyard.datasources.tasks import TEST_TASK
+from switchyard.dependencies import (
+    BrokerDep,
+    PrincipalDep,
+    RateLimiterDep,
+    RegistryDep,
+    ServicesDep,
+    SessionDep,
+    SettingsDep,
+    TenantDep,
+    enforce,
+    require_scope,
+)
+from switchyard.logging import request_id_var
+from switchyard.tasks import service as tasks_service
+from switchyard.tasks.schemas import RunAccepted, RunRequest
+
+router = APIRouter(prefix="/data-sources", tags=["data sources"])
+READ = [Depends(require_scope("datasources:read"))]
+WRITE = [Depends(require_scope("datasources:write"))]
+
+
+def _cipher(settings: SettingsDep) -> DataSourceCipher:
+    return DataSourceCipher.from_settings(settings)
+
+
+CipherDep = Depends(_cipher)
+
+
+@router.get("", dependencies=READ)
+async def list_data_sources(
+    session: SessionDep, tenant_id: TenantDep, cipher: DataSourceCipher = CipherDep
+) -> DataSourcePage:
+    sources = await service.listed(session, tenant_id)
+    return DataSourcePage(items=[service.read(source, cipher) for source in sources])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=WRITE)
+async def create_data_source(
+    body: DataSourceCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: PrincipalDep,
+    cipher: DataSourceCipher = CipherDep,
+) -> DataSourceRead:
+    source = await service.create(session, principal.tenant_id, body, cipher, principal.user_id)
+    response.headers["Location"] = request.url_for("get_data_source", source_id=source.id).path
+    return service.read(source, cipher)
+
+
+@router.get("/{source_id}", dependencies=READ)
+async def get_data_source(
+    source_id: uuid.UUID,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    cipher: DataSourceCipher = CipherDep,
+) -> DataSourceRead:
+    return service.read(await service.get(session, tenant_id, source_id), cipher)
+
+
+@router.patch("/{source_id}", dependencies=WRITE)
+async def update_data_source(
+    source_id: uuid.UUID,
+    body: DataSourceUpdate,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    cipher: DataSourceCipher = CipherDep,
+) -> DataSourceRead:
+    source = await service.get(session, tenant_id, source_id)
+    return service.read(await service.update(session, source, body, cipher), cipher)
+
+
+@router.delete("/{source_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=WRITE)
+async def delete_data_source(
+    source_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
+) -> None:
+    await session.delete(await service.get(session, tenant_id, source_id))
+
+
+@router.post("/{source_id}/test", status_code=status.HTTP_202_ACCEPTED, dependencies=WRITE)
+async def test_data_source(
+    source_id: uuid.UUID,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    services: ServicesDep,
+    broker: BrokerDep,
+    registry: RegistryDep,
+    principal: PrincipalDep,
+    limiter: RateLimiterDep,
+) -> RunAccepted:
+    """Queue a connectivity test; its outcome is the run's result (`GET /tasks/{task_id}`)."""
+    tenant_id = principal.tenant_id
+    await service.get(session, tenant_id, source_id)
+    await enforce(limiter, services.settings.rate_limit_task_runs, "runs", str(tenant_id))
+    assert services.sessions is not None
+    run, _ = await tasks_service.submit(
+        services.sessions,
+        broker.publisher,
+        registry,
+        RunRequest(task=TEST_TASK, payload={"data_source_id": str(source_id)}),
+        tasks_service.Submitter(tenant_id, request_id_var.get(), submitted_by="anonymous"),
+        idempotency_key=None,
+        max_countdown=services.settings.task_max_countdown_seconds,
+    )
+    response.headers["Location"] = request.url_for("get_run", task_id=run.id).path
+    return RunAccepted(task_id=run.id, state=run.state, eta=run.eta)

@@ -1,0 +1,49 @@
+"""datasources.test_connection: one bounded connectivity test of a tenant's data source."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from switchyard.datasources import connect
+from switchyard.datasources.crypto import DataSourceCipher
+from switchyard.datasources.service import get
+from switchyard.platform.registry import RetryPolicy, TaskContext, task
+
+TEST_TASK = "datasources.test_connection"
+
+
+class TestConnectionInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data_source_id: uuid.UUID
+
+
+@task(
+    TEST_TASK,
+    input=TestConnectionInput,
+    description="Connect to a data source once and report the outcome (bounded in time)",
+    retry=RetryPolicy(max_retries=0),
+    soft_time_limit=75,
+    time_limit=90,
+)
+async def test_connection(payload: TestConnectionInput, ctx: TaskContext) -> dict[str, Any]:
+    services = ctx.services
+    settings = services.settings
+    assert services.sessions is not None
+    async with services.sessions() as session:
+        source = await get(session, ctx.tenant_id, payload.data_source_id)
+        encrypted = source.encrypted_connection_url
+    url = DataSourceCipher.from_settings(settings).decrypt(encrypted)
+    outcome = await connect.probe(
+        url,
+        allow_local=settings.data_source_allow_local_hosts,
+        seconds=settings.data_source_test_timeout_seconds,
+    )
+    ctx.logger.info(
+        "data source tested",
+        extra={"data_source_id": str(payload.data_source_id), "ok": outcome["ok"]},
+    )
+    return {"data_source_id": str(payload.data_source_id), **outcome}
