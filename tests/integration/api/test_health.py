@@ -49,7 +49,15 @@ async def test_full_report_with_postgres_up(client: httpx.AsyncClient) -> None:
     assert "error" not in postgres
     assert body["checks"]["redis"]["status"] == "up"
     assert body["checks"]["redis"]["critical"] is True
-    assert (await client.get("/api/v1/health")).json()["checks"].keys() == {"postgres", "redis"}
+    assert (await client.get("/api/v1/health")).json()["checks"].keys() == {
+        "postgres",
+        "redis",
+        "rabbitmq",
+        "minio",
+        "chroma",
+        "neo4j",
+        "zhipu",
+    }
     assert (await client.get("/health/ready")).status_code == 200
 
 

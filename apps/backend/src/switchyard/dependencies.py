@@ -24,7 +24,9 @@ from switchyard.errors import (
 from switchyard.platform.broker import Broker
 from switchyard.platform.registry import TaskRegistry
 from switchyard.services.container import Services
+from switchyard.services.graph import KnowledgeGraph
 from switchyard.services.health import HealthMonitor
+from switchyard.services.llm import ZhipuClient
 from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 
@@ -57,6 +59,20 @@ BrokerDep = Annotated[Broker, Depends(get_broker)]
 RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_llm(services: ServicesDep) -> ZhipuClient:
+    """The LLM client, or 503 naming ZHIPUAI_API_KEY."""
+    return services.require_llm()
+
+
+def get_graph(services: ServicesDep) -> KnowledgeGraph:
+    """The knowledge graph, or 503 naming NEO4J_URI."""
+    return services.require_graph()
+
+
+LLMDep = Annotated[ZhipuClient, Depends(get_llm)]
+GraphDep = Annotated[KnowledgeGraph, Depends(get_graph)]
 HealthDep = Annotated[HealthMonitor, Depends(get_health)]
 
 

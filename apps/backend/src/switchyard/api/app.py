@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from switchyard import API_VERSION, __version__
+from switchyard.ai import endpoints as ai
 from switchyard.api.errors import install_exception_handlers
 from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
-from switchyard.api.routes import health, meta
+from switchyard.api.routes import health, meta, objects
 from switchyard.auth import endpoints as auth
 from switchyard.datasources import endpoints as datasources
 from switchyard.platform.broker import Broker, broker_check_name
@@ -76,5 +77,8 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(tenants.router, prefix=api)
     app.include_router(tasks.router, prefix=api)
     app.include_router(datasources.router, prefix=api)
+    app.include_router(ai.llm_router, prefix=api)
+    app.include_router(ai.graph_router, prefix=api)
+    app.include_router(objects.router)
     app.include_router(health.router, prefix=api, include_in_schema=False)
     return app

@@ -291,7 +291,7 @@ class LocalObjectStore:
         meta_path.write_text(json.dumps(meta))
         os.replace(temporary, data_path)
 
-    def _info(self, full: str, key: str) -> ObjectInfo:
+    def info_of(self, full: str, key: str) -> ObjectInfo:
         data_path, meta_path = self._paths(full)
         try:
             size = data_path.stat().st_size
@@ -311,11 +311,11 @@ class LocalObjectStore:
         )
 
     async def stat(self, tenant_id: uuid.UUID, key: str) -> ObjectInfo:
-        return await asyncio.to_thread(self._info, full_key(tenant_id, key), key)
+        return await asyncio.to_thread(self.info_of, full_key(tenant_id, key), key)
 
     async def get(self, tenant_id: uuid.UUID, key: str) -> tuple[ObjectInfo, AsyncIterator[bytes]]:
         full = full_key(tenant_id, key)
-        info = await asyncio.to_thread(self._info, full, key)
+        info = await asyncio.to_thread(self.info_of, full, key)
         file = await asyncio.to_thread(self._paths(full)[0].open, "rb")
         return info, self._stream(file)
 
@@ -347,7 +347,7 @@ class LocalObjectStore:
             if path.is_file():
                 key = path.relative_to(tenant_root).as_posix()
                 if key.startswith(prefix):
-                    found.append(self._info(base + key, key))
+                    found.append(self.info_of(base + key, key))
         return found
 
     async def presigned_get(

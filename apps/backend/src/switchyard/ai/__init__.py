@@ -1,0 +1,1 @@
+"""The LLM and knowledge-graph features of the API, over the backing services."""
