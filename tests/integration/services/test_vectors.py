@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from switchyard.services.vectors import (
@@ -133,3 +134,11 @@ async def test_embedded_probe_checks_the_directory_until_opened(tmp_path: Path) 
     assert store._client is None  # the probe did not pay for importing chromadb
     with pytest.raises(ValueError, match="host or a directory"):
         VectorStore()
+
+
+async def test_server_probe_needs_no_client(chroma_server: tuple[str, int]) -> None:
+    store = VectorStore(host=chroma_server[0], port=chroma_server[1])
+    await store.probe()
+    assert store._client is None
+    with pytest.raises(httpx.HTTPError):
+        await VectorStore(host="127.0.0.1", port=9).probe()

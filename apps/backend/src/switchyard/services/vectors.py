@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import httpx
+
 from switchyard.errors import SwitchyardError
 
 if TYPE_CHECKING:
@@ -232,16 +234,21 @@ class VectorStore:
                 raise
 
     async def probe(self) -> None:
-        if self.kind == "embedded" and self._client is None:
-            # The embedded store opens on first use (importing chromadb takes seconds);
-            # until then, a writable directory is what "up" means.
+        if self.kind == "http":
+            # The REST heartbeat, not the client: importing chromadb takes seconds.
+            scheme = "https" if self.ssl else "http"
+            async with httpx.AsyncClient(timeout=5.0) as http:
+                response = await http.get(f"{scheme}://{self.host}:{self.port}/api/v2/heartbeat")
+                response.raise_for_status()
+            return
+        if self._client is None:
+            # The embedded store opens on first use; until then a writable directory is "up".
             assert self.path is not None
             await asyncio.to_thread(os.makedirs, self.path, exist_ok=True)
             if not os.access(self.path, os.W_OK):
                 raise PermissionError(f"{self.path} is not writable")
             return
-        client = await self.client()
-        await self._call(client.heartbeat)
+        await self._call(self._client.heartbeat)
 
     async def close(self) -> None:
         self._collections.clear()
