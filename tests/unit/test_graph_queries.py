@@ -41,6 +41,10 @@ class Result:
 class RecordingDriver:
     answers: list[list[dict[str, Any]]] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any], str, str | None]] = field(default_factory=list)
+    verified: int = 0
+
+    async def verify_connectivity(self) -> None:
+        self.verified += 1
 
     async def execute_query(
         self, query: str, parameters: dict[str, Any], *, routing_: Any, database_: str | None
@@ -165,6 +169,7 @@ async def test_constraints_are_created_one_by_one(
     repository: KnowledgeGraph, driver: RecordingDriver
 ) -> None:
     await repository.ensure_constraints()
+    assert driver.verified == 1
     assert [call[0] for call in driver.calls] == list(CONSTRAINTS)
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from switchyard.db.binds import (
@@ -18,6 +19,7 @@ from switchyard.db.binds import (
     migrate_bind,
 )
 from switchyard.db.binds.models import UsageEvent
+from switchyard.roles.migrate import prepare_database
 from switchyard.settings import Settings
 from tests.fixtures.servers import port_open, unavailable
 
@@ -118,3 +120,13 @@ def test_binds_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyPatch
     assert settings.database_binds["analytics"].get_secret_value().endswith("@db/analytics")
     assert "mysql://root:s3cret@db/analytics" in settings.secret_values()
     assert "s3cret" not in repr(settings)
+
+
+async def test_the_migrate_role_migrates_every_bind(mariadb_url: str, database_url: URL) -> None:
+    settings = Settings(database_binds={"analytics": mariadb_url})
+    await prepare_database(settings, database_url)
+    engine = create_async_engine(async_url(mariadb_url))
+    async with engine.connect() as connection:
+        version = await connection.scalar(text("SELECT version_num FROM alembic_version_analytics"))
+    await engine.dispose()
+    assert version == "analytics_0001"

@@ -185,7 +185,11 @@ class KnowledgeGraph:
         return [record.data() for record in result.records]
 
     async def ensure_constraints(self) -> None:
-        """Run by `migrate`: uniqueness per tenant for every node label (idempotent)."""
+        """Run by `migrate`: uniqueness per tenant for every node label (idempotent).
+
+        Connectivity is checked first, so an unreachable server fails at once instead of
+        after the driver's retries."""
+        await self.driver.verify_connectivity()
         for statement in CONSTRAINTS:
             await self._write(statement)
 
