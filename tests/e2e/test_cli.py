@@ -139,3 +139,66 @@ async def test_migrate_role_upgrades_and_is_safe_to_repeat_concurrently(
     finally:
         await connection.close()
     assert [(row["email"], row["role"]) for row in superusers] == [("root@example.com", "owner")]
+
+
+async def test_rotate_data_source_keys_re_encrypts_every_url(
+    tmp_path: Path, create_database: DatabaseFactory
+) -> None:
+    from cryptography.fernet import Fernet
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from switchyard.datasources.crypto import DataSourceCipher
+    from switchyard.db.migrate import migrate
+    from switchyard.db.models import DEFAULT_TENANT_ID, DataSourceConnection
+
+    database = await create_database()
+    await migrate(database)
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    engine = create_async_engine(database)
+    async with async_sessionmaker(engine).begin() as session:
+        for name in ("a", "b"):
+            session.add(
+                DataSourceConnection(
+                    tenant_id=DEFAULT_TENANT_ID,
+                    name=name,
+                    kind="postgresql",
+                    encrypted_connection_url=DataSourceCipher([old]).encrypt(
+                        f"postgresql://u@{name}/d"
+                    ),
+                )
+            )
+
+    keys = f"{new.decode()},{old.decode()}"
+    result = switchyard(
+        "rotate-data-source-keys", cwd=tmp_path, DATABASE_URL=dsn(database), DATA_SOURCE_KEYS=keys
+    )
+    assert result.returncode == 0, result.stderr
+    assert "re-encrypted 2 data source URL(s)" in result.stdout
+
+    only_new = DataSourceCipher([new])
+    async with async_sessionmaker(engine)() as session:
+        rows = (await session.scalars(select(DataSourceConnection).order_by("name"))).all()
+        assert [only_new.decrypt(r.encrypted_connection_url) for r in rows] == [
+            "postgresql://u@a/d",
+            "postgresql://u@b/d",
+        ]
+
+    # Without the key the rows were written with, nothing decrypts and nothing changes.
+    stranger = Fernet.generate_key().decode()
+    refused = switchyard(
+        "rotate-data-source-keys",
+        cwd=tmp_path,
+        DATABASE_URL=dsn(database),
+        DATA_SOURCE_KEYS=stranger,
+    )
+    assert refused.returncode == 1
+    assert "nothing was changed: A stored connection URL cannot be decrypted" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    async with async_sessionmaker(engine)() as session:
+        after = (await session.scalars(select(DataSourceConnection).order_by("name"))).all()
+        assert [only_new.decrypt(r.encrypted_connection_url) for r in after] == [
+            "postgresql://u@a/d",
+            "postgresql://u@b/d",
+        ]
+    await engine.dispose()

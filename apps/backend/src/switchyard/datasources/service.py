@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from switchyard.datasources.connect import parse
 from switchyard.datasources.crypto import DataSourceCipher
@@ -13,6 +14,7 @@ from switchyard.datasources.schemas import DataSourceCreate, DataSourceRead, Dat
 from switchyard.db.models import DataSourceConnection
 from switchyard.db.tenancy import scoped
 from switchyard.errors import ConflictError, NotFoundError
+from switchyard.settings import Settings
 
 
 def read(source: DataSourceConnection, cipher: DataSourceCipher) -> DataSourceRead:
@@ -90,11 +92,21 @@ async def update(
 
 async def rotate_keys(session: AsyncSession, cipher: DataSourceCipher) -> int:
     """Re-encrypt every stored URL with the newest key (all tenants: an operator's job)."""
-    from sqlalchemy import select
-
     rotated = 0
-    for source in await session.scalars(select(DataSourceConnection)):
+    rows = await session.scalars(select(DataSourceConnection).with_for_update())
+    for source in rows:
         source.encrypted_connection_url = cipher.rotate(source.encrypted_connection_url)
         rotated += 1
     await session.flush()
     return rotated
+
+
+async def rotate_all(settings: Settings) -> int:
+    """`switchyard rotate-data-source-keys`: one transaction; nothing changes on a failure."""
+    assert settings.database is not None
+    engine = create_async_engine(settings.database, pool_size=1, max_overflow=0)
+    try:
+        async with async_sessionmaker(engine).begin() as session:
+            return await rotate_keys(session, DataSourceCipher.from_settings(settings))
+    finally:
+        await engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import signal
 import sys
@@ -95,3 +96,19 @@ def healthcheck(role: str | None) -> None:
     healthy, reason = check(chosen, _settings())
     click.echo(reason, err=not healthy)
     sys.exit(0 if healthy else 1)
+
+
+@main.command("rotate-data-source-keys")
+def rotate_data_source_keys() -> None:
+    """Re-encrypt every stored data source URL with the first key of DATA_SOURCE_KEYS."""
+    settings = _settings()
+    if settings.database is None:
+        _fail("configuration error: DATABASE_URL is required", EXIT_CONFIG)
+    from switchyard.datasources.service import rotate_all
+    from switchyard.errors import SwitchyardError
+
+    try:
+        count = asyncio.run(rotate_all(settings))
+    except SwitchyardError as exc:
+        _fail(f"nothing was changed: {exc.detail}", 1)
+    click.echo(f"re-encrypted {count} data source URL(s) with the newest key")
