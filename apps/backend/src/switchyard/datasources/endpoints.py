@@ -27,8 +27,7 @@ from switchyard.dependencies import (
     enforce,
     require_scope,
 )
-from switchyard.logging import request_id_var
-from switchyard.tasks import service as tasks_service
+from switchyard.tasks.endpoints import accept_run
 from switchyard.tasks.schemas import RunAccepted, RunRequest
 
 router = APIRouter(prefix="/data-sources", tags=["data sources"])
@@ -110,15 +109,6 @@ async def test_data_source(
     tenant_id = principal.tenant_id
     await service.get(session, tenant_id, source_id)
     await enforce(limiter, services.settings.rate_limit_task_runs, "runs", str(tenant_id))
-    assert services.sessions is not None
-    run, _ = await tasks_service.submit(
-        services.sessions,
-        broker.publisher,
-        registry,
-        RunRequest(task=TEST_TASK, payload={"data_source_id": str(source_id)}),
-        tasks_service.Submitter(tenant_id, request_id_var.get(), submitted_by="anonymous"),
-        idempotency_key=None,
-        max_countdown=services.settings.task_max_countdown_seconds,
-    )
-    response.headers["Location"] = request.url_for("get_run", task_id=run.id).path
-    return RunAccepted(task_id=run.id, state=run.state, eta=run.eta)
+    body = RunRequest(task=TEST_TASK, payload={"data_source_id": str(source_id)})
+    _, accepted = await accept_run(body, request, response, services, broker, registry, tenant_id)
+    return accepted

@@ -168,21 +168,22 @@ class KnowledgeGraph:
         )
         return cls(driver, settings.neo4j_database)
 
-    async def _write(self, query: LiteralString, **parameters: Any) -> list[dict[str, Any]]:
+    async def _execute(
+        self, query: LiteralString, parameters: dict[str, Any], *, write: bool
+    ) -> list[dict[str, Any]]:
         from neo4j import RoutingControl
 
+        routing = RoutingControl.WRITE if write else RoutingControl.READ
         result = await self.driver.execute_query(
-            query, parameters, routing_=RoutingControl.WRITE, database_=self.database
+            query, parameters, routing_=routing, database_=self.database
         )
         return [record.data() for record in result.records]
+
+    async def _write(self, query: LiteralString, **parameters: Any) -> list[dict[str, Any]]:
+        return await self._execute(query, parameters, write=True)
 
     async def _read(self, query: LiteralString, **parameters: Any) -> list[dict[str, Any]]:
-        from neo4j import RoutingControl
-
-        result = await self.driver.execute_query(
-            query, parameters, routing_=RoutingControl.READ, database_=self.database
-        )
-        return [record.data() for record in result.records]
+        return await self._execute(query, parameters, write=False)
 
     async def ensure_constraints(self) -> None:
         """Run by `migrate`: uniqueness per tenant for every node label (idempotent).

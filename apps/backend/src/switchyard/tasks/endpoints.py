@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 
-from switchyard.db.models import RunState
+from switchyard.db.models import RunState, TaskRun
 from switchyard.dependencies import (
     BrokerDep,
     RateLimiterDep,
@@ -22,6 +22,9 @@ from switchyard.dependencies import (
 )
 from switchyard.errors import ConflictError, InvalidInputError
 from switchyard.logging import request_id_var
+from switchyard.platform.broker import Broker
+from switchyard.platform.registry import TaskRegistry
+from switchyard.services.container import Services
 from switchyard.tasks import follow, repository, service
 from switchyard.tasks.schemas import (
     DeadLetterOut,
@@ -45,6 +48,34 @@ IdempotencyKey = Annotated[
 
 def _submitter(tenant_id: uuid.UUID) -> service.Submitter:
     return service.Submitter(tenant_id, request_id_var.get(), submitted_by="anonymous")
+
+
+async def accept_run(
+    body: RunRequest,
+    request: Request,
+    response: Response,
+    services: Services,
+    broker: Broker,
+    registry: TaskRegistry,
+    tenant_id: uuid.UUID,
+    *,
+    idempotency_key: str | None = None,
+    replay_of: uuid.UUID | None = None,
+) -> tuple[TaskRun, RunAccepted]:
+    """Submit a run for a route: the ledger row, the publish, and a 202 with its Location."""
+    assert services.sessions is not None
+    run, _ = await service.submit(
+        services.sessions,
+        broker.publisher,
+        registry,
+        body,
+        _submitter(tenant_id),
+        idempotency_key=idempotency_key,
+        max_countdown=services.settings.task_max_countdown_seconds,
+        replay_of=replay_of,
+    )
+    response.headers["Location"] = request.url_for("get_run", task_id=run.id).path
+    return run, RunAccepted(task_id=run.id, state=run.state, eta=run.eta)
 
 
 @router.get("/registered", dependencies=[Depends(require_scope("tasks:read"))])
@@ -109,19 +140,18 @@ async def run_task(
     limiter: RateLimiterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> RunAccepted:
-    assert services.sessions is not None
     await enforce(limiter, services.settings.rate_limit_task_runs, "runs", str(tenant_id))
-    run, _ = await service.submit(
-        services.sessions,
-        broker.publisher,
-        registry,
+    _, accepted = await accept_run(
         body,
-        _submitter(tenant_id),
+        request,
+        response,
+        services,
+        broker,
+        registry,
+        tenant_id,
         idempotency_key=idempotency_key,
-        max_countdown=services.settings.task_max_countdown_seconds,
     )
-    response.headers["Location"] = request.url_for("get_run", task_id=run.id).path
-    return RunAccepted(task_id=run.id, state=run.state, eta=run.eta)
+    return accepted
 
 
 @router.get("/", dependencies=[Depends(require_scope("tasks:read"))])
@@ -182,20 +212,18 @@ async def replay_dead_letter(
     letter = await service.get_dead_letter(session, tenant_id, letter_id)
     if letter.payload is None:
         raise ConflictError("This dead letter has no stored payload to replay.")
-    assert services.sessions is not None
-    run, _ = await service.submit(
-        services.sessions,
-        broker.publisher,
-        registry,
+    run, accepted = await accept_run(
         RunRequest(task=letter.task, payload=letter.payload, queue=letter.queue),
-        _submitter(tenant_id),
-        idempotency_key=None,
-        max_countdown=services.settings.task_max_countdown_seconds,
+        request,
+        response,
+        services,
+        broker,
+        registry,
+        tenant_id,
         replay_of=letter.run_id,
     )
     letter.replayed_run_id = run.id
-    response.headers["Location"] = request.url_for("get_run", task_id=run.id).path
-    return RunAccepted(task_id=run.id, state=run.state, eta=run.eta)
+    return accepted
 
 
 @router.delete(

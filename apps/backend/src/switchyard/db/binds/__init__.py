@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from switchyard.db.base import NAMING_CONVENTION
 from switchyard.errors import ServiceUnavailableError
+from switchyard.services import postgres
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -83,24 +84,22 @@ class Bind:
 
 
 def create_bind(settings: Settings, name: str, raw_url: str, application: str) -> Bind:
+    """The same pool settings as the main database; PostgreSQL binds use its engine factory."""
     url = async_url(raw_url)
-    timeout = settings.database_connect_timeout_seconds
     if url.drivername.startswith("postgresql"):
-        connect_args: dict[str, object] = {
-            "timeout": timeout,
-            "server_settings": {"application_name": application},
-        }
+        engine = postgres.create_engine(settings, url, application)
     else:
-        connect_args = {"connect_timeout": int(max(1, timeout))}
-    engine = create_async_engine(
-        url,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-        pool_timeout=settings.database_pool_timeout_seconds,
-        pool_pre_ping=True,
-        pool_recycle=1800,
-        connect_args=connect_args,
-    )
+        engine = create_async_engine(
+            url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            pool_timeout=settings.database_pool_timeout_seconds,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            connect_args={
+                "connect_timeout": int(max(1, settings.database_connect_timeout_seconds))
+            },
+        )
     return Bind(name, engine, async_sessionmaker(engine, expire_on_commit=False))
 
 
