@@ -27,6 +27,7 @@ class Owned:
     run_id: uuid.UUID
     letter_id: uuid.UUID
     key_id: str
+    source_id: str
 
 
 # route -> (the id of A's resource it is called with, the status another tenant gets)
@@ -40,11 +41,18 @@ CASES: dict[tuple[str, str], tuple[str, int]] = {
     ("post", "/api/v1/tasks/dead-letters/{letter_id}/replay"): ("letter_id", 404),
     ("delete", "/api/v1/tasks/dead-letters/{letter_id}"): ("letter_id", 404),
     ("delete", "/api/v1/api-keys/{key_id}"): ("key_id", 404),
+    ("get", "/api/v1/data-sources/{source_id}"): ("source_id", 404),
+    ("patch", "/api/v1/data-sources/{source_id}"): ("source_id", 404),
+    ("delete", "/api/v1/data-sources/{source_id}"): ("source_id", 404),
+    ("post", "/api/v1/data-sources/{source_id}/test"): ("source_id", 404),
     # Superuser routes: a tenant's owner is refused whatever the id, so nothing is revealed.
     ("post", "/api/v1/tenants/{tenant_id}/suspend"): ("tenant_id", 403),
     ("post", "/api/v1/tenants/{tenant_id}/activate"): ("tenant_id", 403),
 }
-BODIES = {("patch", "/api/v1/tasks/definitions/{name}"): {"enabled": False}}
+BODIES = {
+    ("patch", "/api/v1/tasks/definitions/{name}"): {"enabled": False},
+    ("patch", "/api/v1/data-sources/{source_id}"): {"name": "taken over"},
+}
 
 
 @pytest.fixture
@@ -85,7 +93,13 @@ async def tenants(
             headers={},
         )
         session.add(letter)
-    return a, b, Owned(name, run.id, letter.id, key.json()["id"])
+    source = await api_client.post(
+        "/api/v1/data-sources",
+        json={"name": "crm", "url": "postgresql://crm:pw@crm.example.com/crm"},
+        headers=a.headers,
+    )
+    assert source.status_code == 201
+    return a, b, Owned(name, run.id, letter.id, key.json()["id"], source.json()["id"])
 
 
 def url(template: str, value: str) -> str:

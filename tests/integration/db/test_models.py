@@ -100,8 +100,12 @@ async def test_document_defaults_and_tenant_cascade(db_session: AsyncSession) ->
 
     await db_session.execute(text("DELETE FROM tenants WHERE id = :id"), {"id": tenant.id})
     db_session.expunge_all()
-    assert (await db_session.scalars(select(KnowledgeDocument))).all() == []
-    assert (await db_session.scalars(select(DataSourceConnection))).all() == []
+    assert (
+        await db_session.scalars(select(KnowledgeDocument).filter_by(tenant_id=tenant.id))
+    ).all() == []
+    assert (
+        await db_session.scalars(select(DataSourceConnection).filter_by(tenant_id=tenant.id))
+    ).all() == []
 
 
 async def test_data_source_names_are_unique_per_tenant(db_session: AsyncSession) -> None:

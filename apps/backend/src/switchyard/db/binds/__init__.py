@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, MetaData, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
@@ -28,6 +26,9 @@ from switchyard.db.base import NAMING_CONVENTION
 from switchyard.errors import ServiceUnavailableError
 from switchyard.services import postgres
 from switchyard.settings import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ def create_binds(settings: Settings, application: str) -> dict[str, Bind]:
 
 
 def alembic_config(name: str) -> Config:
+    from alembic.config import Config  # only `migrate` needs Alembic
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
@@ -124,6 +127,8 @@ def has_migrations(name: str) -> bool:
 
 
 def _run(connection: Connection, name: str, revision: str, downgrade: bool) -> None:
+    from alembic import command
+
     config = alembic_config(name)
     config.attributes["connection"] = connection
     if downgrade:
