@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -151,6 +151,15 @@ class Settings(BaseSettings):
     zhipuai_retry_backoff_seconds: float = Field(default=0.5, ge=0, le=60)
     zhipuai_tenant_concurrency: int = Field(default=4, ge=1, le=256)
 
+    # Knowledge documents: upload limit, chunking, embeddings, retrieval.
+    document_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, le=1024**3)
+    chunk_size_chars: int = Field(default=1000, ge=100, le=20_000)
+    chunk_overlap_chars: int = Field(default=150, ge=0, le=5_000)
+    document_max_chunks: int = Field(default=5_000, ge=1, le=1_000_000)
+    embedding_provider: Literal["auto", "zhipu", "local"] = "auto"
+    search_max_top_k: int = Field(default=50, ge=1, le=100)
+    answer_top_k: int = Field(default=5, ge=1, le=50)
+
     # Extra databases by name, as JSON: {"analytics": "mysql+asyncmy://user:pw@host/db"}.
     database_binds: dict[str, SecretStr] = Field(default_factory=dict)
 
@@ -198,6 +207,12 @@ class Settings(BaseSettings):
         if url.drivername.split("+")[0] not in ("postgresql", "postgres"):
             raise ValueError("must be a postgresql:// URL")
         return SecretStr(url.set(drivername="postgresql+asyncpg").render_as_string(False))
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap_chars >= self.chunk_size_chars:
+            raise ValueError("CHUNK_OVERLAP_CHARS must be smaller than CHUNK_SIZE_CHARS")
+        return self
 
     @field_validator("data_source_keys")
     @classmethod

@@ -13,6 +13,7 @@ from switchyard import __version__
 from switchyard.db.binds import Bind, BindUnavailableError, create_binds
 from switchyard.services import postgres, redis
 from switchyard.services.cache import Cache
+from switchyard.services.embeddings import Embedder, create_embedder
 from switchyard.services.graph import GraphDisabledError, KnowledgeGraph, create_graph
 from switchyard.services.health import HealthCheck, HealthMonitor
 from switchyard.services.llm import LLMDisabledError, ZhipuClient, create_llm
@@ -33,15 +34,17 @@ class Services:
     vectors: VectorStore = field(init=False)
     graph: KnowledgeGraph | None = field(init=False)
     llm: ZhipuClient | None = field(init=False)
+    embedder: Embedder = field(init=False)
     binds: dict[str, Bind] = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
         self.cache = Cache(self.redis, settings.cache_namespace)
         self.objects = create_object_store(settings)
-        self.vectors = VectorStore.from_settings(settings)
         self.graph = create_graph(settings)
         self.llm = create_llm(settings)
+        self.embedder = create_embedder(settings, self.llm)
+        self.vectors = VectorStore.from_settings(settings, space=self.embedder.name)
         self.binds = create_binds(settings, f"switchyard-{self.service_type}")
 
     @classmethod

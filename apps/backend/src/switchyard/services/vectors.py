@@ -58,10 +58,12 @@ class VectorMatch:
         return 1.0 - self.distance
 
 
-def collection_name(tenant_id: uuid.UUID) -> str:
+def collection_name(tenant_id: uuid.UUID, space: str = "") -> str:
+    """`tenant-<hex>`, plus the vector space (the embedding model) when one is named, so a
+    change of embedding model never mixes dimensions in one collection."""
     if not isinstance(tenant_id, uuid.UUID):
         raise TypeError("tenant_id must be a UUID taken from the principal")
-    return f"tenant-{tenant_id.hex}"
+    return f"tenant-{tenant_id.hex}" + (f"-{space}" if space else "")
 
 
 def to_where(where: Where | None) -> dict[str, Any] | None:
@@ -94,6 +96,7 @@ class VectorStore:
         port: int = 8000,
         ssl: bool = False,
         path: os.PathLike[str] | str | None = None,
+        space: str = "",
     ) -> None:
         if host is None and path is None:
             raise ValueError("a Chroma host or a directory is needed")
@@ -102,17 +105,21 @@ class VectorStore:
         self.ssl = ssl
         self.path = path
         self.kind = "http" if host else "embedded"
+        self.space = space
         self._client: Any = None
         self._lock = asyncio.Lock()
         self._collections: dict[uuid.UUID, Any] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> VectorStore:
+    def from_settings(cls, settings: Settings, space: str = "") -> VectorStore:
         if settings.chroma_host:
             return cls(
-                host=settings.chroma_host, port=settings.chroma_port, ssl=settings.chroma_ssl
+                host=settings.chroma_host,
+                port=settings.chroma_port,
+                ssl=settings.chroma_ssl,
+                space=space,
             )
-        return cls(path=settings.vector_dir)
+        return cls(path=settings.vector_dir, space=space)
 
     async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.kind == "http":
@@ -145,7 +152,7 @@ class VectorStore:
         return await asyncio.to_thread(open_embedded)
 
     async def collection(self, tenant_id: uuid.UUID) -> Any:
-        name = collection_name(tenant_id)
+        name = collection_name(tenant_id, self.space)
         found = self._collections.get(tenant_id)
         if found is None:
             client = await self.client()
@@ -228,7 +235,7 @@ class VectorStore:
         client = await self.client()
         self._collections.pop(tenant_id, None)
         try:
-            await self._call(client.delete_collection, collection_name(tenant_id))
+            await self._call(client.delete_collection, collection_name(tenant_id, self.space))
         except Exception as exc:  # absent already: nothing to drop
             if "does not exist" not in str(exc) and "NotFound" not in type(exc).__name__:
                 raise

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 
+from switchyard.db import pagination
 from switchyard.db.models import RunState, TaskRun
 from switchyard.dependencies import (
     BrokerDep,
@@ -20,7 +21,7 @@ from switchyard.dependencies import (
     enforce,
     require_scope,
 )
-from switchyard.errors import ConflictError, InvalidInputError
+from switchyard.errors import ConflictError
 from switchyard.logging import request_id_var
 from switchyard.platform.broker import Broker
 from switchyard.platform.registry import TaskRegistry
@@ -163,15 +164,7 @@ async def list_runs(
     cursor: str | None = Query(default=None, max_length=200),
     limit: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
 ) -> RunPage:
-    after = None
-    if cursor is not None:
-        try:
-            after = repository.decode_cursor(cursor)
-        except ValueError:
-            raise InvalidInputError(
-                "The cursor is not one this API gave out.",
-                [{"field": "query.cursor", "message": "invalid cursor", "type": "cursor"}],
-            ) from None
+    after = pagination.parse_cursor(cursor)
     rows = await repository.runs_page(
         session, tenant_id, state=state, task=task, after=after, limit=limit
     )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from switchyard.db import pagination
 from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
 from switchyard.db.tenancy import scoped
 
@@ -35,14 +34,7 @@ async def run_by_idempotency_key(
 
 
 def encode_cursor(run: TaskRun) -> str:
-    raw = f"{run.created_at.isoformat()}|{run.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Raise ValueError for anything that is not a cursor this API gave out."""
-    created, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-    return datetime.fromisoformat(created), uuid.UUID(run_id)
+    return pagination.encode_cursor(run.created_at, run.id)
 
 
 async def runs_page(
@@ -60,15 +52,7 @@ async def runs_page(
         statement = statement.where(TaskRun.state == state)
     if task is not None:
         statement = statement.where(TaskRun.task == task)
-    if after is not None:
-        created, run_id = after
-        statement = statement.where(
-            or_(
-                TaskRun.created_at < created,
-                and_(TaskRun.created_at == created, TaskRun.id < run_id),
-            )
-        )
-    statement = statement.order_by(TaskRun.created_at.desc(), TaskRun.id.desc()).limit(limit + 1)
+    statement = pagination.newest_first(statement, TaskRun, after, limit)
     return list((await session.scalars(statement)).all())
 
 

@@ -1,0 +1,52 @@
+"""Keyset pagination, newest first, on (created_at, id): the cursor is opaque to clients."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, and_, or_
+
+from switchyard.errors import InvalidInputError
+
+T = TypeVar("T")
+
+
+def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Raise ValueError for anything that is not a cursor this API gave out."""
+    created, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+    return datetime.fromisoformat(created), uuid.UUID(row_id)
+
+
+def parse_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """The position after which a page starts, or a 422 naming `query.cursor`."""
+    if cursor is None:
+        return None
+    try:
+        return decode_cursor(cursor)
+    except ValueError:
+        raise InvalidInputError(
+            "The cursor is not one this API gave out.",
+            [{"field": "query.cursor", "message": "invalid cursor", "type": "cursor"}],
+        ) from None
+
+
+def newest_first(
+    statement: Select[T], model: Any, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> Select[T]:
+    """`limit + 1` rows after `after`, so the caller knows whether a next page exists."""
+    if after is not None:
+        created, row_id = after
+        statement = statement.where(
+            or_(
+                model.created_at < created,
+                and_(model.created_at == created, model.id < row_id),
+            )
+        )
+    return statement.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
