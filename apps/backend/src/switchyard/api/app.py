@@ -15,6 +15,7 @@ from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddlewar
 from switchyard.api.routes import health, meta, objects
 from switchyard.auth import endpoints as auth
 from switchyard.datasources import endpoints as datasources
+from switchyard.documents import endpoints as documents
 from switchyard.platform.broker import Broker, broker_check_name
 from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
@@ -22,6 +23,9 @@ from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 from switchyard.tasks import endpoints as tasks
 from switchyard.tenants import endpoints as tenants
+
+# Multipart framing around an uploaded file: headers, boundaries and the title field.
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI:
@@ -67,7 +71,12 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
             allow_headers=["*"],
             expose_headers=[REQUEST_ID_HEADER],
         )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_request_body_bytes,
+        upload_body_bytes=settings.document_max_bytes + UPLOAD_OVERHEAD_BYTES,
+        upload_paths=(f"/api/{API_VERSION}/documents",),
+    )
 
     app.include_router(health.router)
     api = f"/api/{API_VERSION}"
@@ -77,6 +86,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(tenants.router, prefix=api)
     app.include_router(tasks.router, prefix=api)
     app.include_router(datasources.router, prefix=api)
+    app.include_router(documents.router, prefix=api)
     app.include_router(ai.llm_router, prefix=api)
     app.include_router(ai.graph_router, prefix=api)
     app.include_router(objects.router)

@@ -42,9 +42,19 @@ def accepted_request_id(headers: Headers) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        upload_body_bytes: int | None = None,
+        upload_paths: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Upload routes (exact paths, POST) take bodies up to their own limit.
+        self.upload_body_bytes = upload_body_bytes or max_body_bytes
+        self.upload_paths = upload_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,20 +79,22 @@ class RequestContextMiddleware:
             await send(message)
 
         received = 0
+        upload = scope["method"] == "POST" and scope["path"].rstrip("/") in self.upload_paths
+        limit = self.upload_body_bytes if upload else self.max_body_bytes
 
         async def receive_bounded() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise RequestBodyTooLargeError(self.max_body_bytes)
+                if received > limit:
+                    raise RequestBodyTooLargeError(limit)
             return message
 
         try:
             declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                raise RequestBodyTooLargeError(self.max_body_bytes)
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise RequestBodyTooLargeError(limit)
             await self.app(scope, receive_bounded, send_with_request_id)
         except RequestBodyTooLargeError as exc:
             if not response_started:

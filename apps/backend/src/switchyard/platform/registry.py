@@ -19,7 +19,11 @@ from switchyard.platform.topology import WORK_QUEUES
 if TYPE_CHECKING:
     from switchyard.services.container import Services
 
-TASK_MODULES: Final = ("switchyard.system.tasks", "switchyard.datasources.tasks")
+TASK_MODULES: Final = (
+    "switchyard.system.tasks",
+    "switchyard.datasources.tasks",
+    "switchyard.documents.tasks",
+)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 MIN_RETRY_DELAY_SECONDS: Final = 1
 

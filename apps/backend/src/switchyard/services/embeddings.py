@@ -208,4 +208,3 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 __all__ = ["Embedder", "LocalEmbedder", "MiniLM", "ZhipuEmbedder", "cosine", "create_embedder"]
-

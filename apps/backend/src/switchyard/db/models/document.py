@@ -35,3 +35,6 @@ class KnowledgeDocument(UUIDPrimaryKey, Timestamps, Base):
     )
     error: Mapped[str | None] = mapped_column(Text)
     chunk_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The latest ingestion run (no foreign key: runs may be purged before documents).
+    run_id: Mapped[uuid.UUID | None]
+    created_by: Mapped[uuid.UUID | None]

@@ -1,0 +1,1 @@
+"""Knowledge documents: upload, ingestion into vectors and graph, search and cited answers."""

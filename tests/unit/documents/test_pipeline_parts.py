@@ -1,0 +1,142 @@
+"""Extraction, chunking, citations, entity parsing and the local embedding model."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from switchyard.documents.chunking import split
+from switchyard.documents.extract import (
+    UnreadableDocumentError,
+    UnsupportedMediaTypeError,
+    extract_text,
+    kind_of,
+)
+from switchyard.documents.retrieval import citations, prompt
+from switchyard.documents.schemas import SearchHit
+from switchyard.documents.tasks import parse_entities
+from switchyard.services.embeddings import LocalEmbedder, cosine, create_embedder
+from switchyard.settings import Settings
+from tests.fakes.pdf import make_pdf
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type", "kind"),
+    [
+        ("a.txt", "text/plain", "text"),
+        ("notes.md", "text/markdown; charset=utf-8", "markdown"),
+        ("notes.md", "application/octet-stream", "markdown"),
+        ("page.HTML", None, "html"),
+        ("r.pdf", "application/pdf", "pdf"),
+        ("whatever", "application/pdf", "pdf"),
+    ],
+)
+def test_accepted_kinds(filename: str, content_type: str | None, kind: str) -> None:
+    assert kind_of(filename, content_type) == kind
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type"),
+    [
+        ("a.exe", "application/x-msdownload"),
+        ("a.png", "image/png"),
+        ("a.txt", "image/png"),
+        ("a", None),
+    ],
+)
+def test_other_kinds_are_415(filename: str, content_type: str | None) -> None:
+    with pytest.raises(UnsupportedMediaTypeError) as refused:
+        kind_of(filename, content_type)
+    assert refused.value.status == 415
+    assert "text/markdown" in refused.value.detail
+
+
+def test_text_from_every_kind() -> None:
+    assert extract_text("﻿héllo\r\nworld  \n".encode(), "text") == "héllo\nworld"
+    html = b"<html><head><style>p{}</style><script>x()</script></head><body><h1>Title</h1><p>Body text</p></body></html>"
+    assert extract_text(html, "html").split() == ["Title", "Body", "text"]
+    pdf = make_pdf([["First page line."], ["Second (page)."]])
+    assert extract_text(pdf, "pdf").split() == ["First", "page", "line.", "Second", "(page)."]
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "message"),
+    [
+        (b"", "text", "no text"),
+        (b"   \n\n ", "markdown", "no text"),
+        (b"\xff\xfe\x00bad", "text", "not UTF-8"),
+        (b"not a pdf", "pdf", "not a PDF"),
+        (b"%PDF-1.4\n garbage", "pdf", "cannot be read"),
+        (make_pdf([[]]), "pdf", "no text"),
+    ],
+)
+def test_unreadable_documents_say_why(data: bytes, kind: str, message: str) -> None:
+    with pytest.raises(UnreadableDocumentError, match=message):
+        extract_text(data, kind)  # type: ignore[arg-type]
+
+
+def test_chunks_respect_size_overlap_and_offsets() -> None:
+    short = "A short paragraph that fits whole."
+    paragraphs = [short] + [f"Paragraph {i}. " + "A sentence of words. " * 40 for i in range(6)]
+    text = "\n\n".join(paragraphs)
+    chunks = split(text, 400, 80)
+    assert len(chunks) > 5
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert all(len(c.text) <= 400 for c in chunks)
+    assert all(text[c.start : c.end] == c.text for c in chunks)
+    assert chunks[0].text == short  # a paragraph that fits is one chunk
+    overlapping = [b.start < a.end for a, b in zip(chunks, chunks[1:], strict=False)]
+    assert sum(overlapping) >= 6  # long paragraphs are cut with overlap
+    assert all(c.text.endswith(".") for c in chunks)  # at sentence ends
+
+
+def hit(n: int) -> SearchHit:
+    return SearchHit(
+        document_id=uuid.UUID(int=n),
+        title=f"doc {n}",
+        chunk_index=n,
+        start=0,
+        end=1,
+        snippet=f"s{n}",
+        score=0.5,
+    )
+
+
+def test_citations_follow_the_markers_the_answer_uses() -> None:
+    hits = [hit(1), hit(2), hit(3)]
+    cited = citations("Paris [2]. Also [3][2] and [9].", hits)
+    assert [(c.document_id.int, c.chunk_index) for c in cited] == [(2, 2), (3, 3)]
+    assert len(citations("No markers at all.", hits)) == 3
+    messages = prompt("Where?", hits)
+    assert messages[0].role == "system" and "[n]" in messages[0].content
+    assert "[1] (doc 1, chunk 1)\ns1" in messages[1].content
+    assert messages[1].content.endswith("Question: Where?")
+
+
+def test_entities_are_parsed_from_the_model_answer() -> None:
+    answer = 'Sure: [{"name": " ACME ", "kind": "Organisation"}, {"name": ""}, {"kind": "x"}, {"name": "Ada"}]'
+    assert parse_entities(answer) == [("ACME", "organisation"), ("Ada", "other")]
+    assert parse_entities("no json here") == []
+    assert parse_entities("[not json]") == []
+
+
+def test_the_local_model_embeds_meaning() -> None:
+    embedder = LocalEmbedder()
+    food, bread, baby = embedder.encode(
+        [
+            "A man is eating food.",
+            "A man is eating a piece of bread.",
+            "The girl is carrying a baby.",
+        ]
+    )
+    assert len(food) == 384
+    assert cosine(food, food) == pytest.approx(1.0, abs=1e-5)
+    # The published all-MiniLM-L6-v2 similarities for these sentences.
+    assert cosine(food, bread) == pytest.approx(0.7553, abs=2e-3)
+    assert cosine(food, baby) == pytest.approx(-0.1050, abs=2e-3)
+
+
+def test_provider_choice() -> None:
+    assert create_embedder(Settings(), None).name == "local-minilm-l6-v2"
+    assert create_embedder(Settings(embedding_provider="zhipu"), None).name == "zhipu-unconfigured"
