@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import pytest
@@ -54,7 +55,10 @@ def test_other_kinds_are_415(filename: str, content_type: str | None) -> None:
 
 def test_text_from_every_kind() -> None:
     assert extract_text("﻿héllo\r\nworld  \n".encode(), "text") == "héllo\nworld"
-    html = b"<html><head><style>p{}</style><script>x()</script></head><body><h1>Title</h1><p>Body text</p></body></html>"
+    html = (
+        b"<html><head><style>p{}</style><script>x()</script></head>"
+        b"<body><h1>Title</h1><p>Body text</p></body></html>"
+    )
     assert extract_text(html, "html").split() == ["Title", "Body", "text"]
     pdf = make_pdf([["First page line."], ["Second (page)."]])
     assert extract_text(pdf, "pdf").split() == ["First", "page", "line.", "Second", "(page)."]
@@ -86,7 +90,7 @@ def test_chunks_respect_size_overlap_and_offsets() -> None:
     assert all(len(c.text) <= 400 for c in chunks)
     assert all(text[c.start : c.end] == c.text for c in chunks)
     assert chunks[0].text == short  # a paragraph that fits is one chunk
-    overlapping = [b.start < a.end for a, b in zip(chunks, chunks[1:], strict=False)]
+    overlapping = [b.start < a.end for a, b in itertools.pairwise(chunks)]
     assert sum(overlapping) >= 6  # long paragraphs are cut with overlap
     assert all(c.text.endswith(".") for c in chunks)  # at sentence ends
 
@@ -109,13 +113,17 @@ def test_citations_follow_the_markers_the_answer_uses() -> None:
     assert [(c.document_id.int, c.chunk_index) for c in cited] == [(2, 2), (3, 3)]
     assert len(citations("No markers at all.", hits)) == 3
     messages = prompt("Where?", hits)
-    assert messages[0].role == "system" and "[n]" in messages[0].content
+    assert messages[0].role == "system"
+    assert "[n]" in messages[0].content
     assert "[1] (doc 1, chunk 1)\ns1" in messages[1].content
     assert messages[1].content.endswith("Question: Where?")
 
 
 def test_entities_are_parsed_from_the_model_answer() -> None:
-    answer = 'Sure: [{"name": " ACME ", "kind": "Organisation"}, {"name": ""}, {"kind": "x"}, {"name": "Ada"}]'
+    answer = (
+        'Sure: [{"name": " ACME ", "kind": "Organisation"}, {"name": ""}, {"kind": "x"}, '
+        '{"name": "Ada"}]'
+    )
     assert parse_entities(answer) == [("ACME", "organisation"), ("Ada", "other")]
     assert parse_entities("no json here") == []
     assert parse_entities("[not json]") == []

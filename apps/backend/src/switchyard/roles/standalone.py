@@ -1,8 +1,8 @@
 """The `standalone` role: the whole product from one command on embedded backends.
 
-PostgreSQL and Redis run as children of this process (Redis is also the broker); a worker and
-a beat run as `switchyard run worker|beat` children; the gateway runs here. All of them die
-with this process."""
+PostgreSQL, Redis and Chroma run as children of this process (Redis is also the broker);
+a worker and a beat run as `switchyard run worker|beat` children; the gateway runs here.
+All of them die with this process."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncpg
 from pydantic import SecretStr
 
+from switchyard.embedded.chroma import EmbeddedChroma, EmbeddedChromaError
 from switchyard.embedded.postgres import EmbeddedPostgres, EmbeddedPostgresError
 from switchyard.embedded.process import die_with_parent
 from switchyard.embedded.redis import EmbeddedRedis, EmbeddedRedisError
@@ -49,14 +50,16 @@ async def _prepare(settings: Settings, postgres: EmbeddedPostgres) -> None:
     await prepare_database(settings, postgres.url(DATABASE))
 
 
-def _banner(settings: Settings, postgres: EmbeddedPostgres, redis: EmbeddedRedis) -> str:
+def _banner(
+    settings: Settings, postgres: EmbeddedPostgres, redis: EmbeddedRedis, chroma: EmbeddedChroma
+) -> str:
     base = f"http://{settings.api_host}:{settings.api_port}"
     return "\n".join(
         [
             "Switchyard standalone",
             f"  API    {base}/api/v1/  (docs {base}/docs, health {base}/health)",
             f"  data   {postgres.root}  (PostgreSQL on 127.0.0.1:{postgres.port}, "
-            f"Redis on 127.0.0.1:{redis.port})",
+            f"Redis on 127.0.0.1:{redis.port}, Chroma on 127.0.0.1:{chroma.port})",
             "  tasks  a worker and a beat run alongside; try POST /api/v1/tasks/run",
             "  stop   Ctrl-C or SIGTERM",
         ]
@@ -99,13 +102,16 @@ def run(settings: Settings) -> int:
         logger.warning("standalone ignores server URLs and uses its embedded backends")
     postgres = EmbeddedPostgres(settings.var_dir, port=settings.embedded_postgres_port)
     redis = EmbeddedRedis(settings.var_dir)
+    chroma = EmbeddedChroma(settings.var_dir)
     with ExitStack() as stack:
         try:
             postgres.start()
             stack.callback(postgres.stop)
             redis.start()
             stack.callback(redis.stop)
-        except (EmbeddedPostgresError, EmbeddedRedisError) as exc:
+            chroma.start()
+            stack.callback(chroma.stop)
+        except (EmbeddedPostgresError, EmbeddedRedisError, EmbeddedChromaError) as exc:
             raise RoleStartupError(str(exc)) from None
         asyncio.run(_prepare(settings, postgres))
         database_url = postgres.url(DATABASE).render_as_string(hide_password=False)
@@ -114,6 +120,8 @@ def run(settings: Settings) -> int:
                 "database_url": SecretStr(database_url),
                 "redis_url": SecretStr(redis.url(0)),
                 "celery_broker_url": SecretStr(redis.url(1)),
+                "chroma_host": "127.0.0.1",
+                "chroma_port": chroma.port,
             }
         )
         children = Children(
@@ -122,12 +130,14 @@ def run(settings: Settings) -> int:
                 "DATABASE_URL": database_url,
                 "REDIS_URL": redis.url(0),
                 "CELERY_BROKER_URL": redis.url(1),
+                "CHROMA_HOST": "127.0.0.1",
+                "CHROMA_PORT": str(chroma.port),
                 "VAR_DIR": str(settings.var_dir.absolute()),
             }
         )
         stack.callback(children.stop)
         children.start("worker")
         children.start("beat")
-        print(_banner(settings, postgres, redis), flush=True)
+        print(_banner(settings, postgres, redis, chroma), flush=True)
         serve(embedded, "standalone")
     return 0
