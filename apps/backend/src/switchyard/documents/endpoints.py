@@ -112,6 +112,8 @@ async def upload_document(
     async with services.sessions.begin() as session:
         document = await service.get(session, tenant_id, document_id)
         document.run_id = run.id
+        await session.flush()
+        await session.refresh(document)
     response.headers["Location"] = request.url_for("get_document", document_id=document_id).path
     return DocumentAccepted(document=DocumentOut.of(document), task_id=run.id)
 

@@ -1,0 +1,292 @@
+"""The flagship flow across processes, as the image would run it: a gateway, a worker and beat
+as `switchyard run` subprocesses; MinIO (moto's S3 server), a Chroma server and the Zhipu API
+(a local fake of it) as backing services."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+from switchyard.services.objects import MinioObjectStore
+from switchyard.services.vectors import VectorStore
+from switchyard.settings import Settings
+from tests.fakes.pdf import make_pdf
+from tests.fakes.zhipu import API_KEY, FakeZhipu
+from tests.fixtures.accounts import PASSWORD
+from tests.fixtures.backing import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.fixtures.gateway import DATA_SOURCE_KEY
+from tests.fixtures.messaging import local_vhost
+from tests.fixtures.processes import RunningRole
+from tests.fixtures.servers import free_port, unavailable
+
+pytestmark = pytest.mark.e2e
+
+MAX_BYTES = 200_000
+MARKDOWN = """# Lisbon office handbook
+
+The Lisbon office opens at eight in the morning. Visitors sign in at the front desk.
+
+## Parking
+
+Parking for bicycles is in the courtyard behind the building.
+"""
+PDF_PAGES = [
+    ["Quarterly report for the Porto warehouse.", "Porto shipments grew by twelve percent."],
+    ["The Porto warehouse hired three new forklift drivers."],
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline_broker() -> Iterator[str]:
+    with local_vhost() as url:
+        if url is None:
+            unavailable("RabbitMQ", "rabbitmqctl cannot add a vhost")
+        assert url is not None
+        yield url
+
+
+@pytest.fixture
+def stack(
+    start_role: Callable[..., RunningRole],
+    tmp_path: Path,
+    database_url: URL,
+    redis_url: str,
+    pipeline_broker: str,
+    s3_endpoint: str,
+    chroma_server: tuple[str, int],
+    zhipu: FakeZhipu,
+) -> dict[str, Any]:
+    bucket = f"pipeline-{uuid.uuid4().hex[:8]}"
+    env = {
+        "DATABASE_URL": database_url.render_as_string(hide_password=False),
+        "REDIS_URL": redis_url,
+        "CACHE_NAMESPACE": f"pipeline-{uuid.uuid4().hex[:6]}",
+        "CELERY_BROKER_URL": pipeline_broker,
+        "TASK_DELIVERY_LIMIT": "3",
+        "MINIO_ENDPOINT": s3_endpoint,
+        "MINIO_ACCESS_KEY": S3_ACCESS_KEY,
+        "MINIO_SECRET_KEY": S3_SECRET_KEY,
+        "MINIO_REGION": "us-east-1",
+        "MINIO_BUCKET": bucket,
+        "CHROMA_HOST": chroma_server[0],
+        "CHROMA_PORT": str(chroma_server[1]),
+        "ZHIPUAI_API_KEY": API_KEY,
+        "ZHIPUAI_BASE_URL": zhipu.base_url,
+        "ZHIPUAI_RETRY_BACKOFF_SECONDS": "0.05",
+        "EMBEDDING_PROVIDER": "zhipu",
+        "DOCUMENT_MAX_BYTES": str(MAX_BYTES),
+        "CHUNK_SIZE_CHARS": "120",
+        "CHUNK_OVERLAP_CHARS": "20",
+        "DATA_SOURCE_KEYS": DATA_SOURCE_KEY,
+        "JWT_SECRET": "pipeline-signing-secret-" + "y" * 40,
+        "RATE_LIMIT_AUTH": "10000/minute",
+        "WORKER_QUEUES": "default,llm",
+        "WORKER_CONCURRENCY": "2",
+        "BEAT_TICK_SECONDS": "0.5",
+        "LOG_LEVEL": "INFO",
+    }
+    port = free_port()
+    gateway = start_role("api-gateway", port, **env)
+    worker = start_role("worker", **env, VAR_DIR=str(tmp_path / "worker"))
+    beat = start_role("beat", **env, VAR_DIR=str(tmp_path / "beat"))
+    gateway.wait_healthy()
+    worker.wait_heartbeat(tmp_path / "worker" / "worker.heartbeat")
+    beat.wait_heartbeat(tmp_path / "beat" / "beat.heartbeat")
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        minio_endpoint=s3_endpoint,
+        minio_access_key=S3_ACCESS_KEY,
+        minio_secret_key=S3_SECRET_KEY,
+        minio_region="us-east-1",
+        minio_bucket=bucket,
+        chroma_host=chroma_server[0],
+        chroma_port=chroma_server[1],
+    )
+    return {"api": f"{gateway.base_url}/api/v1", "settings": settings, "worker": worker}
+
+
+def account(api: str) -> dict[str, str]:
+    email = f"pipeline-{uuid.uuid4().hex[:10]}@example.com"
+    registered = httpx.post(
+        f"{api}/auth/register", json={"email": email, "password": PASSWORD, "tenant_name": "T"}
+    )
+    assert registered.status_code == 201, registered.text
+    tokens = httpx.post(f"{api}/auth/login", json={"email": email, "password": PASSWORD}).json()
+    return {
+        "Authorization": f"Bearer {tokens['access_token']}",
+        "tenant": registered.json()["tenant"]["id"],
+    }
+
+
+def upload(api: str, auth: dict[str, str], name: str, data: bytes, kind: str) -> httpx.Response:
+    return httpx.post(
+        f"{api}/documents",
+        files={"file": (name, data, kind)},
+        data={"title": name.split(".")[0].title()},
+        headers={"Authorization": auth["Authorization"]},
+        timeout=30,
+    )
+
+
+def wait_for_document(api: str, auth: dict[str, str], document_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    document: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        document = httpx.get(
+            f"{api}/documents/{document_id}", headers={"Authorization": auth["Authorization"]}
+        ).json()
+        if document["status"] in ("ready", "failed"):
+            return document
+        time.sleep(0.2)
+    raise AssertionError(f"document not ingested within 60 s: {document}")
+
+
+def sse(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    events, name = [], "message"
+    for line in response.text.splitlines():
+        if line.startswith("event:"):
+            name = line.removeprefix("event:").strip()
+        elif line.startswith("data:"):
+            events.append((name, json.loads(line.removeprefix("data:"))))
+    return events
+
+
+async def test_upload_ingest_search_answer_isolate_delete(
+    stack: dict[str, Any], zhipu: FakeZhipu
+) -> None:
+    api = stack["api"]
+    a, b = account(api), account(api)
+    headers_a = {"Authorization": a["Authorization"]}
+    headers_b = {"Authorization": b["Authorization"]}
+
+    markdown = upload(api, a, "handbook.md", MARKDOWN.encode(), "text/markdown")
+    pdf = upload(api, a, "report.pdf", make_pdf(PDF_PAGES), "application/pdf")
+    assert markdown.status_code == pdf.status_code == 202, markdown.text
+    accepted = markdown.json()
+    assert accepted["document"]["status"] == "pending"
+    assert accepted["document"]["content_type"] == "text/markdown"
+    assert markdown.headers["location"] == f"/api/v1/documents/{accepted['document']['id']}"
+    ids = [markdown.json()["document"]["id"], pdf.json()["document"]["id"]]
+
+    documents = [wait_for_document(api, a, document_id) for document_id in ids]
+    assert [d["status"] for d in documents] == ["ready", "ready"], documents
+    assert all(d["chunk_count"] >= 2 for d in documents)
+    assert documents[0]["run_id"] == accepted["task_id"]
+    run = httpx.get(f"{api}/tasks/{accepted['task_id']}", headers=headers_a).json()
+    assert run["task"] == "documents.ingest"
+    assert run["state"] == "succeeded"
+    assert run["result"]["chunks"] == documents[0]["chunk_count"]
+
+    found = httpx.post(
+        f"{api}/search",
+        json={"query": "Porto warehouse forklift drivers", "top_k": 3},
+        headers=headers_a,
+    ).json()
+    assert found["hits"][0]["document_id"] == ids[1]
+    assert "forklift" in found["hits"][0]["snippet"]
+    assert found["hits"][0]["title"] == "Report"
+    scores = [hit["score"] for hit in found["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    only_md = httpx.post(
+        f"{api}/search",
+        json={"query": "Porto warehouse", "top_k": 5, "document_ids": [ids[0]]},
+        headers=headers_a,
+    ).json()
+    assert {hit["document_id"] for hit in only_md["hits"]} == {ids[0]}
+
+    answered = httpx.post(
+        f"{api}/answer", json={"question": "When does the Lisbon office open?"}, headers=headers_a
+    ).json()
+    assert answered["citations"], answered
+    assert answered["citations"][0]["document_id"] == ids[0]
+    assert "Lisbon office opens" in answered["answer"]  # the fake echoes the context it got
+    assert zhipu.requests[-1].body["messages"][0]["role"] == "system"
+
+    streamed = httpx.post(
+        f"{api}/answer",
+        json={"question": "Where is bicycle parking?", "stream": True, "top_k": 2},
+        headers=headers_a,
+        timeout=30,
+    )
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    events = sse(streamed)
+    names = [name for name, _ in events]
+    assert names[-2:] == ["citations", "done"]
+    assert set(names[:-2]) == {"delta"}
+    assert "courtyard" in "".join(data["content"] for name, data in events if name == "delta")
+    assert events[-2][1]["citations"][0]["document_id"] == ids[0]
+
+    # Tenant B sees none of it.
+    assert httpx.get(f"{api}/documents", headers=headers_b).json()["items"] == []
+    assert httpx.get(f"{api}/documents/{ids[0]}", headers=headers_b).status_code == 404
+    assert httpx.get(f"{api}/documents/{ids[0]}/content", headers=headers_b).status_code == 404
+    empty = httpx.post(f"{api}/search", json={"query": "Porto warehouse"}, headers=headers_b)
+    assert empty.json()["hits"] == []
+    assert httpx.delete(f"{api}/documents/{ids[0]}", headers=headers_b).status_code == 204
+    assert wait_for_document(api, a, ids[0])["status"] == "ready"
+
+    # The original comes back as it was uploaded.
+    content = httpx.get(f"{api}/documents/{ids[0]}/content", headers=headers_a)
+    assert content.content == MARKDOWN.encode()
+    assert content.headers["content-type"].startswith("text/markdown")
+
+    # Refusals leave nothing behind.
+    too_big = upload(api, a, "big.txt", b"x" * (MAX_BYTES + 1), "text/plain")
+    assert too_big.status_code == 413
+    assert too_big.headers["content-type"] == "application/problem+json"
+    image = upload(api, a, "photo.png", b"\x89PNG....", "image/png")
+    assert image.status_code == 415
+    listed = httpx.get(f"{api}/documents", headers=headers_a).json()["items"]
+    assert sorted(d["id"] for d in listed) == sorted(ids)
+    objects = MinioObjectStore.from_settings(stack["settings"])
+    tenant_a = uuid.UUID(a["tenant"])
+    assert len(await objects.list(tenant_a)) == 2
+
+    # A permanent failure is reported on the document and not retried.
+    broken = upload(api, a, "broken.pdf", b"%PDF-1.4 not really", "application/pdf")
+    failed = wait_for_document(api, a, broken.json()["document"]["id"])
+    assert failed["status"] == "failed"
+    assert "cannot be read" in failed["error"]
+    failed_run = httpx.get(f"{api}/tasks/{broken.json()['task_id']}", headers=headers_a).json()
+    assert failed_run["state"] == "failed"
+    assert failed_run["attempts"] == 1
+
+    # Re-ingesting replaces chunks instead of adding to them.
+    vectors = VectorStore.from_settings(stack["settings"], space="zhipu-embedding-3")
+    before = await vectors.count(tenant_a)
+    rerun = httpx.post(
+        f"{api}/tasks/run",
+        json={"task": "documents.ingest", "payload": {"document_id": ids[0]}},
+        headers=headers_a,
+    )
+    assert rerun.status_code == 202
+    deadline = time.monotonic() + 30
+    while (
+        httpx.get(f"{api}/tasks/{rerun.json()['task_id']}", headers=headers_a).json()["state"]
+        not in ("succeeded", "failed")
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    assert await vectors.count(tenant_a) == before
+
+    # Delete: object, vectors and row go; deleting again is fine.
+    for document_id in ids:
+        assert httpx.delete(f"{api}/documents/{document_id}", headers=headers_a).status_code == 204
+        assert httpx.delete(f"{api}/documents/{document_id}", headers=headers_a).status_code == 204
+        assert httpx.get(f"{api}/documents/{document_id}", headers=headers_a).status_code == 404
+    remaining = await vectors.query(tenant_a, [0.1] * 64, top_k=10)
+    assert {m.document_id for m in remaining} <= {uuid.UUID(failed["id"])}
+    keys = [o.key for o in await objects.list(tenant_a)]
+    assert keys == [f"documents/{failed['id']}/original"]
+    gone = httpx.post(f"{api}/search", json={"query": "Porto warehouse"}, headers=headers_a)
+    assert gone.json()["hits"] == []
+    await vectors.close()
+    await objects.close()
