@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.db.base import Base
-from switchyard.db.models import DeadLetter, RunState, TaskRun
+from switchyard.db.models import DeadLetter, KnowledgeDocument, RunState, TaskRun
 from switchyard.db.tenancy import tenant_owned
 from tests.fixtures.accounts import Account, sign_up
 
@@ -28,6 +28,7 @@ class Owned:
     letter_id: uuid.UUID
     key_id: str
     source_id: str
+    document_id: uuid.UUID
 
 
 # route -> (the id of A's resource it is called with, the status another tenant gets)
@@ -45,6 +46,12 @@ CASES: dict[tuple[str, str], tuple[str, int]] = {
     ("patch", "/api/v1/data-sources/{source_id}"): ("source_id", 404),
     ("delete", "/api/v1/data-sources/{source_id}"): ("source_id", 404),
     ("post", "/api/v1/data-sources/{source_id}/test"): ("source_id", 404),
+    ("get", "/api/v1/documents/{document_id}"): ("document_id", 404),
+    ("get", "/api/v1/documents/{document_id}/content"): ("document_id", 404),
+    # Deleting is idempotent: an unknown id and another tenant's both answer 204, deleting nothing.
+    ("delete", "/api/v1/documents/{document_id}"): ("document_id", 204),
+    # Without Neo4j the graph answers 503 before looking at the id.
+    ("get", "/api/v1/documents/{document_id}/graph"): ("document_id", 503),
     # Superuser routes: a tenant's owner is refused whatever the id, so nothing is revealed.
     ("post", "/api/v1/tenants/{tenant_id}/suspend"): ("tenant_id", 403),
     ("post", "/api/v1/tenants/{tenant_id}/activate"): ("tenant_id", 403),
@@ -99,7 +106,18 @@ async def tenants(
         headers=a.headers,
     )
     assert source.status_code == 201
-    return a, b, Owned(name, run.id, letter.id, key.json()["id"], source.json()["id"])
+    document = KnowledgeDocument(
+        tenant_id=a.tenant_id,
+        title="Handbook",
+        filename="handbook.md",
+        content_type="text/markdown",
+        size_bytes=10,
+        object_key="documents/x/original",
+    )
+    async with async_sessionmaker(engine, expire_on_commit=False).begin() as session:
+        session.add(document)
+    owned = Owned(name, run.id, letter.id, key.json()["id"], source.json()["id"], document.id)
+    return a, b, owned
 
 
 def url(template: str, value: str) -> str:
@@ -143,9 +161,13 @@ async def test_another_tenants_id_answers_like_an_unknown_id(
     theirs = await api_client.request(method, url(template, value), json=body, headers=b.headers)
     missing = await api_client.request(method, url(template, unknown), json=body, headers=b.headers)
     assert theirs.status_code == missing.status_code == expected
-    assert theirs.json()["code"] == missing.json()["code"]
+    if expected != 204:
+        assert theirs.json()["code"] == missing.json()["code"]
     # And the owner still sees it untouched.
-    if method == "get" and attribute != "tenant_id" and not template.endswith("/events"):
+    if attribute == "document_id" and method == "delete":
+        kept = await api_client.get(f"/api/v1/documents/{value}", headers=a.headers)
+        assert kept.status_code == 200
+    if method == "get" and attribute != "tenant_id" and template.endswith("}"):
         mine = await api_client.get(url(template, value), headers=a.headers)
         assert mine.status_code == 200
 
