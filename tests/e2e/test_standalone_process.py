@@ -73,6 +73,33 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     assert run["state"] == "succeeded"
     assert run["result"] == {"message": "hello standalone"}
 
+    # The README's knowledge flow with no API key: local embeddings, embedded Chroma server.
+    handbook = (
+        b"# Handbook\n\nThe cafeteria serves lunch from noon.\n\n"
+        b"Lost badges are replaced at reception.\n"
+    )
+    uploaded = httpx.post(
+        f"{first.base_url}/api/v1/documents",
+        files={"file": ("handbook.md", handbook, "text/markdown")},
+        headers=headers,
+    )
+    assert uploaded.status_code == 202, uploaded.text
+    document_url = f"{first.base_url}{uploaded.headers['location']}"
+    deadline = time.monotonic() + 90
+    while (document := httpx.get(document_url, headers=headers).json())["status"] not in (
+        "ready",
+        "failed",
+    ) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert document["status"] == "ready", document
+    found = httpx.post(
+        f"{first.base_url}/api/v1/search",
+        json={"query": "where can I eat at midday?", "top_k": 1},
+        headers=headers,
+    ).json()
+    assert "cafeteria" in found["hits"][0]["snippet"]
+    assert health.json()["checks"]["chroma"]["status"] == "up"
+
     assert first.stop(signal.SIGTERM) == 0
     assert first.leftovers() == []
     assert postgres_processes(data_dir) == []
