@@ -46,6 +46,9 @@ class RecordingDriver:
     async def verify_connectivity(self) -> None:
         self.verified += 1
 
+    async def close(self) -> None:
+        return None
+
     async def execute_query(
         self, query: str, parameters: dict[str, Any], *, routing_: Any, database_: str | None
     ) -> Result:

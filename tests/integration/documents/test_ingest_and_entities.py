@@ -1,0 +1,163 @@
+"""Ingestion's error handling (transient retried, permanent failed at once) and entity
+extraction into the graph, with the LLM behind the local Zhipu fake."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from switchyard.api.app import create_app
+from switchyard.documents.tasks import (
+    INGEST_RETRY,
+    DocumentInput,
+    PermanentIngestError,
+    TransientIngestError,
+    ingest,
+)
+from switchyard.platform.registry import TaskContext
+from switchyard.services import graph as graph_queries
+from switchyard.services.container import Services
+from switchyard.services.graph import KnowledgeGraph
+from tests.fakes.zhipu import API_KEY, FakeZhipu
+from tests.fixtures.accounts import Account, sign_up
+from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.tasks import DELIVERY_LIMIT
+from tests.unit.test_graph_queries import RecordingDriver
+
+TEXT = (
+    b"ACME hired Ada Lovelace in London to lead its new engineering group.\n\n"
+    b"The London office of ACME opened in May with forty people on two floors."
+)
+
+
+@pytest.fixture
+def app(
+    make_settings: SettingsFactory, broker_url: str, tmp_path: Path, zhipu: FakeZhipu
+) -> FastAPI:
+    settings = make_settings(
+        celery_broker_url=broker_url,
+        task_delivery_limit=DELIVERY_LIMIT,
+        var_dir=tmp_path,
+        zhipuai_api_key=API_KEY,
+        zhipuai_base_url=zhipu.base_url,
+        zhipuai_retry_backoff_seconds=0.01,
+        zhipuai_max_retries=0,
+        embedding_provider="zhipu",
+        chunk_size_chars=100,
+        chunk_overlap_chars=0,
+    )
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(app) as client:
+        yield client
+
+
+@pytest.fixture
+async def owner(client: httpx.AsyncClient) -> Account:
+    account = await sign_up(client)
+    client.headers.update(account.headers)
+    return account
+
+
+async def run_ingest(services: Services, tenant: uuid.UUID, document_id: str, attempt: int) -> Any:
+    context = TaskContext(
+        services, tenant, uuid.uuid4(), attempt, logging.LoggerAdapter(logging.getLogger("t"), {})
+    )
+    return await ingest(DocumentInput(document_id=uuid.UUID(document_id)), context)
+
+
+async def upload(client: httpx.AsyncClient, name: str, data: bytes, kind: str) -> str:
+    accepted = await client.post("/api/v1/documents", files={"file": (name, data, kind)})
+    assert accepted.status_code == 202, accepted.text
+    return str(accepted.json()["document"]["id"])
+
+
+async def test_transient_errors_retry_then_fail_with_the_reason(
+    app: FastAPI, client: httpx.AsyncClient, owner: Account, zhipu: FakeZhipu
+) -> None:
+    services: Services = app.state.services
+    document_id = await upload(client, "notes.txt", TEXT, "text/plain")
+    assert TransientIngestError in INGEST_RETRY.retry_on
+
+    zhipu.fail_next(503, message="overloaded")
+    with pytest.raises(TransientIngestError, match="overloaded"):
+        await run_ingest(services, owner.tenant_id, document_id, attempt=1)
+    document = (await client.get(f"/api/v1/documents/{document_id}")).json()
+    assert document["status"] == "processing"  # another attempt will come
+
+    zhipu.fail_next(503, message="still overloaded")
+    with pytest.raises(TransientIngestError):
+        await run_ingest(services, owner.tenant_id, document_id, INGEST_RETRY.max_retries + 1)
+    document = (await client.get(f"/api/v1/documents/{document_id}")).json()
+    assert document["status"] == "failed"
+    assert document["error"].startswith(f"gave up after {INGEST_RETRY.max_retries + 1} attempts")
+    assert "still overloaded" in document["error"]
+
+    result = await run_ingest(services, owner.tenant_id, document_id, attempt=1)
+    assert result["chunks"] == 2
+    document = (await client.get(f"/api/v1/documents/{document_id}")).json()
+    assert (document["status"], document["error"]) == ("ready", None)
+
+
+async def test_permanent_errors_fail_at_once(
+    app: FastAPI, client: httpx.AsyncClient, owner: Account
+) -> None:
+    services: Services = app.state.services
+    document_id = await upload(client, "empty.md", b"   \n", "text/markdown")
+    with pytest.raises(PermanentIngestError, match="no text"):
+        await run_ingest(services, owner.tenant_id, document_id, attempt=1)
+    assert PermanentIngestError not in INGEST_RETRY.retry_on
+    document = (await client.get(f"/api/v1/documents/{document_id}")).json()
+    assert (document["status"], document["error"]) == ("failed", "the document has no text")
+
+
+async def test_entities_are_extracted_into_the_graph_after_ingestion(
+    app: FastAPI, client: httpx.AsyncClient, owner: Account, zhipu: FakeZhipu
+) -> None:
+    services: Services = app.state.services
+    driver = RecordingDriver()
+    services.graph = KnowledgeGraph(driver)  # type: ignore[arg-type]
+    document_id = await upload(client, "people.txt", TEXT, "text/plain")
+    zhipu.reply = (
+        'Here: [{"name": "ACME", "kind": "organisation"}, {"name": "London", "kind": "place"}]'
+    )
+    driver.answers = [[], [], [], [{"written": 2}], [{"written": 4}]]
+
+    result = await run_ingest(services, owner.tenant_id, document_id, attempt=1)
+    assert result == {"document_id": document_id, "chunks": 2, "entities": 4}
+    queries = [call[0] for call in driver.calls]
+    assert queries == [
+        graph_queries.DELETE_DOCUMENT,
+        graph_queries.DELETE_ORPHAN_ENTITIES,
+        graph_queries.UPSERT_DOCUMENT,
+        graph_queries.ADD_CHUNKS,
+        graph_queries.ADD_MENTIONS,
+    ]
+    mentions = driver.calls[-1][1]["mentions"]
+    assert {(m["chunk_id"], m["name"]) for m in mentions} == {
+        (f"{document_id}:{i}", name) for i in (0, 1) for name in ("ACME", "London")
+    }
+    assert all(call[1]["tenant_id"] == str(owner.tenant_id) for call in driver.calls)
+    entity_prompts = [r for r in zhipu.requests if r.path.endswith("/chat/completions")]
+    assert len(entity_prompts) == 2
+    assert "named entities" in entity_prompts[0].body["messages"][0]["content"]
+
+    driver.answers = [[{"title": "People", "chunks": 2, "entities": ["London", "ACME"]}]]
+    shown = await client.get(f"/api/v1/documents/{document_id}/graph")
+    assert shown.status_code == 200
+    assert shown.json() == {
+        "document_id": document_id,
+        "title": "People",
+        "chunks": 2,
+        "entities": ["ACME", "London"],
+    }
