@@ -8,13 +8,17 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from switchyard.db.base import Base
-from switchyard.db.migrate import migrate
+from switchyard.db.migrate import alembic_config, migrate
 from tests.fixtures.postgres import DatabaseFactory
+
+# The newest revision: one head, and it is the newest file in versions/.
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 APP_TABLES = {"tenants", "data_source_connections", "knowledge_documents"}
 
@@ -61,20 +65,20 @@ async def test_upgrade_downgrade_upgrade(create_database: DatabaseFactory) -> No
     assert await current_revision(url) is None
     await migrate(url)
     assert await tables(url) >= APP_TABLES
-    assert await current_revision(url) == "0003"
+    assert await current_revision(url) == HEAD
 
 
 async def test_migrate_twice_is_a_no_op(create_database: DatabaseFactory) -> None:
     url = await create_database()
     await migrate(url)
     await migrate(url)
-    assert await current_revision(url) == "0003"
+    assert await current_revision(url) == HEAD
 
 
 async def test_concurrent_migrations_wait_for_each_other(create_database: DatabaseFactory) -> None:
     url = await create_database()
     await asyncio.gather(*(migrate(url) for _ in range(4)))
-    assert await current_revision(url) == "0003"
+    assert await current_revision(url) == HEAD
 
 
 async def test_migrate_leaves_no_advisory_lock_behind(create_database: DatabaseFactory) -> None:
@@ -102,3 +106,10 @@ def test_alembic_command_line_sees_no_pending_change(database_url: URL, repo_roo
     )
     assert result.returncode == 0, result.stderr
     assert "No new upgrade operations detected" in result.stdout + result.stderr
+
+
+def test_the_head_is_the_newest_migration_file() -> None:
+    from switchyard.db.migrate import MIGRATIONS_DIR
+
+    newest = max(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))
+    assert HEAD == newest.split("_")[0] == "0004"

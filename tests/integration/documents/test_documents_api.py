@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +44,6 @@ def app(make_settings: SettingsFactory, broker_url: str, tmp_path: Path) -> Fast
         chunk_overlap_chars=0,
     )
     return create_app(settings)
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(app) as client:
-        yield client
-
-
-@pytest.fixture
-async def owner(client: httpx.AsyncClient) -> Account:
-    account = await sign_up(client)
-    client.headers.update(account.headers)
-    return account
 
 
 async def upload(client: httpx.AsyncClient, name: str, data: bytes, kind: str) -> httpx.Response:

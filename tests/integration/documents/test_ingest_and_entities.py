@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ from switchyard.services import graph as graph_queries
 from switchyard.services.container import Services
 from switchyard.services.graph import KnowledgeGraph
 from tests.fakes.zhipu import API_KEY, FakeZhipu
-from tests.fixtures.accounts import Account, sign_up
-from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.accounts import Account
+from tests.fixtures.gateway import SettingsFactory
 from tests.fixtures.tasks import DELIVERY_LIMIT
 from tests.unit.test_graph_queries import RecordingDriver
 
@@ -54,19 +53,6 @@ def app(
         chunk_overlap_chars=0,
     )
     return create_app(settings)
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(app) as client:
-        yield client
-
-
-@pytest.fixture
-async def owner(client: httpx.AsyncClient) -> Account:
-    account = await sign_up(client)
-    client.headers.update(account.headers)
-    return account
 
 
 async def run_ingest(services: Services, tenant: uuid.UUID, document_id: str, attempt: int) -> Any:

@@ -12,6 +12,7 @@ from sqlalchemy import Select, and_, or_
 from switchyard.errors import InvalidInputError
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Any)
 
 
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
@@ -35,6 +36,16 @@ def parse_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
             "The cursor is not one this API gave out.",
             [{"field": "query.cursor", "message": "invalid cursor", "type": "cursor"}],
         ) from None
+
+
+def cut(rows: list[R], limit: int) -> tuple[list[R], str | None]:
+    """The page, and the cursor of the next one (None on the last page), from `limit + 1` rows
+    fetched by `newest_first`."""
+    page = rows[:limit]
+    if len(rows) <= limit:
+        return page, None
+    last = page[-1]
+    return page, encode_cursor(last.created_at, last.id)
 
 
 def newest_first(

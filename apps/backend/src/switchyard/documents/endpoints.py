@@ -128,10 +128,8 @@ async def list_documents(
 ) -> DocumentPage:
     after = pagination.parse_cursor(cursor)
     rows = await service.page(session, tenant_id, status=status, after=after, limit=limit)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = pagination.encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
-    return DocumentPage(items=[DocumentOut.of(row) for row in rows], next_cursor=next_cursor)
+    page, next_cursor = pagination.cut(rows, limit)
+    return DocumentPage(items=[DocumentOut.of(row) for row in page], next_cursor=next_cursor)
 
 
 @router.get("/documents/{document_id}", dependencies=READ)

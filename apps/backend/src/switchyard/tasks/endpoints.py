@@ -168,11 +168,8 @@ async def list_runs(
     rows = await repository.runs_page(
         session, tenant_id, state=state, task=task, after=after, limit=limit
     )
-    page, more = rows[:limit], len(rows) > limit
-    return RunPage(
-        items=[RunOut.of(run) for run in page],
-        next_cursor=repository.encode_cursor(page[-1]) if more else None,
-    )
+    page, next_cursor = pagination.cut(rows, limit)
+    return RunPage(items=[RunOut.of(run) for run in page], next_cursor=next_cursor)
 
 
 @router.get("/dead-letters", dependencies=[Depends(require_scope("tasks:read"))])

@@ -33,10 +33,6 @@ async def run_by_idempotency_key(
     return await session.scalar(scoped(TaskRun, tenant_id, TaskRun.idempotency_key == key))
 
 
-def encode_cursor(run: TaskRun) -> str:
-    return pagination.encode_cursor(run.created_at, run.id)
-
-
 async def runs_page(
     session: AsyncSession,
     tenant_id: uuid.UUID,
