@@ -213,6 +213,7 @@ def test_upload_ingest_search_answer_isolate_delete(
         f"{api}/search",
         json={"query": "Porto warehouse forklift drivers", "top_k": 3},
         headers=headers_a,
+        timeout=60,
     ).json()
     assert found["hits"][0]["document_id"] == ids[1]
     assert "forklift" in found["hits"][0]["snippet"]
@@ -223,6 +224,7 @@ def test_upload_ingest_search_answer_isolate_delete(
         f"{api}/search",
         json={"query": "Porto warehouse", "top_k": 5, "document_ids": [ids[0]]},
         headers=headers_a,
+        timeout=60,
     ).json()
     assert {hit["document_id"] for hit in only_md["hits"]} == {ids[0]}
 

@@ -96,6 +96,7 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
         f"{first.base_url}/api/v1/search",
         json={"query": "where can I eat at midday?", "top_k": 1},
         headers=headers,
+        timeout=60,
     ).json()
     assert "cafeteria" in found["hits"][0]["snippet"]
     assert health.json()["checks"]["chroma"]["status"] == "up"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -46,9 +48,13 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
             2, services.health_check(broker_check_name(settings), broker.probe if broker else None)
         )
         app.state.health = services.health_monitor(checks)
+        warm_up = asyncio.create_task(services.warm_up())
         try:
             yield
         finally:
+            warm_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm_up
             await services.close()
             if broker is not None:
                 broker.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -13,13 +15,15 @@ from switchyard import __version__
 from switchyard.db.binds import Bind, BindUnavailableError, create_binds
 from switchyard.services import postgres, redis
 from switchyard.services.cache import Cache
-from switchyard.services.embeddings import Embedder, create_embedder
+from switchyard.services.embeddings import Embedder, LocalEmbedder, create_embedder
 from switchyard.services.graph import GraphDisabledError, KnowledgeGraph, create_graph
 from switchyard.services.health import HealthCheck, HealthMonitor
 from switchyard.services.llm import LLMDisabledError, ZhipuClient, create_llm
 from switchyard.services.objects import ObjectStore, create_object_store
 from switchyard.services.vectors import VectorStore
 from switchyard.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +81,16 @@ class Services:
             await self.llm.close()
         for bind in self.binds.values():
             await bind.engine.dispose()
+
+    async def warm_up(self) -> None:
+        """Pay the slow first-use costs (the vector client's import, the local embedding
+        model) in the background after start, not in the first search."""
+        try:
+            await self.vectors.client()
+            if isinstance(self.embedder, LocalEmbedder):
+                await asyncio.to_thread(self.embedder.model)
+        except Exception as exc:  # the first real use reports the problem properly
+            logger.warning("warm-up failed", extra={"error": repr(exc)})
 
     def require_graph(self) -> KnowledgeGraph:
         if self.graph is None:

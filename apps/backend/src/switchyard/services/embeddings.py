@@ -167,20 +167,26 @@ class MiniLM:
         return unit.astype(np.float32)
 
 
+_MODEL_LOCK = threading.Lock()
+_MODEL: MiniLM | None = None
+
+
+def shared_model() -> MiniLM:
+    """One copy of the weights per process (about 90 MB), loaded on first use (about 2 s)."""
+    global _MODEL  # noqa: PLW0603 - a process-wide cache of read-only weights
+    with _MODEL_LOCK:
+        if _MODEL is None:
+            _MODEL = MiniLM.packaged()
+        return _MODEL
+
+
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 in this process; the model loads once, on first use (about 2 s)."""
+    """all-MiniLM-L6-v2 in this process."""
 
     name = "local-minilm-l6-v2"
 
-    def __init__(self) -> None:
-        self._model: MiniLM | None = None
-        self._lock = threading.Lock()
-
     def model(self) -> MiniLM:
-        with self._lock:
-            if self._model is None:
-                self._model = MiniLM.packaged()
-            return self._model
+        return shared_model()
 
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
         model = self.model()

@@ -9,6 +9,7 @@ a model of its own. `chromadb` is imported on first use: it takes seconds to imp
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -135,6 +136,8 @@ class VectorStore:
         return self._client
 
     async def _connect(self) -> Any:
+        # Importing chromadb takes seconds: never on the event loop's thread.
+        await asyncio.to_thread(importlib.import_module, "chromadb")
         if self.kind == "http":
             import chromadb
 

@@ -1,0 +1,311 @@
+#!/usr/bin/env node
+// `pnpm check:services`: is every backing service of this configuration reachable?
+//
+// Reads .env.infrastructure, then .env.backend (if present), then the environment (strongest),
+// and probes each configured service with its own protocol, using Node's built-ins only:
+// PostgreSQL (SSLRequest), Redis (PING), RabbitMQ (AMQP 0-9-1 handshake, and the management
+// API when RABBITMQ_MANAGEMENT_URL is set), Neo4j (Bolt handshake), MinIO (/minio/health/live),
+// Chroma (/api/v2/heartbeat) and the gateway (/health). Every probe is bounded by --timeout.
+// Prints a table, or JSON with --json; exits 1 when a required service is down.
+//
+// Usage: node scripts/check-services.mjs [--json] [--timeout MS] [--require a,b,...]
+
+import { readFileSync, existsSync } from "node:fs";
+import net from "node:net";
+import { performance } from "node:perf_hooks";
+
+const DEFAULT_REQUIRED = ["postgres", "redis", "rabbitmq"];
+
+export function parseEnvFile(text) {
+  const values = {};
+  for (const raw of text.split(/\r?\n/)) {
+    const line = raw.trim();
+    if (!line || line.startsWith("#")) continue;
+    const match = line.match(/^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/);
+    if (!match) continue;
+    let value = match[2].trim();
+    if ((value.startsWith('"') && value.endsWith('"')) || (value.startsWith("'") && value.endsWith("'"))) {
+      value = value.slice(1, -1);
+    }
+    values[match[1]] = value;
+  }
+  return values;
+}
+
+export function loadSettings(cwd = process.cwd(), env = process.env) {
+  const settings = {};
+  for (const name of [".env.infrastructure", ".env.backend"]) {
+    const path = `${cwd}/${name}`;
+    if (existsSync(path)) Object.assign(settings, parseEnvFile(readFileSync(path, "utf8")));
+  }
+  for (const [key, value] of Object.entries(env)) {
+    if (value !== undefined && value !== "") settings[key] = value;
+  }
+  return settings;
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms${what ? ` (${what})` : ""}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// Connect, send `hello`, and resolve with what `accept` makes of the first bytes; the socket
+// is destroyed on every outcome, the timeout included, so nothing keeps the process alive.
+function tcpExchange(host, port, hello, accept, ms) {
+  return new Promise((resolve, reject) => {
+    const socket = net.createConnection({ host, port });
+    let received = Buffer.alloc(0);
+    const finish = (error, value) => {
+      clearTimeout(timer);
+      socket.destroy();
+      if (error) reject(error);
+      else resolve(value);
+    };
+    const timer = setTimeout(() => finish(new Error(`no answer within ${ms} ms`)), ms);
+    socket.on("connect", () => socket.write(hello));
+    socket.on("data", (chunk) => {
+      received = Buffer.concat([received, chunk]);
+      try {
+        const verdict = accept(received);
+        if (verdict !== undefined) finish(null, verdict);
+      } catch (error) {
+        finish(error);
+      }
+    });
+    socket.on("error", (error) => finish(new Error(error.code || error.message)));
+    socket.on("close", () => finish(new Error("connection closed without an answer")));
+  });
+}
+
+function endpoint(url, defaultPort) {
+  const parsed = new URL(url);
+  return {
+    host: parsed.hostname.replace(/^\[|\]$/g, ""),
+    port: Number(parsed.port || defaultPort),
+    username: decodeURIComponent(parsed.username),
+    password: decodeURIComponent(parsed.password),
+  };
+}
+
+async function probePostgres(url, ms) {
+  const { host, port } = endpoint(url.replace(/^postgres(ql)?(\+\w+)?:/, "http:"), 5432);
+  const request = Buffer.alloc(8);
+  request.writeInt32BE(8, 0);
+  request.writeInt32BE(80877103, 4); // SSLRequest: any PostgreSQL answers S or N
+  const answer = await tcpExchange(host, port, request, (bytes) => {
+    if (bytes.length < 1) return undefined;
+    const code = String.fromCharCode(bytes[0]);
+    if (code === "S" || code === "N") return code === "S" ? "TLS offered" : "TLS not offered";
+    throw new Error(`not PostgreSQL (answered ${JSON.stringify(bytes.subarray(0, 8).toString("latin1"))})`);
+  }, ms);
+  return { address: `${host}:${port}`, detail: answer };
+}
+
+async function probeRedis(url, ms) {
+  const { host, port, username, password } = endpoint(url.replace(/^rediss?:/, "http:"), 6379);
+  let hello = "";
+  if (password) hello += username ? `AUTH ${username} ${password}\r\n` : `AUTH ${password}\r\n`;
+  hello += "PING\r\n";
+  const answer = await tcpExchange(host, port, hello, (bytes) => {
+    const text = bytes.toString("latin1");
+    if (!text.includes("\r\n")) return undefined;
+    const lines = text.split("\r\n").filter(Boolean);
+    const error = lines.find((line) => line.startsWith("-"));
+    if (error) throw new Error(error.slice(1));
+    if (lines.includes("+PONG")) return "PONG";
+    return undefined;
+  }, ms);
+  return { address: `${host}:${port}`, detail: answer };
+}
+
+async function probeAmqp(url, ms) {
+  const { host, port } = endpoint(url.replace(/^(py)?amqps?:/, "http:"), 5672);
+  const header = Buffer.from([0x41, 0x4d, 0x51, 0x50, 0, 0, 9, 1]); // "AMQP" 0-9-1
+  const answer = await tcpExchange(host, port, header, (bytes) => {
+    if (bytes.length < 7) return undefined;
+    if (bytes.subarray(0, 4).toString("latin1") === "AMQP") {
+      throw new Error(`the broker wants protocol ${[...bytes.subarray(4, 8)].join(".")}`);
+    }
+    if (bytes[0] !== 1) throw new Error("not an AMQP server");
+    return "AMQP 0-9-1 Connection.Start";
+  }, ms);
+  return { address: `${host}:${port}`, detail: answer };
+}
+
+async function probeBolt(url, ms) {
+  const { host, port } = endpoint(url.replace(/^(bolt|neo4j)(\+s|\+ssc)?:/, "http:"), 7687);
+  const hello = Buffer.alloc(20);
+  hello.writeUInt32BE(0x6060b017, 0);
+  hello.writeUInt32BE(0x00000405, 4); // 5.4, then 5.0, 4.4, 4.3
+  hello.writeUInt32BE(0x00000005, 8);
+  hello.writeUInt32BE(0x00000404, 12);
+  hello.writeUInt32BE(0x00000403, 16);
+  const answer = await tcpExchange(host, port, hello, (bytes) => {
+    if (bytes.length < 4) return undefined;
+    const version = bytes.readUInt32BE(0);
+    if (version === 0) throw new Error("no common Bolt version");
+    return `Bolt ${version & 0xff}.${(version >> 8) & 0xff}`;
+  }, ms);
+  return { address: `${host}:${port}`, detail: answer };
+}
+
+async function probeHttp(url, ms, { headers = {}, okStatus = (s) => s >= 200 && s < 300 } = {}) {
+  const started = new URL(url);
+  const response = await withTimeout(
+    fetch(url, { headers, signal: AbortSignal.timeout(ms) }).catch((error) => {
+      const cause = error.cause && (error.cause.code || error.cause.message);
+      throw new Error(error.name === "TimeoutError" ? `no answer within ${ms} ms` : cause || error.message);
+    }),
+    ms,
+    "HTTP",
+  );
+  const body = await response.text().catch(() => "");
+  if (!okStatus(response.status)) {
+    let detail = `HTTP ${response.status}`;
+    try {
+      const parsed = JSON.parse(body);
+      if (parsed.status) detail += ` (${parsed.status})`;
+    } catch {
+      // not JSON: the status code says enough
+    }
+    throw new Error(detail);
+  }
+  return { address: started.host, detail: `HTTP ${response.status}` };
+}
+
+export function plannedChecks(settings) {
+  const checks = [];
+  const add = (name, target, run) => checks.push({ name, target, run });
+  if (settings.DATABASE_URL) add("postgres", settings.DATABASE_URL, (ms) => probePostgres(settings.DATABASE_URL, ms));
+  if (settings.REDIS_URL) add("redis", settings.REDIS_URL, (ms) => probeRedis(settings.REDIS_URL, ms));
+  const broker = settings.CELERY_BROKER_URL || "";
+  if (/^(py)?amqps?:/.test(broker)) add("rabbitmq", broker, (ms) => probeAmqp(broker, ms));
+  if (settings.RABBITMQ_MANAGEMENT_URL) {
+    const management = new URL(settings.RABBITMQ_MANAGEMENT_URL);
+    const auth = Buffer.from(`${decodeURIComponent(management.username)}:${decodeURIComponent(management.password)}`).toString("base64");
+    management.username = "";
+    management.password = "";
+    const overview = new URL("/api/overview", management).toString();
+    add("rabbitmq-management", overview, (ms) => probeHttp(overview, ms, { headers: { Authorization: `Basic ${auth}` } }));
+  }
+  if (settings.NEO4J_URI) add("neo4j", settings.NEO4J_URI, (ms) => probeBolt(settings.NEO4J_URI, ms));
+  if (settings.MINIO_ENDPOINT) {
+    const scheme = /^(true|1|yes)$/i.test(settings.MINIO_SECURE || "") ? "https" : "http";
+    const url = `${scheme}://${settings.MINIO_ENDPOINT}/minio/health/live`;
+    add("minio", url, (ms) => probeHttp(url, ms));
+  }
+  if (settings.CHROMA_HOST) {
+    const scheme = /^(true|1|yes)$/i.test(settings.CHROMA_SSL || "") ? "https" : "http";
+    const url = `${scheme}://${settings.CHROMA_HOST}:${settings.CHROMA_PORT || 8000}/api/v2/heartbeat`;
+    add("chroma", url, (ms) => probeHttp(url, ms));
+  }
+  const gateway =
+    settings.SWITCHYARD_API_URL ||
+    `http://${settings.API_HOST && settings.API_HOST !== "0.0.0.0" ? settings.API_HOST : "127.0.0.1"}:${settings.API_PORT || 8000}`;
+  const health = `${gateway.replace(/\/$/, "")}/health`;
+  add("gateway", health, (ms) => probeHttp(health, ms));
+  return checks;
+}
+
+function redact(target) {
+  try {
+    const url = new URL(target);
+    if (url.password) url.password = "***";
+    return url.toString();
+  } catch {
+    return target;
+  }
+}
+
+const SETTING_OF = { postgres: "DATABASE_URL", redis: "REDIS_URL", rabbitmq: "CELERY_BROKER_URL (amqp://)", neo4j: "NEO4J_URI", minio: "MINIO_ENDPOINT", chroma: "CHROMA_HOST" };
+
+export async function runChecks(settings, { timeout = 3000, required = DEFAULT_REQUIRED } = {}) {
+  const planned = plannedChecks(settings);
+  const missing = required
+    .filter((name) => !planned.some((check) => check.name === name))
+    .map((name) => ({
+      service: name,
+      required: true,
+      target: "",
+      address: "",
+      status: "down",
+      latency_ms: 0,
+      detail: `not configured: set ${SETTING_OF[name] || name}`,
+    }));
+  const probed = await Promise.all(
+    planned.map(async ({ name, target, run }) => {
+      const started = performance.now();
+      const result = { service: name, required: required.includes(name), target: redact(target) };
+      try {
+        const { address, detail } = await run(timeout);
+        return { ...result, address, status: "up", latency_ms: Math.round((performance.now() - started) * 10) / 10, detail };
+      } catch (error) {
+        let address = "";
+        try {
+          address = new URL(target.replace(/^[a-z0-9+]+:/i, "http:")).host;
+        } catch {
+          address = "";
+        }
+        return {
+          ...result,
+          address,
+          status: "down",
+          latency_ms: Math.round((performance.now() - started) * 10) / 10,
+          detail: String(error.message || error).slice(0, 200),
+        };
+      }
+    }),
+  );
+  return [...probed, ...missing];
+}
+
+function table(results) {
+  const rows = [["service", "address", "status", "latency", "detail"]];
+  for (const r of results) {
+    rows.push([r.service + (r.required ? " *" : ""), r.address, r.status, `${r.latency_ms} ms`, r.detail]);
+  }
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => String(row[i]).length)));
+  const lines = rows.map((row) => row.map((cell, i) => String(cell).padEnd(widths[i])).join("  ").trimEnd());
+  lines.splice(1, 0, widths.map((w) => "-".repeat(w)).join("  "));
+  return `${lines.join("\n")}\n* required: a required service that is down fails the check\n`;
+}
+
+function parseArgs(argv) {
+  const options = { json: false, timeout: 3000, required: DEFAULT_REQUIRED };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--json") options.json = true;
+    else if (arg === "--timeout") options.timeout = Number(argv[++i]);
+    else if (arg === "--require") options.required = argv[++i].split(",").map((s) => s.trim()).filter(Boolean);
+    else if (arg === "-h" || arg === "--help") options.help = true;
+    else throw new Error(`unknown argument ${arg}`);
+  }
+  if (!Number.isFinite(options.timeout) || options.timeout <= 0) throw new Error("--timeout needs a positive number of ms");
+  return options;
+}
+
+async function main() {
+  let options;
+  try {
+    options = parseArgs(process.argv.slice(2));
+  } catch (error) {
+    process.stderr.write(`check-services: ${error.message}\n`);
+    process.exit(2);
+  }
+  if (options.help) {
+    process.stdout.write("usage: check-services [--json] [--timeout MS] [--require a,b,...]\n");
+    return;
+  }
+  const results = await runChecks(loadSettings(), options);
+  const failed = results.some((r) => r.required && r.status !== "up");
+  if (options.json) process.stdout.write(`${JSON.stringify({ ok: !failed, services: results }, null, 2)}\n`);
+  else process.stdout.write(table(results));
+  process.exitCode = failed ? 1 : 0;
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  await main();
+}
