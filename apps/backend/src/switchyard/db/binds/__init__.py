@@ -92,11 +92,7 @@ def create_bind(settings: Settings, name: str, raw_url: str, application: str) -
     else:
         engine = create_async_engine(
             url,
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_max_overflow,
-            pool_timeout=settings.database_pool_timeout_seconds,
-            pool_pre_ping=True,
-            pool_recycle=1800,
+            **postgres.pool_options(settings),
             connect_args={
                 "connect_timeout": int(max(1, settings.database_connect_timeout_seconds))
             },
