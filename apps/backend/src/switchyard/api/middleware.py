@@ -11,8 +11,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from switchyard.api.metrics import request_finished, request_started
 from switchyard.api.problems import problem_response
-from switchyard.logging import request_id_var
+from switchyard.logging import request_id_var, tenant_id_var
 
 logger = logging.getLogger("switchyard.access")
 error_logger = logging.getLogger("switchyard.errors")
@@ -41,6 +42,20 @@ def accepted_request_id(headers: Headers) -> str:
     return uuid.uuid4().hex
 
 
+def _finished(scope: Scope, status: int, elapsed: float) -> None:
+    """The access log line and the request metrics."""
+    logger.info(
+        "request",
+        extra={
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": request_finished(scope, status, elapsed),
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+        },
+    )
+
+
 class RequestContextMiddleware:
     def __init__(
         self,
@@ -63,6 +78,8 @@ class RequestContextMiddleware:
         headers = Headers(scope=scope)
         request_id = accepted_request_id(headers)
         token = request_id_var.set(request_id)
+        tenant_token = tenant_id_var.set(None)  # set once the caller is known
+        request_started()
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -111,13 +128,6 @@ class RequestContextMiddleware:
                 )
                 await response(scope, receive, send_with_request_id)
         finally:
-            logger.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
+            _finished(scope, status, time.perf_counter() - started)
+            tenant_id_var.reset(tenant_token)
             request_id_var.reset(token)

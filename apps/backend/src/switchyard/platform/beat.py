@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from switchyard.db.models import RunState, TaskDefinition, TaskRun
 from switchyard.platform import ledger
 from switchyard.platform.heartbeat import write_heartbeat
+from switchyard.platform.metrics import BEAT_LAST_TICK, BEAT_LEADER, BEAT_PUBLISHED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.schedules import latest_due
@@ -63,11 +64,15 @@ class Beat:
                 except Exception:
                     logger.exception("beat tick failed")
                     await self._resign()
+                else:
+                    BEAT_LAST_TICK.set(time.time())
+                BEAT_LEADER.set(1 if self.leader_since is not None else 0)
                 self._write_heartbeat()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.beat_tick_seconds)
         finally:
             await self._resign()
+            BEAT_LEADER.set(0)
             self.heartbeat.unlink(missing_ok=True)
 
     async def tick(self) -> None:
@@ -134,6 +139,7 @@ class Beat:
             anchor = definition.last_scheduled_for or definition.created_at
             due = latest_due(definition.schedule, anchor, now)
             if due is not None and await self._claim_tick(definition, due):
+                BEAT_PUBLISHED.labels(kind="scheduled").inc()
                 published += 1
         return published
 
@@ -185,6 +191,7 @@ class Beat:
             if stale:
                 logger.warning("re-publishing accepted runs", extra={"count": len(stale)})
                 await self._publish(stale, session=session)
+                BEAT_PUBLISHED.labels(kind="republished").inc(len(stale))
         return len(stale)
 
     async def _publish(self, runs: list[TaskRun], session: Any = None) -> None:
@@ -192,7 +199,7 @@ class Beat:
         for run in runs:
             try:
                 await self.publisher.publish(
-                    str(run.id), run.task, run.queue, run.eta, str(run.tenant_id)
+                    str(run.id), run.task, run.queue, run.eta, str(run.tenant_id), run.request_id
                 )
             except BrokerUnavailableError:
                 break  # left unpublished: the next outbox pass tries again

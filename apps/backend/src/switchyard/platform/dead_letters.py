@@ -6,12 +6,14 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import CursorResult
 from sqlalchemy.dialects.postgresql import insert
 
 from switchyard.db.models import DEFAULT_TENANT_ID, DeadLetter, TaskRun
 from switchyard.platform import events, ledger
+from switchyard.platform.metrics import TASK_EVENTS
 from switchyard.services.container import Services
 
 logger = logging.getLogger(__name__)
@@ -96,9 +98,11 @@ async def archive(services: Services, record: DeadLetterRecord) -> None:
             )
             .on_conflict_do_nothing(index_elements=["run_id"])
         )
-        await session.execute(statement)
+        inserted = cast("CursorResult[Any]", await session.execute(statement)).rowcount
     if run is not None:
         await events.publish(services.redis, services.settings.cache_namespace, run)
+    if inserted:
+        TASK_EVENTS.labels(task=record.task, event="dead_lettered").inc()
     logger.warning(
         "dead letter archived",
         extra={"task_id": str(record.run_id), "task": record.task, "reason": record.reason},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -12,7 +13,9 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from switchyard.db.models import RunState, TaskRun
+from switchyard.logging import RunLogContext, request_id_var, run_log_context, tenant_id_var
 from switchyard.platform import events, ledger
+from switchyard.platform.metrics import TASK_DURATION, TASK_EVENTS
 from switchyard.platform.registry import TaskContext, TaskSpec
 from switchyard.services.container import Services
 
@@ -54,26 +57,43 @@ async def execute(
     *,
     redelivered: bool,
     tenant_id: uuid.UUID | None = None,
+    request_id: str | None = None,
 ) -> Outcome:
-    """Run one attempt in the run's tenant; the caller acks, retries or rejects on the outcome."""
+    """Run one attempt in the run's tenant; the caller acks, retries or rejects on the outcome.
+
+    Every log line of the attempt carries the run's task id, tenant and the request id of the
+    HTTP call that submitted it (from the message, else from the ledger)."""
+    context = RunLogContext(str(run_id), request_id, str(tenant_id) if tenant_id else None)
+    with run_log_context(context):
+        outcome = await _attempt(services, spec, run_id, redelivered, tenant_id)
+    return outcome
+
+
+async def _attempt(
+    services: Services,
+    spec: TaskSpec[Any],
+    run_id: uuid.UUID,
+    redelivered: bool,
+    tenant_id: uuid.UUID | None,
+) -> Outcome:
     assert services.sessions is not None
     async with services.sessions.begin() as session:
         stored = await session.get(TaskRun, run_id)
         if stored is not None and tenant_id is not None and stored.tenant_id != tenant_id:
-            logger.error(
-                "delivery refused: its tenant is not the run's", extra={"task_id": str(run_id)}
-            )
+            logger.error("delivery refused: its tenant is not the run's")
+            TASK_EVENTS.labels(task=spec.name, event="skipped").inc()
             return Outcome("skipped")
         run = await ledger.claim(session, run_id, redelivered=redelivered)
     if run is None:
-        logger.info(
-            "delivery skipped: run is final, running or unknown", extra={"task_id": str(run_id)}
-        )
+        logger.info("delivery skipped: run is final, running or unknown")
+        TASK_EVENTS.labels(task=spec.name, event="skipped").inc()
         return Outcome("skipped")
+    tenant_id_var.set(str(run.tenant_id))
+    if request_id_var.get() is None and run.request_id:
+        request_id_var.set(run.request_id)
+    TASK_EVENTS.labels(task=spec.name, event="started").inc()
     await events.publish(services.redis, services.settings.cache_namespace, run)
-    log = logging.LoggerAdapter(
-        logger, {"task_id": str(run_id), "task": spec.name, "attempt": run.attempts}
-    )
+    log = logging.LoggerAdapter(logger, {"task": spec.name, "attempt": run.attempts})
     try:
         payload = spec.input_model.model_validate(run.payload)
     except ValidationError as exc:
@@ -81,23 +101,33 @@ async def execute(
             f"payload does not match {spec.name}: {exc.error_count()} errors"
         )
         await _record(services, run_id, RunState.FAILED, error=error)
+        TASK_EVENTS.labels(task=spec.name, event="failed").inc()
         return Outcome("dead_letter", error=error)
 
     context = TaskContext(services, run.tenant_id, run_id, run.attempts, log)
+    started = time.perf_counter()
+
+    def finished(event: str) -> None:
+        TASK_EVENTS.labels(task=spec.name, event=event).inc()
+        TASK_DURATION.labels(task=spec.name, outcome=event).observe(time.perf_counter() - started)
+
     try:
         async with asyncio.timeout(spec.soft_time_limit):
             result = await spec.handler(payload, context)
     except Exception as exc:
         if spec.retry.retries(exc) and run.attempts <= spec.retry.max_retries:
             delay = spec.retry.delay(run.attempts)
+            finished("retried")
             log.warning("attempt failed; retrying in %s s", delay, extra={"error": repr(exc)})
             if await _record(services, run_id, RunState.RETRYING, error=exc):
                 return Outcome("retry", delay=delay, error=exc)
             return Outcome("done")
+        finished("failed")
         log.error("run failed", extra={"error": repr(exc)})
         if await _record(services, run_id, RunState.FAILED, error=exc):
             return Outcome("dead_letter", error=exc)
         return Outcome("done")
+    finished("succeeded")
     await _record(services, run_id, RunState.SUCCEEDED, result=to_jsonable_python(result))
     log.info("run succeeded")
     return Outcome("done")

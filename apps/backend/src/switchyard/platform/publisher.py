@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 MIN_DELAY_SECONDS = 1.0
 # Every run message names its tenant; the worker refuses a run whose ledger row disagrees.
 TENANT_HEADER = "switchyard_tenant"
+# The request id of the HTTP call that submitted the run: the worker logs the run under it.
+REQUEST_ID_HEADER = "switchyard_request_id"
 
 
 class BrokerUnavailableError(Exception):
@@ -42,7 +44,13 @@ class RunPublisher:
             self._declared = True
 
     def publish_sync(
-        self, run_id: str, task: str, queue: str, eta: datetime | None, tenant_id: str | None
+        self,
+        run_id: str,
+        task: str,
+        queue: str,
+        eta: datetime | None,
+        tenant_id: str | None,
+        request_id: str | None = None,
     ) -> None:
         self.declare_topology()
         if eta is not None and (eta - datetime.now(UTC)).total_seconds() < MIN_DELAY_SECONDS:
@@ -54,16 +62,28 @@ class RunPublisher:
             queue=queue,
             routing_key=queue,
             eta=eta,
-            headers={TENANT_HEADER: tenant_id} if tenant_id else None,
+            headers={
+                name: value
+                for name, value in ((TENANT_HEADER, tenant_id), (REQUEST_ID_HEADER, request_id))
+                if value
+            },
         )
 
     async def publish(
-        self, run_id: str, task: str, queue: str, eta: datetime | None, tenant_id: str | None
+        self,
+        run_id: str,
+        task: str,
+        queue: str,
+        eta: datetime | None,
+        tenant_id: str | None,
+        request_id: str | None = None,
     ) -> None:
         """Publish or raise BrokerUnavailableError within `timeout` seconds."""
         try:
             await asyncio.wait_for(
-                asyncio.to_thread(self.publish_sync, run_id, task, queue, eta, tenant_id),
+                asyncio.to_thread(
+                    self.publish_sync, run_id, task, queue, eta, tenant_id, request_id
+                ),
                 self.timeout,
             )
         except Exception as exc:

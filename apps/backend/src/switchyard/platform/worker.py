@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,18 +13,31 @@ from typing import Any
 
 from celery import Celery, Task, bootsteps
 from celery.exceptions import Reject
-from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    task_received,
+    worker_process_shutdown,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from kombu.messaging import Consumer
 from kombu.transport.base import Message
 
+from switchyard.logging import RunLogContext, remember_run, run_log_context
 from switchyard.platform import runtime
 from switchyard.platform.celery_app import broker_is_amqp
 from switchyard.platform.dead_letters import DeadLetterRecord, archive, parse
-from switchyard.platform.execution import execute
+from switchyard.platform.execution import Outcome, execute
 from switchyard.platform.heartbeat import write_heartbeat
-from switchyard.platform.publisher import TENANT_HEADER
+from switchyard.platform.metrics import (
+    TASK_EVENTS,
+    BacklogSampler,
+    MetricsServer,
+    worker_registry,
+)
+from switchyard.platform.publisher import REQUEST_ID_HEADER, TENANT_HEADER
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.topology import DEAD_LETTER_QUEUE
+from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -34,35 +49,45 @@ def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
         current = runtime.current()
         delivery = task.request.delivery_info or {}
         tenant = getattr(task.request, TENANT_HEADER, None)
-        outcome = current.run(
-            execute(
-                current.services,
-                spec,
-                uuid.UUID(run_id),
-                redelivered=bool(delivery.get("redelivered")),
-                tenant_id=uuid.UUID(tenant) if tenant else None,
+        request_id = getattr(task.request, REQUEST_ID_HEADER, None)
+        log_context = RunLogContext(run_id, request_id, tenant)
+        remember_run(log_context)  # for Celery's own outcome line, logged after we return
+        with run_log_context(log_context):
+            outcome = current.run(
+                execute(
+                    current.services,
+                    spec,
+                    uuid.UUID(run_id),
+                    redelivered=bool(delivery.get("redelivered")),
+                    tenant_id=uuid.UUID(tenant) if tenant else None,
+                    request_id=request_id,
+                )
             )
-        )
-        if outcome.kind == "retry":
-            raise task.retry(
-                countdown=outcome.delay, queue=spec.queue, routing_key=spec.queue, max_retries=None
-            )
-        if outcome.kind == "dead_letter":
-            if amqp:
-                # The broker dead-letters the rejected message; the consumer below archives it.
-                raise Reject(repr(outcome.error), requeue=False)
-            record = DeadLetterRecord(
-                run_id=uuid.UUID(run_id),
-                task=spec.name,
-                queue=spec.queue,
-                reason="rejected",
-                count=1,
-                dead_lettered_at=datetime.now(UTC),
-                headers={},
-            )
-            current.run(archive(current.services, record))
+            return _settle(task, spec, run_id, outcome, amqp)
 
     return run_registered_task
+
+
+def _settle(task: Task, spec: TaskSpec[Any], run_id: str, outcome: Outcome, amqp: bool) -> None:
+    if outcome.kind == "retry":
+        raise task.retry(
+            countdown=outcome.delay, queue=spec.queue, routing_key=spec.queue, max_retries=None
+        )
+    if outcome.kind == "dead_letter":
+        if amqp:
+            # The broker dead-letters the rejected message; the consumer below archives it.
+            raise Reject(repr(outcome.error), requeue=False)
+        record = DeadLetterRecord(
+            run_id=uuid.UUID(run_id),
+            task=spec.name,
+            queue=spec.queue,
+            reason="rejected",
+            count=1,
+            dead_lettered_at=datetime.now(UTC),
+            headers={},
+        )
+        current = runtime.current()
+        current.run(archive(current.services, record))
 
 
 def bind_tasks(celery: Celery, registry: TaskRegistry) -> None:
@@ -130,9 +155,70 @@ def heartbeat_step(path: Path) -> type[bootsteps.StartStopStep]:
     return Heartbeat
 
 
-def configure_worker(celery: Celery, registry: TaskRegistry, heartbeat: Path) -> None:
+def metrics_step(settings: Settings) -> type[bootsteps.StartStopStep]:
+    class Metrics(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Serves every pool process's metrics, and the sampled queue backlog, from this one."""
+
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            self.sampler = BacklogSampler(settings)
+            self.server = MetricsServer(
+                worker_registry(self.sampler), settings.metrics_host, settings.worker_metrics_port
+            )
+
+        def start(self, worker: Any) -> None:
+            if self.server.start():
+                self.sampler.start()
+
+        def stop(self, worker: Any) -> None:
+            self.sampler.stop()
+            self.server.stop()
+
+    return Metrics
+
+
+def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """Count and log each delivery as it arrives, with the run's request id and tenant."""
+    if request is None:
+        return
+    headers = getattr(request, "request_dict", None) or {}
+    context = RunLogContext(
+        str(request.id), headers.get(REQUEST_ID_HEADER), headers.get(TENANT_HEADER)
+    )
+    TASK_EVENTS.labels(task=request.task_name, event="received").inc()
+    with run_log_context(context):
+        logger.info("task received", extra={"task": request.task_name})
+
+
+def hand_back_after(grace_seconds: float) -> Any:
+    """On a warm shutdown (SIGTERM), let in-flight tasks finish for `grace_seconds`; then turn it
+    into a cold one (SIGQUIT): Celery cancels what still runs and, as tasks ack late, the broker
+    hands those messages to another worker (the ledger lets the redelivery take the run over)."""
+
+    def on_shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
+        if how != "Warm":
+            return
+        # In a signal handler: no logging here (its lock may be held by the interrupted code).
+
+        def cold() -> None:
+            logger.warning("shutdown grace period over: handing in-flight tasks back")
+            os.kill(os.getpid(), signal.SIGQUIT)
+
+        timer = threading.Timer(grace_seconds, cold)
+        timer.daemon = True
+        timer.start()
+
+    return on_shutting_down
+
+
+def configure_worker(
+    celery: Celery, registry: TaskRegistry, heartbeat: Path, settings: Settings
+) -> None:
     bind_tasks(celery, registry)
+    worker_shutting_down.connect(
+        hand_back_after(settings.worker_shutdown_grace_seconds), weak=False
+    )
     celery.steps["worker"].add(heartbeat_step(heartbeat))
+    celery.steps["worker"].add(metrics_step(settings))
     if broker_is_amqp(str(celery.conf.broker_url)):
         celery.steps["consumer"].add(DeadLetterConsumer)
 
@@ -141,5 +227,6 @@ def _close_runtime(**_: Any) -> None:
     runtime.close_current()
 
 
+task_received.connect(_received, weak=False)
 worker_process_shutdown.connect(_close_runtime, weak=False)
 worker_shutdown.connect(_close_runtime, weak=False)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from prometheus_client import REGISTRY
+
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
+from switchyard.platform.metrics import MetricsServer
 from switchyard.platform.registry import load_task_modules
 from switchyard.roles.worker import require_task_backends
 from switchyard.services.container import Services
@@ -21,12 +24,15 @@ async def _serve(settings: Settings) -> None:
     services = Services.create(settings, "beat")
     broker = Broker.create(settings)
     assert broker is not None
+    metrics = MetricsServer(REGISTRY, settings.metrics_host, settings.beat_metrics_port)
+    metrics.start()
     try:
         beat = Beat(
             services, broker.publisher, load_task_modules(), settings.heartbeat_file("beat")
         )
         await beat.run(stop)
     finally:
+        metrics.stop()
         await services.close()
         broker.close()
 

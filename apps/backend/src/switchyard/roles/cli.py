@@ -74,6 +74,12 @@ def run(role: str | None) -> None:
     settings = _settings()
     configure_logging(settings.log_level, chosen.value)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    metrics_dir = None
+    if chosen is Role.WORKER:
+        from switchyard.platform import multiprocess
+
+        # Before any metric exists: prefork children write their values to files.
+        metrics_dir = multiprocess.enable()
     try:
         start: Callable[[Settings], int] = importlib.import_module(ROLES[chosen]).run
         code = start(settings)
@@ -83,6 +89,9 @@ def run(role: str | None) -> None:
         _fail(f"{chosen.value} could not start: {exc}", 1)
     except KeyboardInterrupt:
         code = 0
+    finally:
+        if metrics_dir is not None:
+            multiprocess.disable(metrics_dir)
     sys.exit(code)
 
 

@@ -18,6 +18,12 @@ CACHE_ERRORS = Counter(
     ["operation"],
 )
 
+CACHE_LOOKUPS = Counter(
+    "switchyard_cache_lookups_total",
+    "Cache reads, by result (hit, miss; a failed read counts as a miss)",
+    ["result"],
+)
+
 T = TypeVar("T")
 
 
@@ -45,7 +51,9 @@ class Cache:
         async def call(client: Redis) -> bytes | None:
             return cast(bytes | None, await client.get(self.key(key)))
 
-        return await self._attempt("get", call, None)
+        value = await self._attempt("get", call, None)
+        CACHE_LOOKUPS.labels(result="miss" if value is None else "hit").inc()
+        return value
 
     async def set(self, key: str, value: bytes | str, ttl_seconds: float | None = None) -> bool:
         px = int(ttl_seconds * 1000) if ttl_seconds is not None else None

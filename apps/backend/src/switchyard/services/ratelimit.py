@@ -9,8 +9,15 @@ from dataclasses import dataclass
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
+from prometheus_client import Counter
 
 logger = logging.getLogger(__name__)
+
+REJECTIONS = Counter(
+    "switchyard_rate_limit_rejections_total",
+    "Requests refused by a rate limit, by limit name (auth, api, task_runs, ...)",
+    ["limit"],
+)
 
 
 @dataclass(frozen=True)
@@ -40,11 +47,16 @@ class RateLimiter:
         return Decision(False, max(1, int(stats.reset_time - time.time()) + 1))
 
     async def hit(self, limit: str, *keys: str) -> Decision:
-        """Count one request against `limit` (e.g. "5/minute") for the given keys."""
+        """Count one request against `limit` (e.g. "5/minute") for the given keys; the first
+        key names the limit (in metrics)."""
         if not self.enabled:
             return Decision(True, 0)
-        item = parse(limit)
-        keys = (self.namespace, *keys)
+        decision = await self._decide(parse(limit), (self.namespace, *keys))
+        if not decision.allowed:
+            REJECTIONS.labels(limit=keys[0] if keys else "unnamed").inc()
+        return decision
+
+    async def _decide(self, item: RateLimitItem, keys: tuple[str, ...]) -> Decision:
         if self.redis is not None:
             try:
                 return await self._hit(self.redis, item, keys)

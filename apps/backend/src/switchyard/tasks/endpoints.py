@@ -228,8 +228,10 @@ async def delete_dead_letter(
 
 
 @router.get("/{task_id}", dependencies=[Depends(require_scope("tasks:read"))])
-async def get_run(task_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> RunOut:
-    return RunOut.of(await service.get_run(session, tenant_id, task_id))
+async def get_run(
+    task_id: uuid.UUID, session: SessionDep, services: ServicesDep, tenant_id: TenantDep
+) -> RunOut:
+    return await service.run_view(session, services.cache, tenant_id, task_id)
 
 
 @router.post("/{task_id}/cancel", dependencies=[Depends(require_scope("tasks:run"))])

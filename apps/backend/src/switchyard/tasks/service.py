@@ -22,19 +22,24 @@ from switchyard.errors import (
     ServiceUnavailableError,
 )
 from switchyard.platform import ledger
+from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.topology import WORK_QUEUES
+from switchyard.services.cache import Cache
 from switchyard.tasks import repository
 from switchyard.tasks.schemas import (
     DefinitionIn,
     DefinitionPatch,
     RegisteredTask,
     RetryPolicyOut,
+    RunOut,
     RunRequest,
 )
 
 BROKER_RETRY_AFTER_SECONDS = "5"
+RUN_VIEW_CACHE_SECONDS = 300
+RUN_VIEW_CACHE_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,7 @@ async def submit(
                 session, submitter.tenant_id, idempotency_key
             )
             if existing is not None:
-                return _same_request(existing, request_hash), False
+                return _duplicate(existing, request_hash), False
 
     run = TaskRun(
         id=uuid.uuid4(),
@@ -194,14 +199,16 @@ async def submit(
             )
         if existing is None:
             raise
-        return _same_request(existing, request_hash), False
+        return _duplicate(existing, request_hash), False
     await publish(sessions, publisher, run)
     return run, True
 
 
-def _same_request(existing: TaskRun, request_hash: str) -> TaskRun:
+def _duplicate(existing: TaskRun, request_hash: str) -> TaskRun:
+    """The run an Idempotency-Key already names, if the request is the same."""
     if existing.request_hash != request_hash:
         raise ConflictError("This Idempotency-Key was used with a different request.")
+    RUNS_SUBMITTED.labels(task=existing.task, outcome="duplicate").inc()
     return existing
 
 
@@ -209,14 +216,18 @@ async def publish(
     sessions: async_sessionmaker[AsyncSession], publisher: RunPublisher, run: TaskRun
 ) -> None:
     try:
-        await publisher.publish(str(run.id), run.task, run.queue, run.eta, str(run.tenant_id))
+        await publisher.publish(
+            str(run.id), run.task, run.queue, run.eta, str(run.tenant_id), run.request_id
+        )
     except BrokerUnavailableError:
+        RUNS_SUBMITTED.labels(task=run.task, outcome="broker_unavailable").inc()
         async with sessions.begin() as session:
             await session.execute(delete(TaskRun).where(TaskRun.id == run.id))
         raise ServiceUnavailableError(
             "The task broker is unreachable; nothing was queued. Try again shortly.",
             headers={"Retry-After": BROKER_RETRY_AFTER_SECONDS},
         ) from None
+    RUNS_SUBMITTED.labels(task=run.task, outcome="accepted").inc()
     async with sessions.begin() as session:
         await ledger.mark_published(session, [run.id])
 
@@ -226,6 +237,23 @@ async def get_run(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID
     if run is None:
         raise NotFoundError(f"No run {run_id}.")
     return run
+
+
+async def run_view(
+    session: AsyncSession, cache: Cache, tenant_id: uuid.UUID, run_id: uuid.UUID
+) -> RunOut:
+    """A run as the API shows it. A final run never changes again (every ledger update skips
+    final runs), so its view is cached: pollers of finished runs spare the database."""
+    key = f"runs:{tenant_id}:{run_id}"
+    cached = await cache.get(key)
+    if cached is not None:
+        return RunOut.model_validate_json(cached)
+    view = RunOut.of(await get_run(session, tenant_id, run_id))
+    if view.state.final:
+        body = view.model_dump_json()
+        if len(body) <= RUN_VIEW_CACHE_MAX_BYTES:
+            await cache.set(key, body, ttl_seconds=RUN_VIEW_CACHE_SECONDS)
+    return view
 
 
 async def cancel(

@@ -1,0 +1,29 @@
+"""`/metrics` for Prometheus, optionally only for `Authorization: Bearer <METRICS_TOKEN>`."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from switchyard.api.metrics import scrape_registry
+from switchyard.dependencies import SettingsDep
+from switchyard.errors import UnauthorizedError
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/metrics")
+def metrics(
+    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    if settings.metrics_token is not None and settings.metrics_token.get_secret_value():
+        scheme, _, offered = (authorization or "").partition(" ")
+        expected = settings.metrics_token.get_secret_value()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            offered.strip().encode(), expected.encode()
+        ):
+            raise UnauthorizedError("Metrics need `Authorization: Bearer <METRICS_TOKEN>`.")
+    return Response(generate_latest(scrape_registry()), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,216 @@
+"""Prometheus metrics of the task platform: submissions, worker task events, queues and beat.
+
+The worker runs in Prometheus' multiprocess mode (prefork children each write their own
+files; the parent serves the merged view): see `multiprocess.py`. Queue depths and the dead-letter
+archive are sampled by one thread in the worker's main process and served from the sample,
+so a scrape never waits on the broker or the database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.db.models import DeadLetter
+from switchyard.platform.celery_app import broker_is_amqp
+from switchyard.platform.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
+from switchyard.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+RUNS_SUBMITTED = Counter(
+    "switchyard_task_runs_submitted_total",
+    "Runs submitted through the API, by task and outcome (accepted, duplicate, broker_unavailable)",
+    ["task", "outcome"],
+)
+TASK_EVENTS = Counter(
+    "switchyard_worker_tasks_total",
+    "Task deliveries seen by workers, by task and event "
+    "(received, started, succeeded, failed, retried, skipped, dead_lettered)",
+    ["task", "event"],
+)
+TASK_DURATION = Histogram(
+    "switchyard_worker_task_duration_seconds",
+    "Time a task handler ran, by task and outcome",
+    ["task", "outcome"],
+    buckets=DURATION_BUCKETS,
+)
+BEAT_LEADER = Gauge(
+    "switchyard_beat_leader",
+    "1 while this beat holds the leader lock",
+    multiprocess_mode="mostrecent",
+)
+BEAT_LAST_TICK = Gauge(
+    "switchyard_beat_last_tick_timestamp_seconds",
+    "Unix time of this beat's last completed tick",
+    multiprocess_mode="mostrecent",
+)
+BEAT_PUBLISHED = Counter(
+    "switchyard_beat_runs_published_total",
+    "Runs beat published, by kind (scheduled, republished)",
+    ["kind"],
+)
+
+
+class BacklogSampler(threading.Thread):
+    """Samples the depth of each work queue, the dead-letter queue and the archive."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="metrics-sampler", daemon=True)
+        self.settings = settings
+        self.stopped = threading.Event()
+        self.queue_depths: dict[str, float] = {}
+        self.archive_size: float | None = None
+        self.sampled_at: float | None = None
+
+    def queue_names(self) -> list[str]:
+        assert self.settings.celery_broker_url is not None
+        names = list(WORK_QUEUES)
+        if broker_is_amqp(self.settings.celery_broker_url.get_secret_value()):
+            names.append(str(DEAD_LETTER_QUEUE.name))
+        return names
+
+    def sample_queues(self) -> dict[str, float]:
+        from kombu import Connection
+        from kombu.exceptions import ChannelError
+
+        assert self.settings.celery_broker_url is not None
+        depths: dict[str, float] = {}
+        timeout = self.settings.broker_publish_timeout_seconds
+        with Connection(
+            self.settings.celery_broker_url.get_secret_value(), connect_timeout=timeout
+        ) as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+            for name in self.queue_names():
+                channel = connection.channel()
+                try:
+                    _, count, _ = channel.queue_declare(queue=name, passive=True)
+                    depths[name] = float(count)
+                except ChannelError:
+                    depths[name] = 0.0  # not declared yet (Redis drops empty lists): nothing queued
+                finally:
+                    with contextlib.suppress(Exception):
+                        channel.close()
+        return depths
+
+    async def sample_archive(self, engine: AsyncEngine) -> float:
+        async with engine.connect() as connection:
+            count = await connection.scalar(
+                select(func.count())
+                .select_from(DeadLetter)
+                .where(DeadLetter.replayed_run_id.is_(None))
+            )
+        return float(count or 0)
+
+    def sample(self, runner: asyncio.Runner, engine: AsyncEngine) -> None:
+        try:
+            self.queue_depths = self.sample_queues()
+        except Exception as exc:
+            logger.warning("queue depths not sampled", extra={"error": repr(exc)})
+            self.queue_depths = {}
+        try:
+            self.archive_size = runner.run(self.sample_archive(engine))
+        except Exception as exc:
+            logger.warning("dead-letter archive not sampled", extra={"error": repr(exc)})
+            self.archive_size = None
+        self.sampled_at = time.time()
+
+    def run(self) -> None:
+        from switchyard.services.postgres import create_engine
+
+        assert self.settings.database is not None
+        # One connection at most; asyncpg binds it to the runner's loop on first use.
+        engine = create_engine(self.settings, self.settings.database, "switchyard-metrics")
+        with asyncio.Runner() as runner:
+            try:
+                while not self.stopped.is_set():
+                    self.sample(runner, engine)
+                    self.stopped.wait(self.settings.metrics_sample_seconds)
+            finally:
+                runner.run(engine.dispose())
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class BacklogCollector(Collector):
+    """Serves the sampler's last figures; nothing is sampled at scrape time."""
+
+    def __init__(self, sampler: BacklogSampler) -> None:
+        self.sampler = sampler
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "switchyard_queue_depth",
+            "Messages ready in each broker queue (work queues and the dead-letter queue)",
+            labels=["queue"],
+        )
+        for name, value in sorted(self.sampler.queue_depths.items()):
+            depth.add_metric([name], value)
+        yield depth
+        if self.sampler.archive_size is not None:
+            yield GaugeMetricFamily(
+                "switchyard_dead_letter_archive_size",
+                "Archived dead letters not yet replayed",
+                value=self.sampler.archive_size,
+            )
+        if self.sampler.sampled_at is not None:
+            yield GaugeMetricFamily(
+                "switchyard_backlog_sampled_timestamp_seconds",
+                "Unix time of the last queue and archive sample",
+                value=self.sampler.sampled_at,
+            )
+
+
+class MetricsServer:
+    """An HTTP /metrics endpoint on its own thread, for roles without the gateway."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self.server: Any = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        if self.port == 0:
+            return False
+        try:
+            self.server, self.thread = start_http_server(
+                self.port, addr=self.host, registry=self.registry
+            )
+        except OSError as exc:
+            logger.warning(
+                "metrics endpoint not started", extra={"port": self.port, "error": repr(exc)}
+            )
+            return False
+        logger.info("metrics served", extra={"host": self.host, "port": self.port})
+        return True
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def worker_registry(sampler: BacklogSampler | None) -> CollectorRegistry:
+    """Every process's counters (multiprocess files), plus the backlog sample."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    if sampler is not None:
+        registry.register(BacklogCollector(sampler))
+    return registry
