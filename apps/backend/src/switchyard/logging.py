@@ -133,3 +133,4 @@ def logging_config(level: str, service_type: str = "") -> dict[str, Any]:
 def configure_logging(level: str = "INFO", service_type: str = "") -> None:
     """Install the JSON logging configuration for this process."""
     logging.config.dictConfig(logging_config(level, service_type))
+    logging.captureWarnings(True)  # warnings become JSON log lines too (logger py.warnings)

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from kombu import Connection
+from kombu.exceptions import ChannelError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -75,6 +77,7 @@ class BacklogSampler(threading.Thread):
         self.queue_depths: dict[str, float] = {}
         self.archive_size: float | None = None
         self.sampled_at: float | None = None
+        self.engine: AsyncEngine | None = None
 
     def queue_names(self) -> list[str]:
         assert self.settings.celery_broker_url is not None
@@ -84,9 +87,6 @@ class BacklogSampler(threading.Thread):
         return names
 
     def sample_queues(self) -> dict[str, float]:
-        from kombu import Connection
-        from kombu.exceptions import ChannelError
-
         assert self.settings.celery_broker_url is not None
         depths: dict[str, float] = {}
         timeout = self.settings.broker_publish_timeout_seconds
@@ -128,19 +128,27 @@ class BacklogSampler(threading.Thread):
             self.archive_size = None
         self.sampled_at = time.time()
 
-    def run(self) -> None:
+    def start(self) -> None:
+        """Start sampling. Everything the thread imports is imported here, first: a prefork
+        child forked while this thread held an import lock would wait on it forever."""
         from switchyard.services.postgres import create_engine
 
         assert self.settings.database is not None
-        # One connection at most; asyncpg binds it to the runner's loop on first use.
-        engine = create_engine(self.settings, self.settings.database, "switchyard-metrics")
+        assert self.settings.celery_broker_url is not None
+        Connection(self.settings.celery_broker_url.get_secret_value()).transport  # noqa: B018 - loads the transport module
+        # One connection at most; asyncpg binds it to the thread's loop on first use.
+        self.engine = create_engine(self.settings, self.settings.database, "switchyard-metrics")
+        super().start()
+
+    def run(self) -> None:
+        assert self.engine is not None
         with asyncio.Runner() as runner:
             try:
                 while not self.stopped.is_set():
-                    self.sample(runner, engine)
+                    self.sample(runner, self.engine)
                     self.stopped.wait(self.settings.metrics_sample_seconds)
             finally:
-                runner.run(engine.dispose())
+                runner.run(self.engine.dispose())
 
     def stop(self) -> None:
         self.stopped.set()

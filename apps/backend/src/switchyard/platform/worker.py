@@ -157,7 +157,11 @@ def heartbeat_step(path: Path) -> type[bootsteps.StartStopStep]:
 
 def metrics_step(settings: Settings) -> type[bootsteps.StartStopStep]:
     class Metrics(bootsteps.StartStopStep):  # type: ignore[misc]
-        """Serves every pool process's metrics, and the sampled queue backlog, from this one."""
+        """Serves every pool process's metrics, and the sampled queue backlog, from this one.
+
+        Started after the pool, so that no thread of ours runs while the children fork."""
+
+        requires = ("celery.worker.components:Pool",)
 
         def __init__(self, worker: Any, **kwargs: Any) -> None:
             self.sampler = BacklogSampler(settings)

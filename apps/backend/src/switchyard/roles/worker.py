@@ -47,6 +47,7 @@ def run(settings: Settings, service_type: str = "worker") -> int:
     broker.publisher.declare_topology()
     broker.celery.worker_main(
         [
+            "--quiet",  # no banner on stdout: logs are JSON lines on stderr
             "worker",
             f"--loglevel={settings.log_level}",
             f"--queues={','.join(queues)}",
