@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ import psutil
 import pytest
 
 from tests.fixtures.accounts import PASSWORD
-from tests.fixtures.processes import RunningRole
+from tests.fixtures.processes import SWITCHYARD, RunningRole
 from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -101,6 +102,18 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     assert "cafeteria" in found["hits"][0]["snippet"]
     assert health.json()["checks"]["chroma"]["status"] == "up"
 
+    check = subprocess.run(
+        [SWITCHYARD, "healthcheck", "standalone"],
+        cwd=workdir,
+        env=first.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "/health/live: ok" in check.stdout
+
     assert first.stop(signal.SIGTERM) == 0
     assert first.leftovers() == []
     assert postgres_processes(data_dir) == []
@@ -112,6 +125,16 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     assert second.stop(signal.SIGINT) == 0
     assert second.leftovers() == []
     assert postgres_processes(data_dir) == []
+    after = subprocess.run(
+        [SWITCHYARD, "healthcheck", "standalone"],
+        cwd=workdir,
+        env=second.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert after.returncode == 1
 
 
 def test_second_standalone_on_the_same_data_refuses_with_one_line(

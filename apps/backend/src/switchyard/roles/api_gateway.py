@@ -20,7 +20,7 @@ def serve(settings: Settings, service_type: str) -> None:
         log_config=logging_config(settings.log_level, service_type),
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.api_shutdown_grace_seconds,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -100,11 +101,14 @@ def run(role: str | None) -> None:
 def healthcheck(role: str | None) -> None:
     """Exit 0 when ROLE (default: $SERVICE_TYPE) answers as healthy, 1 otherwise."""
     chosen = _role(role)
-    from switchyard.roles.healthcheck import check
+    from switchyard.roles.healthcheck import check_within
 
-    healthy, reason = check(chosen, _settings())
+    healthy, reason = check_within(chosen, _settings())
     click.echo(reason, err=not healthy)
-    sys.exit(0 if healthy else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: a check thread stuck on a dead socket must not hold the process open.
+    os._exit(0 if healthy else 1)
 
 
 @main.command("rotate-data-source-keys")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 
 from switchyard.settings import Role, Settings
 
 TIMEOUT_SECONDS = 3.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+# The whole check, whatever hangs inside it (Docker's own timeout is a last resort).
+DEADLINE_SECONDS = 8.0
 
 
 def _gateway(settings: Settings) -> tuple[bool, str]:
@@ -46,7 +51,15 @@ def _worker(settings: Settings) -> tuple[bool, str]:
         return False, "worker: CELERY_BROKER_URL is not set"
     hostname = str(content.get("hostname"))
     try:
-        replies = broker.celery.control.ping(destination=[hostname], timeout=TIMEOUT_SECONDS)
+        with broker.celery.connection_for_write(
+            connect_timeout=CONNECT_TIMEOUT_SECONDS
+        ) as connection:
+            connection.ensure_connection(max_retries=0, timeout=CONNECT_TIMEOUT_SECONDS)
+            replies = broker.celery.control.ping(
+                destination=[hostname], timeout=TIMEOUT_SECONDS, connection=connection
+            )
+    except Exception as exc:  # the transports raise their own kinds; all mean "no answer"
+        return False, f"{reason}; broker unreachable ({type(exc).__name__}: {exc})"
     finally:
         broker.close()
     if not any(hostname in reply for reply in replies or []):
@@ -63,6 +76,26 @@ def _beat(settings: Settings) -> tuple[bool, str]:
     if isinstance(since, int | float) and isinstance(at, int | float):
         return True, f"{reason}; leader, lock held {at - since:.0f} s"
     return True, f"{reason}; standby"
+
+
+def check_within(
+    role: Role, settings: Settings, deadline: float = DEADLINE_SECONDS
+) -> tuple[bool, str]:
+    """`check`, but unhealthy when it takes longer than `deadline` seconds."""
+    outcome: list[tuple[bool, str]] = []
+
+    def run() -> None:
+        try:
+            outcome.append(check(role, settings))
+        except Exception as exc:
+            outcome.append((False, f"{role.value}: check failed ({type(exc).__name__}: {exc})"))
+
+    thread = threading.Thread(target=run, name="healthcheck", daemon=True)
+    thread.start()
+    thread.join(deadline)
+    if not outcome:
+        return False, f"{role.value}: no answer within {deadline:g} s"
+    return outcome[0]
 
 
 def check(role: Role, settings: Settings) -> tuple[bool, str]:

@@ -1,0 +1,262 @@
+"""Graceful shutdown of real gateway and worker processes, container health checks, beat
+metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+from switchyard.api.app import create_app
+from switchyard.platform.heartbeat import write_heartbeat
+from tests.fixtures.accounts import sign_up
+from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.messaging import local_vhost
+from tests.fixtures.processes import SWITCHYARD, RunningRole, switchyard_env
+from tests.fixtures.scrape import metric_value
+from tests.fixtures.servers import free_port, unavailable
+from tests.fixtures.tasks import DELIVERY_LIMIT, submit, wait_for_run
+
+pytestmark = pytest.mark.e2e
+
+LOGIN = b'{"email": "nobody@example.com", "password": "wrong password!!"}'
+
+
+def open_request(port: int) -> socket.socket:
+    """A login request whose headers are sent and whose body is not complete yet."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=30)
+    client.sendall(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(LOGIN)).encode() + b"\r\n\r\n" + LOGIN[:10]
+    )
+    return client
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_gateway_finishes_in_flight_requests_on_sigterm(
+    start_role: Callable[..., RunningRole], database_url: URL
+) -> None:
+    port = free_port()
+    gateway = start_role(
+        "api-gateway",
+        port,
+        DATABASE_URL=database_url.render_as_string(hide_password=False),
+        API_SHUTDOWN_GRACE_SECONDS="20",
+    )
+    gateway.wait_healthy()
+    in_flight = open_request(port)
+    time.sleep(0.3)  # the request has started: the app is reading its body
+    gateway.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while not refuses_connections(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert refuses_connections(port), "new connections are still accepted while draining"
+    assert gateway.process.poll() is None, "the gateway quit with a request in flight"
+
+    in_flight.sendall(LOGIN[10:])
+    answer = in_flight.recv(65536).decode()
+    in_flight.close()
+    assert answer.startswith("HTTP/1.1 401"), answer
+    assert "application/problem+json" in answer
+    assert gateway.process.wait(15) == 0
+
+
+def test_gateway_gives_up_on_a_stuck_request_after_its_grace_period(
+    start_role: Callable[..., RunningRole], database_url: URL
+) -> None:
+    port = free_port()
+    gateway = start_role(
+        "api-gateway",
+        port,
+        DATABASE_URL=database_url.render_as_string(hide_password=False),
+        API_SHUTDOWN_GRACE_SECONDS="1",
+    )
+    gateway.wait_healthy()
+    stuck = open_request(port)  # its body never completes
+    time.sleep(0.3)
+    started = time.monotonic()
+    gateway.process.send_signal(signal.SIGTERM)
+    code = gateway.process.wait(15)
+    took = time.monotonic() - started
+    stuck.close()
+    assert code == 0
+    assert 1.0 <= took < 8.0, took
+
+
+@pytest.fixture
+def own_broker() -> Iterator[str]:
+    with local_vhost() as url:
+        if url is None:
+            unavailable("RabbitMQ", "rabbitmqctl cannot add a vhost")
+        assert url is not None
+        yield url
+
+
+def start_worker(
+    start_role: Callable[..., RunningRole],
+    task_env: dict[str, str],
+    broker: str,
+    workdir: Path,
+    grace: float,
+) -> RunningRole:
+    workdir.mkdir()
+    worker = start_role(
+        "worker",
+        cwd=workdir,
+        **{
+            **task_env,
+            "CELERY_BROKER_URL": broker,
+            "VAR_DIR": str(workdir),
+            "WORKER_QUEUES": "default",
+            "WORKER_CONCURRENCY": "1",
+            "WORKER_METRICS_PORT": "0",
+            "WORKER_SHUTDOWN_GRACE_SECONDS": str(grace),
+        },
+    )
+    worker.wait_heartbeat(workdir / "worker.heartbeat")
+    return worker
+
+
+async def test_worker_finishes_in_flight_tasks_within_its_grace_period_then_hands_back(
+    make_settings: SettingsFactory,
+    own_broker: str,
+    start_role: Callable[..., RunningRole],
+    task_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(celery_broker_url=own_broker, task_delivery_limit=DELIVERY_LIMIT)
+    async with running(create_app(settings)) as client:
+        client.headers.update((await sign_up(client)).headers)
+
+        # A generous grace period: the task in flight finishes, then the worker exits.
+        patient = start_worker(start_role, task_env, own_broker, tmp_path / "patient", 30)
+        short = await submit(client, "system.sleep", {"seconds": 2})
+        await wait_for_run(client, short, ("started",))
+        stopped = time.monotonic()
+        patient.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(patient.process.wait, 30) == 0
+        assert time.monotonic() - stopped < 15
+        finished = await wait_for_run(client, short, within=5)
+        assert finished["state"] == "succeeded"
+        assert finished["attempts"] == 1
+
+        # A short one: the long task is cut off and handed back; the next worker runs it.
+        hasty = start_worker(start_role, task_env, own_broker, tmp_path / "hasty", 1)
+        long = await submit(client, "system.sleep", {"seconds": 6})
+        await wait_for_run(client, long, ("started",))
+        stopped = time.monotonic()
+        hasty.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(hasty.process.wait, 30)
+        assert time.monotonic() - stopped < 10
+        assert (await client.get(f"/api/v1/tasks/{long}")).json()["state"] == "started"
+
+        start_worker(start_role, task_env, own_broker, tmp_path / "next", 30)
+        run = await wait_for_run(client, long, within=60)
+    assert run["state"] == "succeeded"
+    assert run["attempts"] == 2
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def hold() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    server.close()
+
+
+@pytest.mark.parametrize("broker", ["closed", "silent"])
+def test_worker_healthcheck_answers_within_seconds_when_the_broker_is_dead(
+    broker: str, silent_port: int, tmp_path: Path
+) -> None:
+    write_heartbeat(tmp_path / "worker.heartbeat", {"hostname": "worker-1@nowhere", "pid": 1})
+    port = silent_port if broker == "silent" else free_port()
+    started = time.monotonic()
+    check = subprocess.run(
+        [SWITCHYARD, "healthcheck", "worker"],
+        cwd=tmp_path,
+        env=switchyard_env(
+            VAR_DIR=str(tmp_path), CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{port}//"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    took = time.monotonic() - started
+    assert check.returncode == 1
+    assert took < 15, took
+    assert "broker unreachable" in check.stderr
+    assert "Traceback" not in check.stderr
+    assert check.stderr.count("\n") == 1  # one line
+
+
+def scrape(port: int) -> str | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+
+
+def test_beats_expose_leader_state_and_last_tick(
+    start_role: Callable[..., RunningRole], task_env: dict[str, str], tmp_path: Path
+) -> None:
+    ports = [free_port(), free_port()]
+    started = time.time()
+    for index, port in enumerate(ports):
+        workdir = tmp_path / f"beat-{index}"
+        workdir.mkdir()
+        beat = start_role(
+            "beat", cwd=workdir, **task_env, VAR_DIR=str(workdir), BEAT_METRICS_PORT=str(port)
+        )
+        beat.wait_heartbeat(workdir / "beat.heartbeat")
+
+    deadline = time.monotonic() + 30
+    texts: list[str | None] = []
+    while time.monotonic() < deadline:
+        texts = [scrape(port) for port in ports]
+        if all(texts) and all(
+            metric_value(text or "", "switchyard_beat_last_tick_timestamp_seconds") > started
+            for text in texts
+        ):
+            leaders = [metric_value(text or "", "switchyard_beat_leader") for text in texts]
+            if sorted(leaders) == [0.0, 1.0]:
+                break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"no leader and standby among the beats: {texts}")
+    for text in texts:
+        assert "switchyard_beat_runs_published_total" in (text or "")
