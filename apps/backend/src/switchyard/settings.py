@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     # SIGTERM: the worker finishes in-flight tasks for this long, then hands the rest back.
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
     # SIGTERM: the gateway lets in-flight requests finish for this long, then closes them.
-    api_shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
+    api_shutdown_grace_seconds: int = Field(default=10, ge=0, le=3600)
 
     # Operations: Prometheus metrics and error reporting.
     metrics_token: SecretStr | None = None
