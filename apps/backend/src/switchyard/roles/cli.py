@@ -15,6 +15,7 @@ import click
 
 from switchyard import __version__
 from switchyard.logging import configure_logging
+from switchyard.reporting import init_reporting
 from switchyard.roles.errors import RoleConfigurationError, RoleStartupError
 from switchyard.settings import Role, Settings, SettingsError, load_settings
 
@@ -74,6 +75,7 @@ def run(role: str | None) -> None:
     chosen = _role(role)
     settings = _settings()
     configure_logging(settings.log_level, chosen.value)
+    init_reporting(settings, chosen.value)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     metrics_dir = None
     if chosen is Role.WORKER:
