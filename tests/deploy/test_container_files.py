@@ -7,19 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-import yaml
-
 BIN = Path(sys.executable).parent
 BACKEND_SERVICES = ("migrate", "api-gateway", "worker", "beat")
 INFRASTRUCTURE = ("postgres", "redis", "rabbitmq", "neo4j", "minio", "chroma")
-
-
-@pytest.fixture(scope="module")
-def compose(repo_root: Path) -> dict[str, Any]:
-    loaded = yaml.safe_load((repo_root / "docker-compose.yml").read_text())
-    assert isinstance(loaded, dict)
-    return loaded
 
 
 def test_dockerfile_passes_hadolint(repo_root: Path) -> None:

@@ -1,0 +1,154 @@
+"""The compose `monitoring` profile: Prometheus scrapes every role, Grafana's dashboard is
+provisioned and asks only for metrics Switchyard exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+import switchyard.api.metrics
+import switchyard.platform.metrics
+import switchyard.services.cache
+import switchyard.services.llm
+import switchyard.services.ratelimit
+from switchyard.platform.metrics import BacklogCollector, BacklogSampler
+from switchyard.settings import Settings
+
+MONITORING = Path("apps/monitoring")
+DASHBOARD = MONITORING / "grafana/dashboards/switchyard.json"
+METRIC = re.compile(r"\bswitchyard_[a-z_]+")
+# Imported for the metrics they define (in the process-wide registry).
+METRIC_MODULES = (
+    switchyard.api.metrics,
+    switchyard.platform.metrics,
+    switchyard.services.cache,
+    switchyard.services.llm,
+    switchyard.services.ratelimit,
+)
+SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
+
+
+@pytest.fixture(scope="module")
+def dashboard(repo_root: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((repo_root / DASHBOARD).read_text())
+    return loaded
+
+
+def exported_metric_names() -> set[str]:
+    """Every metric family any role serves: the registry's, plus the worker's sampled ones."""
+    assert len(METRIC_MODULES) == 5
+    sampler = BacklogSampler(Settings(_env_file=None))
+    sampler.queue_depths = {"default": 0.0}
+    sampler.archive_size = 0.0
+    sampler.sampled_at = 0.0
+    families = [*REGISTRY.collect(), *BacklogCollector(sampler).collect()]
+    return {family.name for family in families}
+
+
+def base_name(name: str) -> str:
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def expressions(dashboard: dict[str, Any]) -> list[str]:
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_dashboard_is_a_provisionable_grafana_dashboard(dashboard: dict[str, Any]) -> None:
+    assert dashboard["uid"] == "switchyard-overview"
+    assert dashboard["title"]
+    assert isinstance(dashboard["schemaVersion"], int)
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in dashboard["panels"]:
+        assert panel["type"] in {"timeseries", "stat", "gauge", "table"}, panel["title"]
+        grid = panel["gridPos"]
+        assert grid["w"] > 0, panel["title"]
+        assert grid["h"] > 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        assert panel["targets"], panel["title"]
+        ref_ids = [target["refId"] for target in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+
+
+def test_every_query_uses_the_provisioned_datasource(
+    dashboard: dict[str, Any], repo_root: Path
+) -> None:
+    provisioned = yaml.safe_load(
+        (repo_root / MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"]
+    uids = {source["uid"] for source in provisioned if source["type"] == "prometheus"}
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] in uids, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] in uids, panel["title"]
+
+
+def test_every_query_asks_for_metrics_switchyard_exports(dashboard: dict[str, Any]) -> None:
+    exported = exported_metric_names()
+    for expr in expressions(dashboard):
+        assert expr.count("(") == expr.count(")"), expr
+        assert expr.count("{") == expr.count("}"), expr
+        asked = METRIC.findall(expr)
+        assert asked, expr
+        for name in asked:
+            assert name in exported or base_name(name) in exported, f"{name} in {expr!r}"
+
+
+def test_dashboard_shows_what_an_operator_needs_first(dashboard: dict[str, Any]) -> None:
+    queries = "\n".join(expressions(dashboard))
+    # request rate, latency, task outcomes, queue depth, dead letters
+    assert "rate(switchyard_http_requests_total" in queries
+    assert "histogram_quantile(0.95, sum by (le) (rate(switchyard_http_request_duration" in queries
+    assert 'switchyard_worker_tasks_total{event=~"succeeded|failed|retried|dead_lettered"}' in (
+        queries
+    )
+    assert "switchyard_queue_depth" in queries
+    assert "switchyard_dead_letter_archive_size" in queries
+
+
+def test_prometheus_scrapes_every_role_on_its_configured_port(repo_root: Path) -> None:
+    config = yaml.safe_load((repo_root / MONITORING / "prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    defaults = Settings(_env_file=None)
+    gateway = jobs["api-gateway"]
+    assert gateway["metrics_path"] == "/metrics"
+    assert gateway["static_configs"][0]["targets"] == [f"api-gateway:{defaults.api_port}"]
+    for role, port in (
+        ("worker", defaults.worker_metrics_port),
+        ("beat", defaults.beat_metrics_port),
+    ):
+        discovery = jobs[role]["dns_sd_configs"][0]
+        assert discovery["names"] == [role]
+        assert discovery["port"] == port
+
+
+def test_compose_monitoring_profile_mounts_the_files_it_needs(
+    compose: dict[str, Any], repo_root: Path
+) -> None:
+    services = compose["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"], name
+        assert "healthcheck" in services[name], name
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (repo_root / source).exists(), volume
+            else:
+                assert source in compose["volumes"], volume
+    mounts = {volume.split(":")[1] for volume in services["grafana"]["volumes"]}
+    provider = yaml.safe_load(
+        (repo_root / MONITORING / "grafana/provisioning/dashboards/switchyard.yml").read_text()
+    )["providers"][0]
+    assert provider["options"]["path"] in mounts
+    assert "/etc/grafana/provisioning" in mounts
+    # The roles themselves stay outside the profile: `docker compose up` starts no monitoring.
+    assert "profiles" not in services["api-gateway"]
