@@ -78,8 +78,22 @@ def test_the_runbook_covers_what_operators_ask() -> None:
         "## Replaying dead letters",
         "## Rotating keys",
         "## Backups of PostgreSQL",
+        "## Stopping gracefully",
+        "## Metrics",
+        "## Logs",
+        "## Error reporting",
     ):
         assert heading in text
     for check in ("postgres", "redis", "rabbitmq", "minio", "chroma", "neo4j", "zhipu"):
         assert f"| `{check}` |" in text
     assert "switchyard rotate-data-source-keys" in text
+    for setting in (
+        "WORKER_SHUTDOWN_GRACE_SECONDS",
+        "API_SHUTDOWN_GRACE_SECONDS",
+        "METRICS_TOKEN",
+        "WORKER_METRICS_PORT",
+        "BEAT_METRICS_PORT",
+        "SENTRY_DSN",
+    ):
+        assert setting in text
+    assert "docker compose --profile monitoring up" in text
