@@ -36,8 +36,8 @@ ENV PATH=/app/.venv/bin:$PATH \
     VAR_DIR=/app/var
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+EXPOSE 8000 9101 9102
+HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
     CMD ["switchyard", "healthcheck"]
 # dumb-init is PID 1: it forwards SIGTERM/SIGINT to the role and reaps orphans.
 ENTRYPOINT ["dumb-init", "--", "switchyard", "run"]

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.fixtures.processes import SWITCHYARD, RunningRole
+from tests.fixtures.processes import RunningRole
+from tests.fixtures.processes import healthcheck as role_healthcheck
 from tests.fixtures.tasks import unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("default_worker")]
@@ -43,14 +44,7 @@ async def runs_per_tick(engine: AsyncEngine, name: str) -> list[tuple[object, in
 
 
 def healthcheck(beat: RunningRole) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SWITCHYARD, "healthcheck", "beat"],
-        env=beat.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return role_healthcheck("beat", beat.env)
 
 
 async def test_two_beats_publish_each_tick_once_and_a_standby_takes_over(

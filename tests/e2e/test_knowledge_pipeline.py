@@ -24,9 +24,9 @@ from tests.fakes.zhipu import API_KEY, FakeZhipu
 from tests.fixtures.accounts import PASSWORD
 from tests.fixtures.backing import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.fixtures.gateway import DATA_SOURCE_KEY
-from tests.fixtures.messaging import local_vhost
+from tests.fixtures.messaging import own_vhost
 from tests.fixtures.processes import RunningRole
-from tests.fixtures.servers import free_port, unavailable
+from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -47,10 +47,7 @@ PDF_PAGES = [
 
 @pytest.fixture(scope="module")
 def pipeline_broker() -> Iterator[str]:
-    with local_vhost() as url:
-        if url is None:
-            unavailable("RabbitMQ", "rabbitmqctl cannot add a vhost")
-        assert url is not None
+    with own_vhost() as url:
         yield url
 
 

@@ -4,9 +4,9 @@ metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +20,10 @@ from switchyard.api.app import create_app
 from switchyard.platform.heartbeat import write_heartbeat
 from tests.fixtures.accounts import sign_up
 from tests.fixtures.gateway import SettingsFactory, running
-from tests.fixtures.messaging import local_vhost
-from tests.fixtures.processes import SWITCHYARD, RunningRole, switchyard_env
+from tests.fixtures.processes import RunningRole, healthcheck, switchyard_env
 from tests.fixtures.scrape import metric_value
-from tests.fixtures.servers import free_port, unavailable
-from tests.fixtures.tasks import DELIVERY_LIMIT, submit, wait_for_run
+from tests.fixtures.servers import free_port
+from tests.fixtures.tasks import DELIVERY_LIMIT, start_worker_on, submit, wait_for_run
 
 pytestmark = pytest.mark.e2e
 
@@ -50,17 +49,24 @@ def refuses_connections(port: int) -> bool:
     return False
 
 
-def test_gateway_finishes_in_flight_requests_on_sigterm(
-    start_role: Callable[..., RunningRole], database_url: URL
-) -> None:
-    port = free_port()
+def start_gateway(
+    start_role: Callable[..., RunningRole], database_url: URL, port: int, grace: int
+) -> RunningRole:
     gateway = start_role(
         "api-gateway",
         port,
         DATABASE_URL=database_url.render_as_string(hide_password=False),
-        API_SHUTDOWN_GRACE_SECONDS="20",
+        API_SHUTDOWN_GRACE_SECONDS=str(grace),
     )
     gateway.wait_healthy()
+    return gateway
+
+
+def test_gateway_finishes_in_flight_requests_on_sigterm(
+    start_role: Callable[..., RunningRole], database_url: URL
+) -> None:
+    port = free_port()
+    gateway = start_gateway(start_role, database_url, port, grace=20)
     in_flight = open_request(port)
     time.sleep(0.3)  # the request has started: the app is reading its body
     gateway.process.send_signal(signal.SIGTERM)
@@ -82,13 +88,7 @@ def test_gateway_gives_up_on_a_stuck_request_after_its_grace_period(
     start_role: Callable[..., RunningRole], database_url: URL
 ) -> None:
     port = free_port()
-    gateway = start_role(
-        "api-gateway",
-        port,
-        DATABASE_URL=database_url.render_as_string(hide_password=False),
-        API_SHUTDOWN_GRACE_SECONDS="1",
-    )
-    gateway.wait_healthy()
+    gateway = start_gateway(start_role, database_url, port, grace=1)
     stuck = open_request(port)  # its body never completes
     time.sleep(0.3)
     started = time.monotonic()
@@ -100,15 +100,6 @@ def test_gateway_gives_up_on_a_stuck_request_after_its_grace_period(
     assert 1.0 <= took < 8.0, took
 
 
-@pytest.fixture
-def own_broker() -> Iterator[str]:
-    with local_vhost() as url:
-        if url is None:
-            unavailable("RabbitMQ", "rabbitmqctl cannot add a vhost")
-        assert url is not None
-        yield url
-
-
 def start_worker(
     start_role: Callable[..., RunningRole],
     task_env: dict[str, str],
@@ -116,22 +107,15 @@ def start_worker(
     workdir: Path,
     grace: float,
 ) -> RunningRole:
-    workdir.mkdir()
-    worker = start_role(
-        "worker",
-        cwd=workdir,
-        **{
-            **task_env,
-            "CELERY_BROKER_URL": broker,
-            "VAR_DIR": str(workdir),
-            "WORKER_QUEUES": "default",
-            "WORKER_CONCURRENCY": "1",
-            "WORKER_METRICS_PORT": "0",
-            "WORKER_SHUTDOWN_GRACE_SECONDS": str(grace),
-        },
+    return start_worker_on(
+        start_role,
+        task_env,
+        broker,
+        workdir,
+        WORKER_CONCURRENCY="1",
+        WORKER_METRICS_PORT="0",
+        WORKER_SHUTDOWN_GRACE_SECONDS=str(grace),
     )
-    worker.wait_heartbeat(workdir / "worker.heartbeat")
-    return worker
 
 
 async def test_worker_finishes_in_flight_tasks_within_its_grace_period_then_hands_back(
@@ -205,16 +189,12 @@ def test_worker_healthcheck_answers_within_seconds_when_the_broker_is_dead(
     write_heartbeat(tmp_path / "worker.heartbeat", {"hostname": "worker-1@nowhere", "pid": 1})
     port = silent_port if broker == "silent" else free_port()
     started = time.monotonic()
-    check = subprocess.run(
-        [SWITCHYARD, "healthcheck", "worker"],
-        cwd=tmp_path,
-        env=switchyard_env(
+    check = healthcheck(
+        "worker",
+        switchyard_env(
             VAR_DIR=str(tmp_path), CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{port}//"
         ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        tmp_path,
     )
     took = time.monotonic() - started
     assert check.returncode == 1
@@ -236,6 +216,7 @@ def test_beats_expose_leader_state_and_last_tick(
 ) -> None:
     ports = [free_port(), free_port()]
     started = time.time()
+    beats = []
     for index, port in enumerate(ports):
         workdir = tmp_path / f"beat-{index}"
         workdir.mkdir()
@@ -243,6 +224,7 @@ def test_beats_expose_leader_state_and_last_tick(
             "beat", cwd=workdir, **task_env, VAR_DIR=str(workdir), BEAT_METRICS_PORT=str(port)
         )
         beat.wait_heartbeat(workdir / "beat.heartbeat")
+        beats.append(beat)
 
     deadline = time.monotonic() + 30
     texts: list[str | None] = []
@@ -260,3 +242,9 @@ def test_beats_expose_leader_state_and_last_tick(
         raise AssertionError(f"no leader and standby among the beats: {texts}")
     for text in texts:
         assert "switchyard_beat_runs_published_total" in (text or "")
+    for beat in beats:
+        assert beat.stop(signal.SIGTERM) == 0
+        records = [json.loads(line) for line in beat.stderr().splitlines() if line.strip()]
+        assert records
+        assert {record["service_type"] for record in records} == {"beat"}
+        assert beat.stdout() == ""

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ import psutil
 import pytest
 
 from tests.fixtures.accounts import PASSWORD
-from tests.fixtures.processes import SWITCHYARD, RunningRole
+from tests.fixtures.processes import RunningRole, healthcheck
 from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -102,15 +101,7 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     assert "cafeteria" in found["hits"][0]["snippet"]
     assert health.json()["checks"]["chroma"]["status"] == "up"
 
-    check = subprocess.run(
-        [SWITCHYARD, "healthcheck", "standalone"],
-        cwd=workdir,
-        env=first.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    check = healthcheck("standalone", first.env, workdir)
     assert check.returncode == 0, check.stderr
     assert "/health/live: ok" in check.stdout
 
@@ -125,15 +116,7 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     assert second.stop(signal.SIGINT) == 0
     assert second.leftovers() == []
     assert postgres_processes(data_dir) == []
-    after = subprocess.run(
-        [SWITCHYARD, "healthcheck", "standalone"],
-        cwd=workdir,
-        env=second.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    after = healthcheck("standalone", second.env, workdir)
     assert after.returncode == 1
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +13,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.fixtures.processes import SWITCHYARD, RunningRole
+from tests.fixtures.processes import RunningRole, healthcheck
 from tests.fixtures.tasks import (
     DELIVERY_LIMIT,
     submit,
@@ -227,14 +226,7 @@ async def test_events_stream_current_state_then_every_change_in_order(
 
 
 def test_worker_healthcheck_pings_its_own_node(default_worker: RunningRole) -> None:
-    result = subprocess.run(
-        [SWITCHYARD, "healthcheck", "worker"],
-        env=default_worker.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = healthcheck("worker", default_worker.env)
     assert result.returncode == 0, result.stderr
     assert "answered" in result.stdout
 
@@ -242,13 +234,6 @@ def test_worker_healthcheck_pings_its_own_node(default_worker: RunningRole) -> N
 def test_worker_healthcheck_fails_without_a_heartbeat(
     default_worker: RunningRole, tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [SWITCHYARD, "healthcheck", "worker"],
-        env={**default_worker.env, "VAR_DIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = healthcheck("worker", {**default_worker.env, "VAR_DIR": str(tmp_path)})
     assert result.returncode == 1
     assert "no heartbeat" in result.stderr

@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +17,20 @@ import pytest
 from switchyard.api.app import create_app
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
-from tests.fixtures.messaging import local_vhost
 from tests.fixtures.processes import RunningRole
 from tests.fixtures.scrape import label_values, metric_value
-from tests.fixtures.servers import free_port, unavailable
-from tests.fixtures.tasks import DELIVERY_LIMIT, submit, wait_for_dead_letter, wait_for_run
+from tests.fixtures.servers import free_port
+from tests.fixtures.tasks import (
+    DELIVERY_LIMIT,
+    start_worker_on,
+    submit,
+    wait_for_dead_letter,
+    wait_for_run,
+)
 
 pytestmark = pytest.mark.e2e
 
 TASKS = "switchyard_worker_tasks_total"
-
-
-@pytest.fixture
-def own_broker() -> Iterator[str]:
-    """A vhost of its own: no other worker of the session takes these runs."""
-    with local_vhost() as url:
-        if url is None:
-            unavailable("RabbitMQ", "rabbitmqctl cannot add a vhost")
-        assert url is not None
-        yield url
 
 
 @pytest.fixture
@@ -47,30 +42,6 @@ async def gateway(
         account = await sign_up(client)
         client.headers.update(account.headers)
         yield client, account
-
-
-def start_worker(
-    start_role: Callable[..., RunningRole],
-    task_env: dict[str, str],
-    broker: str,
-    workdir: Path,
-    **env: str,
-) -> RunningRole:
-    workdir.mkdir(exist_ok=True)
-    worker = start_role(
-        "worker",
-        cwd=workdir,
-        **{
-            **task_env,
-            "CELERY_BROKER_URL": broker,
-            "VAR_DIR": str(workdir),
-            "WORKER_QUEUES": "default",
-            "WORKER_POOL": "prefork",
-            **env,
-        },
-    )
-    worker.wait_heartbeat(workdir / "worker.heartbeat")
-    return worker
 
 
 def scrape(port: int) -> str:
@@ -98,11 +69,12 @@ async def test_worker_metrics_count_every_outcome_across_pool_processes(
 ) -> None:
     client, _ = gateway
     port = free_port()
-    worker = start_worker(
+    worker = start_worker_on(
         start_role,
         task_env,
         own_broker,
         tmp_path / "worker",
+        WORKER_POOL="prefork",
         WORKER_CONCURRENCY="2",
         WORKER_METRICS_PORT=str(port),
         METRICS_SAMPLE_SECONDS="0.3",
@@ -169,7 +141,7 @@ async def test_the_request_id_of_the_submitting_call_follows_the_run_into_every_
     tmp_path: Path,
 ) -> None:
     client, account = gateway
-    worker = start_worker(start_role, task_env, own_broker, tmp_path / "worker")
+    worker = start_worker_on(start_role, task_env, own_broker, tmp_path / "worker")
     request_id = "corr-" + tmp_path.name[-12:]
     accepted = await client.post(
         "/api/v1/tasks/run",

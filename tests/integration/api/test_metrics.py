@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.api.app import create_app
 from switchyard.db.models import RunState
+from switchyard.settings import Settings
 from tests.fixtures.accounts import sign_up
 from tests.fixtures.gateway import SettingsFactory, running
 from tests.fixtures.scrape import label_values, metric_value
@@ -51,11 +52,8 @@ async def test_requests_are_counted_by_route_template_method_and_status(
     assert {"/api/v1/auth/register", TASK_ROUTE} <= routes
 
 
-async def test_submissions_are_counted_by_task_and_outcome(
-    make_settings: SettingsFactory, broker_url: str
-) -> None:
-    settings = make_settings(celery_broker_url=broker_url)
-    async with running(create_app(settings)) as client:
+async def test_submissions_are_counted_by_task_and_outcome(task_settings: Settings) -> None:
+    async with running(create_app(task_settings)) as client:
         account = await sign_up(client)
         before = await scrape(client)
         key = {"Idempotency-Key": unique("metrics")}
