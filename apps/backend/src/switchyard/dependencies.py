@@ -1,9 +1,13 @@
-"""Annotated dependencies: what routes may ask for (domains and api/ alike, so not in api/)."""
+"""Annotated dependencies: what routes may ask for (domains and api/ alike, so not in api/).
+
+Every dependency is `async def`, even when it awaits nothing: FastAPI runs a plain `def`
+dependency in its thread pool, and that hop (per dependency, per request) cost more than the
+whole request on this machine (bench/gateway_overhead.py)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
@@ -32,26 +36,26 @@ from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return cast(Services, request.app.state.services)
 
 
-def get_settings(request: Request) -> Settings:
-    return get_services(request).settings
+async def get_settings(request: Request) -> Settings:
+    return cast(Services, request.app.state.services).settings
 
 
-def get_health(request: Request) -> HealthMonitor:
+async def get_health(request: Request) -> HealthMonitor:
     return cast(HealthMonitor, request.app.state.health)
 
 
-def get_broker(request: Request) -> Broker:
+async def get_broker(request: Request) -> Broker:
     broker = cast(Broker | None, request.app.state.broker)
     if broker is None:
         raise ServiceUnavailableError("No task broker is configured (CELERY_BROKER_URL).")
     return broker
 
 
-def get_registry(request: Request) -> TaskRegistry:
+async def get_registry(request: Request) -> TaskRegistry:
     return cast(TaskRegistry, request.app.state.registry)
 
 
@@ -62,12 +66,12 @@ RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_llm(services: ServicesDep) -> ZhipuClient:
+async def get_llm(services: ServicesDep) -> ZhipuClient:
     """The LLM client, or 503 naming ZHIPUAI_API_KEY."""
     return services.require_llm()
 
 
-def get_graph(services: ServicesDep) -> KnowledgeGraph:
+async def get_graph(services: ServicesDep) -> KnowledgeGraph:
     """The knowledge graph, or 503 naming NEO4J_URI."""
     return services.require_graph()
 
@@ -97,7 +101,7 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
+async def get_rate_limiter(request: Request) -> RateLimiter:
     return cast(RateLimiter, request.app.state.rate_limiter)
 
 
@@ -158,17 +162,17 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_tenant_id(principal: PrincipalDep) -> uuid.UUID:
+async def get_tenant_id(principal: PrincipalDep) -> uuid.UUID:
     return principal.tenant_id
 
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant_id)]
 
 
-def require_scope(scope: str) -> Callable[[Principal], Principal]:
+def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that answers 403, naming `scope`, when the caller lacks it."""
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         if scope not in principal.scopes:
             raise ForbiddenError(f"This action needs the scope {scope!r}.")
         return principal
@@ -176,13 +180,13 @@ def require_scope(scope: str) -> Callable[[Principal], Principal]:
     return check
 
 
-def require_tenant_admin(principal: PrincipalDep) -> Principal:
+async def require_tenant_admin(principal: PrincipalDep) -> Principal:
     if principal.kind != "user" or principal.role not in ADMIN_ROLES:
         raise ForbiddenError("This action needs a tenant owner or admin (signed in as a user).")
     return principal
 
 
-def require_superuser(principal: PrincipalDep) -> Principal:
+async def require_superuser(principal: PrincipalDep) -> Principal:
     if not principal.is_superuser:
         raise ForbiddenError("This action needs a platform superuser.")
     return principal

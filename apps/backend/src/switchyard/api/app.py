@@ -53,7 +53,8 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         engines += [(name, bind.engine) for name, bind in services.binds.items()]
         for database, engine in engines:
             POOLS.track(engine, database)
-        warm_up = asyncio.create_task(services.warm_up())
+        # Heavy clients are loaded where they are used, unless asked for at start (WARM_UP).
+        warm_up = asyncio.create_task(services.warm_up() if settings.warm_up else asyncio.sleep(0))
         try:
             yield
         finally:

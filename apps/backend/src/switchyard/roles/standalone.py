@@ -122,6 +122,7 @@ def run(settings: Settings) -> int:
                 "celery_broker_url": SecretStr(redis.url(1)),
                 "chroma_host": "127.0.0.1",
                 "chroma_port": chroma.port,
+                "warm_up": True,
             }
         )
         children = Children(

@@ -1,0 +1,55 @@
+"""Each benchmark runs with one command on a tiny size and prints its figures and targets.
+
+Not a measurement: timings never decide a test; this only keeps the benchmarks working."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def bench(repo_root: Path, name: str, *args: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", *args],
+        cwd=repo_root,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("loadgen", ["wrk", "python"])
+def test_gateway_overhead_prints_ratios_and_targets(repo_root: Path, loadgen: str) -> None:
+    if loadgen == "wrk" and not any(
+        (Path(folder) / "wrk").exists() for folder in os.environ.get("PATH", "").split(":")
+    ):
+        pytest.skip("wrk is not installed (Debian package wrk); the python generator is tested")
+    out = bench(
+        repo_root,
+        "gateway_overhead",
+        "--rounds=1",
+        "--seconds=1",
+        "--connections=4",
+        BENCH_LOADGEN=loadgen,
+    )
+    for row in ("bare /health/live", "gateway /health/live", "gateway GET /api/v1/tasks/{id}"):
+        assert row in out
+    assert "/health/live throughput >= 0.8x bare" in out
+    assert "1.00x" in out  # the baseline against itself
+
+
+def test_startup_and_memory_prints_every_role(repo_root: Path) -> None:
+    out = bench(repo_root, "startup_memory", "--rounds=1")
+    for row in ("gateway to /health/ready", "standalone restart", "worker pool process"):
+        assert row in out
+    assert "gateway idle <= 150 MB" in out
