@@ -15,6 +15,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -188,7 +189,13 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def load(url: str, seconds: float, connections: int, headers: dict[str, str] | None = None) -> Load:
+def load(
+    url: str,
+    seconds: float,
+    connections: int,
+    headers: dict[str, str] | None = None,
+    body: str | None = None,
+) -> Load:
     """Requests per second and latency percentiles under `connections` concurrent keep-alive
     clients, from another process: wrk when installed (Debian's `wrk`), else a small asyncio
     client of ours (`python -m bench.loadgen`; also with BENCH_LOADGEN=python), which is
@@ -199,8 +206,13 @@ def load(url: str, seconds: float, connections: int, headers: dict[str, str] | N
     wrk = shutil.which("wrk") if os.environ.get("BENCH_LOADGEN") != "python" else None
     if wrk:
         duration = f"-d{max(1, round(seconds))}s"
+        script: list[str] = []
+        if body is not None:  # a POST of `body`, through wrk's Lua hook
+            lua = Path(tempfile.mkdtemp()) / "post.lua"
+            lua.write_text(f'wrk.method = "POST"\nwrk.body = [[{body}]]\n')
+            script = ["-s", str(lua)]
         output = subprocess.run(
-            [wrk, "-t1", f"-c{connections}", duration, "--latency", *header_args, url],
+            [wrk, "-t1", f"-c{connections}", duration, "--latency", *script, *header_args, url],
             capture_output=True,
             text=True,
             check=True,
@@ -213,7 +225,16 @@ def load(url: str, seconds: float, connections: int, headers: dict[str, str] | N
             raise RuntimeError(f"{url}: {non_2xx.group(1)} answers were not 2xx")
         return Load(rps, p50, p99)
     output = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen", url, str(seconds), str(connections), *header_args],
+        [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            url,
+            str(seconds),
+            str(connections),
+            *header_args,
+            *(["--body", body] if body is not None else []),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -226,3 +247,25 @@ def load(url: str, seconds: float, connections: int, headers: dict[str, str] | N
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@contextmanager
+def scratch_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of its own (rabbitmqctl), deleted after; the broker of BENCH_BROKER_URL
+    instead when that is set."""
+    configured = os.environ.get("BENCH_BROKER_URL")
+    if configured:
+        yield configured
+        return
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    vhost = f"switchyard-bench-{secrets.token_hex(4)}"
+
+    def call(*args: str) -> None:
+        subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)
+
+    call("add_vhost", vhost)
+    try:
+        call("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        call("delete_vhost", vhost)

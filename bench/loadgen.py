@@ -1,6 +1,7 @@
 """A small HTTP/1.1 keep-alive load generator, for machines without wrk.
 
-Usage: python -m bench.loadgen URL SECONDS CONNECTIONS [-H "Name: value"]...
+Usage: python -m bench.loadgen URL SECONDS CONNECTIONS [-H "Name: value"]... [--body JSON]
+(with --body, each request is a POST of that JSON)
 Prints: requests per second, p50 ms, p99 ms."""
 
 from __future__ import annotations
@@ -34,11 +35,17 @@ async def client(
         writer.close()
 
 
-async def main(url: str, seconds: float, connections: int, headers: list[str]) -> None:
+async def main(
+    url: str, seconds: float, connections: int, headers: list[str], body: str | None
+) -> None:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    lines = [f"GET {parts.path or '/'} HTTP/1.1", f"Host: {host}:{port}", *headers]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    method = "GET" if body is None else "POST"
+    lines = [f"{method} {parts.path or '/'} HTTP/1.1", f"Host: {host}:{port}", *headers]
+    payload = (body or "").encode()
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
     latencies: list[float] = []
     started = time.perf_counter()
     until = started + seconds
@@ -56,4 +63,5 @@ if __name__ == "__main__":
     arguments = sys.argv[1:]
     url, seconds, connections = arguments[0], float(arguments[1]), int(arguments[2])
     headers = [arguments[i + 1] for i, arg in enumerate(arguments) if arg == "-H"]
-    asyncio.run(main(url, seconds, connections, headers))
+    bodies = [arguments[i + 1] for i, arg in enumerate(arguments) if arg == "--body"]
+    asyncio.run(main(url, seconds, connections, headers, bodies[0] if bodies else None))

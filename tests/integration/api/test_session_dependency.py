@@ -8,6 +8,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import Message, Receive, Scope, Send
 
 from switchyard.api.app import create_app
 from switchyard.db.models import Tenant
@@ -68,3 +69,31 @@ async def test_routes_needing_a_database_answer_503_without_one(
         response: httpx.Response = await client.post("/test/tenants/none")
     assert response.status_code == 503
     assert response.json()["code"] == "service_unavailable"
+
+
+async def test_the_write_is_committed_before_the_response_starts(
+    make_settings: SettingsFactory, engine: AsyncEngine
+) -> None:
+    """A 2xx promises the change is stored: a client acting on it at once must see it."""
+    app = app_writing_tenants(make_settings)
+    slug = f"early-{uuid.uuid4().hex[:8]}"
+    seen_at_response: list[int] = []
+
+    async def observing(scope: Scope, receive: Receive, send: Send) -> None:
+        async def observe(message: Message) -> None:
+            if message["type"] == "http.response.start" and scope["path"].endswith(slug):
+                async with engine.connect() as connection:
+                    found = await connection.scalars(select(Tenant.id).where(Tenant.slug == slug))
+                    seen_at_response.append(len(found.all()))
+            await send(message)
+
+        await app(scope, receive, observe)
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=observing)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            answer = await client.post(f"/test/tenants/{slug}")
+    assert answer.status_code == 200
+    assert seen_at_response == [1]
+    async with engine.begin() as connection:
+        await connection.execute(delete(Tenant).where(Tenant.slug == slug))

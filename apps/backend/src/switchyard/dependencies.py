@@ -98,7 +98,8 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
             await session.commit()
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# Committed before the response is sent (scope "function"): a 2xx means the change is stored.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 async def get_rate_limiter(request: Request) -> RateLimiter:

@@ -1,0 +1,170 @@
+"""Task submission: `POST /api/v1/tasks/run` (authenticated, validated, ledger row, confirmed
+publish) on the gateway in one process, against two baselines in the same run on the same
+RabbitMQ: Flower's `POST /api/task/async-apply/<task>` (Flower from PyPI, one process, loaded
+the same way) and a plain `apply_async` loop in one process (confirmed publishes, no HTTP).
+
+Targets: >= 2x Flower's requests per second; >= 0.5x the plain publish loop.
+Usage: uv run python -m bench.task_submission [--rounds 3] [--seconds 8] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from bench.gateway_overhead import account
+from bench.harness import (
+    DEFAULT_REDIS,
+    SWITCHYARD,
+    Figures,
+    Load,
+    free_port,
+    load,
+    print_table,
+    process,
+    ratio,
+    role_env,
+    scratch_database,
+    scratch_vhost,
+    verdict,
+    wait_http,
+)
+
+RUN = json.dumps({"task": "system.echo", "payload": {"message": "bench"}})
+
+
+def publish_loop(broker: str, seconds: float) -> float:
+    """Messages per second of a plain apply_async loop (confirmed), in a child process."""
+    import subprocess
+
+    code = (
+        "import time,sys\n"
+        "from bench.celery_baseline import noop\n"
+        "noop.apply_async()\n"
+        f"until=time.perf_counter()+{seconds}\n"
+        "n=0\nstart=time.perf_counter()\n"
+        "while time.perf_counter()<until:\n"
+        "    noop.apply_async(); n+=1\n"
+        "print(n/(time.perf_counter()-start))\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "BENCH_BROKER_URL": broker},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(output.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args(argv)
+
+    gateway_port, flower_port = free_port(), free_port()
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    flower_url = f"http://127.0.0.1:{flower_port}"
+    results: dict[str, list[float]] = {"gateway": [], "flower": [], "loop": []}
+    latency: dict[str, list[Load]] = {"gateway": [], "flower": []}
+    with scratch_database() as database, scratch_vhost() as broker:
+        gateway_env = role_env(
+            DATABASE_URL=database,
+            REDIS_URL=DEFAULT_REDIS,
+            CELERY_BROKER_URL=broker,
+            API_HOST="127.0.0.1",
+            API_PORT=str(gateway_port),
+        )
+        flower_env = role_env(BENCH_BROKER_URL=broker, FLOWER_UNAUTHENTICATED_API="true")
+        flower_command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.celery_baseline",
+            "flower",
+            f"--port={flower_port}",
+            "--address=127.0.0.1",
+            "--logging=warning",
+        ]
+        with (
+            process([SWITCHYARD, "run", "api-gateway"], gateway_env) as gateway,
+            process(flower_command, flower_env) as flower,
+        ):
+            wait_http(f"{gateway_url}/health/ready", gateway)
+            wait_http(f"{flower_url}/healthcheck", flower)
+            token, _ = account(gateway_url)
+            json_headers = {"Content-Type": "application/json"}
+            targets = {
+                "gateway": (
+                    f"{gateway_url}/api/v1/tasks/run",
+                    {**json_headers, "Authorization": f"Bearer {token}"},
+                    RUN,
+                ),
+                "flower": (f"{flower_url}/api/task/async-apply/bench.noop", json_headers, "{}"),
+            }
+            for url, headers, body in targets.values():  # warm-up
+                load(url, min(2.0, args.seconds), args.connections, headers, body)
+            for _ in range(args.rounds):
+                for name, (url, headers, body) in targets.items():
+                    measured = load(url, args.seconds, args.connections, headers, body)
+                    results[name].append(measured.requests_per_second)
+                    latency[name].append(measured)
+                results["loop"].append(publish_loop(broker, args.seconds))
+                time.sleep(0.5)
+
+    gateway_rps = Figures(tuple(results["gateway"]))
+    flower_rps = Figures(tuple(results["flower"]))
+    loop_rate = Figures(tuple(results["loop"]))
+
+    def p99(name: str) -> Figures:
+        return Figures(tuple(item.p99_ms for item in latency[name]))
+
+    print_table(
+        f"Task submission: {args.rounds} rounds x {args.seconds:g} s, "
+        f"{args.connections} connections (median ±half-range)",
+        ["what", "runs/s", "p99 ms", "vs Flower", "vs plain loop"],
+        [
+            ["plain apply_async loop (1 process)", loop_rate, "", "", "1.00x"],
+            [
+                "Flower async-apply",
+                flower_rps,
+                p99("flower"),
+                "1.00x",
+                ratio(flower_rps.median, loop_rate.median),
+            ],
+            [
+                "gateway POST /api/v1/tasks/run",
+                gateway_rps,
+                p99("gateway"),
+                ratio(gateway_rps.median, flower_rps.median),
+                ratio(gateway_rps.median, loop_rate.median),
+            ],
+        ],
+    )
+    print_table(
+        "Targets",
+        ["target", "measured", "verdict"],
+        [
+            [
+                "gateway >= 2x Flower",
+                ratio(gateway_rps.median, flower_rps.median),
+                verdict(gateway_rps.median >= 2 * flower_rps.median),
+            ],
+            [
+                "gateway >= 0.5x plain publish loop",
+                ratio(gateway_rps.median, loop_rate.median),
+                verdict(gateway_rps.median >= 0.5 * loop_rate.median),
+            ],
+        ],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
