@@ -269,3 +269,39 @@ def scratch_vhost() -> Iterator[str]:
         yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     finally:
         call("delete_vhost", vhost)
+
+
+def _service_of(process: psutil.Process) -> str | None:
+    name = process.info["name"] or ""
+    if name.startswith("postgres"):
+        return "postgres"
+    if name.startswith("redis"):
+        return "redis"
+    if name.startswith("beam"):
+        return "rabbitmq"
+    command = " ".join(process.info["cmdline"] or ())
+    if "worker" in command and ("switchyard" in command or "celery" in command):
+        parent = process.parent()
+        parent_command = " ".join(parent.cmdline()) if parent is not None else ""
+        return "pool" if parent_command == command else "worker"
+    return None
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each local service and by the workers
+    ("worker": main processes, "pool": their children; the processes alive now): subtract
+    two readings for what a run cost."""
+    used: dict[str, float] = {}
+    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        try:
+            service = _service_of(process)
+        except psutil.Error:  # gone meanwhile
+            continue
+        times = process.info["cpu_times"]
+        if service is not None and times is not None:
+            used[service] = used.get(service, 0.0) + times.user + times.system
+    return used
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}

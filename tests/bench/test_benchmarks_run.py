@@ -5,6 +5,7 @@ Not a measurement: timings never decide a test; this only keeps the benchmarks w
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,18 @@ def test_task_submission_prints_both_baselines(repo_root: Path) -> None:
     for row in ("plain apply_async loop", "Flower async-apply", "gateway POST /api/v1/tasks/run"):
         assert row in out
     assert "gateway >= 2x Flower" in out
+
+
+def test_end_to_end_throughput_drains_both_queues(repo_root: Path) -> None:
+    out = bench(repo_root, "e2e_throughput", "--runs=30", "--rounds=1")
+    for row in ("plain Celery no-op (baseline)", "Switchyard system.echo, ledger to succeeded"):
+        assert row in out
+    assert "CPU milliseconds per run" in out
+    assert "Switchyard >= 0.7x plain Celery" in out
+
+
+def test_health_under_failure_times_a_silent_dependency(repo_root: Path) -> None:
+    out = bench(repo_root, "health_failure", "--requests=5", "--failing-requests=2")
+    assert re.search(r"/health, every dependency up\s+200\s", out)
+    assert re.search(r"/health, Redis silent\s+503\s", out)  # not ready, and said in time
+    assert "silent dependency <= 1100 ms" in out

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     database_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     database_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    database_ping_after_idle_seconds: float = Field(default=2.0, ge=0, le=3600)
 
     health_probe_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     health_cache_seconds: float = Field(default=1.0, ge=0, le=60)

@@ -6,12 +6,12 @@ import json
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from switchyard.db.models import TaskRun
+from switchyard.db.models import RunState
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,18 @@ def channel(namespace: str, run_id: uuid.UUID) -> str:
     return f"{namespace}:runs:{run_id}"
 
 
-def run_event(run: TaskRun) -> dict[str, Any]:
+class RunLike(Protocol):
+    """A ledger row (TaskRun) or a ledger change (RunChange)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def state(self) -> RunState: ...
+    @property
+    def attempts(self) -> int: ...
+
+
+def run_event(run: RunLike) -> dict[str, Any]:
     return {
         "task_id": str(run.id),
         "state": run.state.value,
@@ -29,7 +40,7 @@ def run_event(run: TaskRun) -> dict[str, Any]:
     }
 
 
-async def publish(redis: Redis | None, namespace: str, run: TaskRun) -> None:
+async def publish(redis: Redis | None, namespace: str, run: RunLike) -> None:
     """Best effort: the ledger is the truth, followers re-read it when they connect."""
     if redis is None:
         return

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
+from sqlalchemy import select
 
 from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, request_id_var, run_log_context, tenant_id_var
@@ -18,6 +19,7 @@ from switchyard.platform import events, ledger
 from switchyard.platform.metrics import TASK_DURATION, TASK_EVENTS
 from switchyard.platform.registry import TaskContext, TaskSpec
 from switchyard.services.container import Services
+from switchyard.services.postgres import autocommit
 
 logger = logging.getLogger("switchyard.tasks")
 
@@ -41,13 +43,13 @@ async def _record(
     result: Any = None,
     error: BaseException | None = None,
 ) -> bool:
-    assert services.sessions is not None
-    async with services.sessions.begin() as session:
-        recorded = await ledger.finish(session, run_id, state, result=result, error=error)
-        run = await session.get(TaskRun, run_id) if recorded else None
-    if run is not None:
-        await events.publish(services.redis, services.settings.cache_namespace, run)
-    return recorded
+    assert services.database is not None
+    async with autocommit(services.database) as connection:
+        run = await ledger.finish(connection, run_id, state, result=result, error=error)
+    if run is None:
+        return False
+    await events.publish(services.redis, services.settings.cache_namespace, run)
+    return True
 
 
 async def execute(
@@ -76,14 +78,15 @@ async def _attempt(
     redelivered: bool,
     tenant_id: uuid.UUID | None,
 ) -> Outcome:
-    assert services.sessions is not None
-    async with services.sessions.begin() as session:
-        stored = await session.get(TaskRun, run_id)
-        if stored is not None and tenant_id is not None and stored.tenant_id != tenant_id:
-            logger.error("delivery refused: its tenant is not the run's")
-            TASK_EVENTS.labels(task=spec.name, event="skipped").inc()
-            return Outcome("skipped")
-        run = await ledger.claim(session, run_id, redelivered=redelivered)
+    assert services.database is not None
+    async with autocommit(services.database) as connection:
+        run = await ledger.claim(connection, run_id, redelivered=redelivered, tenant_id=tenant_id)
+        if run is None and tenant_id is not None:
+            owner = await connection.scalar(select(TaskRun.tenant_id).where(TaskRun.id == run_id))
+            if owner is not None and owner != tenant_id:
+                logger.error("delivery refused: its tenant is not the run's")
+                TASK_EVENTS.labels(task=spec.name, event="skipped").inc()
+                return Outcome("skipped")
     if run is None:
         logger.info("delivery skipped: run is final, running or unknown")
         TASK_EVENTS.labels(task=spec.name, event="skipped").inc()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, Row, Table, Update, and_, bindparam, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
 
@@ -15,50 +17,99 @@ CLAIMABLE = (RunState.QUEUED, RunState.SCHEDULED, RunState.RETRYING)
 MAX_ERROR_MESSAGE = 2000
 
 
-async def claim(session: AsyncSession, run_id: uuid.UUID, *, redelivered: bool) -> TaskRun | None:
-    """Move a run to `started` and count the attempt, unless it is final or already running.
+@dataclass(frozen=True, slots=True)
+class RunChange:
+    """A run as one ledger update left it: what the worker needs to go on."""
 
-    A redelivered message may take over a `started` run: its worker died mid-task."""
-    claimable: ColumnElement[bool] = TaskRun.state.in_(CLAIMABLE)
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    state: RunState
+    attempts: int
+    payload: dict[str, Any]
+    request_id: str | None
+
+
+_RUNS = cast(Table, TaskRun.__table__)
+_CHANGED = (
+    _RUNS.c.id,
+    _RUNS.c.tenant_id,
+    _RUNS.c.state,
+    _RUNS.c.attempts,
+    _RUNS.c.payload,
+    _RUNS.c.request_id,
+)
+
+
+@cache
+def _claim_statement(redelivered: bool, of_tenant: bool) -> Update:
+    """Built once per shape: a worker claims runs in a tight loop, and building a statement
+    costs more CPU than the database spends on it."""
+    claimable: ColumnElement[bool] = _RUNS.c.state.in_(CLAIMABLE)
     if redelivered:
-        claimable = or_(claimable, TaskRun.state == RunState.STARTED)
-    statement = (
-        update(TaskRun)
-        .where(TaskRun.id == run_id, claimable)
+        claimable = or_(claimable, _RUNS.c.state == RunState.STARTED)
+    if of_tenant:
+        claimable = and_(claimable, _RUNS.c.tenant_id == bindparam("of_tenant"))
+    return (
+        update(_RUNS)
+        .where(_RUNS.c.id == bindparam("run_id"), claimable)
         .values(
             state=RunState.STARTED,
-            attempts=TaskRun.attempts + 1,
-            started_at=func.coalesce(TaskRun.started_at, func.now()),
+            attempts=_RUNS.c.attempts + 1,
+            started_at=func.coalesce(_RUNS.c.started_at, func.now()),
         )
-        .returning(TaskRun)
+        .returning(*_CHANGED)
     )
-    return (await session.execute(statement)).scalar_one_or_none()
+
+
+def _change(row: Row[Any] | None) -> RunChange | None:
+    return None if row is None else RunChange(**row._mapping)
+
+
+async def claim(
+    connection: AsyncConnection,
+    run_id: uuid.UUID,
+    *,
+    redelivered: bool,
+    tenant_id: uuid.UUID | None = None,
+) -> RunChange | None:
+    """Move a run to `started` and count the attempt, unless it is final or already running
+    (or, with `tenant_id`, belongs to another tenant). One statement.
+
+    A redelivered message may take over a `started` run: its worker died mid-task."""
+    statement = _claim_statement(redelivered, tenant_id is not None)
+    values: dict[str, Any] = {"run_id": run_id}
+    if tenant_id is not None:
+        values["of_tenant"] = tenant_id
+    return _change((await connection.execute(statement, values)).one_or_none())
+
+
+_FINISH = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.state == RunState.STARTED)
+    .returning(*_CHANGED)
+)
+# The columns set are the parameters given (state, result, error_*); a final state adds:
+_FINISH_FINAL = _FINISH.values(finished_at=func.now())
 
 
 async def finish(
-    session: AsyncSession,
+    connection: AsyncConnection,
     run_id: uuid.UUID,
     state: RunState,
     *,
     result: Any = None,
     error: BaseException | None = None,
-) -> bool:
-    """Record the outcome of an attempt, unless the run was cancelled meanwhile."""
-    values: dict[str, Any] = {"state": state}
-    if state.final:
-        values["finished_at"] = func.now()
+) -> RunChange | None:
+    """Record the outcome of an attempt, unless the run was cancelled meanwhile (None then).
+    One statement."""
+    values: dict[str, Any] = {"run_id": run_id, "state": state}
     if result is not None:
         values["result"] = result
     if error is not None:
         values["error_type"] = type(error).__name__
         values["error_message"] = str(error)[:MAX_ERROR_MESSAGE]
-    statement = (
-        update(TaskRun)
-        .where(TaskRun.id == run_id, TaskRun.state == RunState.STARTED)
-        .values(**values)
-    )
-    result = cast("CursorResult[Any]", await session.execute(statement))
-    return int(result.rowcount) > 0
+    statement = _FINISH_FINAL if state.final else _FINISH
+    return _change((await connection.execute(statement, values)).one_or_none())
 
 
 async def mark_dead_lettered(session: AsyncSession, run_id: uuid.UUID) -> TaskRun | None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -17,19 +21,54 @@ from switchyard.settings import Settings
 
 
 def pool_options(settings: Settings) -> dict[str, Any]:
-    """Pool size, overflow, wait, pre-ping and recycle: the same for every database engine."""
+    """Pool size, overflow, wait, pre-ping and recycle: the same for every database engine.
+
+    With DATABASE_PING_AFTER_IDLE_SECONDS = 0 every checkout is pinged (SQLAlchemy's
+    pre-ping); otherwise `ping_when_idle` pings only connections idle for longer."""
     return {
         "pool_size": settings.database_pool_size,
         "max_overflow": settings.database_max_overflow,
         "pool_timeout": settings.database_pool_timeout_seconds,
-        "pool_pre_ping": True,
+        "pool_pre_ping": settings.database_ping_after_idle_seconds == 0,
         "pool_recycle": 1800,
     }
 
 
+def ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> AsyncEngine:
+    """Check a pooled connection before use only when it sat idle for `idle_seconds` or more.
+
+    SQLAlchemy's pre-ping costs a round trip on every checkout (three with asyncpg outside a
+    transaction: BEGIN, the ping, ROLLBACK), which is most of what a short ledger update costs.
+    A connection just returned by a busy worker or request is alive; one idle for a while may
+    have been cut (a database restart, a proxy's idle timeout), so that one is pinged, and
+    replaced when the ping fails. A connection cut within the window still fails its first
+    statement; SQLAlchemy then invalidates the pool, so the next checkout reconnects."""
+    if idle_seconds <= 0:
+        return engine
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(pool, "checkin")
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        record.info["switchyard_returned_at"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        returned = record.info.get("switchyard_returned_at")
+        if returned is None or time.monotonic() - returned < idle_seconds:
+            return  # a new connection, or one in use a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool discards this connection and checks out (or opens) another.
+            raise exc.DisconnectionError(f"idle connection failed its ping: {error}") from error
+
+    return engine
+
+
 def create_engine(settings: Settings, url: URL, application_name: str) -> AsyncEngine:
     """An engine with the pool, pre-ping and timeouts taken from settings."""
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         **pool_options(settings),
         connect_args={
@@ -40,10 +79,23 @@ def create_engine(settings: Settings, url: URL, application_name: str) -> AsyncE
             },
         },
     )
+    return ping_when_idle(engine, settings.database_ping_after_idle_seconds)
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection whose every statement commits by itself: no BEGIN and COMMIT round trips.
+
+    For single-statement changes that need no transaction around them (the run ledger's
+    conditional updates); anything that must change several rows together uses a
+    transaction (`sessions.begin()`)."""
+    async with engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield connection
 
 
 async def probe(engine: AsyncEngine) -> None:

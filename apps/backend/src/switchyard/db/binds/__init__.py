@@ -90,12 +90,15 @@ def create_bind(settings: Settings, name: str, raw_url: str, application: str) -
     if url.drivername.startswith("postgresql"):
         engine = postgres.create_engine(settings, url, application)
     else:
-        engine = create_async_engine(
-            url,
-            **postgres.pool_options(settings),
-            connect_args={
-                "connect_timeout": int(max(1, settings.database_connect_timeout_seconds))
-            },
+        engine = postgres.ping_when_idle(
+            create_async_engine(
+                url,
+                **postgres.pool_options(settings),
+                connect_args={
+                    "connect_timeout": int(max(1, settings.database_connect_timeout_seconds))
+                },
+            ),
+            settings.database_ping_after_idle_seconds,
         )
     return Bind(name, engine, async_sessionmaker(engine, expire_on_commit=False))
 

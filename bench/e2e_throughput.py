@@ -1,0 +1,263 @@
+"""End-to-end throughput: N no-op registered runs (`system.echo`) taken from the queue and run
+to `succeeded` with the ledger fully updated, against N plain Celery no-op tasks, on the same
+RabbitMQ, the same worker pool and concurrency, and the same reliability (acks late, prefetch
+1, quorum queue, publisher confirms).
+
+Both sides are queued first with no worker running (Switchyard's through the gateway, the
+plain ones with `apply_async`; submission has its own benchmark), then one worker drains the
+queue. Rate = N / (end of the last task - start of the first), from the ledger's `started_at`
+and `finished_at` for Switchyard and from timestamps kept in memory by the plain workers.
+
+Target: Switchyard >= 0.7x the plain Celery rate.
+Usage: uv run python -m bench.e2e_throughput [--runs 5000] [--rounds 3] [--concurrency 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+from kombu import Connection
+from sqlalchemy.engine import make_url
+
+from bench.celery_baseline import QUEUE
+from bench.gateway_overhead import account
+from bench.harness import (
+    DEFAULT_REDIS,
+    SWITCHYARD,
+    Figures,
+    cpu_seconds,
+    cpu_spent,
+    free_port,
+    print_table,
+    process,
+    ratio,
+    role_env,
+    scratch_database,
+    scratch_vhost,
+    verdict,
+    wait_http,
+)
+
+RUN = {"task": "system.echo", "payload": {"message": "bench"}}
+SUBMITTERS = 16
+SERVICES = ("worker", "pool", "rabbitmq", "postgres", "redis")
+
+
+@dataclass(frozen=True)
+class Drain:
+    rate: float  # runs per second, first start to last finish
+    cpu: dict[str, float]  # CPU seconds per service while the worker ran
+    runs: int
+
+    def cpu_ms(self, service: str) -> float:
+        return self.cpu.get(service, 0.0) * 1000 / self.runs
+
+
+async def submit(base: str, token: str, runs: int) -> list[uuid.UUID]:
+    """Queue `runs` runs through the gateway, SUBMITTERS at a time."""
+    ids: list[uuid.UUID] = []
+    left = iter(range(runs))
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
+
+        async def submitter() -> None:
+            for _ in left:
+                answer = await client.post("/api/v1/tasks/run", json=RUN)
+                answer.raise_for_status()
+                ids.append(uuid.UUID(answer.json()["task_id"]))
+
+        await asyncio.gather(*(submitter() for _ in range(SUBMITTERS)))
+    return ids
+
+
+async def ledger_progress(database: str, ids: list[uuid.UUID]) -> tuple[int, float, float]:
+    """How many of `ids` succeeded, and the span from first start to last finish (epoch s)."""
+    url = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(url)
+    try:
+        row = await connection.fetchrow(
+            "SELECT count(*) FILTER (WHERE state = 'succeeded') AS done,"
+            " extract(epoch FROM min(started_at)) AS first,"
+            " extract(epoch FROM max(finished_at)) AS last"
+            " FROM task_runs WHERE id = ANY($1::uuid[])",
+            ids,
+        )
+    finally:
+        await connection.close()
+    assert row is not None
+    return int(row["done"]), float(row["first"] or 0), float(row["last"] or 0)
+
+
+def switchyard_round(database: str, broker: str, runs: int, concurrency: int) -> Drain:
+    """One Switchyard worker draining `runs` queued runs."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    common = {
+        "DATABASE_URL": database,
+        "REDIS_URL": DEFAULT_REDIS,
+        "CELERY_BROKER_URL": broker,
+        "LOG_LEVEL": "WARNING",
+    }
+    gateway_env = role_env(**common, API_HOST="127.0.0.1", API_PORT=str(port))
+    with process([SWITCHYARD, "run", "api-gateway"], gateway_env) as gateway:
+        wait_http(f"{base}/health/ready", gateway)
+        token, _ = account(base)
+        ids = asyncio.run(submit(base, token, runs))
+    worker_env = role_env(
+        **common,
+        WORKER_CONCURRENCY=str(concurrency),
+        WORKER_POOL="prefork",
+        WORKER_QUEUES="default",
+    )
+    deadline = time.monotonic() + 600
+    before: tuple[dict[str, float], int] | None = None
+    with process([SWITCHYARD, "run", "worker"], worker_env) as worker:
+        # Watched on the queue, not the ledger: polling the database would cost it CPU.
+        while True:
+            depth = queue_depth(broker, "default")
+            if before is None and depth < runs:  # started up: CPU from here on is the runs'
+                before = (cpu_seconds(), depth)
+            if not depth:
+                done, first, last = asyncio.run(ledger_progress(database, ids))
+                if done == runs:
+                    break
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Switchyard worker stopped with {runs - depth} runs done")
+            time.sleep(0.05 if before is None else 0.2)
+        spent = cpu_spent(before[0], cpu_seconds()) if before else {}
+    return Drain(runs / (last - first), spent, before[1] if before else runs)
+
+
+def queue_depth(broker: str, queue: str = QUEUE) -> int:
+    """Messages ready in `queue` (not those a worker holds)."""
+    with Connection(broker) as connection:
+        channel = connection.channel()
+        try:
+            _, ready, _ = channel.queue_declare(queue, passive=True)
+        finally:
+            channel.close()
+    return int(ready)
+
+
+def plain_round(broker: str, runs: int, concurrency: int) -> Drain:
+    """One plain Celery worker draining `runs` queued no-op tasks."""
+    env = role_env(BENCH_BROKER_URL=broker)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from bench.celery_baseline import noop\nfor _ in range({runs}): noop.apply_async()",
+        ],
+        env=env,
+        check=True,
+    )
+    with tempfile.TemporaryDirectory() as records:
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.celery_baseline",
+            "--quiet",
+            "worker",
+            "--loglevel=WARNING",
+            f"--queues={QUEUE}",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        deadline = time.monotonic() + 600
+        before: tuple[dict[str, float], int] | None = None
+        with process(command, {**env, "BENCH_RECORD_DIR": records}) as worker:
+            while depth := queue_depth(broker):
+                if before is None and depth < runs:  # started up (a few may be in flight)
+                    before = (cpu_seconds(), depth)
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("plain Celery worker stopped before the queue was empty")
+                time.sleep(0.05 if before is None else 0.2)
+            time.sleep(1)  # the last prefetched messages; the warm shutdown finishes them too
+            assert before is not None
+            spent = cpu_spent(before[0], cpu_seconds())
+        ran = [json.loads(path.read_text()) for path in Path(records).glob("*.json")]
+    count = sum(item["count"] for item in ran)
+    if count != runs:
+        raise RuntimeError(f"plain Celery workers report {count} tasks run, not {runs}")
+    first = float(min(item["first_start"] for item in ran))
+    last = float(max(item["last_end"] for item in ran))
+    return Drain(runs / (last - first), spent, before[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    switchyard: list[Drain] = []
+    plain: list[Drain] = []
+    with scratch_database() as database, scratch_vhost() as broker:
+        for _ in range(args.rounds):
+            plain.append(plain_round(broker, args.runs, args.concurrency))
+            switchyard.append(switchyard_round(database, broker, args.runs, args.concurrency))
+
+    plain_rate = Figures(tuple(drain.rate for drain in plain))
+    switchyard_rate = Figures(tuple(drain.rate for drain in switchyard))
+    print_table(
+        f"End-to-end throughput: {args.runs} runs, {args.rounds} rounds, prefork "
+        f"concurrency {args.concurrency} (median ±half-range)",
+        ["what", "runs/s", "vs plain Celery"],
+        [
+            ["plain Celery no-op (baseline)", plain_rate, "1.00x"],
+            [
+                "Switchyard system.echo, ledger to succeeded",
+                switchyard_rate,
+                ratio(switchyard_rate.median, plain_rate.median),
+            ],
+        ],
+    )
+
+    def cpu(drains: list[Drain], service: str) -> str:
+        return f"{Figures(tuple(drain.cpu_ms(service) for drain in drains)).median:.2f}"
+
+    print_table(
+        "CPU milliseconds per run while the worker drained (median; worker = main process, "
+        "pool = its children)",
+        ["what", *SERVICES, "total"],
+        [
+            [
+                name,
+                *(cpu(drains, service) for service in SERVICES),
+                f"{Figures(tuple(sum(d.cpu_ms(s) for s in SERVICES) for d in drains)).median:.2f}",
+            ]
+            for name, drains in (("plain Celery", plain), ("Switchyard", switchyard))
+        ],
+    )
+    print_table(
+        "Targets",
+        ["target", "measured", "verdict"],
+        [
+            [
+                "Switchyard >= 0.7x plain Celery",
+                ratio(switchyard_rate.median, plain_rate.median),
+                verdict(switchyard_rate.median >= 0.7 * plain_rate.median),
+            ]
+        ],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
