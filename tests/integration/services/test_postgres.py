@@ -20,7 +20,7 @@ async def test_engine_takes_pool_and_timeouts_from_settings(make_settings: Setti
         assert pool.size() == 3  # type: ignore[attr-defined]
         assert pool._max_overflow == 2  # type: ignore[attr-defined]
         assert pool._timeout == 4.5  # type: ignore[attr-defined]
-        assert pool._pre_ping is True
+        assert pool._pre_ping is False  # only idle connections are pinged
         async with services.database.connect() as connection:
             assert await connection.scalar(text("SHOW statement_timeout")) == "1234ms"
             name = await connection.scalar(text("SELECT current_setting('application_name')"))

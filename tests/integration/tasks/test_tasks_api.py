@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.api.app import create_app
 from switchyard.db.models import RunState, TaskRun
+from switchyard.settings import Settings
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
 from tests.fixtures.tasks import unique
@@ -256,3 +257,40 @@ async def test_events_of_a_final_run_are_its_state_then_the_end(
     data = [line for line in response.text.splitlines() if line.startswith("data:")]
     assert len(data) == 1
     assert '"state": "succeeded"' in data[0]
+
+
+async def test_an_accepted_run_is_stored_published_and_located(
+    tasks_api: httpx.AsyncClient,
+    tasks_account: Account,
+    task_settings: Settings,
+    engine: AsyncEngine,
+) -> None:
+    accepted = await tasks_api.post(
+        "/api/v1/tasks/run", json={"task": "system.echo", "payload": {"message": "where"}}
+    )
+    assert accepted.status_code == 202
+    run_id = uuid.UUID(accepted.json()["task_id"])
+    assert accepted.headers["location"] == f"/api/v1/tasks/{run_id}"
+    async with async_sessionmaker(engine)() as session:
+        stored = await session.get(TaskRun, run_id)
+    assert stored is not None
+    assert stored.tenant_id == tasks_account.tenant_id
+    assert stored.payload == {"message": "where"}
+    # queued, unless a worker of another test on this broker took it already
+    assert stored.state in {RunState.QUEUED, RunState.STARTED, RunState.SUCCEEDED}
+    assert stored.published_at is not None  # the publish was confirmed and recorded
+    assert stored.created_at is not None
+    assert stored.updated_at is not None
+
+    # Behind a proxy that mounts the API under a prefix, the Location carries it.
+    app = create_app(task_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, root_path="/edge")
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", headers=tasks_account.headers
+        ) as mounted:
+            mounted_run = await mounted.post(
+                "/api/v1/tasks/run", json={"task": "system.echo", "payload": {"message": "x"}}
+            )
+    assert mounted_run.status_code == 202
+    assert mounted_run.headers["location"] == f"/edge/api/v1/tasks/{mounted_run.json()['task_id']}"

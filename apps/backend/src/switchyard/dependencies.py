@@ -32,6 +32,7 @@ from switchyard.services.container import Services
 from switchyard.services.graph import KnowledgeGraph
 from switchyard.services.health import HealthMonitor
 from switchyard.services.llm import ZhipuClient
+from switchyard.services.postgres import autocommit
 from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 
@@ -143,18 +144,25 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 async def get_principal(
     request: Request,
+    services: ServicesDep,
     session: SessionDep,
     settings: SettingsDep,
     limiter: RateLimiterDep,
     _token: Annotated[str | None, Depends(_bearer)] = None,
     _key: Annotated[str | None, Depends(_api_key)] = None,
 ) -> Principal:
-    """The caller, from `Authorization: Bearer <token or key>` or `X-API-Key`; rate limited."""
+    """The caller, from `Authorization: Bearer <token or key>` or `X-API-Key`; rate limited.
+
+    An access token is checked with one read outside the request's transaction (the request
+    session stays unused, so a route that needs no database costs none); an API key goes
+    through the session, as its use is recorded (`last_used_at`)."""
     credential = _credential(request)
     if credential.startswith(API_KEY_MARKER):
         principal = await auth_service.principal_from_api_key(session, credential)
     else:
-        principal = await auth_service.principal_from_token(session, settings, credential)
+        assert services.database is not None  # SessionDep answered 503 otherwise
+        async with autocommit(services.database) as connection:
+            principal = await auth_service.principal_from_token(connection, settings, credential)
     tenant_id_var.set(str(principal.tenant_id))  # on every log line of this request
     await enforce(limiter, settings.rate_limit_api, "api", principal.rate_limit_key)
     return principal

@@ -7,9 +7,9 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from switchyard.auth import security
 from switchyard.auth.principal import Principal
@@ -210,23 +210,40 @@ async def logout(session: AsyncSession, token: str) -> None:
     await _revoke_family(session, stored.family_id)
 
 
-async def principal_from_token(session: AsyncSession, settings: Settings, token: str) -> Principal:
+# The token's user and tenant as they stand now, in one round trip (no row when either is gone).
+_TOKEN_HOLDER = (
+    select(User.is_active, User.is_superuser, Tenant.status)
+    .join(Tenant, Tenant.id == bindparam("token_tenant"))
+    .where(User.id == bindparam("token_user"))
+)
+
+
+async def principal_from_token(
+    connection: AsyncConnection, settings: Settings, token: str
+) -> Principal:
+    """The caller of a valid access token whose user is active and whose tenant exists and is
+    not suspended. Read-only: one statement, no transaction needed around it."""
     try:
         claims = security.read_access_token(settings, token)
     except security.InvalidTokenError:
         raise UnauthorizedError(BAD_TOKEN) from None
-    user = await session.get(User, claims.user_id)
-    if user is None or not user.is_active:
+    holder = (
+        await connection.execute(
+            _TOKEN_HOLDER, {"token_user": claims.user_id, "token_tenant": claims.tenant_id}
+        )
+    ).one_or_none()
+    if holder is None or not holder.is_active:
         raise UnauthorizedError(BAD_TOKEN)
-    await _active_tenant(session, claims.tenant_id)
+    if holder.status is TenantStatus.SUSPENDED:
+        raise ForbiddenError("This tenant is suspended.")
     role = Role(claims.role)
     return Principal(
         kind="user",
         tenant_id=claims.tenant_id,
         scopes=ROLE_SCOPES[role],
-        user_id=user.id,
+        user_id=claims.user_id,
         role=role,
-        is_superuser=user.is_superuser,
+        is_superuser=holder.is_superuser,
     )
 
 

@@ -8,10 +8,23 @@ from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, Table, Update, and_, bindparam, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
+from switchyard.services.postgres import autocommit
 
 CLAIMABLE = (RunState.QUEUED, RunState.SCHEDULED, RunState.RETRYING)
 MAX_ERROR_MESSAGE = 2000
@@ -136,6 +149,36 @@ async def cancel(session: AsyncSession, run_id: uuid.UUID) -> TaskRun | None:
         .returning(TaskRun)
     )
     return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def record(sessions: async_sessionmaker[AsyncSession], run: TaskRun) -> None:
+    """Store a new run (a transient TaskRun with its id set) in one autocommitted INSERT.
+
+    The object stays detached: the caller answers from it. IntegrityError as for any insert."""
+    values = {
+        column.key: getattr(run, column.key)
+        for column in _RUNS.columns
+        if column.key in run.__dict__  # set on the object; the rest take their defaults
+    }
+    async with autocommit(_engine(sessions)) as connection:
+        await connection.execute(insert(_RUNS), values)
+
+
+async def mark_published_now(sessions: async_sessionmaker[AsyncSession], run_id: uuid.UUID) -> None:
+    """`published_at` of one run, in one autocommitted UPDATE (see mark_published)."""
+    async with autocommit(_engine(sessions)) as connection:
+        await connection.execute(_MARK_PUBLISHED, {"run_id": run_id})
+
+
+_MARK_PUBLISHED = (
+    update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(published_at=func.now())
+)
+
+
+def _engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    bind = sessions.kw.get("bind")
+    assert isinstance(bind, AsyncEngine), "the session factory is bound to one engine"
+    return bind
 
 
 async def mark_published(session: AsyncSession, run_ids: list[uuid.UUID]) -> None:

@@ -75,8 +75,19 @@ async def accept_run(
         max_countdown=services.settings.task_max_countdown_seconds,
         replay_of=replay_of,
     )
-    response.headers["Location"] = request.url_for("get_run", task_id=run.id).path
+    response.headers["Location"] = _run_location(request, run.id)
     return run, RunAccepted(task_id=run.id, state=run.state, eta=run.eta)
+
+
+def _run_location(request: Request, run_id: uuid.UUID) -> str:
+    """What `request.url_for("get_run", ...).path` gives, without walking every route on each
+    submission: the path template is worked out once per app."""
+    template: str | None = getattr(request.app.state, "run_location", None)
+    if template is None:
+        template = str(request.app.url_path_for("get_run", task_id="{task_id}"))
+        request.app.state.run_location = template
+    root_path: str = request.scope.get("root_path", "")
+    return root_path.rstrip("/") + template.format(task_id=run_id)
 
 
 @router.get("/registered", dependencies=[Depends(require_scope("tasks:read"))])

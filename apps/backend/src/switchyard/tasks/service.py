@@ -189,8 +189,7 @@ async def submit(
         replay_of=replay_of,
     )
     try:
-        async with sessions.begin() as session:
-            session.add(run)
+        await ledger.record(sessions, run)
     except IntegrityError:
         async with sessions() as session:
             assert idempotency_key is not None
@@ -228,8 +227,7 @@ async def publish(
             headers={"Retry-After": BROKER_RETRY_AFTER_SECONDS},
         ) from None
     RUNS_SUBMITTED.labels(task=run.task, outcome="accepted").inc()
-    async with sessions.begin() as session:
-        await ledger.mark_published(session, [run.id])
+    await ledger.mark_published_now(sessions, run.id)
 
 
 async def get_run(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID) -> TaskRun:
