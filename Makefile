@@ -1,6 +1,9 @@
 # The README's commands. uv is used from PATH, or installed once into .tools/.
 UV_VERSION := 0.13.8
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+# Python caches compiled modules as usual (the image ships them compiled): some machines set
+# PYTHONDONTWRITEBYTECODE, and every process the tests start would then compile every module.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test lint
 

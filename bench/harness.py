@@ -94,7 +94,14 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0)
 
 
 def role_env(**values: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != "SERVICE_TYPE"}
+    """The environment of a measured role. Without PYTHONDONTWRITEBYTECODE (set on some CI
+    machines): the image ships compiled bytecode (UV_COMPILE_BYTECODE), so a role measured
+    here must not recompile every module at each start either."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("SERVICE_TYPE", "PYTHONDONTWRITEBYTECODE")
+    }
     env.update(
         {
             "ENVIRONMENT": "test",

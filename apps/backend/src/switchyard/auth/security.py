@@ -8,6 +8,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 import jwt
@@ -16,8 +17,16 @@ from pwdlib import PasswordHash
 from switchyard.settings import Settings
 
 _passwords = PasswordHash.recommended()
-# Verifying against this when an email is unknown makes both answers take as long.
-_DUMMY_HASH = _passwords.hash("switchyard-timing-equaliser")
+
+
+@cache
+def _dummy_hash() -> str:
+    """A hash to verify against when the account is unknown, so that answering takes as long
+    as for a wrong password. Made on first use: hashing costs ~0.1 s, not worth paying at
+    every process start."""
+    return _passwords.hash("switchyard-timing-equaliser")
+
+
 API_KEY_MARKER = "sy_"
 ACCESS = "access"
 
@@ -28,7 +37,7 @@ def hash_password(password: str) -> str:
 
 def verify_password(password: str, password_hash: str | None) -> bool:
     if password_hash is None:
-        _passwords.verify(password, _DUMMY_HASH)
+        _passwords.verify(password, _dummy_hash())
         return False
     return bool(_passwords.verify(password, password_hash))
 
