@@ -4,12 +4,15 @@ What is timed is what `POST /search` does after the query is embedded: the vecto
 the tenant's collection (top 5 by cosine, 384 dimensions, as all-MiniLM-L6-v2 gives) and the
 mapping of the matches. Both vector stores are measured: the embedded `PersistentClient` and
 a `chroma run` server (standalone's setup). Baseline, in the same run: an exact NumPy top-5 over
-the same vectors held in memory. Target: p50 under 50 ms.
-Usage: uv run python bench/search_latency.py [CHUNKS] [QUERIES]
+the same vectors held in memory. Each store is filled once; the queries run in rounds, and the
+table gives the median over rounds of each round's p50 and p95.
+Target: p50 <= 50 ms on 10,000 chunks.
+Usage: uv run python -m bench.search_latency [--chunks 10000] [--queries 200] [--rounds 3]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -25,11 +28,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.harness import Figures, print_table, ratio, verdict
 from switchyard.embedded.process import free_port
 from switchyard.services.vectors import VectorChunk, VectorStore
 
 DIMENSIONS = 384
 DOCUMENTS = 200
+Rounds = list[tuple[float, float]]  # (p50, p95) in ms, one pair per round
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -53,17 +58,22 @@ async def fill(store: VectorStore, tenant: uuid.UUID, vectors: np.ndarray) -> No
         await store.upsert(tenant, rows[start : start + 1000])
 
 
-async def timed(query: Callable[[], Awaitable[object]], queries: int) -> list[float]:
+async def timed(query: Callable[[], Awaitable[object]], queries: int, rounds: int) -> Rounds:
     await query()  # warm: the collection is opened and cached
-    samples = []
-    for _ in range(queries):
-        started = time.perf_counter()
-        await query()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
+    measured: Rounds = []
+    for _ in range(rounds):
+        samples = []
+        for _ in range(queries):
+            started = time.perf_counter()
+            await query()
+            samples.append((time.perf_counter() - started) * 1000)
+        measured.append(percentiles(samples))
+    return measured
 
 
-async def measure(store: VectorStore, vectors: np.ndarray, probes: np.ndarray) -> list[float]:
+async def measure(
+    store: VectorStore, vectors: np.ndarray, probes: np.ndarray, rounds: int
+) -> Rounds:
     tenant = uuid.uuid4()
     await fill(store, tenant, vectors)
     position = iter(range(10**9))
@@ -72,7 +82,7 @@ async def measure(store: VectorStore, vectors: np.ndarray, probes: np.ndarray) -
         probe = probes[next(position) % len(probes)].tolist()
         return await store.query(tenant, probe, top_k=5)
 
-    return await timed(query, len(probes))
+    return await timed(query, len(probes), rounds)
 
 
 def start_server(path: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -94,7 +104,7 @@ def start_server(path: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("chroma run did not start")
 
 
-async def main(chunks: int, queries: int) -> None:
+async def run(chunks: int, queries: int, rounds: int) -> dict[str, Rounds]:
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((chunks, DIMENSIONS)).astype(np.float32)
@@ -109,38 +119,58 @@ async def main(chunks: int, queries: int) -> None:
         scores = vectors @ probe
         return np.argpartition(-scores, 5)[:5]
 
-    baseline = await timed(brute_force, queries)
+    results = {"NumPy exact, in memory (baseline)": await timed(brute_force, queries, rounds)}
     with tempfile.TemporaryDirectory() as scratch:
         embedded = VectorStore(path=Path(scratch) / "embedded")
-        in_process = await measure(embedded, vectors, probes)
+        results["Chroma embedded"] = await measure(embedded, vectors, probes, rounds)
         await embedded.close()
         process, port = start_server(Path(scratch) / "server")
         try:
             server = VectorStore(host="127.0.0.1", port=port)
-            over_http = await measure(server, vectors, probes)
+            results["Chroma server (standalone)"] = await measure(server, vectors, probes, rounds)
             await server.close()
         finally:
             process.terminate()
             process.wait(10)
+    return results
 
-    base50, base95 = percentiles(baseline)
-    print(f"chunks {chunks}, {DIMENSIONS} dimensions, top 5, {queries} queries each")
-    print(f"{'':34}{'p50 ms':>10}{'p95 ms':>10}{'p50 / baseline':>16}")
-    print(f"{'baseline: NumPy exact, in memory':34}{base50:10.3f}{base95:10.3f}{1:16.1f}")
-    for name, samples in (
-        ("Chroma embedded", in_process),
-        ("Chroma server (standalone)", over_http),
-    ):
-        p50, p95 = percentiles(samples)
-        print(f"{name:34}{p50:10.3f}{p95:10.3f}{p50 / base50:16.1f}")
-    print("target: p50 under 50 ms")
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    results = asyncio.run(run(args.chunks, args.queries, args.rounds))
+
+    def p50(name: str) -> Figures:
+        return Figures(tuple(p50 for p50, _ in results[name]))
+
+    def p95(name: str) -> Figures:
+        return Figures(tuple(p95 for _, p95 in results[name]))
+
+    baseline = p50("NumPy exact, in memory (baseline)").median
+    print_table(
+        f"Search: {args.chunks:,} chunks, {DIMENSIONS} dimensions, top 5, {args.queries} queries "
+        f"x {args.rounds} rounds (median ±half-range of the rounds' percentiles, ms)",
+        ["store", "p50 ms", "p95 ms", "p50 vs NumPy"],
+        [[name, p50(name), p95(name), ratio(p50(name).median, baseline)] for name in results],
+    )
+    print_table(
+        "Targets",
+        ["target", "measured", "verdict"],
+        [
+            [
+                f"{name} p50 <= 50 ms",
+                f"{p50(name).median:.1f} ms",
+                verdict(p50(name).median <= 50),
+            ]
+            for name in results
+            if name.startswith("Chroma")
+        ],
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:]
-    asyncio.run(
-        main(
-            int(arguments[0]) if arguments else 10_000,
-            int(arguments[1]) if len(arguments) > 1 else 200,
-        )
-    )
+    raise SystemExit(main())

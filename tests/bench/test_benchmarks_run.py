@@ -76,3 +76,10 @@ def test_health_under_failure_times_a_silent_dependency(repo_root: Path) -> None
     assert re.search(r"/health, every dependency up\s+200\s", out)
     assert re.search(r"/health, Redis silent\s+503\s", out)  # not ready, and said in time
     assert "silent dependency <= 1100 ms" in out
+
+
+def test_search_latency_measures_both_stores_against_numpy(repo_root: Path) -> None:
+    out = bench(repo_root, "search_latency", "--chunks=300", "--queries=5", "--rounds=2")
+    for row in ("NumPy exact, in memory (baseline)", "Chroma embedded", "Chroma server"):
+        assert row in out
+    assert "Chroma server (standalone) p50 <= 50 ms" in out
