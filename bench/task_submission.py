@@ -2,6 +2,8 @@
 publish) on the gateway in one process, against two baselines in the same run on the same
 RabbitMQ: Flower's `POST /api/task/async-apply/<task>` (Flower from PyPI, one process, loaded
 the same way) and a plain `apply_async` loop in one process (confirmed publishes, no HTTP).
+For reference, a bare FastAPI route that validates the same body and publishes the same way
+(bench/bare_submit.py): what the framework and a confirmed publish alone cost.
 
 Targets: >= 2x Flower's requests per second; >= 0.5x the plain publish loop.
 Usage: uv run python -m bench.task_submission [--rounds 3] [--seconds 8] [--connections 16]
@@ -15,7 +17,7 @@ import os
 import sys
 import time
 
-from bench.gateway_overhead import account
+from bench.gateway_overhead import account, uvicorn
 from bench.harness import (
     DEFAULT_REDIS,
     SWITCHYARD,
@@ -67,11 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args(argv)
 
-    gateway_port, flower_port = free_port(), free_port()
+    gateway_port, flower_port, bare_port = free_port(), free_port(), free_port()
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     flower_url = f"http://127.0.0.1:{flower_port}"
-    results: dict[str, list[float]] = {"gateway": [], "flower": [], "loop": []}
-    latency: dict[str, list[Load]] = {"gateway": [], "flower": []}
+    bare_url = f"http://127.0.0.1:{bare_port}"
+    results: dict[str, list[float]] = {"gateway": [], "flower": [], "bare": [], "loop": []}
+    latency: dict[str, list[Load]] = {"gateway": [], "flower": [], "bare": []}
     with scratch_database() as database, scratch_vhost() as broker:
         gateway_env = role_env(
             DATABASE_URL=database,
@@ -95,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         with (
             process([SWITCHYARD, "run", "api-gateway"], gateway_env) as gateway,
             process(flower_command, flower_env) as flower,
+            process(uvicorn("bench.bare_submit:app", bare_port), flower_env) as bare,
         ):
             wait_http(f"{gateway_url}/health/ready", gateway)
             wait_http(f"{flower_url}/healthcheck", flower)
+            wait_http(f"{bare_url}/docs", bare)
             token, _ = account(gateway_url)
             json_headers = {"Content-Type": "application/json"}
             targets = {
@@ -107,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                     RUN,
                 ),
                 "flower": (f"{flower_url}/api/task/async-apply/bench.noop", json_headers, "{}"),
+                "bare": (
+                    f"{bare_url}/run",
+                    {**json_headers, "Authorization": "Bearer anything"},
+                    RUN,
+                ),
             }
             for url, headers, body in targets.values():  # warm-up
                 load(url, min(2.0, args.seconds), args.connections, headers, body)
@@ -121,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     gateway_rps = Figures(tuple(results["gateway"]))
     flower_rps = Figures(tuple(results["flower"]))
     loop_rate = Figures(tuple(results["loop"]))
+    bare_rps = Figures(tuple(results["bare"]))
 
     def p99(name: str) -> Figures:
         return Figures(tuple(item.p99_ms for item in latency[name]))
@@ -137,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
                 p99("flower"),
                 "1.00x",
                 ratio(flower_rps.median, loop_rate.median),
+            ],
+            [
+                "bare FastAPI POST /run (reference)",
+                bare_rps,
+                p99("bare"),
+                ratio(bare_rps.median, flower_rps.median),
+                ratio(bare_rps.median, loop_rate.median),
             ],
             [
                 "gateway POST /api/v1/tasks/run",

@@ -58,7 +58,12 @@ def test_startup_and_memory_prints_every_role(repo_root: Path) -> None:
 
 def test_task_submission_prints_both_baselines(repo_root: Path) -> None:
     out = bench(repo_root, "task_submission", "--rounds=1", "--seconds=1", "--connections=4")
-    for row in ("plain apply_async loop", "Flower async-apply", "gateway POST /api/v1/tasks/run"):
+    for row in (
+        "plain apply_async loop",
+        "Flower async-apply",
+        "bare FastAPI POST /run (reference)",
+        "gateway POST /api/v1/tasks/run",
+    ):
         assert row in out
     assert "gateway >= 2x Flower" in out
 

@@ -145,7 +145,6 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
 async def get_principal(
     request: Request,
     services: ServicesDep,
-    session: SessionDep,
     settings: SettingsDep,
     limiter: RateLimiterDep,
     _token: Annotated[str | None, Depends(_bearer)] = None,
@@ -153,14 +152,17 @@ async def get_principal(
 ) -> Principal:
     """The caller, from `Authorization: Bearer <token or key>` or `X-API-Key`; rate limited.
 
-    An access token is checked with one read outside the request's transaction (the request
-    session stays unused, so a route that needs no database costs none); an API key goes
-    through the session, as its use is recorded (`last_used_at`)."""
+    Outside the request's unit of work, so a route that needs no database (or only one
+    statement) opens no transaction for the caller's sake: an access token is checked with one
+    autocommitted read; an API key in a short transaction of its own, as its use is recorded
+    (`last_used_at`)."""
     credential = _credential(request)
+    if services.sessions is None or services.database is None:
+        raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
     if credential.startswith(API_KEY_MARKER):
-        principal = await auth_service.principal_from_api_key(session, credential)
+        async with services.sessions.begin() as session:
+            principal = await auth_service.principal_from_api_key(session, credential)
     else:
-        assert services.database is not None  # SessionDep answered 503 otherwise
         async with autocommit(services.database) as connection:
             principal = await auth_service.principal_from_token(connection, settings, credential)
     tenant_id_var.set(str(principal.tenant_id))  # on every log line of this request
