@@ -40,12 +40,12 @@ from bench.harness import (
     cpu_spent,
     free_port,
     print_table,
+    print_targets,
     process,
     ratio,
     role_env,
     scratch_database,
     scratch_vhost,
-    verdict,
     wait_http,
 )
 
@@ -245,14 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, drains in (("plain Celery", plain), ("Switchyard", switchyard))
         ],
     )
-    print_table(
-        "Targets",
-        ["target", "measured", "verdict"],
+    print_targets(
         [
             [
                 "Switchyard >= 0.7x plain Celery",
                 ratio(switchyard_rate.median, plain_rate.median),
-                verdict(switchyard_rate.median >= 0.7 * plain_rate.median),
+                switchyard_rate.median >= 0.7 * plain_rate.median,
             ]
         ],
     )

@@ -26,11 +26,11 @@ from bench.harness import (
     free_port,
     load,
     print_table,
+    print_targets,
     process,
     ratio,
     role_env,
     scratch_database,
-    verdict,
     wait_http,
 )
 from switchyard.db.models import RunState, TaskRun
@@ -148,19 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     live_rps = figures("gateway /health/live", "requests_per_second").median
     live_p99 = figures("gateway /health/live", "p99_ms").median
-    print_table(
-        "Targets",
-        ["target", "measured", "verdict"],
+    print_targets(
         [
             [
                 "/health/live throughput >= 0.8x bare",
                 ratio(live_rps, base_rps),
-                verdict(live_rps >= 0.8 * base_rps),
+                live_rps >= 0.8 * base_rps,
             ],
             [
                 "/health/live p99 <= 1.5x bare",
                 ratio(live_p99, base_p99),
-                verdict(live_p99 <= 1.5 * base_p99),
+                live_p99 <= 1.5 * base_p99,
             ],
         ],
     )

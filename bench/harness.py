@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +67,15 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
         if index == 0:
             print("  ".join("-" * width for width in widths))
+
+
+def print_targets(rows: Iterable[Sequence[object]]) -> None:
+    """The targets table: rows of (target, measured, whether it is met)."""
+    print_table(
+        "Targets",
+        ["target", "measured", "verdict"],
+        [[target, measured, verdict(bool(met))] for target, measured, met in rows],
+    )
 
 
 def ratio(value: float, baseline: float) -> str:

@@ -26,11 +26,11 @@ from bench.harness import (
     free_port,
     percentile,
     print_table,
+    print_targets,
     process,
     ratio,
     role_env,
     scratch_database,
-    verdict,
     wait_http,
 )
 
@@ -138,19 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         [[f"{cell:.1f}" if isinstance(cell, float) else cell for cell in row] for row in rows],
     )
     bound = PROBE_TIMEOUT * 1000 + 100
-    print_table(
-        "Targets",
-        ["target", "measured", "verdict"],
+    print_targets(
         [
             [
                 "p50 <= 20 ms, all up",
                 f"{percentile(up, 0.5):.1f} ms",
-                verdict(percentile(up, 0.5) <= 20),
+                percentile(up, 0.5) <= 20,
             ],
             [
                 f"silent dependency <= {bound:.0f} ms",
                 f"{max(down):.0f} ms (max)",
-                verdict(max(down) <= bound),
+                max(down) <= bound,
             ],
         ],
     )

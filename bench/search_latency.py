@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.harness import Figures, print_table, ratio, verdict
+from bench.harness import Figures, print_table, print_targets, ratio
 from switchyard.embedded.process import free_port
 from switchyard.services.vectors import VectorChunk, VectorStore
 
@@ -156,14 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         ["store", "p50 ms", "p95 ms", "p50 vs NumPy"],
         [[name, p50(name), p95(name), ratio(p50(name).median, baseline)] for name in results],
     )
-    print_table(
-        "Targets",
-        ["target", "measured", "verdict"],
+    print_targets(
         [
             [
                 f"{name} p50 <= 50 ms",
                 f"{p50(name).median:.1f} ms",
-                verdict(p50(name).median <= 50),
+                p50(name).median <= 50,
             ]
             for name in results
             if name.startswith("Chroma")

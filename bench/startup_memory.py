@@ -27,12 +27,12 @@ from bench.harness import (
     Figures,
     free_port,
     print_table,
+    print_targets,
     process,
     ratio,
     role_env,
     rss_mb,
     scratch_database,
-    verdict,
     wait_http,
 )
 
@@ -161,14 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     gateway_start, gateway_memory = figures(gateway, 0).median, figures(gateway, 1).median
     restart = figures(standalone, 0).median
     worker_peak = max(figures(workers, 0).median, figures(workers, 1).median)
-    print_table(
-        "Targets",
-        ["target", "measured", "verdict"],
+    print_targets(
         [
-            ["gateway start <= 3 s", f"{gateway_start:.2f} s", verdict(gateway_start <= 3)],
-            ["standalone warm start <= 10 s", f"{restart:.2f} s", verdict(restart <= 10)],
-            ["gateway idle <= 150 MB", f"{gateway_memory:.0f} MB", verdict(gateway_memory <= 150)],
-            ["worker process idle <= 200 MB", f"{worker_peak:.0f} MB", verdict(worker_peak <= 200)],
+            ["gateway start <= 3 s", f"{gateway_start:.2f} s", gateway_start <= 3],
+            ["standalone warm start <= 10 s", f"{restart:.2f} s", restart <= 10],
+            ["gateway idle <= 150 MB", f"{gateway_memory:.0f} MB", gateway_memory <= 150],
+            ["worker process idle <= 200 MB", f"{worker_peak:.0f} MB", worker_peak <= 200],
         ],
     )
     return 0

@@ -26,12 +26,12 @@ from bench.harness import (
     free_port,
     load,
     print_table,
+    print_targets,
     process,
     ratio,
     role_env,
     scratch_database,
     scratch_vhost,
-    verdict,
     wait_http,
 )
 
@@ -165,19 +165,17 @@ def main(argv: list[str] | None = None) -> int:
             ],
         ],
     )
-    print_table(
-        "Targets",
-        ["target", "measured", "verdict"],
+    print_targets(
         [
             [
                 "gateway >= 2x Flower",
                 ratio(gateway_rps.median, flower_rps.median),
-                verdict(gateway_rps.median >= 2 * flower_rps.median),
+                gateway_rps.median >= 2 * flower_rps.median,
             ],
             [
                 "gateway >= 0.5x plain publish loop",
                 ratio(gateway_rps.median, loop_rate.median),
-                verdict(gateway_rps.median >= 0.5 * loop_rate.median),
+                gateway_rps.median >= 0.5 * loop_rate.median,
             ],
         ],
     )
