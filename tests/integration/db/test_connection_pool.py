@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.services import postgres
 from switchyard.settings import Settings
@@ -99,3 +100,36 @@ async def test_autocommit_statements_are_visible_at_once_without_a_transaction(
     finally:
         async with engine.begin() as cleanup:
             await cleanup.execute(text("DROP TABLE pool_probe"))
+
+
+async def test_an_operation_is_repeated_once_when_its_connection_was_dropped(
+    idle_pinged: tuple[AsyncEngine, list[Any]], engine: AsyncEngine
+) -> None:
+    pinged_engine, pings = idle_pinged
+    first = await backend_pid(pinged_engine)
+    async with engine.connect() as admin:  # dropped a moment after its last use: no ping
+        await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+    calls: list[bool] = []
+
+    async def read_pid(connection: AsyncConnection, retried: bool) -> int:
+        calls.append(retried)
+        return int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+    replaced = await postgres.once_more_if_dropped(pinged_engine, read_pid)
+    assert replaced != first
+    assert calls == [False, True]
+    assert pings == []
+
+
+async def test_an_error_that_is_not_a_dropped_connection_is_not_repeated(
+    engine: AsyncEngine,
+) -> None:
+    calls: list[bool] = []
+
+    async def broken(connection: AsyncConnection, retried: bool) -> None:
+        calls.append(retried)
+        await connection.execute(text("SELECT * FROM no_such_table"))
+
+    with pytest.raises(DBAPIError):
+        await postgres.once_more_if_dropped(engine, broken)
+    assert calls == [False]

@@ -32,7 +32,7 @@ from switchyard.services.container import Services
 from switchyard.services.graph import KnowledgeGraph
 from switchyard.services.health import HealthMonitor
 from switchyard.services.llm import ZhipuClient
-from switchyard.services.postgres import autocommit
+from switchyard.services.postgres import once_more_if_dropped
 from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 
@@ -163,8 +163,12 @@ async def get_principal(
         async with services.sessions.begin() as session:
             principal = await auth_service.principal_from_api_key(session, credential)
     else:
-        async with autocommit(services.database) as connection:
-            principal = await auth_service.principal_from_token(connection, settings, credential)
+        principal = await once_more_if_dropped(
+            services.database,
+            lambda connection, _: auth_service.principal_from_token(
+                connection, settings, credential
+            ),
+        )
     tenant_id_var.set(str(principal.tenant_id))  # on every log line of this request
     await enforce(limiter, settings.rate_limit_api, "api", principal.rate_limit_key)
     return principal

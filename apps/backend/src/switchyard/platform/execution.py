@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, request_id_var, run_log_context, tenant_id_var
@@ -19,7 +20,7 @@ from switchyard.platform import events, ledger
 from switchyard.platform.metrics import TASK_DURATION, TASK_EVENTS
 from switchyard.platform.registry import TaskContext, TaskSpec
 from switchyard.services.container import Services
-from switchyard.services.postgres import autocommit
+from switchyard.services.postgres import once_more_if_dropped
 
 logger = logging.getLogger("switchyard.tasks")
 
@@ -44,8 +45,11 @@ async def _record(
     error: BaseException | None = None,
 ) -> bool:
     assert services.database is not None
-    async with autocommit(services.database) as connection:
-        run = await ledger.finish(connection, run_id, state, result=result, error=error)
+    # Safe to repeat: the update applies only to a `started` run.
+    run = await once_more_if_dropped(
+        services.database,
+        lambda connection, _: ledger.finish(connection, run_id, state, result=result, error=error),
+    )
     if run is None:
         return False
     await events.publish(services.redis, services.settings.cache_namespace, run)
@@ -79,14 +83,25 @@ async def _attempt(
     tenant_id: uuid.UUID | None,
 ) -> Outcome:
     assert services.database is not None
-    async with autocommit(services.database) as connection:
-        run = await ledger.claim(connection, run_id, redelivered=redelivered, tenant_id=tenant_id)
+
+    async def claim(
+        connection: AsyncConnection, retried: bool
+    ) -> tuple[ledger.RunChange | None, bool]:
+        # Repeated after a dropped connection as a redelivery: if the first claim did reach
+        # the database, the run is `started` by us, and the repeat takes it over.
+        run = await ledger.claim(
+            connection, run_id, redelivered=redelivered or retried, tenant_id=tenant_id
+        )
         if run is None and tenant_id is not None:
             owner = await connection.scalar(select(TaskRun.tenant_id).where(TaskRun.id == run_id))
-            if owner is not None and owner != tenant_id:
-                logger.error("delivery refused: its tenant is not the run's")
-                TASK_EVENTS.labels(task=spec.name, event="skipped").inc()
-                return Outcome("skipped")
+            return None, owner is not None and owner != tenant_id
+        return run, False
+
+    run, foreign = await once_more_if_dropped(services.database, claim)
+    if foreign:
+        logger.error("delivery refused: its tenant is not the run's")
+        TASK_EVENTS.labels(task=spec.name, event="skipped").inc()
+        return Outcome("skipped")
     if run is None:
         logger.info("delivery skipped: run is final, running or unknown")
         TASK_EVENTS.labels(task=spec.name, event="skipped").inc()

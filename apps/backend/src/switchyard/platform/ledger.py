@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
-from switchyard.services.postgres import autocommit
+from switchyard.services.postgres import autocommit, once_more_if_dropped
 
 CLAIMABLE = (RunState.QUEUED, RunState.SCHEDULED, RunState.RETRYING)
 MAX_ERROR_MESSAGE = 2000
@@ -165,9 +165,13 @@ async def record(sessions: async_sessionmaker[AsyncSession], run: TaskRun) -> No
 
 
 async def mark_published_now(sessions: async_sessionmaker[AsyncSession], run_id: uuid.UUID) -> None:
-    """`published_at` of one run, in one autocommitted UPDATE (see mark_published)."""
-    async with autocommit(_engine(sessions)) as connection:
+    """`published_at` of one run, in one autocommitted UPDATE (see mark_published); repeated
+    once if the pooled connection was dropped (setting it twice is harmless)."""
+
+    async def mark(connection: AsyncConnection, _: bool) -> None:
         await connection.execute(_MARK_PUBLISHED, {"run_id": run_id})
+
+    await once_more_if_dropped(_engine(sessions), mark)
 
 
 _MARK_PUBLISHED = (

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, exc, text
 from sqlalchemy.engine import URL
@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from switchyard.settings import Settings
+
+T = TypeVar("T")
 
 
 def pool_options(settings: Settings) -> dict[str, Any]:
@@ -84,6 +86,24 @@ def create_engine(settings: Settings, url: URL, application_name: str) -> AsyncE
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def once_more_if_dropped(
+    engine: AsyncEngine, operation: Callable[[AsyncConnection, bool], Awaitable[T]]
+) -> T:
+    """Run `operation(connection, retried)` on an autocommit connection; if the connection
+    turns out to be dead (the server restarted or dropped it while it sat in the pool, within
+    the idle-ping window), SQLAlchemy invalidates the pool and the operation runs once more on
+    a new connection, with `retried` True. Only for operations that are safe to repeat, or
+    that adapt to it through `retried`: the first attempt may have reached the server."""
+    try:
+        async with autocommit(engine) as connection:
+            return await operation(connection, False)
+    except exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+    async with autocommit(engine) as connection:
+        return await operation(connection, True)
 
 
 @asynccontextmanager
