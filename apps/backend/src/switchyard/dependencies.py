@@ -12,7 +12,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard.auth import service as auth_service
 from switchyard.auth.principal import Principal
@@ -82,11 +82,17 @@ GraphDep = Annotated[KnowledgeGraph, Depends(get_graph)]
 HealthDep = Annotated[HealthMonitor, Depends(get_health)]
 
 
+def _database(services: Services) -> tuple[async_sessionmaker[AsyncSession], AsyncEngine]:
+    """The session factory and engine, or 503 when no database is configured."""
+    if services.sessions is None or services.database is None:
+        raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
+    return services.sessions, services.database
+
+
 async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
     """The unit of work of one request: committed when the route returns, else rolled back."""
-    if services.sessions is None:
-        raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
-    async with services.sessions() as session:
+    sessions, _ = _database(services)
+    async with sessions() as session:
         try:
             yield session
         except SwitchyardError as exc:
@@ -157,14 +163,13 @@ async def get_principal(
     autocommitted read; an API key in a short transaction of its own, as its use is recorded
     (`last_used_at`)."""
     credential = _credential(request)
-    if services.sessions is None or services.database is None:
-        raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
+    sessions, engine = _database(services)
     if credential.startswith(API_KEY_MARKER):
-        async with services.sessions.begin() as session:
+        async with sessions.begin() as session:
             principal = await auth_service.principal_from_api_key(session, credential)
     else:
         principal = await once_more_if_dropped(
-            services.database,
+            engine,
             lambda connection, _: auth_service.principal_from_token(
                 connection, settings, credential
             ),
