@@ -8,6 +8,10 @@ plain ones with `apply_async`; submission has its own benchmark), then one worke
 queue. Rate = N / (end of the last task - start of the first), from the ledger's `started_at`
 and `finished_at` for Switchyard and from timestamps kept in memory by the plain workers.
 
+For reference, the floor: the same plain worker running `bench.ledger_noop`, the no-op inside
+the least the ledger contract needs written straight on the drivers (claim, `started` event,
+outcome, final event; bench/celery_baseline.py), on run rows inserted beforehand.
+
 Target: Switchyard >= 0.7x the plain Celery rate.
 Usage: uv run python -m bench.e2e_throughput [--runs 5000] [--rounds 3] [--concurrency 2]
 """
@@ -150,16 +154,43 @@ def queue_depth(broker: str, queue: str = QUEUE) -> int:
     return int(ready)
 
 
-def plain_round(broker: str, runs: int, concurrency: int) -> Drain:
-    """One plain Celery worker draining `runs` queued no-op tasks."""
+async def insert_runs(database: str, runs: int) -> list[uuid.UUID]:
+    """`runs` queued rows for the floor, of the tenant the gateway's runs belong to."""
+    url = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(url)
+    try:
+        tenant = await connection.fetchval("SELECT tenant_id FROM task_runs LIMIT 1")
+        ids = [uuid.uuid4() for _ in range(runs)]
+        await connection.copy_records_to_table(
+            "task_runs",
+            records=[(run, tenant, "bench.ledger_noop", QUEUE, "{}", "queued") for run in ids],
+            columns=["id", "tenant_id", "task", "queue", "payload", "state"],
+        )
+    finally:
+        await connection.close()
+    return ids
+
+
+def plain_round(broker: str, runs: int, concurrency: int, database: str | None = None) -> Drain:
+    """One plain Celery worker draining `runs` queued no-op tasks; with `database`, the floor:
+    `bench.ledger_noop` on run rows inserted there, timed from the ledger."""
     env = role_env(BENCH_BROKER_URL=broker)
+    ids: list[uuid.UUID] = []
+    if database is None:
+        queue = f"for _ in range({runs}): noop.apply_async()"
+    else:
+        ids = asyncio.run(insert_runs(database, runs))
+        env.update(BENCH_LEDGER_DATABASE_URL=database, BENCH_REDIS_URL=DEFAULT_REDIS)
+        queue = "for run in sys.stdin.read().split(): ledger_noop.delay(run)"
     subprocess.run(
         [
             sys.executable,
             "-c",
-            f"from bench.celery_baseline import noop\nfor _ in range({runs}): noop.apply_async()",
+            f"import sys\nfrom bench.celery_baseline import ledger_noop, noop\n{queue}",
         ],
         env=env,
+        input="\n".join(str(run) for run in ids),
+        text=True,
         check=True,
     )
     with tempfile.TemporaryDirectory() as records:
@@ -191,6 +222,11 @@ def plain_round(broker: str, runs: int, concurrency: int) -> Drain:
             assert before is not None
             spent = cpu_spent(before[0], cpu_seconds())
         ran = [json.loads(path.read_text()) for path in Path(records).glob("*.json")]
+    if database is not None:
+        done, first, last = asyncio.run(ledger_progress(database, ids))
+        if done != runs:
+            raise RuntimeError(f"the floor's workers took {done} runs to succeeded, not {runs}")
+        return Drain(runs / (last - first), spent, before[1])
     count = sum(item["count"] for item in ran)
     if count != runs:
         raise RuntimeError(f"plain Celery workers report {count} tasks run, not {runs}")
@@ -208,19 +244,27 @@ def main(argv: list[str] | None = None) -> int:
 
     switchyard: list[Drain] = []
     plain: list[Drain] = []
+    floor: list[Drain] = []
     with scratch_database() as database, scratch_vhost() as broker:
         for _ in range(args.rounds):
             plain.append(plain_round(broker, args.runs, args.concurrency))
             switchyard.append(switchyard_round(database, broker, args.runs, args.concurrency))
+            floor.append(plain_round(broker, args.runs, args.concurrency, database))
 
     plain_rate = Figures(tuple(drain.rate for drain in plain))
     switchyard_rate = Figures(tuple(drain.rate for drain in switchyard))
+    floor_rate = Figures(tuple(drain.rate for drain in floor))
     print_table(
         f"End-to-end throughput: {args.runs} runs, {args.rounds} rounds, prefork "
         f"concurrency {args.concurrency} (median ±half-range)",
         ["what", "runs/s", "vs plain Celery"],
         [
             ["plain Celery no-op (baseline)", plain_rate, "1.00x"],
+            [
+                "same + ledger contract on raw drivers (floor)",
+                floor_rate,
+                ratio(floor_rate.median, plain_rate.median),
+            ],
             [
                 "Switchyard system.echo, ledger to succeeded",
                 switchyard_rate,
@@ -242,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
                 *(cpu(drains, service) for service in SERVICES),
                 f"{Figures(tuple(sum(d.cpu_ms(s) for s in SERVICES) for d in drains)).median:.2f}",
             ]
-            for name, drains in (("plain Celery", plain), ("Switchyard", switchyard))
+            for name, drains in (
+                ("plain Celery", plain),
+                ("floor (raw drivers)", floor),
+                ("Switchyard", switchyard),
+            )
         ],
     )
     print_targets(

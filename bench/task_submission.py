@@ -2,8 +2,11 @@
 publish) on the gateway in one process, against two baselines in the same run on the same
 RabbitMQ: Flower's `POST /api/task/async-apply/<task>` (Flower from PyPI, one process, loaded
 the same way) and a plain `apply_async` loop in one process (confirmed publishes, no HTTP).
-For reference, a bare FastAPI route that validates the same body and publishes the same way
-(bench/bare_submit.py): what the framework and a confirmed publish alone cost.
+For reference (bench/bare_submit.py): a bare FastAPI route that validates the same body and
+publishes the same way (what the framework and a confirmed publish alone cost), and the same
+route doing the least the contract needs straight on the drivers (token and holder checked,
+limits counted, ledger row before and `published_at` after the publish): the floor for any
+implementation of it on this machine.
 
 Targets: >= 2x Flower's requests per second; >= 0.5x the plain publish loop.
 Usage: uv run python -m bench.task_submission [--rounds 3] [--seconds 8] [--connections 16]
@@ -73,8 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     flower_url = f"http://127.0.0.1:{flower_port}"
     bare_url = f"http://127.0.0.1:{bare_port}"
-    results: dict[str, list[float]] = {"gateway": [], "flower": [], "bare": [], "loop": []}
-    latency: dict[str, list[Load]] = {"gateway": [], "flower": [], "bare": []}
+    results: dict[str, list[float]] = {
+        "gateway": [],
+        "flower": [],
+        "bare": [],
+        "floor": [],
+        "loop": [],
+    }
+    latency: dict[str, list[Load]] = {"gateway": [], "flower": [], "bare": [], "floor": []}
     with scratch_database() as database, scratch_vhost() as broker:
         gateway_env = role_env(
             DATABASE_URL=database,
@@ -84,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             API_PORT=str(gateway_port),
         )
         flower_env = role_env(BENCH_BROKER_URL=broker, FLOWER_UNAUTHENTICATED_API="true")
+        bare_env = {
+            **flower_env,
+            "BENCH_LEDGER_DATABASE_URL": database,
+            "BENCH_REDIS_URL": DEFAULT_REDIS,
+        }
         flower_command = [
             sys.executable,
             "-m",
@@ -98,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         with (
             process([SWITCHYARD, "run", "api-gateway"], gateway_env) as gateway,
             process(flower_command, flower_env) as flower,
-            process(uvicorn("bench.bare_submit:app", bare_port), flower_env) as bare,
+            process(uvicorn("bench.bare_submit:app", bare_port), bare_env) as bare,
         ):
             wait_http(f"{gateway_url}/health/ready", gateway)
             wait_http(f"{flower_url}/healthcheck", flower)
@@ -117,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                     {**json_headers, "Authorization": "Bearer anything"},
                     RUN,
                 ),
+                "floor": (
+                    f"{bare_url}/run-ledger",
+                    {**json_headers, "Authorization": f"Bearer {token}"},
+                    RUN,
+                ),
             }
             for url, headers, body in targets.values():  # warm-up
                 load(url, min(2.0, args.seconds), args.connections, headers, body)
@@ -132,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     flower_rps = Figures(tuple(results["flower"]))
     loop_rate = Figures(tuple(results["loop"]))
     bare_rps = Figures(tuple(results["bare"]))
+    floor_rps = Figures(tuple(results["floor"]))
 
     def p99(name: str) -> Figures:
         return Figures(tuple(item.p99_ms for item in latency[name]))
@@ -155,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
                 p99("bare"),
                 ratio(bare_rps.median, flower_rps.median),
                 ratio(bare_rps.median, loop_rate.median),
+            ],
+            [
+                "same + contract on raw drivers (floor)",
+                floor_rps,
+                p99("floor"),
+                ratio(floor_rps.median, flower_rps.median),
+                ratio(floor_rps.median, loop_rate.median),
             ],
             [
                 "gateway POST /api/v1/tasks/run",

@@ -62,6 +62,7 @@ def test_task_submission_prints_both_baselines(repo_root: Path) -> None:
         "plain apply_async loop",
         "Flower async-apply",
         "bare FastAPI POST /run (reference)",
+        "same + contract on raw drivers (floor)",
         "gateway POST /api/v1/tasks/run",
     ):
         assert row in out
@@ -70,7 +71,12 @@ def test_task_submission_prints_both_baselines(repo_root: Path) -> None:
 
 def test_end_to_end_throughput_drains_both_queues(repo_root: Path) -> None:
     out = bench(repo_root, "e2e_throughput", "--runs=30", "--rounds=1")
-    for row in ("plain Celery no-op (baseline)", "Switchyard system.echo, ledger to succeeded"):
+    for row in (
+        "plain Celery no-op (baseline)",
+        "same + ledger contract on raw drivers (floor)",
+        "Switchyard system.echo, ledger to succeeded",
+        "floor (raw drivers)",
+    ):
         assert row in out
     assert "CPU milliseconds per run" in out
     assert "Switchyard >= 0.7x plain Celery" in out

@@ -16,7 +16,7 @@ from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account
-from tests.fixtures.tasks import unique
+from tests.fixtures.tasks import published_at, unique
 
 
 async def drop_connections(engine: AsyncEngine, application_name: str) -> int:
@@ -47,7 +47,7 @@ async def test_a_submission_right_after_the_connections_dropped_is_accepted(
         stored = await session.get(TaskRun, uuid.UUID(accepted.json()["task_id"]))
     assert stored is not None
     assert stored.tenant_id == tasks_account.tenant_id
-    assert stored.published_at is not None
+    assert await published_at(engine, stored.id) is not None
 
 
 async def test_a_run_claimed_right_after_the_connections_dropped_runs_once(

@@ -19,6 +19,7 @@ from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.auth import endpoints as auth
 from switchyard.datasources import endpoints as datasources
 from switchyard.documents import endpoints as documents
+from switchyard.platform import ledger
 from switchyard.platform.broker import Broker, broker_check_name
 from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
@@ -39,6 +40,10 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         app.state.services = services
         app.state.broker = broker
         app.state.registry = load_task_modules()
+        published_marks = (
+            ledger.PublishedMarks(services.database) if services.database is not None else None
+        )
+        app.state.published_marks = published_marks
         app.state.rate_limiter = RateLimiter(
             settings.redis_url.get_secret_value() if settings.redis_url else None,
             enabled=settings.rate_limits_enabled,
@@ -63,6 +68,8 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm_up
+            if published_marks is not None:
+                await published_marks.close()
             await services.close()
             if broker is not None:
                 broker.close()

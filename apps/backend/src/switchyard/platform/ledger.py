@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -13,7 +16,9 @@ from sqlalchemy import (
     Row,
     Table,
     Update,
+    Uuid,
     and_,
+    any_,
     bindparam,
     func,
     insert,
@@ -21,10 +26,13 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
 from switchyard.services.postgres import autocommit, once_more_if_dropped
+
+logger = logging.getLogger(__name__)
 
 CLAIMABLE = (RunState.QUEUED, RunState.SCHEDULED, RunState.RETRYING)
 MAX_ERROR_MESSAGE = 2000
@@ -164,19 +172,62 @@ async def record(sessions: async_sessionmaker[AsyncSession], run: TaskRun) -> No
         await connection.execute(insert(_RUNS), values)
 
 
-async def mark_published_now(sessions: async_sessionmaker[AsyncSession], run_id: uuid.UUID) -> None:
-    """`published_at` of one run, in one autocommitted UPDATE (see mark_published); repeated
-    once if the pooled connection was dropped (setting it twice is harmless)."""
+class PublishedMarks:
+    """`published_at` for runs just published, written in batches: the runs one process
+    publishes within `delay` seconds share one autocommitted UPDATE (at most `batch` ids each).
 
-    async def mark(connection: AsyncConnection, _: bool) -> None:
-        await connection.execute(_MARK_PUBLISHED, {"run_id": run_id})
+    The mark only tells the outbox (beat sends again the runs still queued and unmarked after
+    TASK_REPUBLISH_AFTER_SECONDS) that a run needs no second publish. A mark lost with the
+    process (killed within `delay`) or with the database costs at most one duplicate message,
+    which the worker's claim drops: a run never executes twice because of it. One per process
+    and event loop; `close()` writes what is pending."""
 
-    await once_more_if_dropped(_engine(sessions), mark)
+    def __init__(self, engine: AsyncEngine, *, delay: float = 0.02, batch: int = 1000) -> None:
+        self.engine = engine
+        self.delay = delay
+        self.batch = batch
+        self._pending: list[uuid.UUID] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+
+    def add(self, run_id: uuid.UUID) -> None:
+        self._pending.append(run_id)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_soon())
+
+    async def _write_soon(self) -> None:
+        with contextlib.suppress(TimeoutError):  # the delay is up, or the process is stopping
+            await asyncio.wait_for(self._closing.wait(), self.delay)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write every pending mark now; a failure is logged, never raised (see above)."""
+        while self._pending:
+            run_ids, self._pending = self._pending[: self.batch], self._pending[self.batch :]
+            try:
+                await once_more_if_dropped(self.engine, partial(_mark_published, run_ids))
+            except Exception as exc:
+                logger.warning(
+                    "published_at not recorded; the outbox will publish these runs again",
+                    extra={"runs": len(run_ids), "error": repr(exc)},
+                )
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._writer is not None:
+            await self._writer
+        await self.flush()
 
 
 _MARK_PUBLISHED = (
-    update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(published_at=func.now())
+    update(_RUNS)
+    .where(_RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(Uuid))))
+    .values(published_at=func.now())
 )
+
+
+async def _mark_published(run_ids: list[uuid.UUID], connection: AsyncConnection, _: bool) -> None:
+    await connection.execute(_MARK_PUBLISHED, {"run_ids": run_ids})  # twice is harmless
 
 
 def _engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
@@ -23,6 +23,7 @@ from switchyard.dependencies import (
 )
 from switchyard.errors import ConflictError
 from switchyard.logging import request_id_var
+from switchyard.platform import ledger
 from switchyard.platform.broker import Broker
 from switchyard.platform.registry import TaskRegistry
 from switchyard.services.container import Services
@@ -65,9 +66,11 @@ async def accept_run(
 ) -> tuple[TaskRun, RunAccepted]:
     """Submit a run for a route: the ledger row, the publish, and a 202 with its Location."""
     assert services.sessions is not None
+    marks = cast(ledger.PublishedMarks, request.app.state.published_marks)
     run, _ = await service.submit(
         services.sessions,
         broker.publisher,
+        marks,
         registry,
         body,
         _submitter(tenant_id),

@@ -131,6 +131,7 @@ def _request_hash(request: RunRequest) -> str:
 async def submit(
     sessions: async_sessionmaker[AsyncSession],
     publisher: RunPublisher,
+    marks: ledger.PublishedMarks,
     registry: TaskRegistry,
     request: RunRequest,
     submitter: Submitter,
@@ -199,7 +200,7 @@ async def submit(
         if existing is None:
             raise
         return _duplicate(existing, request_hash), False
-    await publish(sessions, publisher, run)
+    await publish(sessions, publisher, marks, run)
     return run, True
 
 
@@ -212,7 +213,10 @@ def _duplicate(existing: TaskRun, request_hash: str) -> TaskRun:
 
 
 async def publish(
-    sessions: async_sessionmaker[AsyncSession], publisher: RunPublisher, run: TaskRun
+    sessions: async_sessionmaker[AsyncSession],
+    publisher: RunPublisher,
+    marks: ledger.PublishedMarks,
+    run: TaskRun,
 ) -> None:
     try:
         await publisher.publish(
@@ -227,7 +231,7 @@ async def publish(
             headers={"Retry-After": BROKER_RETRY_AFTER_SECONDS},
         ) from None
     RUNS_SUBMITTED.labels(task=run.task, outcome="accepted").inc()
-    await ledger.mark_published_now(sessions, run.id)
+    marks.add(run.id)
 
 
 async def get_run(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID) -> TaskRun:
