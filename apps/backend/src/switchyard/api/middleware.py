@@ -9,11 +9,13 @@ import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.api.metrics import request_finished, request_started
 from switchyard.api.problems import problem_response
 from switchyard.logging import request_id_var, tenant_id_var
+from switchyard.services.outages import RETRY_AFTER_SECONDS, unreachable_dependency
 
 logger = logging.getLogger("switchyard.access")
 error_logger = logging.getLogger("switchyard.errors")
@@ -32,6 +34,31 @@ class RequestBodyTooLargeError(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"The request body is larger than {limit} bytes.")
+
+
+def _last_resort(error: Exception, path: str) -> Response:
+    """The answer to an error no handler took: 503 with Retry-After when a service the request
+    needs is unreachable (logged as a warning), otherwise 500 (logged with its stack)."""
+    dependency = unreachable_dependency(error)
+    if dependency is None:
+        error_logger.exception("unhandled error", extra={"path": path})
+        return problem_response(
+            500,
+            detail="An unexpected error occurred; quote the request id when reporting it.",
+            code="internal_error",
+            instance=path,
+        )
+    error_logger.warning(
+        "dependency unreachable",
+        extra={"path": path, "dependency": dependency, "error": repr(error)},
+    )
+    return problem_response(
+        503,
+        detail=f"{dependency[0].upper()}{dependency[1:]} is unreachable; try again shortly.",
+        code="dependency_unavailable",
+        instance=path,
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
 
 
 def accepted_request_id(headers: Headers) -> str:
@@ -117,16 +144,10 @@ class RequestContextMiddleware:
             if not response_started:
                 response = problem_response(413, detail=exc.detail, instance=scope["path"])
                 await response(scope, receive, send_with_request_id)
-        except Exception:
-            error_logger.exception("unhandled error", extra={"path": scope["path"]})
+        except Exception as error:
+            answer = _last_resort(error, scope["path"])  # logs it
             if not response_started:
-                response = problem_response(
-                    500,
-                    detail="An unexpected error occurred; quote the request id when reporting it.",
-                    code="internal_error",
-                    instance=scope["path"],
-                )
-                await response(scope, receive, send_with_request_id)
+                await answer(scope, receive, send_with_request_id)
         finally:
             _finished(scope, status, time.perf_counter() - started)
             tenant_id_var.reset(tenant_token)

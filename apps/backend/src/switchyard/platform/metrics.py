@@ -41,7 +41,7 @@ RUNS_SUBMITTED = Counter(
 TASK_EVENTS = Counter(
     "switchyard_worker_tasks_total",
     "Task deliveries seen by workers, by task and event "
-    "(received, started, succeeded, failed, retried, skipped, dead_lettered)",
+    "(received, started, succeeded, failed, retried, skipped, dead_lettered, handed_back)",
     ["task", "event"],
 )
 TASK_DURATION = Histogram(

@@ -37,11 +37,13 @@ from switchyard.platform.metrics import (
 from switchyard.platform.publisher import REQUEST_ID_HEADER, TENANT_HEADER
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.topology import DEAD_LETTER_QUEUE
+from switchyard.services.outages import unreachable_dependency
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
+HAND_BACK_SECONDS = 2
 
 
 def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
@@ -53,19 +55,43 @@ def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
         log_context = RunLogContext(run_id, request_id, tenant)
         remember_run(log_context)  # for Celery's own outcome line, logged after we return
         with run_log_context(log_context):
-            outcome = current.run(
-                execute(
-                    current.services,
-                    spec,
-                    uuid.UUID(run_id),
-                    redelivered=bool(delivery.get("redelivered")),
-                    tenant_id=uuid.UUID(tenant) if tenant else None,
-                    request_id=request_id,
+            try:
+                outcome = current.run(
+                    execute(
+                        current.services,
+                        spec,
+                        uuid.UUID(run_id),
+                        # A copy handed back (below) may find its run `started` by the
+                        # attempt that could not record its outcome: it takes it over.
+                        redelivered=bool(delivery.get("redelivered")) or task.request.retries > 0,
+                        tenant_id=uuid.UUID(tenant) if tenant else None,
+                        request_id=request_id,
+                    )
                 )
-            )
+            except Exception as error:
+                dependency = unreachable_dependency(error)
+                if dependency is None:
+                    raise
+                return _hand_back(task, spec, dependency, error)
             return _settle(task, spec, run_id, outcome, amqp)
 
     return run_registered_task
+
+
+def _hand_back(task: Task, spec: TaskSpec[Any], dependency: str, error: Exception) -> None:
+    """The ledger (or another service a run needs) is unreachable: the run cannot be claimed
+    or its outcome recorded. The message goes back to the broker as a copy due in
+    HAND_BACK_SECONDS and this one is acked, so the run waits out the outage in the queue
+    instead of being dropped, spinning, or using up its deliveries."""
+    logger.warning(
+        "run handed back: %s unreachable",
+        dependency,
+        extra={"error": repr(error), "retry_in_seconds": HAND_BACK_SECONDS},
+    )
+    TASK_EVENTS.labels(task=spec.name, event="handed_back").inc()
+    raise task.retry(
+        countdown=HAND_BACK_SECONDS, queue=spec.queue, routing_key=spec.queue, max_retries=None
+    )
 
 
 def _settle(task: Task, spec: TaskSpec[Any], run_id: str, outcome: Outcome, amqp: bool) -> None:
