@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from celery.signals import (
     worker_shutdown,
     worker_shutting_down,
 )
+from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.messaging import Consumer
 from kombu.transport.base import Message
 
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
 HAND_BACK_SECONDS = 2
+RECONNECT_MAX_SECONDS = 5
 
 
 def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
@@ -244,6 +247,7 @@ def configure_worker(
     celery: Celery, registry: TaskRegistry, heartbeat: Path, settings: Settings
 ) -> None:
     bind_tasks(celery, registry)
+    celery.conf.worker_consumer = f"{__name__}:ReconnectingConsumer"
     worker_shutting_down.connect(
         hand_back_after(settings.worker_shutdown_grace_seconds), weak=False
     )
@@ -251,6 +255,21 @@ def configure_worker(
     celery.steps["worker"].add(metrics_step(settings))
     if broker_is_amqp(str(celery.conf.broker_url)):
         celery.steps["consumer"].add(DeadLetterConsumer)
+
+
+class ReconnectingConsumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer, reconnecting to a broker that went away at most RECONNECT_MAX_SECONDS
+    apart (kombu's default backs off to 30 s, so a worker could idle that long after the
+    broker's return)."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        conn.ensure_connection = functools.partial(
+            conn.ensure_connection,
+            interval_start=1,
+            interval_step=1,
+            interval_max=RECONNECT_MAX_SECONDS,
+        )
+        return super().ensure_connected(conn)
 
 
 def _close_runtime(**_: Any) -> None:

@@ -277,9 +277,10 @@ async def run_events(
 ) -> EventSourceResponse:
     """Server-Sent Events: the current state first, then each change, closing after a final one."""
     await service.get_run(session, tenant_id, task_id)
+    pubsub = await follow.subscribe(services, task_id)  # 503 when Redis is down
 
     async def stream() -> AsyncIterator[dict[str, Any]]:
-        async for event in follow.follow(services, tenant_id, task_id):
+        async for event in follow.follow(services, tenant_id, task_id, pubsub):
             if await request.is_disconnected():
                 return
             yield event

@@ -13,8 +13,10 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
+from switchyard.errors import ServiceUnavailableError
 from switchyard.platform import events
 from switchyard.services.container import Services
+from switchyard.services.outages import RETRY_AFTER_SECONDS
 from switchyard.tasks import repository
 
 RESYNC_SECONDS = 5.0
@@ -54,15 +56,32 @@ async def _next_message(pubsub: PubSub | None) -> dict[str, Any] | None:
     return loaded
 
 
-async def follow(
-    services: Services, tenant_id: uuid.UUID, run_id: uuid.UUID
-) -> AsyncIterator[dict[str, Any]]:
-    """Subscribe, then read the ledger (so no change in between is missed), then relay each
-    newer change; without news for a few seconds, the ledger is read again."""
-    pubsub = services.redis.pubsub() if services.redis is not None else None
+async def subscribe(services: Services, run_id: uuid.UUID) -> PubSub | None:
+    """The run's change channel, subscribed before the stream answers, so that a Redis that is
+    down is a 503 rather than a stream that breaks; None without Redis (the ledger is polled)."""
+    if services.redis is None:
+        return None
+    pubsub = services.redis.pubsub()
     try:
-        if pubsub is not None:
-            await pubsub.subscribe(events.channel(services.settings.cache_namespace, run_id))
+        await pubsub.subscribe(events.channel(services.settings.cache_namespace, run_id))
+    except RedisError as exc:
+        with contextlib.suppress(RedisError):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        raise ServiceUnavailableError(
+            "Live run events need Redis, which is unreachable; read the run's state with "
+            f"GET /api/v1/tasks/{run_id} meanwhile.",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        ) from exc
+    return pubsub
+
+
+async def follow(
+    services: Services, tenant_id: uuid.UUID, run_id: uuid.UUID, pubsub: PubSub | None
+) -> AsyncIterator[dict[str, Any]]:
+    """With the run's channel subscribed (see subscribe), read the ledger (so no change in
+    between is missed), then relay each newer change; without news for a few seconds, or with
+    Redis gone meanwhile, the ledger is read again."""
+    try:
         last = await _ledger(services, tenant_id, run_id)
         yield {"event": "state", "data": json.dumps(last)}
         while RunState(last["state"]) not in FINAL_STATES:

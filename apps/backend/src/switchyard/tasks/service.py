@@ -27,6 +27,7 @@ from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.topology import WORK_QUEUES
 from switchyard.services.cache import Cache
+from switchyard.services.outages import RETRY_AFTER_SECONDS
 from switchyard.tasks import repository
 from switchyard.tasks.schemas import (
     DefinitionIn,
@@ -37,7 +38,6 @@ from switchyard.tasks.schemas import (
     RunRequest,
 )
 
-BROKER_RETRY_AFTER_SECONDS = "5"
 RUN_VIEW_CACHE_SECONDS = 300
 RUN_VIEW_CACHE_MAX_BYTES = 64 * 1024
 
@@ -228,7 +228,7 @@ async def publish(
             await session.execute(delete(TaskRun).where(TaskRun.id == run.id))
         raise ServiceUnavailableError(
             "The task broker is unreachable; nothing was queued. Try again shortly.",
-            headers={"Retry-After": BROKER_RETRY_AFTER_SECONDS},
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
         ) from None
     RUNS_SUBMITTED.labels(task=run.task, outcome="accepted").inc()
     marks.add(run.id)
