@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     cors_origins: CommaList = Field(default_factory=list)
     features: CommaList = Field(default_factory=list)
+    # Modules declaring a product's own tasks, imported after the built-in ones by every role.
+    task_modules: CommaList = Field(default_factory=list)
     max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -188,6 +190,7 @@ class Settings(BaseSettings):
     @field_validator(
         "cors_origins",
         "features",
+        "task_modules",
         "worker_queues",
         "health_critical",
         "data_source_keys",

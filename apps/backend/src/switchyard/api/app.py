@@ -39,7 +39,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         broker = Broker.create(settings)
         app.state.services = services
         app.state.broker = broker
-        app.state.registry = load_task_modules()
+        app.state.registry = load_task_modules(settings.task_modules)
         published_marks = (
             ledger.PublishedMarks(services.database) if services.database is not None else None
         )

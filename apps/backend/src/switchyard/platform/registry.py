@@ -8,13 +8,14 @@ import math
 import random
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from switchyard.platform.topology import WORK_QUEUES
+from switchyard.roles.errors import RoleConfigurationError
 
 if TYPE_CHECKING:
     from switchyard.services.container import Services
@@ -141,8 +142,14 @@ def task(
     return register
 
 
-def load_task_modules() -> TaskRegistry:
-    """Import every module that declares tasks; the registry is then complete."""
-    for module in TASK_MODULES:
-        importlib.import_module(module)
+def load_task_modules(extra: Sequence[str] = ()) -> TaskRegistry:
+    """Import every module that declares tasks (the built-in ones, then `extra`: the
+    TASK_MODULES setting, a product's own); the registry is then complete."""
+    for module in (*TASK_MODULES, *extra):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            if module in TASK_MODULES:
+                raise
+            raise RoleConfigurationError(f"TASK_MODULES: cannot import {module!r}: {exc}") from exc
     return registry

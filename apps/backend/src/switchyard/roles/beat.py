@@ -28,7 +28,10 @@ async def _serve(settings: Settings) -> None:
     metrics.start()
     try:
         beat = Beat(
-            services, broker.publisher, load_task_modules(), settings.heartbeat_file("beat")
+            services,
+            broker.publisher,
+            load_task_modules(settings.task_modules),
+            settings.heartbeat_file("beat"),
         )
         await beat.run(stop)
     finally:

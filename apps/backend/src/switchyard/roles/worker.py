@@ -42,7 +42,10 @@ def run(settings: Settings, service_type: str = "worker") -> int:
     assert broker is not None
     runtime.configure(settings, service_type)
     configure_worker(
-        broker.celery, load_task_modules(), settings.heartbeat_file("worker"), settings
+        broker.celery,
+        load_task_modules(settings.task_modules),
+        settings.heartbeat_file("worker"),
+        settings,
     )
     broker.publisher.declare_topology()
     broker.celery.worker_main(
