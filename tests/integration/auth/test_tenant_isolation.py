@@ -1,21 +1,29 @@
-"""No caller sees another tenant's data: another tenant's id answers like an unknown id.
+"""No caller sees another tenant's data: another tenant's id answers like an unknown id; and
+for every route with an id, no credentials answer 401 and an API key without the route's scope
+403.
 
 `test_every_route_with_an_id_has_a_cross_tenant_case` reads the OpenAPI document and fails
-when a route that takes an id is added without a case here."""
+when a route that takes an id is added without a case here; the scope a route requires is
+read from the app itself."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from switchyard.auth.scopes import SCOPES
 from switchyard.db.base import Base
 from switchyard.db.models import DeadLetter, KnowledgeDocument, RunState, TaskRun
 from switchyard.db.tenancy import tenant_owned
+from switchyard.dependencies import require_superuser, require_tenant_admin
 from tests.fixtures.accounts import Account, sign_up
 
 
@@ -187,3 +195,90 @@ async def test_lists_show_only_the_callers_tenant(
         )
     keys_of_b = (await api_client.get("/api/v1/api-keys", headers=b.headers)).json()
     assert owned.key_id not in {key["id"] for key in keys_of_b}
+
+
+# The access matrix: for every route with an id, the guard it declares (read from the app, so
+# a new route is covered by construction) and what callers without it get.
+ADMIN, SUPERUSER = "tenant admin", "superuser"
+
+
+def guards(app: FastAPI, method: str, template: str) -> set[str]:
+    """What a route requires of its caller: scopes, a tenant admin, a superuser."""
+    route = next(
+        context
+        for context in iter_route_contexts(app.routes)
+        if isinstance(context.original_route, APIRoute)
+        and context.path == template
+        and method.upper() in (context.methods or ())
+    )
+    found: set[str] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        scope = getattr(dependant.call, "required_scope", None)
+        if scope is not None:
+            found.add(scope)
+        if dependant.call is require_tenant_admin:
+            found.add(ADMIN)
+        if dependant.call is require_superuser:
+            found.add(SUPERUSER)
+        pending.extend(dependant.dependencies)
+    return found
+
+
+@pytest.fixture
+def app(api_client: httpx.AsyncClient) -> FastAPI:
+    transport = api_client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    return cast(FastAPI, transport.app)
+
+
+@pytest.mark.parametrize(("method", "template"), sorted(CASES))
+def test_every_route_with_an_id_is_guarded(app: FastAPI, method: str, template: str) -> None:
+    found = guards(app, method, template)
+    assert found, f"{method.upper()} {template} declares no scope or role"
+    assert found <= {*SCOPES, ADMIN, SUPERUSER}
+
+
+@pytest.mark.parametrize(("method", "template"), sorted(CASES))
+async def test_without_credentials_every_route_with_an_id_answers_401(
+    api_client: httpx.AsyncClient,
+    tenants: tuple[Account, Account, Owned],
+    method: str,
+    template: str,
+) -> None:
+    a, _, owned = tenants
+    attribute, _ = CASES[(method, template)]
+    value = str(a.tenant_id) if attribute == "tenant_id" else str(getattr(owned, attribute))
+    body = BODIES.get((method, template))
+    answer = await api_client.request(method, url(template, value), json=body)
+    assert answer.status_code == 401, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["www-authenticate"].lower().startswith("bearer")
+
+
+@pytest.mark.parametrize(("method", "template"), sorted(CASES))
+async def test_an_api_key_without_the_routes_scope_gets_403_on_its_own_tenants_id(
+    api_client: httpx.AsyncClient,
+    app: FastAPI,
+    tenants: tuple[Account, Account, Owned],
+    method: str,
+    template: str,
+) -> None:
+    a, _, owned = tenants
+    attribute, _ = CASES[(method, template)]
+    value = str(a.tenant_id) if attribute == "tenant_id" else str(getattr(owned, attribute))
+    required = guards(app, method, template)
+    # Every scope but the route's own (a key is never a tenant admin or a superuser).
+    others = sorted(set(SCOPES) - required)
+    key = await api_client.post(
+        "/api/v1/api-keys", json={"name": "narrow", "scopes": others}, headers=a.headers
+    )
+    assert key.status_code == 201, key.text
+    headers = {"X-API-Key": key.json()["key"]}
+    body = BODIES.get((method, template))
+    answer = await api_client.request(method, url(template, value), json=body, headers=headers)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["code"] == "forbidden"
+    for scope in required & set(SCOPES):
+        assert scope in answer.json()["detail"]

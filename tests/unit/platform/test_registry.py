@@ -9,7 +9,9 @@ from switchyard.platform.registry import (
     TaskContext,
     TaskRegistry,
     TaskSpec,
+    load_task_modules,
 )
+from switchyard.roles.errors import RoleConfigurationError
 
 
 class Empty(BaseModel):
@@ -71,3 +73,8 @@ def test_registry_refuses_a_name_twice_and_lists_by_name() -> None:
         registry.register(spec(name="a.run"))
     assert [task.name for task in registry.all()] == ["a.run", "b.run"]
     assert registry.get("c.run") is None
+
+
+def test_a_task_module_that_cannot_be_imported_stops_the_role_with_a_clear_error() -> None:
+    with pytest.raises(RoleConfigurationError, match=r"TASK_MODULES: cannot import 'acme\.nope'"):
+        load_task_modules(["acme.nope"])

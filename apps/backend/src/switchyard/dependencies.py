@@ -197,6 +197,7 @@ def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
             raise ForbiddenError(f"This action needs the scope {scope!r}.")
         return principal
 
+    check.required_scope = scope  # type: ignore[attr-defined]  # read by the access tests
     return check
 
 
