@@ -15,6 +15,7 @@ from switchyard.ai import endpoints as ai
 from switchyard.api.errors import install_exception_handlers
 from switchyard.api.metrics import POOLS, RouteTemplates
 from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from switchyard.api.openapi import document_errors
 from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.auth import endpoints as auth
 from switchyard.datasources import endpoints as datasources
@@ -83,6 +84,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         redoc_url=None,
     )
     install_exception_handlers(app)
+    document_errors(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
