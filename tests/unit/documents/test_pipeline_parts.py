@@ -9,6 +9,7 @@ import pytest
 
 from switchyard.documents.chunking import split
 from switchyard.documents.extract import (
+    MAX_PDF_PAGES,
     UnreadableDocumentError,
     UnsupportedMediaTypeError,
     extract_text,
@@ -19,7 +20,7 @@ from switchyard.documents.schemas import SearchHit
 from switchyard.documents.tasks import parse_entities
 from switchyard.services.embeddings import LocalEmbedder, cosine, create_embedder
 from switchyard.settings import Settings
-from tests.fakes.pdf import make_pdf
+from tests.fakes.pdf import make_inflating_pdf, make_pdf
 
 
 @pytest.mark.parametrize(
@@ -148,3 +149,19 @@ def test_the_local_model_embeds_meaning() -> None:
 def test_provider_choice() -> None:
     assert create_embedder(Settings(), None).name == "local-minilm-l6-v2"
     assert create_embedder(Settings(embedding_provider="zhipu"), None).name == "zhipu-unconfigured"
+
+
+def test_an_inflating_pdf_is_read_only_up_to_the_text_limit() -> None:
+    bomb = make_inflating_pdf(pages=2_000, text_per_page=1_000_000)  # 2 GB of text
+    assert len(bomb) < 1_000_000  # under 1 MB on disk
+    with pytest.raises(UnreadableDocumentError, match="more than 3000000 characters"):
+        extract_text(bomb, "pdf", max_chars=3_000_000)
+    # Within the limit, the same construction is read whole.
+    small = make_inflating_pdf(pages=3, text_per_page=1_000)
+    assert extract_text(small, "pdf", max_chars=3_000_000).count("A") == 3_000
+
+
+def test_a_pdf_with_too_many_pages_is_refused_before_reading_them() -> None:
+    many = make_inflating_pdf(pages=MAX_PDF_PAGES + 1, text_per_page=1)
+    with pytest.raises(UnreadableDocumentError, match=f"the limit is {MAX_PDF_PAGES}"):
+        extract_text(many, "pdf")

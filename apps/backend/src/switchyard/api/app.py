@@ -15,6 +15,7 @@ from switchyard.ai import endpoints as ai
 from switchyard.api.errors import install_exception_handlers
 from switchyard.api.metrics import POOLS, RouteTemplates
 from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from switchyard.api.nul import NulTextGuard
 from switchyard.api.openapi import document_errors
 from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.auth import endpoints as auth
@@ -85,21 +86,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     )
     install_exception_handlers(app)
     document_errors(app)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_credentials=True,
-            allow_methods=["*"],
-            allow_headers=["*"],
-            expose_headers=[REQUEST_ID_HEADER],
-        )
-    app.add_middleware(
-        RequestContextMiddleware,
-        max_body_bytes=settings.max_request_body_bytes,
-        upload_body_bytes=settings.document_max_bytes + UPLOAD_OVERHEAD_BYTES,
-        upload_paths=(f"/api/{API_VERSION}/documents",),
-    )
+    _add_middleware(app, settings)
 
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -117,3 +104,24 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(health.router, prefix=api, include_in_schema=False)
     app.state.route_templates = RouteTemplates(app.routes)
     return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    """Outermost last: the request context (request id, size limit, last-resort errors), then
+    the NUL guard, then CORS."""
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER],
+        )
+    app.add_middleware(NulTextGuard)  # inside the size limit and the request id
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_request_body_bytes,
+        upload_body_bytes=settings.document_max_bytes + UPLOAD_OVERHEAD_BYTES,
+        upload_paths=(f"/api/{API_VERSION}/documents",),
+    )

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
+from switchyard.api.nul import NUL_MESSAGE
 from switchyard.db import pagination
 from switchyard.db.models import DocumentStatus, KnowledgeDocument
 from switchyard.dependencies import (
@@ -37,7 +38,7 @@ from switchyard.documents.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from switchyard.errors import NotFoundError, SwitchyardError
+from switchyard.errors import InvalidInputError, NotFoundError, SwitchyardError
 from switchyard.tasks.endpoints import accept_run
 from switchyard.tasks.schemas import RunRequest
 
@@ -71,6 +72,11 @@ async def upload_document(
 ) -> DocumentAccepted:
     """Store the file, record it as `pending`, and queue `documents.ingest`."""
     tenant_id = principal.tenant_id
+    for field, text in (("body.title", title), ("body.file", file.filename)):
+        if text is not None and "\x00" in text:
+            raise InvalidInputError(
+                NUL_MESSAGE, [{"field": field, "message": NUL_MESSAGE, "type": "string_nul"}]
+            )
     filename = PurePath(file.filename or "upload").name[:500] or "upload"
     kind = kind_of(filename, file.content_type)
     document_id = uuid.uuid4()

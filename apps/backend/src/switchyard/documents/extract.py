@@ -8,6 +8,8 @@ from typing import Final, Literal
 
 from switchyard.errors import SwitchyardError
 
+MAX_PDF_PAGES: Final = 5_000
+
 Kind = Literal["text", "markdown", "html", "pdf"]
 BY_EXTENSION: Final[dict[str, Kind]] = {
     ".txt": "text",
@@ -69,10 +71,11 @@ def _decode(data: bytes) -> str:
         raise UnreadableDocumentError("the file is not UTF-8 text") from None
 
 
-def extract_text(data: bytes, kind: Kind) -> str:
-    """The document's text; UnreadableDocumentError when there is none to be had."""
+def extract_text(data: bytes, kind: Kind, max_chars: int | None = None) -> str:
+    """The document's text; UnreadableDocumentError when there is none to be had, or more than
+    `max_chars` of it (a PDF stops being read there: a small file may inflate enormously)."""
     if kind == "pdf":
-        text = _pdf_text(data)
+        text = _pdf_text(data, max_chars)
     elif kind == "html":
         from bs4 import BeautifulSoup
 
@@ -86,10 +89,19 @@ def extract_text(data: bytes, kind: Kind) -> str:
     text = text.replace("\x00", "").strip()
     if not text:
         raise UnreadableDocumentError("the document has no text")
+    if max_chars is not None and len(text) > max_chars:
+        raise _too_long(max_chars)
     return text
 
 
-def _pdf_text(data: bytes) -> str:
+def _too_long(max_chars: int) -> UnreadableDocumentError:
+    return UnreadableDocumentError(
+        f"the document has more than {max_chars} characters of text "
+        "(DOCUMENT_MAX_CHUNKS x CHUNK_SIZE_CHARS)"
+    )
+
+
+def _pdf_text(data: bytes, max_chars: int | None) -> str:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
@@ -99,7 +111,17 @@ def _pdf_text(data: bytes) -> str:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             raise UnreadableDocumentError("the PDF is encrypted")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        if len(reader.pages) > MAX_PDF_PAGES:
+            raise UnreadableDocumentError(
+                f"the PDF has {len(reader.pages)} pages; the limit is {MAX_PDF_PAGES}"
+            )
+        pages: list[str] = []
+        read = 0
+        for page in reader.pages:  # each stream inflates to at most pypdf's own limit (75 MB)
+            pages.append(page.extract_text() or "")
+            read += len(pages[-1])
+            if max_chars is not None and read > max_chars:
+                raise _too_long(max_chars)
     except (PyPdfError, ValueError, KeyError, TypeError) as exc:
         raise UnreadableDocumentError(f"the PDF cannot be read: {type(exc).__name__}") from None
     return "\n\n".join(pages)

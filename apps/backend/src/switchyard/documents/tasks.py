@@ -20,6 +20,7 @@ from switchyard.services.container import Services
 from switchyard.services.graph import GraphChunk, Mention
 from switchyard.services.llm import ChatMessage, LLMError, LLMRequestError
 from switchyard.services.vectors import VectorChunk
+from switchyard.settings import Settings
 
 EMBED_BATCH: Final = 64
 UPSERT_BATCH: Final = 500
@@ -97,6 +98,11 @@ async def _embed(
     return vectors
 
 
+def _max_chars(settings: Settings) -> int:
+    """More text than this would split into more chunks than DOCUMENT_MAX_CHUNKS allows."""
+    return settings.document_max_chunks * settings.chunk_size_chars
+
+
 async def ingest_document(
     services: Services, tenant_id: uuid.UUID, document: KnowledgeDocument
 ) -> list[Chunk]:
@@ -105,7 +111,7 @@ async def ingest_document(
     _, stream = await services.objects.get(tenant_id, document.object_key)
     data = b"".join([piece async for piece in stream])
     kind = kind_of(document.filename, document.content_type)
-    text = await asyncio.to_thread(extract_text, data, kind)
+    text = await asyncio.to_thread(extract_text, data, kind, _max_chars(settings))
     chunks = split(text, settings.chunk_size_chars, settings.chunk_overlap_chars)
     if len(chunks) > settings.document_max_chunks:
         raise UnreadableDocumentError(
@@ -244,7 +250,8 @@ async def extract_entities_task(payload: DocumentInput, ctx: TaskContext) -> dic
         raise NotFoundError("the document is not in the graph yet; ingest it first")
     _, stream = await services.objects.get(ctx.tenant_id, document.object_key)
     data = b"".join([piece async for piece in stream])
-    text = extract_text(data, kind_of(document.filename, document.content_type))
+    kind = kind_of(document.filename, document.content_type)
+    text = extract_text(data, kind, _max_chars(services.settings))
     chunks = split(text, services.settings.chunk_size_chars, services.settings.chunk_overlap_chars)
     written = await extract_entities(services, ctx.tenant_id, document.id, chunks)
     return {"document_id": str(document.id), "entities": written}

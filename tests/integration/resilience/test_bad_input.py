@@ -1,0 +1,277 @@
+"""The bad-input catalogue: what a client can throw at the API is answered 4xx problem+json
+naming the field (never 500, never a stack trace), and what is accepted is stored and given
+back exactly as sent.
+
+Also covered elsewhere: forged, expired, `alg: none` and wrong-audience tokens
+(tests/integration/auth/test_sign_up_and_tokens.py), tokens of a suspended tenant
+(test_api_keys_and_tenants.py), negative and enormous `countdown`
+(tests/integration/tasks/test_tasks_api.py), oversized JSON bodies with and without a length
+(tests/integration/api/test_errors.py), zip-bomb-like PDFs (tests/unit/documents)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import inspect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.api.app import create_app
+from tests.fixtures.accounts import Account, sign_up
+from tests.fixtures.gateway import SettingsFactory, running
+
+PROBLEM = "application/problem+json"
+UPLOAD_LIMIT = 2048
+INJECTIONS = [
+    "'; DROP TABLE task_runs; --",
+    '" OR 1=1 --',
+    "Robert'); DELETE FROM tenants WHERE ('1'='1",
+    "MATCH (n) DETACH DELETE n",
+    "'}) MATCH (n) DETACH DELETE n //",
+    "$$; SELECT pg_sleep(10); $$",
+    "{{7*7}} ${7*7} <script>alert(1)</script>",
+]
+UNICODE = [
+    "Zürich — 東京 — القاهرة",  # accents, CJK, right-to-left
+    "🚀👩🏽‍💻 emoji with joiners",
+    "e\u0301 combining, \u200b zero width, \U0001d518 astral",
+]
+
+
+@pytest.fixture
+async def app(make_settings: SettingsFactory, broker_url: str, tmp_path: Path) -> FastAPI:
+    return create_app(
+        make_settings(
+            celery_broker_url=broker_url,
+            document_max_bytes=UPLOAD_LIMIT,
+            var_dir=tmp_path,
+            max_request_body_bytes=64 * 1024,
+        )
+    )
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(app) as client:
+        yield client
+
+
+@pytest.fixture
+async def owner(client: httpx.AsyncClient) -> Account:
+    account = await sign_up(client)
+    client.headers.update(account.headers)
+    return account
+
+
+def is_problem(answer: httpx.Response, status: int) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == PROBLEM
+    assert "Traceback" not in answer.text
+    problem: dict[str, Any] = answer.json()
+    return problem
+
+
+def fields(problem: dict[str, Any]) -> list[str]:
+    return [error["field"] for error in problem.get("errors") or []]
+
+
+RUN = {"task": "system.echo", "payload": {"message": "ok"}}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        (
+            "POST",
+            "/api/v1/tasks/run",
+            {**RUN, "payload": {"message": "a\x00b"}},
+            "body.payload.message",
+        ),
+        ("POST", "/api/v1/tasks/run", {**RUN, "payload": {"k\x00": "x"}}, "body.payload.k?"),
+        ("POST", "/api/v1/tasks/run", {"task": "system.echo\x00"}, "body.task"),
+        (
+            "POST",
+            "/api/v1/tasks/register",
+            {"name": "nul-in-payload", "task": "system.echo", "payload": {"message": ["\x00"]}},
+            "body.payload.message.0",
+        ),
+        ("POST", "/api/v1/api-keys", {"name": "key\x00", "scopes": ["tasks:read"]}, "body.name"),
+        ("PATCH", "/api/v1/tenants/current", {"name": "Acme\x00"}, "body.name"),
+        (
+            "POST",
+            "/api/v1/data-sources",
+            {"name": "d\x00", "url": "postgresql://h/db"},
+            "body.name",
+        ),
+        ("POST", "/api/v1/search", {"query": "lunch\x00"}, "body.query"),
+        ("GET", "/api/v1/tasks/?task=echo%00", None, "query.task"),
+        ("GET", "/api/v1/tasks/definitions/na%00me", None, "path"),
+    ],
+)
+async def test_nul_characters_are_refused_naming_the_field(
+    client: httpx.AsyncClient, owner: Account, method: str, path: str, body: Any, field: str
+) -> None:
+    answer = await client.request(method, path, json=body)
+    problem = is_problem(answer, 422)
+    assert fields(problem) == [field]
+    assert problem["errors"][0]["type"] == "string_nul"
+    assert (await client.get("/api/v1/tasks/")).json()["items"] == []  # nothing was stored
+
+
+async def test_a_nul_in_an_upload_title_or_file_name_is_refused(
+    client: httpx.AsyncClient, owner: Account
+) -> None:
+    files = {"file": ("notes.txt", b"lunch at noon", "text/plain")}
+    titled = await client.post("/api/v1/documents", files=files, data={"title": "a\x00"})
+    assert fields(is_problem(titled, 422)) == ["body.title"]
+    # httpx escapes a NUL in a file name; a hand-made body carries it as it is.
+    raw = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="no\x00tes.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nlunch at noon\r\n--b--\r\n"
+    )
+    named = await client.post(
+        "/api/v1/documents",
+        content=raw,
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert fields(is_problem(named, 422)) == ["body.file"]
+    assert (await client.get("/api/v1/documents")).json()["items"] == []
+
+
+@pytest.mark.parametrize("text", INJECTIONS + UNICODE)
+async def test_free_text_is_stored_and_returned_verbatim(
+    client: httpx.AsyncClient, owner: Account, engine: AsyncEngine, text: str
+) -> None:
+    """Injection strings and any Unicode in every free-text field: kept as data, never run."""
+    run = await client.post("/api/v1/tasks/run", json={**RUN, "payload": {"message": text}})
+    assert run.status_code == 202, run.text
+    stored_run = (await client.get(f"/api/v1/tasks/{run.json()['task_id']}")).json()
+    assert stored_run["payload"] == {"message": text}
+
+    definition = await client.post(
+        "/api/v1/tasks/register",
+        json={
+            "name": f"d-{uuid.uuid4().hex[:8]}",
+            "task": "system.echo",
+            "payload": {"message": text},
+        },
+    )
+    assert definition.status_code == 201, definition.text
+    assert definition.json()["payload"] == {"message": text}
+
+    key = await client.post("/api/v1/api-keys", json={"name": text, "scopes": ["tasks:read"]})
+    assert key.status_code == 201, key.text
+    assert key.json()["name"] == text
+    assert text in {item["name"] for item in (await client.get("/api/v1/api-keys")).json()}
+
+    tenant = await client.patch("/api/v1/tenants/current", json={"name": text})
+    assert tenant.status_code == 200, tenant.text
+    assert (await client.get("/api/v1/tenants/current")).json()["name"] == text
+
+    source = await client.post(
+        "/api/v1/data-sources",
+        json={"name": text, "url": "postgresql://crm:pw@crm.example.com/crm"},
+    )
+    assert source.status_code == 201, source.text
+    assert (await client.get(f"/api/v1/data-sources/{source.json()['id']}")).json()["name"] == text
+
+    document = await client.post(
+        "/api/v1/documents",
+        files={"file": ("notes.txt", b"lunch at noon", "text/plain")},
+        data={"title": text},
+    )
+    assert document.status_code == 202, document.text
+    listed = (await client.get("/api/v1/documents")).json()["items"]
+    assert text in {item["title"] for item in listed}
+
+    search = await client.post("/api/v1/search", json={"query": text})
+    assert search.status_code == 200, search.text
+    assert search.json()["query"] == text
+
+    async with engine.connect() as connection:  # and every table is still there
+        tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+    assert {"task_runs", "tenants", "api_keys", "knowledge_documents"} <= set(tables)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b'{"task": "system.echo", "payload": {', "application/json", 422),  # cut short
+        (b"[" * 30_000 + b"]" * 30_000, "application/json", 400),  # nested past any parser
+        (b'{"task": "system.echo"} trailing', "application/json", 422),
+        (b"\xff\xfe not utf-8", "application/json", 422),
+        (b"task=system.echo", "text/plain", 422),
+        (b"task=system.echo", "application/x-www-form-urlencoded", 422),
+        (b"<run task='system.echo'/>", "application/xml", 422),
+        (b"", "application/json", 422),
+    ],
+)
+async def test_malformed_bodies_and_wrong_content_types_are_4xx_problems(
+    client: httpx.AsyncClient, owner: Account, body: bytes, content_type: str, status: int
+) -> None:
+    answer = await client.post(
+        "/api/v1/tasks/run", content=body, headers={"content-type": content_type}
+    )
+    problem = is_problem(answer, status)
+    if status == 422:
+        assert any(field.startswith("body") for field in fields(problem)), problem
+
+
+async def test_a_huge_json_body_is_413_before_it_is_parsed(
+    client: httpx.AsyncClient, owner: Account
+) -> None:
+    huge = json.dumps({**RUN, "payload": {"message": "x" * 100_000}})
+    problem = is_problem(await client.post("/api/v1/tasks/run", content=huge), 413)
+    assert "65536 bytes" in problem["detail"]
+
+
+async def test_page_sizes_out_of_range_are_422_on_every_list(
+    client: httpx.AsyncClient, owner: Account
+) -> None:
+    """Every operation with a `limit` query parameter, from the OpenAPI document."""
+    spec = (await client.get("/openapi.json")).json()
+    lists = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "limit" and parameter["in"] == "query":
+                    lists.append((method, path, parameter["schema"]))
+    assert len(lists) >= 4
+    checked = 0
+    for method, path, schema in lists:
+        if (await client.request(method, path)).status_code in (403, 503):
+            continue  # superusers only, or the graph without Neo4j: refused before any parameter
+        for value in (schema["minimum"] - 1, schema["maximum"] + 1, -(10**30), "ten"):
+            answer = await client.request(method, path, params={"limit": value})
+            assert fields(is_problem(answer, 422)) == ["query.limit"], (path, value)
+        checked += 1
+    assert checked >= 3  # runs, dead letters, documents (and more as lists are added)
+
+
+async def test_an_oversized_upload_is_413_without_reading_the_body(
+    client: httpx.AsyncClient, owner: Account
+) -> None:
+    pulled = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(1000):  # 64 MB offered
+            pulled += 1
+            yield b"x" * 65536
+
+    answer = await client.post(
+        "/api/v1/documents",
+        content=body(),
+        headers={
+            "content-type": "multipart/form-data; boundary=b",
+            "content-length": str(1000 * 65536),
+        },
+    )
+    is_problem(answer, 413)
+    assert pulled <= 1  # refused on the declared length, before the body was read
