@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,19 +30,8 @@ RUNS = 6
 RUN = {"task": "system.echo", "payload": {"message": "burst"}}
 
 
-@pytest.fixture
-async def gateway(
-    make_settings: SettingsFactory, own_broker: str
-) -> AsyncIterator[tuple[httpx.AsyncClient, Account]]:
-    settings = make_settings(celery_broker_url=own_broker, task_delivery_limit=DELIVERY_LIMIT)
-    async with running(create_app(settings)) as client:
-        account = await sign_up(client)
-        client.headers.update(account.headers)
-        yield client, account
-
-
 async def test_runs_wait_out_a_database_outage_and_run_once_after(
-    gateway: tuple[httpx.AsyncClient, Account],
+    own_gateway: tuple[httpx.AsyncClient, Account],
     own_broker: str,
     database_url: URL,
     engine: AsyncEngine,
@@ -50,7 +39,7 @@ async def test_runs_wait_out_a_database_outage_and_run_once_after(
     task_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    client, _ = gateway
+    client, _ = own_gateway
     with relayed(database_url) as (relay, through):
         worker = start_worker_on(
             start_role,

@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +14,11 @@ import httpx
 import psutil
 import pytest
 
-from switchyard.api.app import create_app
-from tests.fixtures.accounts import Account, sign_up
-from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.accounts import Account
 from tests.fixtures.processes import RunningRole
 from tests.fixtures.scrape import label_values, metric_value
 from tests.fixtures.servers import free_port
 from tests.fixtures.tasks import (
-    DELIVERY_LIMIT,
     start_worker_on,
     submit,
     wait_for_dead_letter,
@@ -31,17 +28,6 @@ from tests.fixtures.tasks import (
 pytestmark = pytest.mark.e2e
 
 TASKS = "switchyard_worker_tasks_total"
-
-
-@pytest.fixture
-async def gateway(
-    make_settings: SettingsFactory, own_broker: str
-) -> AsyncIterator[tuple[httpx.AsyncClient, Account]]:
-    settings = make_settings(celery_broker_url=own_broker, task_delivery_limit=DELIVERY_LIMIT)
-    async with running(create_app(settings)) as client:
-        account = await sign_up(client)
-        client.headers.update(account.headers)
-        yield client, account
 
 
 def scrape(port: int) -> str:
@@ -61,13 +47,13 @@ async def eventually(check: Callable[[], Any], within: float = 30.0) -> Any:
 
 
 async def test_worker_metrics_count_every_outcome_across_pool_processes(
-    gateway: tuple[httpx.AsyncClient, Account],
+    own_gateway: tuple[httpx.AsyncClient, Account],
     own_broker: str,
     start_role: Callable[..., RunningRole],
     task_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    client, _ = gateway
+    client, _ = own_gateway
     port = free_port()
     worker = start_worker_on(
         start_role,
@@ -134,13 +120,13 @@ async def test_worker_metrics_count_every_outcome_across_pool_processes(
 
 
 async def test_the_request_id_of_the_submitting_call_follows_the_run_into_every_log_line(
-    gateway: tuple[httpx.AsyncClient, Account],
+    own_gateway: tuple[httpx.AsyncClient, Account],
     own_broker: str,
     start_role: Callable[..., RunningRole],
     task_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    client, account = gateway
+    client, account = own_gateway
     worker = start_worker_on(start_role, task_env, own_broker, tmp_path / "worker")
     request_id = "corr-" + tmp_path.name[-12:]
     accepted = await client.post(

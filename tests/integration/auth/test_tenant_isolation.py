@@ -128,6 +128,13 @@ async def tenants(
     return a, b, owned
 
 
+def owned_id(tenants: tuple[Account, Account, Owned], method: str, template: str) -> str:
+    """The id of tenant A's resource that the route is called with."""
+    a, _, owned = tenants
+    attribute, _ = CASES[(method, template)]
+    return str(a.tenant_id) if attribute == "tenant_id" else str(getattr(owned, attribute))
+
+
 def url(template: str, value: str) -> str:
     start, end = template.index("{"), template.index("}")
     return template[:start] + value + template[end + 1 :]
@@ -161,9 +168,9 @@ async def test_another_tenants_id_answers_like_an_unknown_id(
     method: str,
     template: str,
 ) -> None:
-    a, b, owned = tenants
+    a, b, _ = tenants
     attribute, expected = CASES[(method, template)]
-    value = str(a.tenant_id) if attribute == "tenant_id" else str(getattr(owned, attribute))
+    value = owned_id(tenants, method, template)
     unknown = "no-such-name" if attribute == "definition" else str(uuid.uuid4())
     body = BODIES.get((method, template))
     theirs = await api_client.request(method, url(template, value), json=body, headers=b.headers)
@@ -247,9 +254,7 @@ async def test_without_credentials_every_route_with_an_id_answers_401(
     method: str,
     template: str,
 ) -> None:
-    a, _, owned = tenants
-    attribute, _ = CASES[(method, template)]
-    value = str(a.tenant_id) if attribute == "tenant_id" else str(getattr(owned, attribute))
+    value = owned_id(tenants, method, template)
     body = BODIES.get((method, template))
     answer = await api_client.request(method, url(template, value), json=body)
     assert answer.status_code == 401, answer.text
@@ -265,9 +270,8 @@ async def test_an_api_key_without_the_routes_scope_gets_403_on_its_own_tenants_i
     method: str,
     template: str,
 ) -> None:
-    a, _, owned = tenants
-    attribute, _ = CASES[(method, template)]
-    value = str(a.tenant_id) if attribute == "tenant_id" else str(getattr(owned, attribute))
+    a = tenants[0]
+    value = owned_id(tenants, method, template)
     required = guards(app, method, template)
     # Every scope but the route's own (a key is never a tenant admin or a superuser).
     others = sorted(set(SCOPES) - required)
