@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from switchyard.api.app import create_app
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.tasks import DELIVERY_LIMIT
 
 PROBLEM = "application/problem+json"
 UPLOAD_LIMIT = 2048
@@ -49,6 +50,7 @@ async def app(make_settings: SettingsFactory, broker_url: str, tmp_path: Path) -
     return create_app(
         make_settings(
             celery_broker_url=broker_url,
+            task_delivery_limit=DELIVERY_LIMIT,  # the session's queues are declared so
             document_max_bytes=UPLOAD_LIMIT,
             var_dir=tmp_path,
             max_request_body_bytes=64 * 1024,

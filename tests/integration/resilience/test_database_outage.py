@@ -16,6 +16,7 @@ from switchyard.api.app import create_app
 from tests.fixtures.accounts import PASSWORD, sign_up
 from tests.fixtures.faults import relayed
 from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.tasks import DELIVERY_LIMIT
 
 PROBE_TIMEOUT = 1.0
 RUN = {"task": "system.echo", "payload": {"message": "outage"}}
@@ -36,6 +37,7 @@ async def test_api_answers_503_while_the_database_is_down_and_recovers(
         settings = make_settings(
             database_url=through.render_as_string(hide_password=False),
             celery_broker_url=broker_url,
+            task_delivery_limit=DELIVERY_LIMIT,  # the session's queues are declared so
             health_probe_timeout_seconds=PROBE_TIMEOUT,
             health_cache_seconds=0,
         )

@@ -11,6 +11,7 @@ from switchyard.api.app import create_app
 from tests.fixtures.accounts import sign_up
 from tests.fixtures.faults import relayed_url
 from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.tasks import DELIVERY_LIMIT
 
 RUN = {"task": "system.echo", "payload": {"message": "no redis"}}
 RUNS_PER_MINUTE = 3
@@ -23,6 +24,7 @@ async def test_the_api_works_around_a_redis_outage_and_recovers(
         settings = make_settings(
             redis_url=through,
             celery_broker_url=broker_url,
+            task_delivery_limit=DELIVERY_LIMIT,  # the session's queues are declared so
             rate_limit_task_runs=f"{RUNS_PER_MINUTE}/minute",
             redis_socket_timeout_seconds=1.0,
         )
