@@ -11,20 +11,18 @@ from switchyard.api.app import create_app
 from tests.fixtures.accounts import sign_up
 from tests.fixtures.faults import relayed_url
 from tests.fixtures.gateway import SettingsFactory, running
-from tests.fixtures.tasks import DELIVERY_LIMIT
 
 RUN = {"task": "system.echo", "payload": {"message": "no redis"}}
 RUNS_PER_MINUTE = 3
 
 
 async def test_the_api_works_around_a_redis_outage_and_recovers(
-    make_settings: SettingsFactory, redis_url: str, broker_url: str
+    make_settings: SettingsFactory, redis_url: str, own_broker: str
 ) -> None:
     with relayed_url(redis_url, 6379) as (relay, through):
         settings = make_settings(
             redis_url=through,
-            celery_broker_url=broker_url,
-            task_delivery_limit=DELIVERY_LIMIT,  # the session's queues are declared so
+            celery_broker_url=own_broker,  # no worker: the runs stay queued, to be cancelled
             rate_limit_task_runs=f"{RUNS_PER_MINUTE}/minute",
             redis_socket_timeout_seconds=1.0,
         )
