@@ -28,6 +28,7 @@ from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.schedules import latest_due
 from switchyard.services.container import Services
+from switchyard.services.outages import unreachable_dependency
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Beat:
         self.lock_connection: AsyncConnection | None = None
         self.leader_since: float | None = None
         self.last_outbox = 0.0
+        self.failed_ticks = 0  # in a row; the healthcheck reads it from the heartbeat
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -62,9 +64,11 @@ class Beat:
                 try:
                     await self.tick()
                 except Exception:
-                    logger.exception("beat tick failed")
+                    self.failed_ticks += 1
+                    logger.exception("beat tick failed", extra={"failed_ticks": self.failed_ticks})
                     await self._resign()
                 else:
+                    self.failed_ticks = 0
                     BEAT_LAST_TICK.set(time.time())
                 BEAT_LEADER.set(1 if self.leader_since is not None else 0)
                 self._write_heartbeat()
@@ -76,13 +80,23 @@ class Beat:
             self.heartbeat.unlink(missing_ok=True)
 
     async def tick(self) -> None:
+        """Both steps run, whatever the other did; the tick fails if either failed."""
         if not await self._lead():
             return
         now = datetime.now(UTC)
-        await self.publish_due(now)
+        failures: list[Exception] = []
+        try:
+            await self.publish_due(now)
+        except Exception as exc:
+            failures.append(exc)
         if time.monotonic() - self.last_outbox >= OUTBOX_EVERY_SECONDS:
             self.last_outbox = time.monotonic()
-            await self.republish_stale(now)
+            try:
+                await self.republish_stale(now)
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     async def _lead(self) -> bool:
         if self.lock_connection is not None:
@@ -120,7 +134,11 @@ class Beat:
     def _write_heartbeat(self) -> None:
         write_heartbeat(
             self.heartbeat,
-            {"leader": self.leader_since is not None, "leader_since": self.leader_since},
+            {
+                "leader": self.leader_since is not None,
+                "leader_since": self.leader_since,
+                "failed_ticks": self.failed_ticks,
+            },
         )
 
     async def publish_due(self, now: datetime) -> int:
@@ -135,13 +153,27 @@ class Beat:
             ).all()
         published = 0
         for definition in definitions:
-            assert definition.schedule is not None
-            anchor = definition.last_scheduled_for or definition.created_at
-            due = latest_due(definition.schedule, anchor, now)
-            if due is not None and await self._claim_tick(definition, due):
-                BEAT_PUBLISHED.labels(kind="scheduled").inc()
-                published += 1
+            try:
+                published += await self._publish_if_due(definition, now)
+            except Exception as exc:
+                if unreachable_dependency(exc) is not None:
+                    raise  # an outage fails the tick; it is not this definition's fault
+                # One tenant's broken definition never stops another tenant's schedules.
+                logger.exception(
+                    "scheduled definition skipped",
+                    extra={"definition": definition.name, "tenant_id": str(definition.tenant_id)},
+                )
         return published
+
+    async def _publish_if_due(self, definition: TaskDefinition, now: datetime) -> int:
+        if not isinstance(definition.schedule, dict):
+            raise ValueError(f"schedule is {definition.schedule!r}, not an object")
+        anchor = definition.last_scheduled_for or definition.created_at
+        due = latest_due(definition.schedule, anchor, now)
+        if due is None or not await self._claim_tick(definition, due):
+            return 0
+        BEAT_PUBLISHED.labels(kind="scheduled").inc()
+        return 1
 
     async def _claim_tick(self, definition: TaskDefinition, due: datetime) -> bool:
         spec = self.registry.get(definition.task)

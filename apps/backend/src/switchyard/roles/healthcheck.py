@@ -67,10 +67,17 @@ def _worker(settings: Settings) -> tuple[bool, str]:
     return True, f"{reason}; node {hostname} answered"
 
 
+# A beat whose ticks keep failing is alive but publishes nothing: unhealthy.
+BEAT_FAILED_TICKS_UNHEALTHY = 3
+
+
 def _beat(settings: Settings) -> tuple[bool, str]:
     content, reason = _heartbeat(settings, "beat")
     if content is None:
         return False, reason
+    failed = content.get("failed_ticks")
+    if isinstance(failed, int) and failed >= BEAT_FAILED_TICKS_UNHEALTHY:
+        return False, f"{reason}; the last {failed} ticks failed (see the beat's log)"
     since = content.get("leader_since")
     at = content.get("at")
     if isinstance(since, int | float) and isinstance(at, int | float):
