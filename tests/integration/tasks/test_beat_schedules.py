@@ -148,7 +148,7 @@ async def test_migration_turns_json_null_schedules_into_sql_null(
             )
         await migrate(url)
         async with engine.connect() as connection:
-            rows = dict(
+            rows: dict[str, object] = dict(
                 (
                     await connection.execute(
                         text("SELECT name, schedule FROM task_definitions ORDER BY name")
@@ -173,7 +173,7 @@ async def _heartbeat_until(path: Path, condition: str, within: float = 20.0) -> 
     content: dict[str, object] = {}
     while time.monotonic() < deadline:
         try:
-            content = json.loads(path.read_text())
+            content = json.loads(await asyncio.to_thread(path.read_text))
         except (OSError, ValueError):
             content = {}
         failed = content.get("failed_ticks")
