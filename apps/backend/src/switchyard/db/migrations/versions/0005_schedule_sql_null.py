@@ -27,4 +27,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_constraint("ck_task_definitions_schedule_object", "task_definitions", type_="check")
+    op.drop_constraint(
+        op.f("ck_task_definitions_schedule_object"), "task_definitions", type_="check"
+    )
