@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.api.app import create_app
 from switchyard.settings import Settings
@@ -180,10 +182,15 @@ async def test_tampered_tokens_are_401(
 
 
 async def test_a_correctly_signed_token_is_accepted(
-    client: httpx.AsyncClient, auth_settings: Settings
+    client: httpx.AsyncClient, auth_settings: Settings, engine: AsyncEngine
 ) -> None:
     account = await sign_up(client)
-    token = forged(auth_settings, account, su=False)
+    async with engine.connect() as connection:
+        family = await connection.scalar(
+            text("SELECT family_id FROM refresh_tokens WHERE user_id = :user"),
+            {"user": account.user_id},
+        )
+    token = forged(auth_settings, account, su=False, fam=str(family))
     response = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
 

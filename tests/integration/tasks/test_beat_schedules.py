@@ -220,3 +220,25 @@ async def test_beat_is_unhealthy_while_its_ticks_keep_failing_and_healthy_after(
             await asyncio.wait_for(running, 10)
             await services.close()
             broker.close()
+
+
+async def test_a_suspended_tenants_schedules_do_not_run(
+    tasks_account: Account, beat: Beat, engine: AsyncEngine
+) -> None:
+    name = unique("suspended-every-second")
+    await _insert_definition(engine, tasks_account.tenant_id, name, {"every_seconds": 1}, 5)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE tenants SET status = 'suspended' WHERE id = :id"),
+            {"id": tasks_account.tenant_id},
+        )
+    await beat.publish_due(datetime.now(UTC))
+    async with engine.connect() as connection:
+        runs = await connection.scalar(
+            text(
+                "SELECT count(*) FROM task_runs r JOIN task_definitions d "
+                "ON d.id = r.definition_id WHERE d.name = :name"
+            ),
+            {"name": name},
+        )
+    assert runs == 0

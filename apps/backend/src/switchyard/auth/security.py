@@ -53,10 +53,14 @@ def same_digest(secret: str, expected: str) -> bool:
 
 @dataclass(frozen=True)
 class AccessClaims:
+    """What an access token says. Role and superuser are for the client's information only:
+    the gateway reads both from the database on every request."""
+
     user_id: uuid.UUID
     tenant_id: uuid.UUID
     role: str
     superuser: bool
+    family_id: uuid.UUID  # the refresh family: revoking it ends the access tokens it issued
 
 
 def issue_access_token(settings: Settings, claims: AccessClaims) -> tuple[str, int]:
@@ -68,6 +72,7 @@ def issue_access_token(settings: Settings, claims: AccessClaims) -> tuple[str, i
         "tid": str(claims.tenant_id),
         "role": claims.role,
         "su": claims.superuser,
+        "fam": str(claims.family_id),
         "typ": ACCESS,
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
@@ -92,7 +97,7 @@ def read_access_token(settings: Settings, token: str) -> AccessClaims:
             algorithms=[settings.jwt_algorithm],
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
-            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            options={"require": ["exp", "iat", "sub", "iss", "aud", "fam"]},
         )
         if payload.get("typ") != ACCESS:
             raise InvalidTokenError("not an access token")
@@ -101,8 +106,9 @@ def read_access_token(settings: Settings, token: str) -> AccessClaims:
             tenant_id=uuid.UUID(payload["tid"]),
             role=str(payload["role"]),
             superuser=bool(payload.get("su", False)),
+            family_id=uuid.UUID(str(payload["fam"])),
         )
-    except (jwt.PyJWTError, KeyError, ValueError) as exc:
+    except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
         raise InvalidTokenError(str(exc)) from None
 
 

@@ -7,7 +7,7 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -148,8 +148,9 @@ async def issue_tokens(
     membership: Membership,
     family_id: uuid.UUID | None = None,
 ) -> TokenPair:
+    family_id = family_id or uuid.uuid4()
     claims = security.AccessClaims(
-        user.id, membership.tenant_id, membership.role.value, user.is_superuser
+        user.id, membership.tenant_id, membership.role.value, user.is_superuser, family_id
     )
     access, lifetime = security.issue_access_token(settings, claims)
     token_id = uuid.uuid4()
@@ -159,7 +160,7 @@ async def issue_tokens(
             id=token_id,
             user_id=user.id,
             tenant_id=membership.tenant_id,
-            family_id=family_id or uuid.uuid4(),
+            family_id=family_id,
             secret_hash=secret_hash,
             expires_at=datetime.now(UTC) + timedelta(days=settings.refresh_token_days),
         )
@@ -185,14 +186,28 @@ async def _presented(session: AsyncSession, token: str) -> RefreshToken:
 
 
 async def refresh(session: AsyncSession, settings: Settings, token: str) -> TokenPair:
-    """Rotate: the presented token is spent; presenting a spent one revokes its family."""
+    """Rotate: the presented token is spent; presenting a spent one revokes its family.
+
+    Spending is one conditional UPDATE: of two concurrent refreshes with one token, the second
+    waits for the first's row lock, then finds the token spent and counts as reuse."""
     stored = await _presented(session, token)
-    if stored.used_at is not None or stored.revoked_at is not None:
+    if stored.expires_at <= datetime.now(UTC) and stored.revoked_at is None:
+        raise UnauthorizedError(BAD_TOKEN)
+    now = datetime.now(UTC)
+    spent = await session.scalar(
+        update(RefreshToken)
+        .where(
+            RefreshToken.id == stored.id,
+            RefreshToken.used_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+        )
+        .values(used_at=now, revoked_at=now)
+        .returning(RefreshToken.id)
+        .execution_options(synchronize_session=False)
+    )
+    if spent is None:
         await _revoke_family(session, stored.family_id)
         raise TokenReuseError("This refresh token was already used; sign in again.")
-    if stored.expires_at <= datetime.now(UTC):
-        raise UnauthorizedError(BAD_TOKEN)
-    stored.used_at = stored.revoked_at = datetime.now(UTC)
     user = await session.get(User, stored.user_id)
     membership = await session.scalar(
         select(Membership).where(
@@ -210,10 +225,26 @@ async def logout(session: AsyncSession, token: str) -> None:
     await _revoke_family(session, stored.family_id)
 
 
-# The token's user and tenant as they stand now, in one round trip (no row when either is gone).
+# The token's user, membership and tenant as they stand now, and whether its refresh family
+# is still alive, in one round trip (no row when the user, membership or tenant is gone).
 _TOKEN_HOLDER = (
-    select(User.is_active, User.is_superuser, Tenant.status)
-    .join(Tenant, Tenant.id == bindparam("token_tenant"))
+    select(
+        User.is_active,
+        User.is_superuser,
+        Tenant.status,
+        Membership.role,
+        exists()
+        .where(
+            RefreshToken.family_id == bindparam("token_family"),
+            RefreshToken.revoked_at.is_(None),
+        )
+        .label("family_alive"),
+    )
+    .join(
+        Membership,
+        (Membership.user_id == User.id) & (Membership.tenant_id == bindparam("token_tenant")),
+    )
+    .join(Tenant, Tenant.id == Membership.tenant_id)
     .where(User.id == bindparam("token_user"))
 )
 
@@ -221,22 +252,29 @@ _TOKEN_HOLDER = (
 async def principal_from_token(
     connection: AsyncConnection, settings: Settings, token: str
 ) -> Principal:
-    """The caller of a valid access token whose user is active and whose tenant exists and is
-    not suspended. Read-only: one statement, no transaction needed around it."""
+    """The caller of a valid access token whose user is active and still a member of an
+    existing, unsuspended tenant, and whose sign-in was not ended (logout, reuse). Role and
+    superuser come from the database, so a change applies at the next request. Read-only: one
+    statement, no transaction needed around it."""
     try:
         claims = security.read_access_token(settings, token)
     except security.InvalidTokenError:
         raise UnauthorizedError(BAD_TOKEN) from None
     holder = (
         await connection.execute(
-            _TOKEN_HOLDER, {"token_user": claims.user_id, "token_tenant": claims.tenant_id}
+            _TOKEN_HOLDER,
+            {
+                "token_user": claims.user_id,
+                "token_tenant": claims.tenant_id,
+                "token_family": claims.family_id,
+            },
         )
     ).one_or_none()
-    if holder is None or not holder.is_active:
+    if holder is None or not holder.is_active or not holder.family_alive:
         raise UnauthorizedError(BAD_TOKEN)
     if holder.status is TenantStatus.SUSPENDED:
         raise ForbiddenError("This tenant is suspended.")
-    role = Role(claims.role)
+    role = Role(holder.role)
     return Principal(
         kind="user",
         tenant_id=claims.tenant_id,
@@ -260,13 +298,25 @@ async def principal_from_api_key(session: AsyncSession, key: str) -> Principal:
     ):
         raise UnauthorizedError(BAD_TOKEN)
     await _active_tenant(session, stored.tenant_id)
+    creator_role = await session.scalar(
+        select(Membership.role)
+        .join(User, User.id == Membership.user_id)
+        .where(
+            Membership.user_id == stored.created_by,
+            Membership.tenant_id == stored.tenant_id,
+            User.is_active.is_(True),
+        )
+    )
+    if creator_role is None:  # its creator was deactivated, removed or deleted
+        raise UnauthorizedError(BAD_TOKEN)
     now = datetime.now(UTC)
     if stored.last_used_at is None or now - stored.last_used_at > LAST_USED_GRANULARITY:
         stored.last_used_at = now
     return Principal(
         kind="api_key",
         tenant_id=stored.tenant_id,
-        scopes=frozenset(stored.scopes),
+        # Never more than its creator may do today (a demoted admin's keys shrink with them).
+        scopes=frozenset(stored.scopes) & ROLE_SCOPES[creator_role],
         api_key_id=stored.id,
     )
 

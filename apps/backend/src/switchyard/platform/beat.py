@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from switchyard.db.models import RunState, TaskDefinition, TaskRun
+from switchyard.db.models import RunState, TaskDefinition, TaskRun, Tenant, TenantStatus
 from switchyard.platform import ledger
 from switchyard.platform.heartbeat import write_heartbeat
 from switchyard.platform.metrics import BEAT_LAST_TICK, BEAT_LEADER, BEAT_PUBLISHED
@@ -146,8 +146,12 @@ class Beat:
         async with self.sessions() as session:
             definitions = (
                 await session.scalars(
-                    select(TaskDefinition).where(
-                        TaskDefinition.enabled.is_(True), TaskDefinition.schedule.is_not(None)
+                    select(TaskDefinition)
+                    .join(Tenant, Tenant.id == TaskDefinition.tenant_id)
+                    .where(
+                        TaskDefinition.enabled.is_(True),
+                        TaskDefinition.schedule.is_not(None),
+                        Tenant.status == TenantStatus.ACTIVE,  # a suspended tenant runs nothing
                     )
                 )
             ).all()

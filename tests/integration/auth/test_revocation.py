@@ -1,0 +1,191 @@
+"""What a credential may do is read from the database at every request: rotation races, logout,
+revoked families, changed roles, removed members and deactivated key creators."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import jwt
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.api.app import create_app
+from switchyard.settings import Settings
+from tests.fixtures.accounts import Account, login, sign_up
+from tests.fixtures.gateway import SettingsFactory, running
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(create_app(settings)) as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def sql(engine: AsyncEngine, statement: str, **values: object) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text(statement), values)
+
+
+async def test_concurrent_refreshes_with_one_token_let_exactly_one_win_and_revoke_the_family(
+    client: httpx.AsyncClient,
+) -> None:
+    account = await sign_up(client)
+    for _ in range(12):
+        tokens = await login(client, account.email)
+        answers = await asyncio.gather(
+            *(
+                client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+                for _ in range(3)
+            )
+        )
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [200, 401, 401]
+        winner = next(answer.json() for answer in answers if answer.status_code == 200)
+        # The losers counted as reuse: the winner's new pair is dead too.
+        again = await client.post(
+            "/api/v1/auth/refresh", json={"refresh_token": winner["refresh_token"]}
+        )
+        assert again.status_code == 401
+        me = await client.get("/api/v1/auth/me", headers=bearer(winner["access_token"]))
+        assert me.status_code == 401
+
+
+async def test_access_tokens_stop_working_after_logout(client: httpx.AsyncClient) -> None:
+    account = await sign_up(client)
+    other_sign_in = await login(client, account.email)
+    assert (await client.get("/api/v1/auth/me", headers=account.headers)).status_code == 200
+    out = await client.post("/api/v1/auth/logout", json={"refresh_token": account.refresh_token})
+    assert out.status_code == 204
+    after = await client.get("/api/v1/auth/me", headers=account.headers)
+    assert after.status_code == 401
+    assert after.headers["content-type"] == "application/problem+json"
+    # Only that sign-in ended: another one of the same user goes on.
+    other = await client.get("/api/v1/auth/me", headers=bearer(other_sign_in["access_token"]))
+    assert other.status_code == 200
+
+
+async def test_access_tokens_of_a_family_revoked_by_reuse_stop_working(
+    client: httpx.AsyncClient,
+) -> None:
+    account = await sign_up(client)
+    rotated = (
+        await client.post("/api/v1/auth/refresh", json={"refresh_token": account.refresh_token})
+    ).json()
+    assert (await client.get("/api/v1/auth/me", headers=account.headers)).status_code == 200
+    reused = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": account.refresh_token}
+    )
+    assert reused.status_code == 401
+    for token in (account.access_token, rotated["access_token"]):
+        assert (await client.get("/api/v1/auth/me", headers=bearer(token))).status_code == 401
+
+
+async def test_a_demoted_admin_loses_admin_rights_at_the_next_request(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    account = await sign_up(client)
+    assert (await client.get("/api/v1/api-keys", headers=account.headers)).status_code == 200
+    await sql(
+        engine,
+        "UPDATE memberships SET role = 'member' WHERE user_id = :user",
+        user=account.user_id,
+    )
+    denied = await client.get("/api/v1/api-keys", headers=account.headers)
+    assert denied.status_code == 403
+    me = (await client.get("/api/v1/auth/me", headers=account.headers)).json()
+    assert me["role"] == "member"
+    assert "tasks:admin" not in me["scopes"]
+
+
+async def test_a_removed_member_loses_access_at_the_next_request(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    account = await sign_up(client)
+    await sql(engine, "DELETE FROM memberships WHERE user_id = :user", user=account.user_id)
+    assert (await client.get("/api/v1/tasks/", headers=account.headers)).status_code == 401
+
+
+async def test_a_signed_token_with_an_unknown_role_is_read_with_the_stored_role(
+    client: httpx.AsyncClient, settings: Settings, engine: AsyncEngine
+) -> None:
+    account = await sign_up(client)
+    async with engine.connect() as connection:
+        family = await connection.scalar(
+            text("SELECT family_id FROM refresh_tokens WHERE user_id = :user"),
+            {"user": account.user_id},
+        )
+    now = datetime.now(UTC)
+    claims = {
+        "sub": str(account.user_id),
+        "tid": str(account.tenant_id),
+        "role": "emperor",
+        "su": True,
+        "fam": str(family),
+        "typ": "access",
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+    }
+    token = jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+    me = await client.get("/api/v1/auth/me", headers=bearer(token))
+    assert me.status_code == 200
+    assert (me.json()["role"], me.json()["is_superuser"]) == ("owner", False)
+    # Without the family claim the token cannot be revoked, so it is not accepted.
+    del claims["fam"]
+    unrevocable = jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+    assert (await client.get("/api/v1/auth/me", headers=bearer(unrevocable))).status_code == 401
+
+
+async def _key(client: httpx.AsyncClient, owner: Account) -> str:
+    created = await client.post(
+        "/api/v1/api-keys",
+        json={"name": "ci", "scopes": ["tasks:read", "tasks:admin"]},
+        headers=owner.headers,
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["key"])
+
+
+async def test_a_key_stops_working_when_its_creator_is_deactivated(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    owner = await sign_up(client)
+    key = await _key(client, owner)
+    assert (await client.get("/api/v1/tasks/", headers={"X-API-Key": key})).status_code == 200
+    await sql(engine, "UPDATE users SET is_active = false WHERE id = :user", user=owner.user_id)
+    refused = await client.get("/api/v1/tasks/", headers={"X-API-Key": key})
+    assert refused.status_code == 401
+
+
+async def test_a_keys_scopes_shrink_with_its_creators_role(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    owner = await sign_up(client)
+    key = await _key(client, owner)
+    await sql(
+        engine, "UPDATE memberships SET role = 'member' WHERE user_id = :user", user=owner.user_id
+    )
+    me = (await client.get("/api/v1/auth/me", headers={"X-API-Key": key})).json()
+    assert me["scopes"] == ["tasks:read"]
+    letters = await client.get("/api/v1/tasks/dead-letters", headers={"X-API-Key": key})
+    assert letters.status_code == 200
+    purge = await client.delete(
+        f"/api/v1/tasks/dead-letters/{uuid.uuid4()}", headers={"X-API-Key": key}
+    )
+    assert purge.status_code == 403
+    assert "tasks:admin" in purge.json()["detail"]
