@@ -61,8 +61,8 @@ def test_production_with_default_secrets_refuses_to_start(tmp_path: Path) -> Non
     )
     assert result.returncode == 78
     assert result.stderr.splitlines() == [
-        "switchyard: configuration error: JWT_SECRET: missing or left at a known default; "
-        "set a random secret",
+        "switchyard: configuration error: JWT_SECRET: a known default, with which anyone can "
+        "sign tokens; set a random secret (or leave it unset outside production)",
         "switchyard: configuration error: DATABASE_URL: missing; set the PostgreSQL URL",
         "switchyard: configuration error: DATA_SOURCE_KEYS: missing; set one or more Fernet keys "
         "(newest first) to encrypt data source URLs",

@@ -111,11 +111,34 @@ def test_production_accepts_strong_secrets(monkeypatch: pytest.MonkeyPatch, tmp_
     assert settings.environment is Environment.PRODUCTION
 
 
-def test_development_tolerates_default_secrets(
+def test_development_tolerates_default_secrets_but_not_a_known_signing_secret(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert load_settings().jwt_secret.get_secret_value() == "changethis"
+    monkeypatch.setenv("MINIO_SECRET_KEY", "minioadmin")
+    assert load_settings().minio_secret_key.get_secret_value() == "minioadmin"
+    for environment in ("development", "test"):
+        monkeypatch.setenv("ENVIRONMENT", environment)
+        monkeypatch.setenv("JWT_SECRET", "changethis")
+        with pytest.raises(SettingsError) as raised:
+            load_settings()
+        assert [line.split(":")[0] for line in raised.value.lines] == ["JWT_SECRET"]
+
+
+def test_without_jwt_secret_development_signs_with_a_generated_secret_in_var_dir(
+    tmp_path: Path,
+) -> None:
+    first = Settings(_env_file=None, var_dir=tmp_path / "a")
+    secret = first.signing_secret()
+    assert len(secret) >= 32
+    assert secret not in {"changethis", ""}
+    path = tmp_path / "a" / "jwt.secret"
+    assert path.read_text() == secret
+    assert path.stat().st_mode & 0o777 == 0o600
+    # Every process on that VAR_DIR signs with the same secret; another VAR_DIR has its own.
+    assert Settings(_env_file=None, var_dir=tmp_path / "a").signing_secret() == secret
+    assert Settings(_env_file=None, var_dir=tmp_path / "b").signing_secret() != secret
+    assert Settings(_env_file=None, jwt_secret=STRONG_SECRET).signing_secret() == STRONG_SECRET
 
 
 def test_secret_values_include_the_database_password() -> None:

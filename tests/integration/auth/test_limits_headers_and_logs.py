@@ -105,7 +105,7 @@ async def test_a_full_auth_flow_logs_no_secret(
         refreshed.json()["access_token"],
         refreshed.json()["refresh_token"],
         key,
-        settings.jwt_secret.get_secret_value(),
+        settings.signing_secret(),
     ]
     logged = "\n".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
     assert caplog.records, "the flow logged nothing at all"

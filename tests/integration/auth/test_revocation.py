@@ -141,13 +141,13 @@ async def test_a_signed_token_with_an_unknown_role_is_read_with_the_stored_role(
         "iat": now,
         "exp": now + timedelta(minutes=5),
     }
-    token = jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+    token = jwt.encode(claims, settings.signing_secret(), algorithm="HS256")
     me = await client.get("/api/v1/auth/me", headers=bearer(token))
     assert me.status_code == 200
     assert (me.json()["role"], me.json()["is_superuser"]) == ("owner", False)
     # Without the family claim the token cannot be revoked, so it is not accepted.
     del claims["fam"]
-    unrevocable = jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+    unrevocable = jwt.encode(claims, settings.signing_secret(), algorithm="HS256")
     assert (await client.get("/api/v1/auth/me", headers=bearer(unrevocable))).status_code == 401
 
 

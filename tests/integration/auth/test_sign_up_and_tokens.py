@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -152,7 +153,7 @@ def forged(settings: Settings, account: Account, **changes: object) -> str:
         "iat": datetime.now(UTC),
         "exp": datetime.now(UTC) + timedelta(minutes=5),
     }
-    key = changes.pop("key", settings.jwt_secret.get_secret_value())
+    key = changes.pop("key", settings.signing_secret())
     algorithm = str(changes.pop("alg", "HS256"))
     claims.update(changes)
     secret: Any = key if algorithm != "none" else None
@@ -199,3 +200,17 @@ async def test_no_credentials_is_401(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/tasks/")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_without_jwt_secret_tokens_signed_with_the_old_default_are_refused(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    settings = make_settings(jwt_secret=None, var_dir=tmp_path)
+    async with running(create_app(settings)) as client:
+        account = await sign_up(client)
+        me = await client.get("/api/v1/auth/me", headers=account.headers)
+        assert me.status_code == 200
+        token = forged(settings, account, key="changethis", su=False)
+        refused = await client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 401
+    assert (tmp_path / "jwt.secret").read_text() == settings.signing_secret()

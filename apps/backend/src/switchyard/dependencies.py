@@ -116,8 +116,9 @@ async def get_rate_limiter(request: Request) -> RateLimiter:
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 
 
-async def enforce(limiter: RateLimiter, limit: str, *keys: str) -> None:
-    decision = await limiter.hit(limit, *keys)
+async def enforce(limiter: RateLimiter, limit: str, *keys: str, count: bool = True) -> None:
+    """429 when `limit` is used up for `keys`; counts this request unless `count` is False."""
+    decision = await (limiter.hit if count else limiter.peek)(limit, *keys)
     if not decision.allowed:
         raise TooManyRequestsError(
             f"Too many requests (limit {limit}); retry after {decision.retry_after} s.",

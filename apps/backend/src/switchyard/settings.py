@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
+from collections.abc import Callable
 from enum import StrEnum
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final, Literal
 from urllib.parse import urlsplit
@@ -19,6 +22,30 @@ KNOWN_DEFAULT_SECRETS: Final = frozenset(
     {"", "changethis", "changeme", "secret", "password", "minioadmin", "neo4j", "postgres"}
 )
 MIN_JWT_SECRET_LENGTH: Final = 32
+JWT_SECRET_FILE: Final = "jwt.secret"  # noqa: S105 - a file name
+JWT_DEFAULT_REFUSED: Final = (
+    "JWT_SECRET: a known default, with which anyone can sign tokens; set a random secret "
+    "(or leave it unset outside production)"
+)
+
+
+def local_secret(path: Path, make: Callable[[], bytes]) -> bytes:
+    """A secret kept in a file of its own (mode 0600), made on first use; O_EXCL makes
+    concurrent first uses agree on one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    secret = make()
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(secret)
+    return secret
+
+
+@cache
+def _generated_jwt_secret(path: Path) -> str:
+    return local_secret(path, lambda: secrets.token_urlsafe(48).encode()).decode()
 
 
 class Role(StrEnum):
@@ -85,7 +112,8 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     embedded_postgres_port: int = Field(default=0, ge=0, le=65535)
 
-    jwt_secret: SecretStr = SecretStr("changethis")
+    # Unset outside production: generated once into VAR_DIR/jwt.secret (see signing_secret).
+    jwt_secret: SecretStr | None = None
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     jwt_issuer: str = "switchyard"
     jwt_audience: str = "switchyard-api"
@@ -100,6 +128,11 @@ class Settings(BaseSettings):
     rate_limit_auth: str = "5/minute"
     rate_limit_api: str = "600/minute"
     rate_limit_task_runs: str = "120/minute"
+    # Failed sign-ins per account (email), from any address; then 429 until the window ends.
+    rate_limit_login_failures: str = "10/15 minutes"
+    # Addresses or networks of reverse proxies whose X-Forwarded-For / -Proto are believed;
+    # none by default, so a client can never choose the address its limits count against.
+    trusted_proxies: CommaList = Field(default_factory=list)
 
     redis_url: SecretStr | None = None
     redis_socket_timeout_seconds: float = Field(default=2.0, gt=0)
@@ -194,13 +227,28 @@ class Settings(BaseSettings):
         "worker_queues",
         "health_critical",
         "data_source_keys",
+        "trusted_proxies",
         mode="before",
     )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
 
-    @field_validator("rate_limit_auth", "rate_limit_api", "rate_limit_task_runs")
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return value
+
+    @field_validator(
+        "rate_limit_auth", "rate_limit_api", "rate_limit_task_runs", "rate_limit_login_failures"
+    )
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         from limits import parse
@@ -276,6 +324,15 @@ class Settings(BaseSettings):
     def vector_dir(self) -> Path:
         return self.chroma_dir or self.var_dir / "chroma"
 
+    def signing_secret(self) -> str:
+        """What signs access tokens and object links: JWT_SECRET, or (outside production) a
+        random secret made once into VAR_DIR/jwt.secret and shared by the processes there."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        if self.environment is Environment.PRODUCTION:
+            raise RuntimeError("JWT_SECRET is required in production")  # refused at start
+        return _generated_jwt_secret((self.var_dir / JWT_SECRET_FILE).absolute())
+
     def heartbeat_file(self, role: str) -> Path:
         """Where a worker or beat process proves it is alive (read by `switchyard healthcheck`)."""
         return self.var_dir / f"{role}.heartbeat"
@@ -313,17 +370,14 @@ class Settings(BaseSettings):
             secrets.append(str(database.password))
         return [secret for secret in secrets if secret]
 
+    def problems_in_every_environment(self) -> list[str]:
+        """What is refused even in development: a signing secret that anyone can read."""
+        jwt = self.jwt_secret.get_secret_value() if self.jwt_secret is not None else ""
+        return [JWT_DEFAULT_REFUSED] if jwt.lower() in KNOWN_DEFAULT_SECRETS - {""} else []
+
     def production_problems(self) -> list[str]:
         """One line per setting that is unsafe to run in production."""
-        problems: list[str] = []
-        jwt = self.jwt_secret.get_secret_value()
-        if jwt.lower() in KNOWN_DEFAULT_SECRETS:
-            problems.append("JWT_SECRET: missing or left at a known default; set a random secret")
-        elif len(jwt) < MIN_JWT_SECRET_LENGTH:
-            problems.append(
-                f"JWT_SECRET: too short ({len(jwt)} characters); use at least "
-                f"{MIN_JWT_SECRET_LENGTH}"
-            )
+        problems = [self._production_jwt_problem()]
         database = self.database
         if database is None:
             problems.append("DATABASE_URL: missing; set the PostgreSQL URL")
@@ -359,7 +413,18 @@ class Settings(BaseSettings):
                 "DATA_SOURCE_KEYS: missing; set one or more Fernet keys (newest first) "
                 "to encrypt data source URLs"
             )
-        return problems
+        return [problem for problem in problems if problem]
+
+    def _production_jwt_problem(self) -> str:
+        jwt = self.jwt_secret.get_secret_value() if self.jwt_secret is not None else ""
+        if not jwt:
+            return "JWT_SECRET: missing; set a random secret"
+        if jwt.lower() in KNOWN_DEFAULT_SECRETS:
+            return JWT_DEFAULT_REFUSED
+        if len(jwt) < MIN_JWT_SECRET_LENGTH:
+            length, least = len(jwt), MIN_JWT_SECRET_LENGTH
+            return f"JWT_SECRET: too short ({length} characters); use at least {least}"
+        return ""
 
 
 class SettingsError(Exception):
@@ -382,8 +447,10 @@ def load_settings() -> Settings:
         raise SettingsError(lines) from None
     if settings.environment is Environment.PRODUCTION:
         problems = settings.production_problems()
-        if problems:
-            raise SettingsError(problems)
+    else:
+        problems = settings.problems_in_every_environment()
+    if problems:
+        raise SettingsError(problems)
     return settings
 
 

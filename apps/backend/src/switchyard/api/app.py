@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,6 +31,8 @@ from switchyard.settings import Settings
 from switchyard.tasks import endpoints as tasks
 from switchyard.tenants import endpoints as tenants
 
+logger = logging.getLogger(__name__)
+
 # Multipart framing around an uploaded file: headers, boundaries and the title field.
 UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
@@ -37,6 +40,7 @@ UPLOAD_OVERHEAD_BYTES = 64 * 1024
 def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _announce_generated_secret(settings)
         services = Services.create(settings, service_type)
         broker = Broker.create(settings)
         app.state.services = services
@@ -104,6 +108,15 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(health.router, prefix=api, include_in_schema=False)
     app.state.route_templates = RouteTemplates(app.routes)
     return app
+
+
+def _announce_generated_secret(settings: Settings) -> None:
+    if settings.jwt_secret is None:
+        settings.signing_secret()  # made now, so a VAR_DIR that cannot be written fails here
+        logger.warning(
+            "JWT_SECRET is not set: tokens are signed with a secret generated into "
+            "VAR_DIR/jwt.secret; set JWT_SECRET when several gateways serve one deployment"
+        )
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:

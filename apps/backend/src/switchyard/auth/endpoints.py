@@ -24,12 +24,14 @@ from switchyard.auth.schemas import (
 from switchyard.db.models import ApiKey, Role, Tenant, User
 from switchyard.dependencies import (
     PrincipalDep,
+    RateLimiterDep,
     SessionDep,
     SettingsDep,
     TenantAdminDep,
+    enforce,
     limit_by_client_ip,
 )
-from switchyard.errors import InvalidInputError
+from switchyard.errors import InvalidInputError, UnauthorizedError
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 keys_router = APIRouter(prefix="/api-keys", tags=["api keys"])
@@ -106,9 +108,21 @@ async def _login_body(request: Request) -> LoginIn:
         }
     },
 )
-async def login(request: Request, session: SessionDep, settings: SettingsDep) -> TokenPair:
+async def login(
+    request: Request, session: SessionDep, settings: SettingsDep, limiter: RateLimiterDep
+) -> TokenPair:
     body = await _login_body(request)
-    user, membership = await service.authenticate(session, body.email, body.password, body.tenant)
+    # Failed sign-ins are counted per account too, so no choice of address buys more guesses;
+    # once used up, even the right password waits for the window to end.
+    account = ("login_failures", body.email.lower())
+    await enforce(limiter, settings.rate_limit_login_failures, *account, count=False)
+    try:
+        user, membership = await service.authenticate(
+            session, body.email, body.password, body.tenant
+        )
+    except UnauthorizedError:
+        await limiter.hit(settings.rate_limit_login_failures, *account)
+        raise
     return await service.issue_tokens(session, settings, user, membership)
 
 

@@ -80,7 +80,7 @@ def issue_access_token(settings: Settings, claims: AccessClaims) -> tuple[str, i
         "exp": now + lifetime,
         "jti": uuid.uuid4().hex,
     }
-    token = jwt.encode(payload, settings.jwt_secret.get_secret_value(), settings.jwt_algorithm)
+    token = jwt.encode(payload, settings.signing_secret(), settings.jwt_algorithm)
     return token, int(lifetime.total_seconds())
 
 
@@ -93,7 +93,7 @@ def read_access_token(settings: Settings, token: str) -> AccessClaims:
     try:
         payload = jwt.decode(
             token,
-            settings.jwt_secret.get_secret_value(),
+            settings.signing_secret(),
             algorithms=[settings.jwt_algorithm],
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,

@@ -7,14 +7,13 @@ production refuses to start) one key is generated once into VAR_DIR/data-source.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Final
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from switchyard.errors import SwitchyardError
-from switchyard.settings import Settings
+from switchyard.settings import Settings, local_secret
 
 KEY_FILE: Final = "data-source.key"
 
@@ -26,17 +25,8 @@ class UndecryptableError(SwitchyardError):
 
 
 def _local_key(var_dir: Path) -> bytes:
-    """The development key, made on first use; O_EXCL makes concurrent first uses agree."""
-    path = var_dir / KEY_FILE
-    var_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    key = Fernet.generate_key()
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(key)
-    return key
+    """The development key, made on first use."""
+    return local_secret(var_dir / KEY_FILE, Fernet.generate_key)
 
 
 class DataSourceCipher:

@@ -20,6 +20,9 @@ def serve(settings: Settings, service_type: str) -> None:
         log_config=logging_config(settings.log_level, service_type),
         access_log=False,
         server_header=False,
+        # Forwarded headers only from the configured proxies (uvicorn trusts loopback otherwise).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or "",
         timeout_graceful_shutdown=settings.api_shutdown_grace_seconds,
     )
 

@@ -551,5 +551,5 @@ def create_object_store(settings: Settings) -> ObjectStore:
     return LocalObjectStore(
         settings.object_dir,
         url_base=settings.public_url,
-        signing_secret=settings.jwt_secret.get_secret_value().encode(),
+        signing_secret=settings.signing_secret().encode(),
     )

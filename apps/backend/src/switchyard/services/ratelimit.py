@@ -38,9 +38,11 @@ class RateLimiter:
             self.redis = RedisStorage(uri, implementation="redispy", wrap_exceptions=True)
         self.memory = MemoryStorage()
 
-    async def _hit(self, storage: Storage, item: RateLimitItem, keys: tuple[str, ...]) -> Decision:
+    async def _apply(
+        self, storage: Storage, item: RateLimitItem, keys: tuple[str, ...], count: bool
+    ) -> Decision:
         limiter = FixedWindowRateLimiter(storage)
-        allowed = await limiter.hit(item, *keys)
+        allowed = await (limiter.hit(item, *keys) if count else limiter.test(item, *keys))
         if allowed:
             return Decision(True, 0)
         stats = await limiter.get_window_stats(item, *keys)
@@ -49,19 +51,26 @@ class RateLimiter:
     async def hit(self, limit: str, *keys: str) -> Decision:
         """Count one request against `limit` (e.g. "5/minute") for the given keys; the first
         key names the limit (in metrics)."""
+        return await self._decide(limit, keys, count=True)
+
+    async def peek(self, limit: str, *keys: str) -> Decision:
+        """Whether one more hit would be allowed, counting nothing."""
+        return await self._decide(limit, keys, count=False)
+
+    async def _decide(self, limit: str, keys: tuple[str, ...], *, count: bool) -> Decision:
         if not self.enabled:
             return Decision(True, 0)
-        decision = await self._decide(parse(limit), (self.namespace, *keys))
-        if not decision.allowed:
-            REJECTIONS.labels(limit=keys[0] if keys else "unnamed").inc()
-        return decision
-
-    async def _decide(self, item: RateLimitItem, keys: tuple[str, ...]) -> Decision:
+        item, namespaced = parse(limit), (self.namespace, *keys)
+        decision: Decision | None = None
         if self.redis is not None:
             try:
-                return await self._hit(self.redis, item, keys)
+                decision = await self._apply(self.redis, item, namespaced, count)
             except Exception as exc:  # the storage's own errors vary by client; fall back
                 logger.warning(
                     "rate limit storage failed; counting in process", extra={"error": repr(exc)}
                 )
-        return await self._hit(self.memory, item, keys)
+        if decision is None:
+            decision = await self._apply(self.memory, item, namespaced, count)
+        if not decision.allowed:
+            REJECTIONS.labels(limit=keys[0] if keys else "unnamed").inc()
+        return decision
