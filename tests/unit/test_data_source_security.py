@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
@@ -26,6 +27,16 @@ from switchyard.settings import Settings
         ("postgres://app:pw@db/sales", "postgresql", "postgres://app:***@db/sales"),
         ("mysql+asyncmy://root:pw@mysql/x", "mysql", "mysql+asyncmy://root:***@mysql/x"),
         ("mariadb://u@maria/x", "mysql", "mariadb://u@maria/x"),
+        (
+            "postgresql://u@db/x?password=qs-secret&sslmode=require",
+            "postgresql",
+            "postgresql://u@db/x?password=***&sslmode=require",
+        ),
+        (
+            "postgresql://u:pw@db/x?sslpassword=key-pass&sslkey=/k.pem&application_name=a",
+            "postgresql",
+            "postgresql://u:***@db/x?application_name=a&sslkey=***&sslpassword=***",
+        ),
     ],
 )
 def test_urls_parse_and_redact(raw: str, kind: str, shown: str) -> None:
@@ -42,6 +53,8 @@ def test_urls_parse_and_redact(raw: str, kind: str, shown: str) -> None:
         ("postgresql://db.internal/x", "must name a user"),
         ("not a url at all", "is not a database URL"),
         ("postgresql://u:p@h/" + "x" * 3000, "at most 2048"),
+        ("postgresql://u:p@h:0/db", "port from 1 to 65535"),
+        ("postgresql://u:p@h:99999/db", "port from 1 to 65535"),
     ],
 )
 def test_bad_urls_are_refused_without_echoing_them(raw: str, message: str) -> None:
@@ -99,7 +112,18 @@ def test_keys_are_checked_and_required_in_production() -> None:
         ("fd00:ec2::254", "metadata"),
         ("100.100.100.200", "metadata"),
         ("0.0.0.0", "unspecified"),
+        ("0.1.2.3", "unspecified"),
         ("224.0.0.1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        # IPv6 addresses that carry a refused IPv4 address
+        ("64:ff9b::7f00:1", "loopback"),
+        ("64:ff9b::a9fe:a9fe", "metadata"),
+        ("64:ff9b:1::a9fe:a9fe", "metadata"),
+        ("2002:7f00:1::", "loopback"),
+        ("2002:a9fe:a9fe::1", "metadata"),
+        ("::127.0.0.1", "loopback"),
+        ("::169.254.169.254", "metadata"),
+        ("::ffff:0.0.0.0", "unspecified"),
     ],
 )
 def test_guard_refuses_local_and_metadata_addresses(address: str, reason: str) -> None:
@@ -109,15 +133,27 @@ def test_guard_refuses_local_and_metadata_addresses(address: str, reason: str) -
 
 
 @pytest.mark.parametrize(
-    "address", ["10.0.0.5", "192.168.1.20", "172.16.3.4", "8.8.8.8", "2001:db8::1"]
+    "address",
+    [
+        "10.0.0.5",
+        "192.168.1.20",
+        "172.16.3.4",
+        "8.8.8.8",
+        "2001:db8::1",
+        "64:ff9b::808:808",  # NAT64 of a public address
+        "2002:808:808::1",  # 6to4 of a public address
+    ],
 )
 def test_guard_allows_private_and_public_addresses(address: str) -> None:
     assert guard.refusal(ipaddress.ip_address(address)) is None
 
 
 async def test_resolution_is_checked_before_any_connection() -> None:
-    with pytest.raises(guard.RefusedHostError, match="loopback"):
+    with pytest.raises(guard.RefusedHostError, match="loopback") as refused:
         await guard.resolve("localhost", 5432, allow_local=False)
+    # What a name resolved to is not disclosed.
+    assert "127.0.0.1" not in str(refused.value)
+    assert "::1" not in str(refused.value)
     assert await guard.resolve("127.0.0.1", 5432, allow_local=True) == "127.0.0.1"
     with pytest.raises(guard.UnresolvableHostError):
         await guard.resolve("no-such-host.invalid", 5432, allow_local=False)
@@ -139,3 +175,69 @@ async def test_probe_reports_refusals_and_failures_as_outcomes() -> None:
     assert closed["ok"] is False
     assert "refused" not in closed
     assert "topsecret" not in str(closed)
+
+
+class PasswordRecorder:
+    """A PostgreSQL server that asks for a cleartext password and records what it is sent."""
+
+    def __init__(self) -> None:
+        self.passwords: list[bytes] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                length = int.from_bytes(await reader.readexactly(4), "big")
+                body = await reader.readexactly(length - 4)
+                if body[:4] == (80877103).to_bytes(4, "big"):  # SSLRequest: no TLS here
+                    writer.write(b"N")
+                    continue
+                break
+            writer.write(b"R" + (8).to_bytes(4, "big") + (3).to_bytes(4, "big"))
+            await writer.drain()
+            kind = await reader.readexactly(1)
+            length = int.from_bytes(await reader.readexactly(4), "big")
+            payload = await reader.readexactly(length - 4)
+            if kind == b"p":
+                self.passwords.append(payload.rstrip(b"\0"))
+            fields = b"SFATAL\0C28P01\0Mpassword authentication failed\0\0"
+            writer.write(b"E" + (len(fields) + 4).to_bytes(4, "big") + fields)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_connection_test_sends_only_the_stored_credentials(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No PGPASSWORD, .pgpass or PGPASSFILE of the worker reaches the tenant's host."""
+    passfile = tmp_path / ".pgpass"
+    passfile.write_text("*:*:*:*:from-the-pgpass-file\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSWORD", "the-workers-own-password")
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    recorder = PasswordRecorder()
+    server = await asyncio.start_server(recorder.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        without = await connect.probe(
+            f"postgresql://tenant@127.0.0.1:{port}/db", allow_local=True, seconds=5
+        )
+        stored = await connect.probe(
+            f"postgresql://tenant:stored-pw@127.0.0.1:{port}/db", allow_local=True, seconds=5
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert b"the-workers-own-password" not in recorder.passwords
+    assert b"from-the-pgpass-file" not in recorder.passwords
+    assert b"stored-pw" in recorder.passwords
+    assert without["ok"] is False
+    assert stored["ok"] is False
+    for outcome in (without, stored):
+        shown = str(outcome)
+        assert "the-workers-own-password" not in shown
+        assert "from-the-pgpass-file" not in shown
+        assert "stored-pw" not in shown

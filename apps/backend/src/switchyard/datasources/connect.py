@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -22,6 +24,9 @@ KINDS: Final[dict[str, Kind]] = {
 DEFAULT_PORTS: Final[dict[Kind, int]] = {"postgresql": 5432, "mysql": 3306}
 MAX_URL_LENGTH: Final = 2048
 MAX_ERROR_LENGTH: Final = 300
+# Query parameters whose values are credentials: shown as *** like the password.
+SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)
+HIDDEN: Final = "***"
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,20 @@ class Connection:
 
     @property
     def redacted(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        query = {
+            name: HIDDEN if SECRET_PARAMETER.search(name) else value
+            for name, value in self.url.query.items()
+        }
+        shown = self.url.set(query=query).render_as_string(hide_password=True)
+        return shown.replace("%2A%2A%2A", HIDDEN)  # the query's *** comes back URL-quoted
+
+    def secrets(self) -> list[str]:
+        """Every credential the URL holds: the password and secret query values."""
+        found = [str(self.url.password)] if self.url.password else []
+        for name, value in self.url.query.items():
+            if SECRET_PARAMETER.search(name):
+                found.extend([value] if isinstance(value, str) else list(value))
+        return [secret for secret in found if secret]
 
 
 def parse(raw: str) -> Connection:
@@ -58,29 +76,47 @@ def parse(raw: str) -> Connection:
         raise ValueError("must name a host")
     if not url.username:
         raise ValueError("must name a user")
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ValueError("must have a port from 1 to 65535")
     return Connection(kind, url)
 
 
 def _scrub(message: str, connection: Connection) -> str:
-    password = connection.url.password
     text = message.strip().splitlines()[0] if message.strip() else ""
-    if password:
-        text = text.replace(str(password), "***")
+    for secret in connection.secrets():
+        text = text.replace(secret, HIDDEN)
     return text[:MAX_ERROR_LENGTH]
+
+
+def _tls(sslmode: str | None) -> ssl.SSLContext | bool:
+    """A TLS context of our own: asyncpg would otherwise read PGSSL* variables and the
+    worker's ~/.postgresql client certificate, and present them to the tenant's host. The
+    connection goes to a checked address, not the name, so no host name is verified."""
+    if sslmode in (None, "disable", "allow", "prefer"):
+        return False
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    if sslmode not in ("verify-ca", "verify-full"):
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 async def _postgres_version(connection: Connection, address: str, seconds: float) -> str:
     import asyncpg
 
     url = connection.url
+    sslmode = url.query.get("sslmode")
+    # Only the stored credentials: a password of "" (never None) keeps asyncpg from reading
+    # PGPASSWORD or a .pgpass file of the worker's and sending it to the tenant's host.
     conn = await asyncpg.connect(
         host=address,
         port=connection.port,
         user=url.username,
-        password=url.password,
+        password=str(url.password or ""),
         database=url.database or url.username,
         timeout=seconds,
-        ssl=url.query.get("sslmode") not in (None, "disable"),
+        ssl=_tls(sslmode if isinstance(sslmode, str) else None),
+        server_settings={"application_name": "switchyard-connection-test"},
     )
     try:
         return str(await conn.fetchval("SHOW server_version"))

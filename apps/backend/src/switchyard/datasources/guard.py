@@ -36,20 +36,51 @@ class UnresolvableHostError(Exception):
     pass
 
 
+NAT64_NETWORKS: Final = (
+    ipaddress.ip_network("64:ff9b::/96"),  # well-known prefix (RFC 6052)
+    ipaddress.ip_network("64:ff9b:1::/48"),  # local-use prefix (RFC 8215)
+)
+IPV4_COMPATIBLE: Final = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+THIS_NETWORK: Final = ipaddress.ip_network("0.0.0.0/8")
+BROADCAST: Final = ipaddress.ip_address("255.255.255.255")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64, compatible, Teredo), which
+    is where a packet to it may end up."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if any(address in network for network in (*NAT64_NETWORKS, IPV4_COMPATIBLE)):
+        embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        return embedded if int(address) > 1 else None  # :: and ::1 are IPv6's own
+    return None
+
+
 def refusal(address: IPAddress) -> str | None:
     """Why `address` may not be reached, or None."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            reason = refusal(embedded)
+            return f"{reason} inside an IPv6 address" if reason else None
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if address.is_loopback:
         return "a loopback address"
     if address.is_link_local:
         return "a link-local address"
-    if address.is_unspecified:
+    if address.is_unspecified or (
+        isinstance(address, ipaddress.IPv4Address) and address in THIS_NETWORK
+    ):
         return "an unspecified address"
     if address.is_multicast:
         return "a multicast address"
+    if address == BROADCAST:
+        return "a broadcast address"
     return None
 
 
@@ -67,8 +98,9 @@ async def resolve(host: str, port: int, *, allow_local: bool) -> str:
         for address in addresses:
             reason = refusal(address)
             if reason is not None:
+                # The address itself is not named: a refusal must not map internal names.
                 raise RefusedHostError(
-                    f"{host!r} resolves to {address}, {reason}; connectivity tests may not "
-                    "reach it (DATA_SOURCE_ALLOW_LOCAL_HOSTS allows it)"
+                    f"{host!r} resolves to {reason}; connectivity tests may not reach it "
+                    "(DATA_SOURCE_ALLOW_LOCAL_HOSTS allows it)"
                 )
     return str(addresses[0])
