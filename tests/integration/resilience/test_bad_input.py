@@ -205,7 +205,7 @@ async def test_free_text_is_stored_and_returned_verbatim(
     ("body", "content_type", "status"),
     [
         (b'{"task": "system.echo", "payload": {', "application/json", 422),  # cut short
-        (b"[" * 30_000 + b"]" * 30_000, "application/json", 400),  # nested past any parser
+        (b"[" * 30_000 + b"]" * 30_000, "application/json", 422),  # nested past the limit
         (b'{"task": "system.echo"} trailing', "application/json", 422),
         (b"\xff\xfe not utf-8", "application/json", 422),
         (b"task=system.echo", "text/plain", 422),
@@ -277,3 +277,122 @@ async def test_an_oversized_upload_is_413_without_reading_the_body(
     )
     is_problem(answer, 413)
     assert pulled <= 1  # refused on the declared length, before the body was read
+
+
+def raw_json(client: httpx.AsyncClient, path: str, text: str) -> Any:
+    """A body as written, so values json.dumps would not produce (1e400, NaN) reach the API."""
+    return client.post(path, content=text.encode(), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"task": "system.echo", "payload": {"message": "m"}, "countdown": 1e400}', "countdown"),
+        (
+            '{"task": "system.echo", "payload": {"message": "m"}, "countdown": Infinity}',
+            "countdown",
+        ),
+        ('{"task": "system.echo", "payload": {"message": "m"}, "countdown": NaN}', "countdown"),
+        ('{"task": "system.echo", "payload": {"message": "m"}, "countdown": 1e300}', "countdown"),
+        ('{"task": "system.echo", "payload": {"message": "m"}, "countdown": 9e13}', "countdown"),
+        (
+            '{"task": "system.echo", "payload": {"message": "m"}, '
+            '"eta": "0001-01-01T00:00:00+14:00"}',
+            "eta",
+        ),
+        (
+            '{"task": "system.echo", "payload": {"message": "m"}, '
+            '"eta": "9999-12-31T23:59:59-14:00"}',
+            "eta",
+        ),
+        ('{"task": "system.echo", "payload": {"message": "m", "n": 1e400}}', "payload.n"),
+        ('{"task": "system.echo", "payload": {"message": "m", "n": [NaN]}}', "payload.n.0"),
+        ('{"task": "system.echo", "payload": {"message": "m", "n": -Infinity}}', "payload.n"),
+    ],
+)
+async def test_numbers_and_dates_out_of_range_are_refused_naming_the_field(
+    client: httpx.AsyncClient, owner: Account, body: str, field: str
+) -> None:
+    problem = is_problem(await raw_json(client, "/api/v1/tasks/run", body), 422)
+    assert any(name.startswith(f"body.{field}") for name in fields(problem)), problem
+    assert (await client.get("/api/v1/tasks/")).json()["items"] == []
+
+
+@pytest.mark.parametrize("depth", [65, 900, 30_000])
+async def test_deeply_nested_json_is_refused(
+    client: httpx.AsyncClient, owner: Account, depth: int
+) -> None:
+    nested = "[" * depth + '"\\u0000"' + "]" * depth
+    body = '{"task": "system.echo", "payload": {"message": "m", "deep": ' + nested + "}}"
+    problem = is_problem(await raw_json(client, "/api/v1/tasks/run", body), 422)
+    assert problem["errors"][0]["type"] == "too_deep"
+    assert problem["errors"][0]["field"].startswith("body")
+
+
+async def test_nesting_within_the_limit_is_kept(client: httpx.AsyncClient, owner: Account) -> None:
+    nested: Any = "bottom"
+    for _ in range(40):
+        nested = {"n": nested}
+    answer = await client.post(
+        "/api/v1/tasks/run", json={**RUN, "payload": {"message": "m", "deep": nested}}
+    )
+    assert answer.status_code == 202, answer.text
+    run = (await client.get(f"/api/v1/tasks/{answer.json()['task_id']}")).json()
+    assert run["payload"]["deep"] == nested
+
+
+@pytest.mark.parametrize(
+    "cursor_time", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "2026-01-01T00:00"]
+)
+async def test_cursors_out_of_range_are_refused(
+    client: httpx.AsyncClient, owner: Account, cursor_time: str
+) -> None:
+    import base64
+
+    cursor = base64.urlsafe_b64encode(f"{cursor_time}|{uuid.uuid4()}".encode()).decode()
+    for path in ("/api/v1/tasks/", "/api/v1/documents"):
+        answer = await client.get(path, params={"cursor": cursor})
+        assert fields(is_problem(answer, 422)) == ["query.cursor"], path
+
+
+async def test_concurrent_sign_ups_with_one_email_make_one_account_and_409s(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    email = f"race-{uuid.uuid4().hex[:8]}@example.com"
+    body = {"email": email, "password": "a long enough password", "tenant_name": "Race"}
+    with caplog.at_level("INFO"):
+        answers = await asyncio.gather(
+            *(client.post("/api/v1/auth/register", json=body) for _ in range(6))
+        )
+    codes = sorted(answer.status_code for answer in answers)
+    assert codes == [201] + [409] * 5
+    for answer in answers:
+        if answer.status_code == 409:
+            assert is_problem(answer, 409)["code"] == "conflict"
+    assert "argon2" not in caplog.text
+    assert "[parameters:" not in caplog.text
+
+
+async def test_database_errors_never_log_their_parameters(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from switchyard.services.postgres import create_engine
+
+    settings = make_settings()
+    assert settings.database is not None
+    engine = create_engine(settings, settings.database, "test")
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(DBAPIError) as raised:
+                await connection.execute(
+                    text("SELECT CAST(:secret AS text), 1 / 0"), {"secret": "hash-of-a-password"}
+                )
+    finally:
+        await engine.dispose()
+    assert "hash-of-a-password" not in str(raised.value)
+    assert "hidden due to hide_parameters" in str(raised.value)

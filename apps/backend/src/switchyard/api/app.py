@@ -14,9 +14,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from switchyard import API_VERSION, __version__
 from switchyard.ai import endpoints as ai
 from switchyard.api.errors import install_exception_handlers
+from switchyard.api.input_guard import InputGuard
 from switchyard.api.metrics import POOLS, RouteTemplates
 from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
-from switchyard.api.nul import NulTextGuard
 from switchyard.api.openapi import document_errors
 from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.auth import endpoints as auth
@@ -121,7 +121,7 @@ def _announce_generated_secret(settings: Settings) -> None:
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
     """Outermost last: the request context (request id, size limit, last-resort errors), then
-    the NUL guard, then CORS."""
+    the input guard, then CORS."""
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -131,7 +131,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             allow_headers=["*"],
             expose_headers=[REQUEST_ID_HEADER],
         )
-    app.add_middleware(NulTextGuard)  # inside the size limit and the request id
+    app.add_middleware(InputGuard)  # inside the size limit and the request id
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_body_bytes,

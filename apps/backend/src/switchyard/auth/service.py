@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from switchyard.auth import security
@@ -38,6 +39,7 @@ from switchyard.settings import Settings
 BAD_CREDENTIALS = "Incorrect email or password."
 BAD_TOKEN = "The credentials are invalid or expired."  # noqa: S105 - a message
 LAST_USED_GRANULARITY = timedelta(minutes=1)
+EMAIL_TAKEN = "An account with this email exists; sign in instead."
 
 
 def check_password(settings: Settings, password: str) -> None:
@@ -63,12 +65,24 @@ async def _free_slug(session: AsyncSession, name: str) -> str:
     return slug
 
 
+SLUG_ATTEMPTS = 3
+
+
 async def create_tenant(session: AsyncSession, name: str, slug: str | None = None) -> Tenant:
+    """A tenant with `slug`, or a free one made from its name (taken between the check and the
+    insert by a concurrent sign-up: another one is tried)."""
     if slug is not None and await session.scalar(select(Tenant.id).where(Tenant.slug == slug)):
         raise ConflictError(f"The tenant slug {slug!r} is taken.")
-    tenant = Tenant(name=name, slug=slug or await _free_slug(session, name))
-    session.add(tenant)
-    await session.flush()
+    for attempt in range(SLUG_ATTEMPTS):
+        tenant = Tenant(name=name, slug=slug or await _free_slug(session, name))
+        try:
+            async with session.begin_nested():
+                session.add(tenant)
+        except IntegrityError:
+            if slug is not None or attempt == SLUG_ATTEMPTS - 1:
+                raise ConflictError("The tenant slug is taken; try again.") from None
+            continue
+        break
     await session.refresh(tenant)
     return tenant
 
@@ -79,11 +93,14 @@ async def register(
     check_password(settings, body.password)
     email = body.email.lower()
     if await session.scalar(select(User.id).where(User.email == email)) is not None:
-        raise ConflictError("An account with this email exists; sign in instead.")
+        raise ConflictError(EMAIL_TAKEN)
     tenant = await create_tenant(session, body.tenant_name)
     user = User(email=email, password_hash=security.hash_password(body.password))
-    session.add(user)
-    await session.flush()
+    try:
+        async with session.begin_nested():  # a concurrent sign-up with this email won
+            session.add(user)
+    except IntegrityError:
+        raise ConflictError(EMAIL_TAKEN) from None
     session.add(Membership(user_id=user.id, tenant_id=tenant.id, role=Role.OWNER))
     await session.flush()
     return user, tenant

@@ -104,7 +104,9 @@ async def rotate_keys(session: AsyncSession, cipher: DataSourceCipher) -> int:
 async def rotate_all(settings: Settings) -> int:
     """`switchyard rotate-data-source-keys`: one transaction; nothing changes on a failure."""
     assert settings.database is not None
-    engine = create_async_engine(settings.database, pool_size=1, max_overflow=0)
+    engine = create_async_engine(
+        settings.database, pool_size=1, max_overflow=0, hide_parameters=True
+    )
     try:
         async with async_sessionmaker(engine).begin() as session:
             return await rotate_keys(session, DataSourceCipher.from_settings(settings))

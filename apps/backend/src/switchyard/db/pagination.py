@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, or_
@@ -22,7 +22,14 @@ def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """Raise ValueError for anything that is not a cursor this API gave out."""
     created, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-    return datetime.fromisoformat(created), uuid.UUID(row_id)
+    when = datetime.fromisoformat(created)
+    if when.tzinfo is None:
+        raise ValueError("a cursor's time has a zone")
+    try:
+        when = when.astimezone(UTC)  # out of range in UTC: not a cursor this API gave out
+    except OverflowError:
+        raise ValueError("out of range") from None
+    return when, uuid.UUID(row_id)
 
 
 def parse_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
-from switchyard.api.nul import NUL_MESSAGE
+from switchyard.api.input_guard import NUL_MESSAGE
 from switchyard.db import pagination
 from switchyard.db.models import DocumentStatus, KnowledgeDocument
 from switchyard.dependencies import (

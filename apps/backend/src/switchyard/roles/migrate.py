@@ -26,7 +26,7 @@ async def prepare_database(settings: Settings, url: URL) -> None:
             await graph.ensure_constraints()
         finally:
             await graph.close()
-    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+    engine = create_async_engine(url, pool_size=1, max_overflow=0, hide_parameters=True)
     try:
         async with async_sessionmaker(engine).begin() as session:
             await ensure_superuser(session, settings)

@@ -33,6 +33,9 @@ def pool_options(settings: Settings) -> dict[str, Any]:
         "pool_timeout": settings.database_pool_timeout_seconds,
         "pool_pre_ping": settings.database_ping_after_idle_seconds == 0,
         "pool_recycle": 1800,
+        # Errors (and so error logs) never carry a statement's values: password hashes,
+        # tokens' digests, tenants' payloads.
+        "hide_parameters": True,
     }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -118,9 +118,20 @@ class RunRequest(BaseModel):
     task: TaskName | None = None
     definition: DefinitionName | None = None
     payload: Payload | None = None
-    countdown: float | None = Field(default=None, ge=0)
+    countdown: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     eta: AwareDatetime | None = None
     queue: str | None = None
+
+    @field_validator("eta")
+    @classmethod
+    def _eta_in_range(cls, value: datetime | None) -> datetime | None:
+        """In UTC, and in range there (`0001-01-01T00:00+14:00` is before year 1 in UTC)."""
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is out of range once converted to UTC") from None
 
     @model_validator(mode="after")
     def _one_target_one_delay(self) -> Self:

@@ -110,12 +110,15 @@ def _queue(queue: str | None, field: str) -> str | None:
 def _eta(request: RunRequest, max_countdown: int) -> datetime | None:
     now = datetime.now(UTC)
     if request.countdown is not None:
-        eta, field = now + timedelta(seconds=request.countdown), "body.countdown"
+        field = "body.countdown"
+        too_far = request.countdown > max_countdown  # before any date arithmetic can overflow
+        eta = None if too_far else now + timedelta(seconds=request.countdown)
     elif request.eta is not None:
-        eta, field = request.eta.astimezone(UTC), "body.eta"
+        field, eta = "body.eta", request.eta.astimezone(UTC)
+        too_far = eta - now > timedelta(seconds=max_countdown)
     else:
         return None
-    if eta - now > timedelta(seconds=max_countdown):
+    if too_far or eta is None:
         raise InvalidInputError(
             f"Runs may be delayed by at most {max_countdown} seconds.",
             [{"field": field, "message": f"at most {max_countdown} s ahead", "type": "too_far"}],
