@@ -64,6 +64,8 @@ def test_production_with_default_secrets_refuses_to_start(tmp_path: Path) -> Non
         "switchyard: configuration error: JWT_SECRET: a known default, with which anyone can "
         "sign tokens; set a random secret (or leave it unset outside production)",
         "switchyard: configuration error: DATABASE_URL: missing; set the PostgreSQL URL",
+        "switchyard: configuration error: METRICS_TOKEN: missing; in production every role's "
+        "/metrics (and the full /health report) needs it",
         "switchyard: configuration error: DATA_SOURCE_KEYS: missing; set one or more Fernet keys "
         "(newest first) to encrypt data source URLs",
     ]

@@ -80,6 +80,7 @@ def test_production_refuses_every_default_secret_one_line_each(
         "MINIO_ACCESS_KEY",
         "MINIO_SECRET_KEY",
         "NEO4J_PASSWORD",
+        "METRICS_TOKEN",
         "DATA_SOURCE_KEYS",
     ]
     assert not any("changethis" in line or "minioadmin" in line for line in raised.value.lines)
@@ -96,6 +97,8 @@ def test_production_refuses_a_short_jwt_secret_and_a_missing_database(
     assert raised.value.lines == [
         "JWT_SECRET: too short (21 characters); use at least 32",
         "DATABASE_URL: missing; set the PostgreSQL URL",
+        "METRICS_TOKEN: missing; in production every role's /metrics (and the full /health "
+        "report) needs it",
         "DATA_SOURCE_KEYS: missing; set one or more Fernet keys (newest first) to encrypt "
         "data source URLs",
     ]
@@ -107,6 +110,7 @@ def test_production_accepts_strong_secrets(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("JWT_SECRET", STRONG_SECRET)
     monkeypatch.setenv("DATABASE_URL", PROD_DB)
     monkeypatch.setenv("DATA_SOURCE_KEYS", "x" * 43 + "=")
+    monkeypatch.setenv("METRICS_TOKEN", STRONG_SECRET)
     settings = load_settings()
     assert settings.environment is Environment.PRODUCTION
 
@@ -176,6 +180,7 @@ def test_production_refuses_a_weak_superuser_password(
     monkeypatch.setenv("FIRST_SUPERUSER_EMAIL", "root@example.com")
     monkeypatch.setenv("FIRST_SUPERUSER_PASSWORD", "changethis")
     monkeypatch.setenv("DATA_SOURCE_KEYS", "x" * 43 + "=")
+    monkeypatch.setenv("METRICS_TOKEN", STRONG_SECRET)
     with pytest.raises(SettingsError) as raised:
         load_settings()
     assert [line.split(":")[0] for line in raised.value.lines] == ["FIRST_SUPERUSER_PASSWORD"]

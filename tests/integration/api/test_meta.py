@@ -6,6 +6,7 @@ import httpx
 
 from switchyard import __version__
 from switchyard.api.app import create_app
+from tests.fixtures.accounts import sign_up
 from tests.fixtures.gateway import SettingsFactory, running
 
 
@@ -26,7 +27,10 @@ async def test_config_reports_features_limits_and_services(make_settings: Settin
         features="signup,graph", max_request_body_bytes=4096, health_probe_timeout_seconds=1.5
     )
     async with running(create_app(settings)) as client:
-        body = (await client.get("/api/v1/config")).json()
+        anonymous = await client.get("/api/v1/config")
+        assert anonymous.status_code == 401
+        account = await sign_up(client)
+        body = (await client.get("/api/v1/config", headers=account.headers)).json()
     assert body["features"] == ["signup", "graph"]
     assert body["limits"]["max_request_body_bytes"] == 4096
     assert body["limits"]["health_probe_timeout_seconds"] == 1.5
@@ -50,7 +54,8 @@ async def test_config_never_returns_a_secret(make_settings: SettingsFactory) -> 
     secrets = settings.secret_values()
     assert len(secrets) >= 8
     async with running(create_app(settings)) as client:
-        response = await client.get("/api/v1/config")
+        account = await sign_up(client)
+        response = await client.get("/api/v1/config", headers=account.headers)
     assert response.status_code == 200
     assert response.json()["services"] == {
         "postgres": True,

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     task_modules: CommaList = Field(default_factory=list)
     max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # /docs and /openapi.json; unset: on, except in production.
+    api_docs: bool | None = None
 
     database_url: SecretStr | None = None
     database_pool_size: int = Field(default=10, ge=1, le=200)
@@ -324,6 +326,12 @@ class Settings(BaseSettings):
     def vector_dir(self) -> Path:
         return self.chroma_dir or self.var_dir / "chroma"
 
+    @property
+    def docs_enabled(self) -> bool:
+        if self.api_docs is not None:
+            return self.api_docs
+        return self.environment is not Environment.PRODUCTION
+
     def signing_secret(self) -> str:
         """What signs access tokens and object links: JWT_SECRET, or (outside production) a
         random secret made once into VAR_DIR/jwt.secret and shared by the processes there."""
@@ -408,6 +416,11 @@ class Settings(BaseSettings):
                     problems.append(f"{name}: missing or left at a known default")
         if self.neo4j_uri and self.neo4j_password.get_secret_value() in KNOWN_DEFAULT_SECRETS:
             problems.append("NEO4J_PASSWORD: missing or left at a known default")
+        if self.metrics_token is None or not self.metrics_token.get_secret_value():
+            problems.append(
+                "METRICS_TOKEN: missing; in production every role's /metrics (and the full "
+                "/health report) needs it"
+            )
         if not self.data_source_keys:
             problems.append(
                 "DATA_SOURCE_KEYS: missing; set one or more Fernet keys (newest first) "

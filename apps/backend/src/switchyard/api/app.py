@@ -84,8 +84,8 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         title=settings.app_name,
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
-        openapi_url="/openapi.json",
+        docs_url="/docs" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
         redoc_url=None,
     )
     install_exception_handlers(app)

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from kombu import Connection
 from kombu.exceptions import ChannelError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -183,28 +187,68 @@ class BacklogCollector(Collector):
             )
 
 
-class MetricsServer:
-    """An HTTP /metrics endpoint on its own thread, for roles without the gateway."""
+def bearer_matches(token: SecretStr | None, authorization: str | None) -> bool:
+    """Whether `Authorization: Bearer <token>` names `token` (constant-time); True when no
+    token is configured."""
+    if token is None or not token.get_secret_value():
+        return True
+    scheme, _, offered = (authorization or "").partition(" ")
+    expected = token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(offered.strip().encode(), expected)
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _guarded(app: WSGIApp, token: SecretStr | None) -> WSGIApp:
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not bearer_matches(token, environ.get("HTTP_AUTHORIZATION")):
+            start_response(
+                "401 Unauthorized",
+                [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
+            )
+            return [b"Metrics need Authorization: Bearer <METRICS_TOKEN>.\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+class MetricsServer:
+    """An HTTP /metrics endpoint on its own thread, for roles without the gateway; with a
+    token, only for `Authorization: Bearer <METRICS_TOKEN>` (as the gateway's)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, host: str, port: int, token: SecretStr | None = None
+    ) -> None:
         self.registry = registry
         self.host = host
         self.port = port
+        self.token = token
         self.server: Any = None
         self.thread: threading.Thread | None = None
 
     def start(self) -> bool:
         if self.port == 0:
             return False
+        app = _guarded(make_wsgi_app(self.registry), self.token)
         try:
-            self.server, self.thread = start_http_server(
-                self.port, addr=self.host, registry=self.registry
+            self.server = make_server(
+                self.host, self.port, app, ThreadingWSGIServer, handler_class=_QuietHandler
             )
         except OSError as exc:
             logger.warning(
                 "metrics endpoint not started", extra={"port": self.port, "error": repr(exc)}
             )
             return False
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="metrics", daemon=True
+        )
+        self.thread.start()
         logger.info("metrics served", extra={"host": self.host, "port": self.port})
         return True
 

@@ -195,7 +195,10 @@ def metrics_step(settings: Settings) -> type[bootsteps.StartStopStep]:
         def __init__(self, worker: Any, **kwargs: Any) -> None:
             self.sampler = BacklogSampler(settings)
             self.server = MetricsServer(
-                worker_registry(self.sampler), settings.metrics_host, settings.worker_metrics_port
+                worker_registry(self.sampler),
+                settings.metrics_host,
+                settings.worker_metrics_port,
+                settings.metrics_token,
             )
 
         def start(self, worker: Any) -> None:

@@ -24,7 +24,9 @@ async def _serve(settings: Settings) -> None:
     services = Services.create(settings, "beat")
     broker = Broker.create(settings)
     assert broker is not None
-    metrics = MetricsServer(REGISTRY, settings.metrics_host, settings.beat_metrics_port)
+    metrics = MetricsServer(
+        REGISTRY, settings.metrics_host, settings.beat_metrics_port, settings.metrics_token
+    )
     metrics.start()
     try:
         beat = Beat(

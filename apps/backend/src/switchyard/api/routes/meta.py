@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from switchyard import API_VERSION, __version__
 from switchyard.api.schemas import ApiInfo, Limits, RuntimeConfig
-from switchyard.dependencies import ServicesDep
+from switchyard.dependencies import PrincipalDep, ServicesDep
 
 router = APIRouter(tags=["meta"])
 
@@ -23,7 +23,9 @@ async def api_info(services: ServicesDep) -> ApiInfo:
 
 
 @router.get("/config")
-async def runtime_config(services: ServicesDep) -> RuntimeConfig:
+async def runtime_config(services: ServicesDep, _: PrincipalDep) -> RuntimeConfig:
+    """For signed-in callers only: origins, pool sizes and enabled services map the
+    deployment."""
     settings = services.settings
     return RuntimeConfig(
         name=settings.app_name,

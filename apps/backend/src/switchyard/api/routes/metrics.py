@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
@@ -11,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from switchyard.api.metrics import scrape_registry
 from switchyard.dependencies import SettingsDep
 from switchyard.errors import UnauthorizedError
+from switchyard.platform.metrics import bearer_matches
 
 router = APIRouter(include_in_schema=False)
 
@@ -19,11 +19,6 @@ router = APIRouter(include_in_schema=False)
 def metrics(
     settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
 ) -> Response:
-    if settings.metrics_token is not None and settings.metrics_token.get_secret_value():
-        scheme, _, offered = (authorization or "").partition(" ")
-        expected = settings.metrics_token.get_secret_value()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            offered.strip().encode(), expected.encode()
-        ):
-            raise UnauthorizedError("Metrics need `Authorization: Bearer <METRICS_TOKEN>`.")
+    if not bearer_matches(settings.metrics_token, authorization):
+        raise UnauthorizedError("Metrics need `Authorization: Bearer <METRICS_TOKEN>`.")
     return Response(generate_latest(scrape_registry()), media_type=CONTENT_TYPE_LATEST)
