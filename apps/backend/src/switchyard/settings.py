@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # Modules declaring a product's own tasks, imported after the built-in ones by every role.
     task_modules: CommaList = Field(default_factory=list)
     max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # The request line and all headers together; larger ones are answered 431.
+    max_request_header_bytes: int = Field(default=32 * 1024, ge=4096, le=1024 * 1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # /docs and /openapi.json; unset: on, except in production.
     api_docs: bool | None = None

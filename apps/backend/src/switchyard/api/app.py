@@ -137,4 +137,5 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
         max_body_bytes=settings.max_request_body_bytes,
         upload_body_bytes=settings.document_max_bytes + UPLOAD_OVERHEAD_BYTES,
         upload_paths=(f"/api/{API_VERSION}/documents",),
+        max_head_bytes=settings.max_request_header_bytes,
     )

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from switchyard.api.http_protocol import HEADERS_TOO_LARGE
 from switchyard.api.metrics import request_finished, request_started
 from switchyard.api.problems import problem_response
 from switchyard.logging import request_id_var, tenant_id_var
@@ -27,6 +28,12 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def head_bytes(scope: Scope) -> int:
+    """The size of the request line and headers, about as they came on the wire."""
+    size = len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b""))
+    return size + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
 class RequestBodyTooLargeError(HTTPException):
@@ -91,12 +98,30 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         upload_body_bytes: int | None = None,
         upload_paths: tuple[str, ...] = (),
+        max_head_bytes: int | None = None,
     ) -> None:
         self.app = app
+        self.max_head_bytes = max_head_bytes
         self.max_body_bytes = max_body_bytes
         # Upload routes (exact paths, POST) take bodies up to their own limit.
         self.upload_body_bytes = upload_body_bytes or max_body_bytes
         self.upload_paths = upload_paths
+
+    def _early_refusal(self, scope: Scope, headers: Headers, limit: int) -> Response | None:
+        """431 for a head over the cap, 413 for a declared length over the body limit."""
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            detail = RequestBodyTooLargeError(limit).detail
+            return problem_response(413, detail=detail, instance=scope["path"])
+        if self.max_head_bytes is None or head_bytes(scope) <= self.max_head_bytes:
+            return None
+        return problem_response(
+            431,
+            detail=HEADERS_TOO_LARGE.format(limit=self.max_head_bytes),
+            code="request_header_fields_too_large",
+            instance=scope["path"],
+            headers={"Connection": "close"},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,9 +161,10 @@ class RequestContextMiddleware:
             return message
 
         try:
-            declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                raise RequestBodyTooLargeError(limit)
+            refusal = self._early_refusal(scope, headers, limit)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_request_id)
+                return
             await self.app(scope, receive_bounded, send_with_request_id)
         except RequestBodyTooLargeError as exc:
             if not response_started:

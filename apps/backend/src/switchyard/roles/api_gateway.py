@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from switchyard.api.app import create_app
+from switchyard.api.http_protocol import bounded_head_protocol
 from switchyard.logging import logging_config
 from switchyard.roles.errors import RoleConfigurationError
 from switchyard.settings import Settings
@@ -20,6 +21,7 @@ def serve(settings: Settings, service_type: str) -> None:
         log_config=logging_config(settings.log_level, service_type),
         access_log=False,
         server_header=False,
+        http=bounded_head_protocol(settings.max_request_header_bytes),
         # Forwarded headers only from the configured proxies (uvicorn trusts loopback otherwise).
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=",".join(settings.trusted_proxies) or "",
