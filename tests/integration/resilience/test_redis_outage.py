@@ -70,3 +70,49 @@ async def test_the_api_works_around_a_redis_outage_and_recovers(
             assert '"state": "cancelled"' in events.text
             checks = (await client.get("/health")).json()["checks"]
             assert checks["redis"]["status"] == "up"
+
+
+async def test_a_silent_redis_is_waited_for_once_then_skipped_until_it_answers(
+    make_settings: SettingsFactory, redis_url: str, own_broker: str
+) -> None:
+    """Redis accepts connections and never answers: after the first call times out, requests
+    stop sending it anything (only the breaker's probe does), limits count in the process and
+    reads come from the ledger; when it answers again, it is used again."""
+    with relayed_url(redis_url, 6379) as (relay, through):
+        settings = make_settings(
+            redis_url=through,
+            celery_broker_url=own_broker,
+            rate_limit_task_runs="5/minute",
+            redis_socket_timeout_seconds=1.0,
+        )
+        async with running(create_app(settings)) as client:
+            account = await sign_up(client)
+            client.headers.update(account.headers)
+            breaker = client._transport.app.state.services.redis_breaker  # type: ignore[attr-defined]
+            relay.hang()
+
+            first = await client.get("/api/v1/tasks/", params={"limit": 1})
+            assert first.status_code == 200
+            assert breaker.open_since is not None
+            sent_so_far = relay.swallowed
+
+            answers = [await client.get("/api/v1/tasks/", params={"limit": 1}) for _ in range(10)]
+            answers += [await client.post("/api/v1/tasks/run", json=RUN) for _ in range(6)]
+            assert [a.status_code for a in answers] == [200] * 10 + [202] * 5 + [429]
+            read = await client.get(f"/api/v1/tasks/{answers[10].json()['task_id']}")
+            assert read.json()["payload"] == RUN["payload"]
+            # Nothing of those 17 requests went to Redis: at most the breaker's probes did.
+            assert relay.swallowed - sent_so_far <= 2
+
+            relay.answer()
+            deadline = time.monotonic() + 15
+            while breaker.open_since is not None:
+                assert time.monotonic() < deadline, "the breaker never closed"
+                await asyncio.sleep(0.1)
+            checks = (await client.get("/health")).json()["checks"]
+            assert checks["redis"]["status"] == "up"
+            run_id = answers[10].json()["task_id"]
+            assert (await client.post(f"/api/v1/tasks/{run_id}/cancel")).status_code == 200
+            events = await client.get(f"/api/v1/tasks/{run_id}/events")  # needs Redis
+            assert events.status_code == 200
+            assert '"state": "cancelled"' in events.text

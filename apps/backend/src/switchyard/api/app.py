@@ -54,6 +54,8 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
             settings.redis_url.get_secret_value() if settings.redis_url else None,
             enabled=settings.rate_limits_enabled,
             namespace=settings.cache_namespace,
+            breaker=services.redis_breaker,
+            timeout_seconds=settings.redis_socket_timeout_seconds,
         )
         checks = services.health_checks()
         checks.insert(

@@ -100,7 +100,7 @@ async def archive(services: Services, record: DeadLetterRecord) -> None:
         )
         inserted = cast("CursorResult[Any]", await session.execute(statement)).rowcount
     if run is not None:
-        await events.publish(services.redis, services.settings.cache_namespace, run)
+        await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
     if inserted:
         TASK_EVENTS.labels(task=record.task, event="dead_lettered").inc()
     logger.warning(

@@ -8,10 +8,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from switchyard.db.models import RunState
+from switchyard.services.redis import RedisBreaker, RedisUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +40,14 @@ def run_event(run: RunLike) -> dict[str, Any]:
     }
 
 
-async def publish(redis: Redis | None, namespace: str, run: RunLike) -> None:
+async def publish(redis: RedisBreaker, namespace: str, run: RunLike) -> None:
     """Best effort: the ledger is the truth, followers re-read it when they connect."""
-    if redis is None:
+    if redis.client is None:
         return
+    message = json.dumps(run_event(run))
     try:
-        await redis.publish(channel(namespace, run.id), json.dumps(run_event(run)))
+        await redis.call(lambda client: client.publish(channel(namespace, run.id), message))
+    except RedisUnavailableError:
+        return
     except RedisError as exc:
         logger.warning("run event not published", extra={"task_id": str(run.id), "error": str(exc)})

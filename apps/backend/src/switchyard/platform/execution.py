@@ -52,7 +52,7 @@ async def _record(
     )
     if run is None:
         return False
-    await events.publish(services.redis, services.settings.cache_namespace, run)
+    await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
     return True
 
 
@@ -110,7 +110,7 @@ async def _attempt(
     if request_id_var.get() is None and run.request_id:
         request_id_var.set(run.request_id)
     TASK_EVENTS.labels(task=spec.name, event="started").inc()
-    await events.publish(services.redis, services.settings.cache_namespace, run)
+    await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
     log = logging.LoggerAdapter(logger, {"task": spec.name, "attempt": run.attempts})
     try:
         payload = spec.input_model.model_validate(run.payload)

@@ -10,6 +10,8 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from switchyard.services.redis import RedisBreaker, RedisUnavailableError
+
 logger = logging.getLogger(__name__)
 
 CACHE_ERRORS = Counter(
@@ -28,18 +30,23 @@ T = TypeVar("T")
 
 
 class Cache:
-    def __init__(self, client: Redis | None, namespace: str) -> None:
-        self.client = client
+    def __init__(
+        self, client: Redis | None, namespace: str, breaker: RedisBreaker | None = None
+    ) -> None:
+        self.breaker = breaker or RedisBreaker(client)
         self.namespace = namespace
 
     def key(self, key: str) -> str:
         return f"{self.namespace}:cache:{key}"
 
     async def _attempt(self, operation: str, call: Callable[[Redis], Awaitable[T]], miss: T) -> T:
-        if self.client is None:
+        if self.breaker.client is None:
             return miss
         try:
-            return await call(self.client)
+            return await self.breaker.call(call)
+        except RedisUnavailableError:
+            CACHE_ERRORS.labels(operation=operation).inc()
+            return miss
         except RedisError as exc:
             CACHE_ERRORS.labels(operation=operation).inc()
             logger.warning(

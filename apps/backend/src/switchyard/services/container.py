@@ -20,6 +20,7 @@ from switchyard.services.graph import GraphDisabledError, KnowledgeGraph, create
 from switchyard.services.health import HealthCheck, HealthMonitor
 from switchyard.services.llm import LLMDisabledError, ZhipuClient, create_llm
 from switchyard.services.objects import ObjectStore, create_object_store
+from switchyard.services.redis import RedisBreaker
 from switchyard.services.vectors import VectorStore
 from switchyard.settings import Settings
 
@@ -33,6 +34,7 @@ class Services:
     database: AsyncEngine | None
     sessions: async_sessionmaker[AsyncSession] | None
     redis: Redis | None = None
+    redis_breaker: RedisBreaker = field(init=False)
     cache: Cache = field(init=False)
     objects: ObjectStore = field(init=False)
     vectors: VectorStore = field(init=False)
@@ -43,7 +45,8 @@ class Services:
 
     def __post_init__(self) -> None:
         settings = self.settings
-        self.cache = Cache(self.redis, settings.cache_namespace)
+        self.redis_breaker = redis.RedisBreaker(self.redis)
+        self.cache = Cache(self.redis, settings.cache_namespace, self.redis_breaker)
         self.objects = create_object_store(settings)
         self.graph = create_graph(settings)
         self.llm = create_llm(settings)
@@ -71,6 +74,7 @@ class Services:
     async def close(self) -> None:
         if self.database is not None:
             await self.database.dispose()
+        await self.redis_breaker.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.objects.close()

@@ -11,6 +11,8 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 from prometheus_client import Counter
 
+from switchyard.services.redis import RedisBreaker
+
 logger = logging.getLogger(__name__)
 
 REJECTIONS = Counter(
@@ -27,15 +29,31 @@ class Decision:
 
 
 class RateLimiter:
+    """Counts on Redis through the process's breaker: while Redis is skipped (it stayed silent
+    or refused), limits are counted in the process, without waiting on Redis."""
+
     def __init__(
-        self, redis_url: str | None, *, enabled: bool = True, namespace: str = "switchyard"
+        self,
+        redis_url: str | None,
+        *,
+        enabled: bool = True,
+        namespace: str = "switchyard",
+        breaker: RedisBreaker | None = None,
+        timeout_seconds: float = 2.0,
     ) -> None:
         self.enabled = enabled
         self.namespace = namespace
         self.redis: Storage | None = None
+        self.breaker = breaker or RedisBreaker(None)
         if redis_url is not None:
             uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
-            self.redis = RedisStorage(uri, implementation="redispy", wrap_exceptions=True)
+            self.redis = RedisStorage(
+                uri,
+                implementation="redispy",
+                wrap_exceptions=True,
+                socket_timeout=timeout_seconds,
+                socket_connect_timeout=timeout_seconds,
+            )
         self.memory = MemoryStorage()
 
     async def _apply(
@@ -62,10 +80,11 @@ class RateLimiter:
             return Decision(True, 0)
         item, namespaced = parse(limit), (self.namespace, *keys)
         decision: Decision | None = None
-        if self.redis is not None:
+        if self.redis is not None and self.breaker.open_since is None:
             try:
                 decision = await self._apply(self.redis, item, namespaced, count)
             except Exception as exc:  # the storage's own errors vary by client; fall back
+                self.breaker.failed(exc)
                 logger.warning(
                     "rate limit storage failed; counting in process", extra={"error": repr(exc)}
                 )

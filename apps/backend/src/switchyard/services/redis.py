@@ -1,14 +1,32 @@
-"""Redis: the async client (pool, timeouts, reconnect with backoff) and its health probe."""
+"""Redis: the async client (pool, timeouts, reconnect with backoff), its health probe, and
+the circuit breaker every caller goes through."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from prometheus_client import Gauge
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from switchyard.settings import Settings
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BREAKER_OPEN = Gauge(
+    "switchyard_redis_breaker_open",
+    "1 while Redis is skipped after failing (fallbacks in use), 0 otherwise",
+    multiprocess_mode="max",
+)
 
 
 def create_client(settings: Settings, url: str) -> Redis:
@@ -20,7 +38,9 @@ def create_client(settings: Settings, url: str) -> Redis:
         socket_connect_timeout=timeout,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        # Not on timeouts: a silent Redis would cost three timeouts per call, not one (and
+        # the breaker skips it after the first).
+        retry_on_error=[RedisConnectionError],
         decode_responses=False,
     )
 
@@ -28,3 +48,71 @@ def create_client(settings: Settings, url: str) -> Redis:
 async def probe(client: Redis) -> None:
     """Raise unless Redis answers PING."""
     await client.ping()
+
+
+class RedisUnavailableError(RedisError):
+    """Redis is not called while the breaker is open (it stayed silent or refused lately)."""
+
+
+class RedisBreaker:
+    """A circuit breaker in front of one Redis: after a call fails (refused, timed out), callers
+    skip Redis at once and use their fallback (a cache miss, in-process limits, no event),
+    while one background probe pings it every `retry_seconds`; when it answers, Redis is used
+    again. So a silent Redis costs one timeout, not one per call."""
+
+    def __init__(
+        self, client: Redis | None, *, retry_seconds: float = 2.0, probe_timeout: float = 0.5
+    ) -> None:
+        self.client = client
+        self.retry_seconds = retry_seconds
+        self.probe_timeout = probe_timeout
+        self.open_since: float | None = None
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.client is not None and self.open_since is None
+
+    async def call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+        """`operation` on the client; RedisUnavailableError without a client or while open."""
+        if self.client is None or self.open_since is not None:
+            raise RedisUnavailableError("Redis is skipped while it does not answer")
+        try:
+            return await operation(self.client)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
+            raise
+
+    def failed(self, error: BaseException) -> None:
+        """A call found Redis unusable: skip it until a probe gets an answer."""
+        if self.open_since is not None:
+            return
+        self.open_since = time.monotonic()
+        BREAKER_OPEN.set(1)
+        logger.warning(
+            "Redis does not answer; using fallbacks until it does", extra={"error": repr(error)}
+        )
+        try:
+            self._probe = asyncio.get_running_loop().create_task(self._probe_until_answered())
+        except RuntimeError:  # no loop (a sync caller): the next async caller starts it
+            self.open_since = None
+
+    async def _probe_until_answered(self) -> None:
+        assert self.client is not None
+        while self.open_since is not None:
+            await asyncio.sleep(self.retry_seconds)
+            try:
+                async with asyncio.timeout(self.probe_timeout):
+                    await self.client.ping()
+            except (RedisError, OSError, TimeoutError):
+                continue
+            outage = time.monotonic() - self.open_since
+            self.open_since = None
+            BREAKER_OPEN.set(0)
+            logger.info("Redis answers again", extra={"outage_seconds": round(outage, 1)})
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe

@@ -29,7 +29,7 @@ def _order(event: dict[str, Any]) -> tuple[int, int]:
 
 
 async def announce(services: Services, run: TaskRun) -> None:
-    await events.publish(services.redis, services.settings.cache_namespace, run)
+    await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
 
 
 async def _ledger(services: Services, tenant_id: uuid.UUID, run_id: uuid.UUID) -> dict[str, Any]:
@@ -63,7 +63,8 @@ async def subscribe(services: Services, run_id: uuid.UUID) -> PubSub | None:
         return None
     pubsub = services.redis.pubsub()
     try:
-        await pubsub.subscribe(events.channel(services.settings.cache_namespace, run_id))
+        channel = events.channel(services.settings.cache_namespace, run_id)
+        await services.redis_breaker.call(lambda _: pubsub.subscribe(channel))
     except RedisError as exc:
         with contextlib.suppress(RedisError):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
