@@ -206,3 +206,23 @@ async def test_rotate_data_source_keys_re_encrypts_every_url(
             "postgresql://u@b/d",
         ]
     await engine.dispose()
+
+
+def test_gateway_and_worker_without_a_chroma_server_refuse_to_start(
+    tmp_path: Path, database_url: URL
+) -> None:
+    """Separate processes with embedded vector stores would each search only their own."""
+    for role, extra in (
+        ("api-gateway", {}),
+        (
+            "worker",
+            {"REDIS_URL": "redis://127.0.0.1:1/0", "CELERY_BROKER_URL": "amqp://g:g@127.0.0.1:1//"},
+        ),
+    ):
+        result = switchyard(
+            "run", role, cwd=tmp_path, DATABASE_URL=dsn(database_url), CHROMA_HOST="", **extra
+        )
+        assert result.returncode == 78, result.stderr
+        assert result.stderr.splitlines()[-1].startswith(
+            f"switchyard: configuration error: CHROMA_HOST: required by the {role} role"
+        )

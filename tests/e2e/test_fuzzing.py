@@ -91,6 +91,7 @@ def gateway(
     redis_url: str,
     own_broker: str,
     zhipu: FakeZhipu,
+    chroma_server: tuple[str, int],
     tmp_path: Path,
 ) -> tuple[str, str]:
     """A gateway process and an access token of a fresh tenant's owner."""
@@ -105,6 +106,8 @@ def gateway(
         ZHIPUAI_API_KEY=ZHIPU_KEY,
         ZHIPUAI_BASE_URL=zhipu.base_url,
         ZHIPUAI_RETRY_BACKOFF_SECONDS="0.01",
+        CHROMA_HOST=chroma_server[0],
+        CHROMA_PORT=str(chroma_server[1]),
         JWT_SECRET="fuzz-signing-secret-" + "z" * 40,
         RATE_LIMIT_AUTH="1000000/minute",
         RATE_LIMIT_API="1000000/minute",

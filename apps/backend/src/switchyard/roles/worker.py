@@ -24,6 +24,16 @@ def require_task_backends(settings: Settings, role: str) -> None:
             raise RoleConfigurationError(f"{name}: required by the {role} role")
 
 
+def require_vector_server(settings: Settings, role: str) -> None:
+    """Gateways search what workers ingest: separate processes share vectors only through a
+    Chroma server (an embedded store per process would never see the others' writes)."""
+    if not settings.chroma_host:
+        raise RoleConfigurationError(
+            f"CHROMA_HOST: required by the {role} role (gateways and workers share vectors "
+            "through a Chroma server; only `standalone` runs with an embedded one)"
+        )
+
+
 def node_name() -> str:
     host = socket.gethostname()
     return f"worker-{os.getpid()}@{host}"
@@ -31,6 +41,7 @@ def node_name() -> str:
 
 def run(settings: Settings, service_type: str = "worker") -> int:
     require_task_backends(settings, service_type)
+    require_vector_server(settings, service_type)
     unknown = sorted(set(settings.worker_queues) - set(WORK_QUEUES))
     if unknown or not settings.worker_queues:
         raise RoleConfigurationError(
