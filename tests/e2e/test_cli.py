@@ -212,13 +212,14 @@ def test_gateway_and_worker_without_a_chroma_server_refuse_to_start(
     tmp_path: Path, database_url: URL
 ) -> None:
     """Separate processes with embedded vector stores would each search only their own."""
-    for role, extra in (
+    extras: tuple[tuple[str, dict[str, str]], ...] = (
         ("api-gateway", {}),
         (
             "worker",
             {"REDIS_URL": "redis://127.0.0.1:1/0", "CELERY_BROKER_URL": "amqp://g:g@127.0.0.1:1//"},
         ),
-    ):
+    )
+    for role, extra in extras:
         result = switchyard(
             "run", role, cwd=tmp_path, DATABASE_URL=dsn(database_url), CHROMA_HOST="", **extra
         )
