@@ -221,7 +221,13 @@ def test_gateway_and_worker_without_a_chroma_server_refuse_to_start(
     )
     for role, extra in extras:
         result = switchyard(
-            "run", role, cwd=tmp_path, DATABASE_URL=dsn(database_url), CHROMA_HOST="", **extra
+            "run",
+            role,
+            cwd=tmp_path,
+            timeout=60,
+            DATABASE_URL=dsn(database_url),
+            CHROMA_HOST="",
+            **extra,
         )
         assert result.returncode == 78, result.stderr
         assert result.stderr.splitlines()[-1].startswith(
