@@ -22,3 +22,8 @@ class Principal:
     @property
     def rate_limit_key(self) -> str:
         return f"key:{self.api_key_id}" if self.kind == "api_key" else f"user:{self.user_id}"
+
+    @property
+    def actor(self) -> str:
+        """Who did it, as recorded (`submitted_by` of a run): `user:<id>` or `api_key:<id>`."""
+        return f"api_key:{self.api_key_id}" if self.kind == "api_key" else f"user:{self.user_id}"

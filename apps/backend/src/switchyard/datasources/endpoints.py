@@ -110,5 +110,5 @@ async def test_data_source(
     await service.get(session, tenant_id, source_id)
     await enforce(limiter, services.settings.rate_limit_task_runs, "runs", str(tenant_id))
     body = RunRequest(task=TEST_TASK, payload={"data_source_id": str(source_id)})
-    _, accepted = await accept_run(body, request, response, services, broker, registry, tenant_id)
+    _, accepted = await accept_run(body, request, response, services, broker, registry, principal)
     return accepted

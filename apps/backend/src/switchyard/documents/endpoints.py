@@ -105,7 +105,7 @@ async def upload_document(
             services,
             broker,
             registry,
-            tenant_id,
+            principal,
         )
     except BaseException:
         # Nothing half-written: without a queued run the upload is taken back whole.

@@ -9,10 +9,12 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 
+from switchyard.auth.principal import Principal
 from switchyard.db import pagination
 from switchyard.db.models import RunState, TaskRun
 from switchyard.dependencies import (
     BrokerDep,
+    PrincipalDep,
     RateLimiterDep,
     RegistryDep,
     ServicesDep,
@@ -48,10 +50,6 @@ IdempotencyKey = Annotated[
 ]
 
 
-def _submitter(tenant_id: uuid.UUID) -> service.Submitter:
-    return service.Submitter(tenant_id, request_id_var.get(), submitted_by="anonymous")
-
-
 async def accept_run(
     body: RunRequest,
     request: Request,
@@ -59,12 +57,13 @@ async def accept_run(
     services: Services,
     broker: Broker,
     registry: TaskRegistry,
-    tenant_id: uuid.UUID,
+    principal: Principal,
     *,
     idempotency_key: str | None = None,
     replay_of: uuid.UUID | None = None,
 ) -> tuple[TaskRun, RunAccepted]:
-    """Submit a run for a route: the ledger row, the publish, and a 202 with its Location."""
+    """Submit a run for a route: the ledger row, the publish, and a 202 with its Location;
+    the run records who submitted it."""
     assert services.sessions is not None
     marks = cast(ledger.PublishedMarks, request.app.state.published_marks)
     run, _ = await service.submit(
@@ -73,7 +72,7 @@ async def accept_run(
         marks,
         registry,
         body,
-        _submitter(tenant_id),
+        service.Submitter(principal.tenant_id, request_id_var.get(), principal.actor),
         idempotency_key=idempotency_key,
         max_countdown=services.settings.task_max_countdown_seconds,
         replay_of=replay_of,
@@ -151,11 +150,12 @@ async def run_task(
     services: ServicesDep,
     broker: BrokerDep,
     registry: RegistryDep,
-    tenant_id: TenantDep,
+    principal: PrincipalDep,
     limiter: RateLimiterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> RunAccepted:
-    await enforce(limiter, services.settings.rate_limit_task_runs, "runs", str(tenant_id))
+    limit, tenant = services.settings.rate_limit_task_runs, str(principal.tenant_id)
+    await enforce(limiter, limit, "runs", tenant)
     _, accepted = await accept_run(
         body,
         request,
@@ -163,7 +163,7 @@ async def run_task(
         services,
         broker,
         registry,
-        tenant_id,
+        principal,
         idempotency_key=idempotency_key,
     )
     return accepted
@@ -211,9 +211,11 @@ async def replay_dead_letter(
     services: ServicesDep,
     broker: BrokerDep,
     registry: RegistryDep,
-    tenant_id: TenantDep,
+    principal: PrincipalDep,
 ) -> RunAccepted:
-    letter = await service.get_dead_letter(session, tenant_id, letter_id)
+    """One replay per dead letter: replaying again (even at the same moment) answers with the
+    run the first replay made (the letter's id is the run's idempotency key)."""
+    letter = await service.get_dead_letter(session, principal.tenant_id, letter_id)
     if letter.payload is None:
         raise ConflictError("This dead letter has no stored payload to replay.")
     run, accepted = await accept_run(
@@ -223,7 +225,8 @@ async def replay_dead_letter(
         services,
         broker,
         registry,
-        tenant_id,
+        principal,
+        idempotency_key=service.replay_key(letter.id),
         replay_of=letter.run_id,
     )
     letter.replayed_run_id = run.id

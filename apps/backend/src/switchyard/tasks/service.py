@@ -49,6 +49,11 @@ class Submitter:
     submitted_by: str | None
 
 
+def replay_key(letter_id: uuid.UUID) -> str:
+    """The idempotency key of a dead letter's replay: one run per letter, however often."""
+    return f"replay:{letter_id}"
+
+
 def registered(registry: TaskRegistry) -> list[RegisteredTask]:
     return [
         RegisteredTask(
