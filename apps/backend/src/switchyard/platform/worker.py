@@ -58,6 +58,8 @@ def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
         log_context = RunLogContext(run_id, request_id, tenant)
         remember_run(log_context)  # for Celery's own outcome line, logged after we return
         with run_log_context(log_context):
+            if amqp and _over_delivery_limit(task, current.services.settings):
+                return _dead_letter_over_limit(task, spec, run_id)
             try:
                 outcome = current.run(
                     execute(
@@ -79,6 +81,37 @@ def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
             return _settle(task, spec, run_id, outcome, amqp)
 
     return run_registered_task
+
+
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+
+
+def _over_delivery_limit(task: Task, settings: Settings) -> bool:
+    """Whether this delivery is one more than TASK_DELIVERY_LIMIT allows. A quorum queue's
+    `x-delivery-limit` counts redeliveries (RabbitMQ dead-letters after limit + 1 deliveries),
+    so the worker stops a run that keeps killing its process at exactly the limit."""
+    prior = getattr(task.request, DELIVERY_COUNT_HEADER, None)
+    return isinstance(prior, int) and prior + 1 > settings.task_delivery_limit
+
+
+def _dead_letter_over_limit(task: Task, spec: TaskSpec[Any], run_id: str) -> None:
+    prior = int(getattr(task.request, DELIVERY_COUNT_HEADER))
+    logger.error(
+        "run dead-lettered: delivered %d times without an outcome",
+        prior,
+        extra={"deliveries": prior},
+    )
+    record = DeadLetterRecord(
+        run_id=uuid.UUID(run_id),
+        task=spec.name,
+        queue=spec.queue,
+        reason="delivery_limit",
+        count=prior,
+        dead_lettered_at=datetime.now(UTC),
+        headers={DELIVERY_COUNT_HEADER: prior},
+    )
+    current = runtime.current()
+    current.run(archive(current.services, record))
 
 
 def _hand_back(task: Task, spec: TaskSpec[Any], dependency: str, error: Exception) -> None:
