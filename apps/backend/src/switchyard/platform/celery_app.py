@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
+
+from celery import Celery, states
+from celery.backends.base import DisabledBackend
 
 from switchyard.platform.topology import TASK_EXCHANGE, work_queues
 from switchyard.settings import Settings
@@ -12,11 +15,24 @@ def broker_is_amqp(url: str) -> bool:
     return url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
 
 
+class LedgerResults(DisabledBackend):  # type: ignore[misc]
+    """Celery keeps no results: run states live in the ledger. Unlike Celery's disabled
+    backend, asking a state answers PENDING (Celery knows nothing) and a revoke records
+    nothing, so cancelling a run logs no 'failed to mark as revoked' warning."""
+
+    def get_state(self, task_id: str) -> str:
+        return str(states.PENDING)
+
+    def mark_as_revoked(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def create_celery(settings: Settings, broker_url: str) -> Celery:
     app = Celery("switchyard", set_as_current=False)
     amqp = broker_is_amqp(broker_url)
     app.conf.update(
         broker_url=broker_url,
+        result_backend=f"{__name__}:LedgerResults",
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.broker_publish_timeout_seconds,
         broker_transport_options=(

@@ -28,6 +28,7 @@ class DeadLetterRecord:
     count: int
     dead_lettered_at: datetime
     headers: dict[str, Any]
+    error: str | None = None  # why, when no run of the ledger can say
 
 
 def _parse_uuid(value: object) -> uuid.UUID | None:
@@ -37,11 +38,11 @@ def _parse_uuid(value: object) -> uuid.UUID | None:
         return None
 
 
-def _jsonable(value: object) -> object:
+def jsonable(value: object) -> object:
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, datetime):
@@ -67,7 +68,7 @@ def parse(headers: dict[str, Any], body: object) -> DeadLetterRecord:
         reason=str(death.get("reason") or headers.get("x-first-death-reason") or "unknown"),
         count=int(death.get("count") or 1),
         dead_lettered_at=when if isinstance(when, datetime) else datetime.now(UTC),
-        headers={"x-death": _jsonable(deaths)},
+        headers={"x-death": jsonable(deaths)},
     )
 
 
@@ -91,7 +92,7 @@ async def archive(services: Services, record: DeadLetterRecord) -> None:
                 queue=record.queue,
                 payload=run.payload if run else None,
                 reason=record.reason,
-                last_error=_last_error(run),
+                last_error=_last_error(run) or record.error,
                 attempts=run.attempts if run else record.count,
                 dead_lettered_at=when if when.tzinfo else when.replace(tzinfo=UTC),
                 headers=record.headers,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task, bootsteps
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from celery.signals import (
     task_received,
     worker_process_shutdown,
@@ -27,7 +27,7 @@ from kombu.transport.base import Message
 from switchyard.logging import RunLogContext, remember_run, run_log_context
 from switchyard.platform import runtime
 from switchyard.platform.celery_app import broker_is_amqp
-from switchyard.platform.dead_letters import DeadLetterRecord, archive, parse
+from switchyard.platform.dead_letters import DeadLetterRecord, archive, jsonable, parse
 from switchyard.platform.execution import Outcome, execute
 from switchyard.platform.heartbeat import write_heartbeat
 from switchyard.platform.metrics import (
@@ -49,9 +49,50 @@ HAND_BACK_SECONDS = 2
 RECONNECT_MAX_SECONDS = 5
 
 
+def _foreign(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Why a message was not published by Switchyard (its body is one run id and its headers
+    name the run's tenant), or None when it was."""
+    if kwargs or len(args) != 1:
+        return "its arguments are not one run id"
+    if getattr(task.request, TENANT_HEADER, None) is None:
+        return f"it carries no {TENANT_HEADER} header"
+    try:
+        uuid.UUID(str(args[0]))
+    except ValueError:
+        return "its argument is not a run id"
+    return None
+
+
+def _archive_foreign(task: Task, spec: TaskSpec[Any], why: str, body: dict[str, Any]) -> None:
+    """Refused once, never run: archived with its raw body and the reason, then acked."""
+    logger.error(
+        "message refused: not sent by Switchyard (%s)",
+        why,
+        extra={"task": spec.name, "message_id": task.request.id},
+    )
+    record = DeadLetterRecord(
+        run_id=None,
+        task=spec.name,
+        queue=spec.queue,
+        reason="foreign_message",
+        count=1,
+        dead_lettered_at=datetime.now(UTC),
+        headers={"message_id": str(task.request.id), "body": jsonable(body)},
+        error=f"not sent by Switchyard: {why}",
+    )
+    current = runtime.current()
+    current.run(archive(current.services, record))
+    TASK_EVENTS.labels(task=spec.name, event="refused").inc()
+    raise Ignore()
+
+
 def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
-    def run_registered_task(task: Task, run_id: str) -> None:
+    def run_registered_task(task: Task, *args: Any, **kwargs: Any) -> None:
         current = runtime.current()
+        why = _foreign(task, args, kwargs)
+        if why is not None:
+            return _archive_foreign(task, spec, why, {"args": list(args), "kwargs": kwargs})
+        run_id = str(args[0])
         delivery = task.request.delivery_info or {}
         tenant = getattr(task.request, TENANT_HEADER, None)
         request_id = getattr(task.request, REQUEST_ID_HEADER, None)
@@ -131,6 +172,8 @@ def _hand_back(task: Task, spec: TaskSpec[Any], dependency: str, error: Exceptio
 
 
 def _settle(task: Task, spec: TaskSpec[Any], run_id: str, outcome: Outcome, amqp: bool) -> None:
+    if outcome.kind == "skipped":
+        raise Ignore()  # acked, and logged by Celery as ignored, not as a success
     if outcome.kind == "retry":
         raise task.retry(
             countdown=outcome.delay, queue=spec.queue, routing_key=spec.queue, max_retries=None

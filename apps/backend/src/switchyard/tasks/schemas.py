@@ -213,6 +213,9 @@ class DeadLetterOut(BaseModel):
     attempts: int
     dead_lettered_at: datetime
     replayed_task_id: uuid.UUID | None
+    raw_message: dict[str, Any] | None = Field(
+        default=None, description="A message not sent by Switchyard, as it came: args, kwargs"
+    )
 
     @classmethod
     def of(cls, letter: DeadLetter) -> DeadLetterOut:
@@ -227,4 +230,5 @@ class DeadLetterOut(BaseModel):
             attempts=letter.attempts,
             dead_lettered_at=letter.dead_lettered_at,
             replayed_task_id=letter.replayed_run_id,
+            raw_message=letter.headers.get("body") if letter.reason == "foreign_message" else None,
         )

@@ -1,0 +1,113 @@
+"""Messages the worker did not get from Switchyard, deliveries it skips, and cancels: each is
+handled once and logged for what it is."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.platform.broker import Broker
+from switchyard.settings import Settings
+from tests.fixtures.processes import RunningRole
+from tests.fixtures.tasks import submit
+
+pytestmark = [pytest.mark.e2e]
+
+
+@pytest.fixture
+def broker(task_settings: Settings) -> Iterator[Broker]:
+    created = Broker.create(task_settings)
+    assert created is not None
+    yield created
+    created.close()
+
+
+async def _letter(engine: AsyncEngine, message_id: str, within: float = 30) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        async with engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        "SELECT tenant_id, task, reason, last_error, payload, headers "
+                        "FROM dead_letters WHERE headers->>'message_id' = :id"
+                    ),
+                    {"id": message_id},
+                )
+            ).one_or_none()
+        if row is not None:
+            return row
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no dead letter for message {message_id}")
+
+
+def _log_lines(worker: RunningRole, needle: str) -> list[str]:
+    return [line for line in worker.stderr().splitlines() if needle in line]
+
+
+async def _until_logged(worker: RunningRole, needle: str, within: float = 30) -> list[str]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        lines = _log_lines(worker, needle)
+        if lines:
+            return lines
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{needle!r} never logged")
+
+
+async def test_a_message_not_sent_by_switchyard_is_refused_once_and_archived_raw(
+    default_worker: RunningRole, broker: Broker, engine: AsyncEngine
+) -> None:
+    sent = await asyncio.to_thread(
+        broker.celery.send_task,
+        "system.echo",
+        args=["hello", 42],
+        kwargs={"shout": True},
+        queue="default",
+        routing_key="default",
+    )
+    letter = await _letter(engine, sent.id)
+    assert letter.reason == "foreign_message"
+    assert letter.task == "system.echo"
+    assert letter.payload is None  # nothing to replay
+    assert "not sent by Switchyard" in letter.last_error
+    assert letter.headers["body"] == {"args": ["hello", 42], "kwargs": {"shout": True}}
+    refused = await _until_logged(default_worker, sent.id)
+    assert any("message refused: not sent by Switchyard" in line for line in refused)
+    assert not any("succeeded" in line for line in refused)
+
+
+async def test_a_delivery_for_an_unknown_run_is_ignored_not_reported_as_a_success(
+    default_worker: RunningRole, broker: Broker
+) -> None:
+    unknown = str(uuid.uuid4())
+    await broker.publisher.publish(unknown, "system.echo", "default", None, str(uuid.uuid4()))
+    lines = await _until_logged(default_worker, f"[{unknown}] ignored")
+    assert lines
+    assert _log_lines(default_worker, f"[{unknown}] succeeded") == []
+
+
+async def test_cancelling_runs_logs_no_backend_warning(
+    default_worker: RunningRole, tasks_api: httpx.AsyncClient
+) -> None:
+    task_id = await submit(tasks_api, "system.echo", {"message": "later"}, countdown=30)
+    cancelled = await tasks_api.post(f"/api/v1/tasks/{task_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    running = await submit(tasks_api, "system.sleep", {"seconds": 5})
+    deadline = time.monotonic() + 30
+    while (await tasks_api.get(f"/api/v1/tasks/{running}")).json()["state"] != "started":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert (await tasks_api.post(f"/api/v1/tasks/{running}/cancel")).status_code == 200
+    # Both revokes reached the worker (it logs each after handling it), with no warning.
+    await _until_logged(default_worker, f"Tasks flagged as revoked: {task_id}")
+    await _until_logged(default_worker, f"Terminating {running}")
+    assert _log_lines(default_worker, "as revoked in backend") == []
