@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import asyncpg.exceptions as pg
 import pytest
 from redis import exceptions as redis_errors
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
@@ -17,6 +18,13 @@ from switchyard.services.outages import unreachable_dependency
 def during(error: BaseException, context: BaseException) -> BaseException:
     """`error` raised while handling `context`, as Python chains them."""
     error.__context__ = context
+    return error
+
+
+def wrapped(cause: BaseException) -> DBAPIError:
+    """As SQLAlchemy's asyncpg dialect raises a server error: a DBAPIError from it."""
+    error = DBAPIError("SELECT 1", {}, Exception(str(cause)))
+    error.__cause__ = cause
     return error
 
 
@@ -38,6 +46,17 @@ def lost_connection() -> DBAPIError:
         (socket.gaierror(-2, "Name or service not known"), "a service this request needs"),
         # wrapped: the cause or the context is what tells
         (during(RuntimeError("while saving"), ConnectionResetError(104, "reset")), "a service"),
+        # a restarting PostgreSQL, in its own words, as SQLAlchemy raises them
+        (wrapped(pg.CannotConnectNowError("the database system is shutting down")), "the data"),
+        (wrapped(pg.CannotConnectNowError("the database system is starting up")), "the data"),
+        (wrapped(pg.CannotConnectNowError("the database system is in recovery mode")), "the d"),
+        (
+            wrapped(pg.AdminShutdownError("terminating connection due to administrator command")),
+            "the",
+        ),
+        (wrapped(pg.CrashShutdownError("terminating connection because of crash")), "the data"),
+        (wrapped(pg.TooManyConnectionsError("sorry, too many clients already")), "the data"),
+        (wrapped(pg.ConnectionFailureError("connection failure")), "the database"),
     ],
 )
 def test_unreachable_dependencies_are_told(error: BaseException, dependency: str) -> None:
@@ -56,6 +75,8 @@ def test_unreachable_dependencies_are_told(error: BaseException, dependency: str
         KeyError("missing"),
         FileNotFoundError(2, "No such file"),
         redis_errors.ResponseError("WRONGTYPE"),
+        wrapped(pg.QueryCanceledError("canceling statement due to statement timeout")),
+        wrapped(pg.UniqueViolationError("duplicate key value violates unique constraint")),
     ],
 )
 def test_bugs_are_not_outages(error: BaseException) -> None:

@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
 HAND_BACK_SECONDS = 2
+HAND_BACK_MAX_SECONDS = 30
+ARCHIVE_RETRY_MAX_SECONDS = 30.0
 RECONNECT_MAX_SECONDS = 5
 
 
@@ -158,8 +160,9 @@ def _dead_letter_over_limit(task: Task, spec: TaskSpec[Any], run_id: str) -> Non
 def _hand_back(task: Task, spec: TaskSpec[Any], dependency: str, error: Exception) -> None:
     """The ledger (or another service a run needs) is unreachable: the run cannot be claimed
     or its outcome recorded. The message goes back to the broker as a copy due in
-    HAND_BACK_SECONDS and this one is acked, so the run waits out the outage in the queue
-    instead of being dropped, spinning, or using up its deliveries."""
+    HAND_BACK_SECONDS, doubling each time the run comes back, and this one is acked, so the
+    run waits out the outage in the queue instead of being dropped, spinning, or using up its
+    deliveries."""
     logger.warning(
         "run handed back: %s unreachable",
         dependency,
@@ -167,8 +170,16 @@ def _hand_back(task: Task, spec: TaskSpec[Any], dependency: str, error: Exceptio
     )
     TASK_EVENTS.labels(task=spec.name, event="handed_back").inc()
     raise task.retry(
-        countdown=HAND_BACK_SECONDS, queue=spec.queue, routing_key=spec.queue, max_retries=None
+        countdown=hand_back_delay(task.request.retries),
+        queue=spec.queue,
+        routing_key=spec.queue,
+        max_retries=None,
     )
+
+
+def hand_back_delay(returned: int) -> int:
+    """Seconds until a handed-back copy is due: doubling with each return, at most 30 s."""
+    return int(min(HAND_BACK_SECONDS * 2 ** min(returned, 8), HAND_BACK_MAX_SECONDS))
 
 
 def _settle(task: Task, spec: TaskSpec[Any], run_id: str, outcome: Outcome, amqp: bool) -> None:
@@ -211,7 +222,18 @@ def bind_tasks(celery: Celery, registry: TaskRegistry) -> None:
 
 
 class DeadLetterConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]
-    """Archives every message the broker dead-letters, then acks it."""
+    """Archives every message the broker dead-letters, then acks it. A message that cannot be
+    archived (the database is down) goes back to the queue after a delay that doubles with
+    each failure in a row, never in a tight loop."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer: Any = None
+        self.failures = 0
+
+    def start(self, c: Any) -> None:
+        self.timer = c.timer
+        super().start(c)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         return [
@@ -229,10 +251,25 @@ class DeadLetterConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]
         current = runtime.current()
         try:
             current.run(archive(current.services, record))
-        except Exception:
-            logger.exception("dead letter not archived; it stays queued")
-            message.requeue()
+        except Exception as error:
+            self.failures += 1
+            delay = min(0.5 * 2 ** min(self.failures, 10), ARCHIVE_RETRY_MAX_SECONDS)
+            dependency = unreachable_dependency(error)
+            if dependency is None:
+                logger.exception("dead letter not archived; retried in %.1f s", delay)
+            else:
+                logger.warning(
+                    "dead letter not archived: %s unreachable; retried in %.1f s",
+                    dependency,
+                    delay,
+                    extra={"error": repr(error)},
+                )
+            if self.timer is not None:
+                self.timer.call_after(delay, message.requeue)
+            else:
+                message.requeue()
             return
+        self.failures = 0
         message.ack()
 
 

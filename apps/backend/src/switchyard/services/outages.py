@@ -3,7 +3,8 @@
 
 What counts as unreachable: a connection refused, reset or timed out, a host that does not
 resolve, SQLAlchemy's own word that the connection was lost (`connection_invalidated`) or that
-no pooled connection came free in time, and the Redis client's connection and timeout errors.
+no pooled connection came free in time, PostgreSQL saying it is shutting down, starting up or
+in recovery, and the Redis client's connection and timeout errors.
 A query that fails for another reason (a constraint, bad SQL) stays a 500: that is a bug."""
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from redis import exceptions as redis_errors
 from sqlalchemy import exc as sqlalchemy_errors
 
 RETRY_AFTER_SECONDS = "5"
+# PostgreSQL's own words that it cannot serve now: connection exceptions (class 08), and a
+# server shutting down, starting up, in recovery or stopped by an administrator (57P01-03),
+# or out of connection slots (53300). A cancelled statement (57014) is not among them.
+_POSTGRES_UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "53300")
 
 # The package whose frame raised the error names the dependency (innermost frame first).
 _PACKAGES = (
@@ -62,7 +67,9 @@ def unreachable_dependency(error: BaseException) -> str | None:
             return "the database"
         if isinstance(cause, redis_errors.ConnectionError | redis_errors.TimeoutError):
             return "Redis"
-        if isinstance(cause, asyncpg.PostgresConnectionError):  # e.g. "starting up"
+        if isinstance(cause, asyncpg.PostgresError) and str(
+            getattr(cause, "sqlstate", "") or ""
+        ).startswith(_POSTGRES_UNAVAILABLE):
             return "the database"
         if isinstance(cause, ConnectionError | TimeoutError | socket.gaierror):
             return _named_by_traceback(cause) or "a service this request needs"
