@@ -3,13 +3,17 @@
 //
 // Reads .env.infrastructure, then .env.backend (if present), then the environment (strongest),
 // and probes each configured service with its own protocol, using Node's built-ins only:
-// PostgreSQL (SSLRequest), Redis (PING), RabbitMQ (AMQP 0-9-1 handshake, and the management
-// API when RABBITMQ_MANAGEMENT_URL is set), Neo4j (Bolt handshake), MinIO (/minio/health/live),
-// Chroma (/api/v2/heartbeat) and the gateway (/health). Every probe is bounded by --timeout.
-// Prints a table, or JSON with --json; exits 1 when a required service is down.
+// PostgreSQL (signs in as the URL's user to its database: trust, password, md5 or SCRAM),
+// Redis (PING), RabbitMQ (AMQP 0-9-1: logs in and opens the URL's virtual host; and the
+// management API when RABBITMQ_MANAGEMENT_URL is set), Neo4j (Bolt handshake), MinIO
+// (/minio/health/live), Chroma (/api/v2/heartbeat) and the gateway (/health). Every probe is
+// bounded by --timeout. A service that answers but refuses the credentials, the database or
+// the virtual host is `auth failed`, not `down`. Prints a table, or JSON with --json; exits 1
+// when a required service is not up.
 //
 // Usage: node scripts/check-services.mjs [--json] [--timeout MS] [--require a,b,...]
 
+import { createHash, createHmac, pbkdf2Sync, randomBytes } from "node:crypto";
 import { readFileSync, existsSync } from "node:fs";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
@@ -69,7 +73,7 @@ function tcpExchange(host, port, hello, accept, ms) {
     socket.on("data", (chunk) => {
       received = Buffer.concat([received, chunk]);
       try {
-        const verdict = accept(received);
+        const verdict = accept(received, socket);
         if (verdict !== undefined) finish(null, verdict);
       } catch (error) {
         finish(error);
@@ -90,16 +94,109 @@ function endpoint(url, defaultPort) {
   };
 }
 
+// A refusal of the credentials (or of the database, the virtual host): the service is there.
+class AuthFailed extends Error {
+  constructor(message) {
+    super(message);
+    this.status = "auth failed";
+  }
+}
+
+function pgMessage(type, body) {
+  const head = Buffer.alloc(5);
+  head.write(type, 0, "latin1");
+  head.writeInt32BE(body.length + 4, 1);
+  return Buffer.concat([head, body]);
+}
+
+function cstring(text) {
+  return Buffer.from(`${text}\0`, "utf8");
+}
+
+function pgError(body) {
+  const fields = {};
+  let at = 0;
+  while (at < body.length && body[at] !== 0) {
+    const end = body.indexOf(0, at + 1);
+    fields[String.fromCharCode(body[at])] = body.subarray(at + 1, end).toString("utf8");
+    at = end + 1;
+  }
+  return fields;
+}
+
+// SQLSTATEs that mean the server refused who we are or what we asked for.
+const PG_AUTH_CODES = new Set(["28000", "28P01", "3D000", "42501"]);
+
+function scram(password, nonce) {
+  const clientFirstBare = `n=,r=${nonce}`;
+  return {
+    first: `n,,${clientFirstBare}`,
+    final(serverFirst) {
+      const parts = Object.fromEntries(serverFirst.split(",").map((kv) => [kv[0], kv.slice(2)]));
+      if (!parts.r || !parts.r.startsWith(nonce)) throw new Error("SCRAM: the server's nonce is not ours");
+      const salted = pbkdf2Sync(password, Buffer.from(parts.s, "base64"), Number(parts.i), 32, "sha256");
+      const clientKey = createHmac("sha256", salted).update("Client Key").digest();
+      const storedKey = createHash("sha256").update(clientKey).digest();
+      const withoutProof = `c=biws,r=${parts.r}`;
+      const authMessage = `${clientFirstBare},${serverFirst},${withoutProof}`;
+      const signature = createHmac("sha256", storedKey).update(authMessage).digest();
+      const proof = Buffer.from(clientKey.map((byte, i) => byte ^ signature[i])).toString("base64");
+      return `${withoutProof},p=${proof}`;
+    },
+  };
+}
+
 async function probePostgres(url, ms) {
-  const { host, port } = endpoint(url.replace(/^postgres(ql)?(\+\w+)?:/, "http:"), 5432);
-  const request = Buffer.alloc(8);
-  request.writeInt32BE(8, 0);
-  request.writeInt32BE(80877103, 4); // SSLRequest: any PostgreSQL answers S or N
-  const answer = await tcpExchange(host, port, request, (bytes) => {
-    if (bytes.length < 1) return undefined;
-    const code = String.fromCharCode(bytes[0]);
-    if (code === "S" || code === "N") return code === "S" ? "TLS offered" : "TLS not offered";
-    throw new Error(`not PostgreSQL (answered ${JSON.stringify(bytes.subarray(0, 8).toString("latin1"))})`);
+  const { host, port, username, password } = endpoint(url.replace(/^postgres(ql)?(\+\w+)?:/, "http:"), 5432);
+  const parsed = new URL(url.replace(/^postgres(ql)?(\+\w+)?:/, "http:"));
+  const user = username || "postgres";
+  const database = decodeURIComponent(parsed.pathname.slice(1)) || user;
+  const params = Buffer.concat([cstring("user"), cstring(user), cstring("database"), cstring(database), Buffer.from([0])]);
+  const startup = Buffer.alloc(8);
+  startup.writeInt32BE(8 + params.length, 0);
+  startup.writeInt32BE(196608, 4); // protocol 3.0
+  let offset = 0;
+  let sasl = null;
+  const answer = await tcpExchange(host, port, Buffer.concat([startup, params]), (bytes, socket) => {
+    while (bytes.length - offset >= 5) {
+      const type = String.fromCharCode(bytes[offset]);
+      const length = bytes.readInt32BE(offset + 1);
+      if (bytes.length - offset < 1 + length) return undefined;
+      const body = bytes.subarray(offset + 5, offset + 1 + length);
+      offset += 1 + length;
+      if (type === "E") {
+        const error = pgError(body);
+        const message = `${error.M || "error"} (${error.C || "?"})`;
+        if (PG_AUTH_CODES.has(error.C)) throw new AuthFailed(message);
+        throw new Error(message);
+      }
+      if (type === "Z") {
+        socket.write(pgMessage("X", Buffer.alloc(0)));
+        return `signed in as ${user} to ${database}`;
+      }
+      if (type !== "R") continue; // parameter status, backend key data, notices
+      const code = body.readInt32BE(0);
+      if (code === 0) continue; // authenticated; ReadyForQuery follows
+      if (code === 3) socket.write(pgMessage("p", cstring(password)));
+      else if (code === 5) {
+        const inner = createHash("md5").update(password + user).digest("hex");
+        const outer = createHash("md5").update(Buffer.concat([Buffer.from(inner), body.subarray(4, 8)])).digest("hex");
+        socket.write(pgMessage("p", cstring(`md5${outer}`)));
+      } else if (code === 10) {
+        const mechanisms = body.subarray(4).toString("utf8").split("\0");
+        if (!mechanisms.includes("SCRAM-SHA-256")) throw new Error(`no supported SASL mechanism (${mechanisms.join(" ")})`);
+        sasl = scram(password, randomBytes(18).toString("base64"));
+        const first = Buffer.from(sasl.first);
+        const length32 = Buffer.alloc(4);
+        length32.writeInt32BE(first.length, 0);
+        socket.write(pgMessage("p", Buffer.concat([cstring("SCRAM-SHA-256"), length32, first])));
+      } else if (code === 11) {
+        socket.write(pgMessage("p", Buffer.from(sasl.final(body.subarray(4).toString("utf8")))));
+      } else if (code !== 12) {
+        throw new Error(`unsupported authentication method ${code}`);
+      }
+    }
+    return undefined;
   }, ms);
   return { address: `${host}:${port}`, detail: answer };
 }
@@ -121,16 +218,83 @@ async function probeRedis(url, ms) {
   return { address: `${host}:${port}`, detail: answer };
 }
 
+function amqpFrame(classId, methodId, args) {
+  const payload = Buffer.concat([Buffer.from([classId >> 8, classId & 0xff, methodId >> 8, methodId & 0xff]), args]);
+  const head = Buffer.alloc(7);
+  head.writeUInt8(1, 0); // method frame
+  head.writeUInt16BE(0, 1); // channel 0
+  head.writeUInt32BE(payload.length, 3);
+  return Buffer.concat([head, payload, Buffer.from([0xce])]);
+}
+
+function shortstr(text) {
+  const bytes = Buffer.from(text, "utf8");
+  return Buffer.concat([Buffer.from([bytes.length]), bytes]);
+}
+
+function longstr(bytes) {
+  const size = Buffer.alloc(4);
+  size.writeUInt32BE(bytes.length, 0);
+  return Buffer.concat([size, bytes]);
+}
+
+// {capabilities: {authentication_failure_close: true}}: a refused login is answered with
+// Connection.Close 403, not a silently closed socket.
+function clientProperties() {
+  const capability = Buffer.concat([shortstr("authentication_failure_close"), Buffer.from("t"), Buffer.from([1])]);
+  const entries = Buffer.concat([shortstr("capabilities"), Buffer.from("F"), longstr(capability), shortstr("product"), Buffer.from("S"), longstr(Buffer.from("switchyard check-services"))]);
+  return longstr(entries);
+}
+
 async function probeAmqp(url, ms) {
-  const { host, port } = endpoint(url.replace(/^(py)?amqps?:/, "http:"), 5672);
+  const { host, port, username, password } = endpoint(url.replace(/^(py)?amqps?:/, "http:"), 5672);
+  const path = new URL(url.replace(/^(py)?amqps?:/, "http:")).pathname;
+  const vhost = path.length > 1 ? decodeURIComponent(path.slice(1)) : "/";
+  const user = username || "guest";
+  const secret = username ? password : "guest";
   const header = Buffer.from([0x41, 0x4d, 0x51, 0x50, 0, 0, 9, 1]); // "AMQP" 0-9-1
-  const answer = await tcpExchange(host, port, header, (bytes) => {
-    if (bytes.length < 7) return undefined;
-    if (bytes.subarray(0, 4).toString("latin1") === "AMQP") {
+  let offset = 0;
+  let started = false;
+  const answer = await tcpExchange(host, port, header, (bytes, socket) => {
+    if (!started && bytes.length >= 4 && bytes.subarray(0, 4).toString("latin1") === "AMQP") {
+      if (bytes.length < 8) return undefined;
       throw new Error(`the broker wants protocol ${[...bytes.subarray(4, 8)].join(".")}`);
     }
-    if (bytes[0] !== 1) throw new Error("not an AMQP server");
-    return "AMQP 0-9-1 Connection.Start";
+    while (bytes.length - offset >= 7) {
+      const type = bytes[offset];
+      const size = bytes.readUInt32BE(offset + 3);
+      if (bytes.length - offset < 8 + size) return undefined;
+      const payload = bytes.subarray(offset + 7, offset + 7 + size);
+      offset += 8 + size;
+      if (type !== 1) {
+        if (!started) throw new Error("not an AMQP server");
+        continue;
+      }
+      const method = `${payload.readUInt16BE(0)}.${payload.readUInt16BE(2)}`;
+      if (method === "10.10") {
+        started = true;
+        const response = Buffer.from(`\0${user}\0${secret}`, "utf8");
+        socket.write(amqpFrame(10, 11, Buffer.concat([clientProperties(), shortstr("PLAIN"), longstr(response), shortstr("en_US")])));
+      } else if (method === "10.30") {
+        const tune = Buffer.alloc(8);
+        tune.writeUInt16BE(payload.readUInt16BE(4), 0);
+        tune.writeUInt32BE(payload.readUInt32BE(6), 2);
+        tune.writeUInt16BE(0, 6); // no heartbeats: the probe is over in a moment
+        socket.write(amqpFrame(10, 31, tune));
+        socket.write(amqpFrame(10, 40, Buffer.concat([shortstr(vhost), shortstr(""), Buffer.from([0])])));
+      } else if (method === "10.41") {
+        socket.write(amqpFrame(10, 50, Buffer.concat([Buffer.from([0, 200]), shortstr("bye"), Buffer.alloc(4)])));
+        return `logged in as ${user}, virtual host ${vhost} open`;
+      } else if (method === "10.50") {
+        const code = payload.readUInt16BE(4);
+        const text = payload.subarray(7, 7 + payload[6]).toString("utf8");
+        if (code === 403 || code === 530) throw new AuthFailed(`${text} (${code})`);
+        throw new Error(`${text} (${code})`);
+      } else if (!started) {
+        throw new Error("not an AMQP server");
+      }
+    }
+    return undefined;
   }, ms);
   return { address: `${host}:${port}`, detail: answer };
 }
@@ -252,7 +416,7 @@ export async function runChecks(settings, { timeout = 3000, required = DEFAULT_R
         return {
           ...result,
           address,
-          status: "down",
+          status: error.status || "down",
           latency_ms: Math.round((performance.now() - started) * 10) / 10,
           detail: String(error.message || error).slice(0, 200),
         };

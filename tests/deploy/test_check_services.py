@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,10 @@ def test_real_services_are_up_and_secrets_are_not_printed(
     rows = by_service(report)
     assert report["ok"] is True
     assert rows["postgres"]["status"] == "up"
-    assert rows["postgres"]["detail"].startswith("TLS")
+    assert rows["postgres"]["detail"].startswith("signed in as postgres to switchyard_test_")
     assert rows["redis"] | {"latency_ms": 0} == rows["redis"] | {"latency_ms": 0, "status": "up"}
     assert rows["redis"]["detail"] == "PONG"
-    assert rows["rabbitmq"]["detail"] == "AMQP 0-9-1 Connection.Start"
+    assert rows["rabbitmq"]["detail"].startswith("logged in as guest, virtual host ")
     assert rows["gateway"]["status"] == "down"  # nothing there, and not required
     assert rows["gateway"]["required"] is False
     assert "guest:guest" not in json.dumps(report)
@@ -192,4 +193,132 @@ def test_missing_required_settings_and_bad_arguments(tmp_path: Path) -> None:
 def test_package_json_names_the_script() -> None:
     package = json.loads((ROOT / "package.json").read_text())
     assert package["scripts"]["check:services"] == "node scripts/check-services.mjs"
-    assert package["packageManager"].startswith("pnpm@")
+    # A `packageManager` pin makes pnpm 10 and later fetch that exact pnpm (and fail offline).
+    assert "packageManager" not in package
+
+
+@pytest.fixture(scope="session")
+def pnpm_releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pnpm")
+
+
+@pytest.mark.parametrize("release", ["9", "10", "latest"])
+def test_pnpm_check_services_runs_with_pnpm_9_10_and_the_current_release(
+    pnpm_releases: Path, servers: dict[str, str], release: str
+) -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        unavailable("npm", "`npm` is not on PATH")
+    assert npm is not None
+    prefix = pnpm_releases / release
+    installed = subprocess.run(
+        [
+            npm,
+            "install",
+            "--no-save",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(prefix),
+            f"pnpm@{release}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    done = subprocess.run(
+        [str(prefix / "node_modules" / ".bin" / "pnpm"), "--silent", "check:services", "--json"],
+        cwd=ROOT,
+        env={**base, **servers},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert {row["service"]: row["status"] for row in report["services"]} | {"gateway": "-"} == {
+        "postgres": "up",
+        "redis": "up",
+        "rabbitmq": "up",
+        "gateway": "-",
+    }
+
+
+def test_rabbitmq_logs_in_and_opens_the_vhost_or_says_auth_failed(
+    tmp_path: Path, servers: dict[str, str], broker_url: str
+) -> None:
+    wrong_password = broker_url.replace("guest:guest@", "guest:not-the-password@")
+    no_vhost = broker_url.rsplit("/", 1)[0] + "/no-such-vhost-" + uuid.uuid4().hex[:6]
+    for url, detail in ((wrong_password, "ACCESS_REFUSED"), (no_vhost, "NOT_ALLOWED")):
+        code, report, _ = check(tmp_path, "--json", **{**servers, "CELERY_BROKER_URL": url})
+        row = by_service(report)["rabbitmq"]
+        assert code == 1
+        assert row["status"] == "auth failed"
+        assert detail in row["detail"]
+        assert "not-the-password" not in json.dumps(report)
+    code, report, _ = check(
+        tmp_path, "--json", **{**servers, "CELERY_BROKER_URL": f"amqp://127.0.0.1:{free_port()}//"}
+    )
+    assert by_service(report)["rabbitmq"]["status"] == "down"
+
+
+PASSWORD_USERS = {"md5_user": "md5", "scram_user": "scram-sha-256", "plain_user": "password"}
+
+
+@pytest.fixture(scope="module")
+def password_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A PostgreSQL of this module's own whose users sign in with md5, SCRAM or a cleartext
+    password (the shared server trusts everyone)."""
+    import asyncio
+
+    import asyncpg
+
+    from switchyard.embedded.postgres import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("password-postgres"), port=free_port())
+    with server:
+
+        async def prepare() -> None:
+            connection = await asyncpg.connect(host="127.0.0.1", port=server.port, user="postgres")
+            try:
+                for user, method in PASSWORD_USERS.items():
+                    encryption = "md5" if method == "md5" else "scram-sha-256"
+                    await connection.execute(f"SET password_encryption = '{encryption}'")
+                    await connection.execute(f"CREATE ROLE {user} LOGIN PASSWORD 'pw-{user}'")
+                hba = server.data_dir / "pg_hba.conf"
+                rules = "".join(
+                    f"host all {user} 127.0.0.1/32 {method}\n"
+                    for user, method in PASSWORD_USERS.items()
+                )
+                hba.write_text(rules + hba.read_text())
+                await connection.execute("SELECT pg_reload_conf()")
+            finally:
+                await connection.close()
+
+        asyncio.run(prepare())
+        yield server.port
+
+
+@pytest.mark.parametrize("user", sorted(PASSWORD_USERS))
+def test_postgres_signs_in_with_each_method_and_tells_a_refusal_from_down(
+    tmp_path: Path, servers: dict[str, str], password_postgres: int, user: str
+) -> None:
+    def postgres(url: str) -> tuple[int, dict[str, Any]]:
+        code, report, _ = check(tmp_path, "--json", **{**servers, "DATABASE_URL": url})
+        return code, by_service(report)["postgres"]
+
+    base = f"127.0.0.1:{password_postgres}"
+    code, row = postgres(f"postgresql://{user}:pw-{user}@{base}/postgres")
+    assert (code, row["status"]) == (0, "up"), row
+    assert row["detail"] == f"signed in as {user} to postgres"
+    code, row = postgres(f"postgresql+asyncpg://{user}:wrong-{user}@{base}/postgres")
+    assert (code, row["status"]) == (1, "auth failed"), row
+    assert "28P01" in row["detail"]
+    assert f"wrong-{user}" not in json.dumps(row)
+    code, row = postgres(f"postgresql://{user}:pw-{user}@{base}/no_such_database")
+    assert (code, row["status"]) == (1, "auth failed"), row
+    assert "3D000" in row["detail"]
