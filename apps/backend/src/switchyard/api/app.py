@@ -7,9 +7,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from switchyard import API_VERSION, __version__
 from switchyard.ai import endpoints as ai
@@ -82,14 +84,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
             if broker is not None:
                 broker.close()
 
-    app = FastAPI(
-        title=settings.app_name,
-        version=__version__,
-        lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
-        redoc_url=None,
-    )
+    app = _new_app(settings, lifespan)
     install_exception_handlers(app)
     document_errors(app)
     _add_middleware(app, settings)
@@ -110,6 +105,22 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(health.router, prefix=api, include_in_schema=False)
     app.state.route_templates = RouteTemplates(app.routes)
     return app
+
+
+def _new_app(settings: Settings, lifespan: Any) -> FastAPI:
+    """With API documents (not in production, unless API_DOCS): Swagger UI from assets in a
+    package, not a CDN, so /docs works offline and air-gapped."""
+    common: dict[str, Any] = {
+        "title": settings.app_name,
+        "version": __version__,
+        "lifespan": lifespan,
+        "redoc_url": None,
+    }
+    if settings.docs_enabled:
+        return FastAPIOffline(
+            docs_url="/docs", openapi_url="/openapi.json", static_url="/docs/assets", **common
+        )
+    return FastAPI(docs_url=None, openapi_url=None, **common)
 
 
 def _announce_generated_secret(settings: Settings) -> None:

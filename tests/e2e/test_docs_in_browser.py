@@ -1,0 +1,63 @@
+"""/docs in a real browser (headless Chromium), with no internet: Swagger UI comes from the
+gateway itself and lists the operations."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy.engine import URL
+
+from tests.fixtures.processes import RunningRole
+from tests.fixtures.servers import free_port, unavailable
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def test_swagger_ui_lists_the_operations_without_any_outside_request(
+    start_role: Callable[..., RunningRole], database_url: URL
+) -> None:
+    if shutil.which("chromium") is None:
+        unavailable("Chromium", "Debian's `chromium` is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    gateway = start_role(
+        "api-gateway", free_port(), DATABASE_URL=database_url.render_as_string(hide_password=False)
+    )
+    gateway.wait_healthy()
+    local = urlsplit(gateway.base_url).netloc
+    requested: list[str] = []
+    failed: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.on("request", lambda request: requested.append(request.url))
+            page.on("requestfailed", lambda request: failed.append(request.url))
+            page.goto(f"{gateway.base_url}/docs", wait_until="networkidle")
+            page.wait_for_selector(".opblock", timeout=20_000)
+            operations = page.locator(".opblock-summary-path").all_inner_texts()
+            title = page.locator(".info .title").inner_text()
+        finally:
+            browser.close()
+    paths = {text.replace("\u200b", "").strip() for text in operations}
+    assert "/api/v1/tasks/run" in paths
+    assert "/api/v1/auth/login" in paths
+    assert len(paths) >= 30
+    assert title.startswith("Switchyard")
+    outside = [url for url in requested if urlsplit(url).netloc not in (local, "")]
+    assert outside == []
+    assert failed == []
