@@ -4,8 +4,22 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 # Python caches compiled modules as usual (the image ships them compiled): some machines set
 # PYTHONDONTWRITEBYTECODE, and every process the tests start would then compile every module.
 unexport PYTHONDONTWRITEBYTECODE
+# `make` alone lists the targets; it never starts anything.
+.DEFAULT_GOAL := help
+ARGS ?=
 
-.PHONY: run test lint
+.PHONY: help run test lint format pytest switchyard uv
+
+## List the targets
+help:
+	@echo "make run                    the whole product on embedded backends (http://127.0.0.1:8000)"
+	@echo "make test                   the test suite with coverage (as CI runs it)"
+	@echo "make lint                   ruff check, ruff format --check, mypy"
+	@echo "make format                 ruff format and ruff check --fix"
+	@echo "make pytest ARGS='...'      pytest with your arguments, e.g. ARGS='tests/unit -k settings'"
+	@echo "make switchyard ARGS='...'  the switchyard command, e.g. ARGS='run migrate'"
+	@echo "make uv ARGS='...'          any uv command, e.g. ARGS='run alembic current'"
+	@echo "uv itself: $(UV)"
 
 ## Run the whole product on embedded backends (http://127.0.0.1:8000)
 run: $(UV)
@@ -20,6 +34,20 @@ lint: $(UV)
 	$(UV) run --frozen ruff check
 	$(UV) run --frozen ruff format --check
 	$(UV) run --frozen mypy
+
+## Format the code and apply the safe lint fixes
+format: $(UV)
+	$(UV) run --frozen ruff format
+	$(UV) run --frozen ruff check --fix
+
+pytest: $(UV)
+	$(UV) run --frozen pytest $(ARGS)
+
+switchyard: $(UV)
+	$(UV) run --frozen switchyard $(ARGS)
+
+uv: $(UV)
+	$(UV) $(ARGS)
 
 $(CURDIR)/.tools/bin/uv:
 	python3 -m venv $(CURDIR)/.tools

@@ -86,3 +86,45 @@ def test_a_new_secret_is_refused(repo_root: Path, tmp_path: Path) -> None:
     assert found.returncode == 1
     assert "settings_local.py" in found.stdout
     assert "Private Key" in found.stdout
+
+
+def make(repo_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_make_without_a_target_lists_the_targets_and_starts_nothing(repo_root: Path) -> None:
+    listed = make(repo_root)
+    assert listed.returncode == 0, listed.stderr
+    assert "make run" in listed.stdout
+    assert "make test" in listed.stdout
+    assert "switchyard run standalone" not in listed.stdout + listed.stderr
+
+
+def test_the_readmes_day_to_day_commands_work_after_the_quick_start(repo_root: Path) -> None:
+    """Each `make X ARGS='...'` line of the README's day-to-day block runs as written (the
+    slow ones, lint and pytest, are checked to exist: CI runs them anyway)."""
+    import re
+    import shlex
+
+    readme = (repo_root / "README.md").read_text()
+    block = readme.split("Day-to-day, after either command", 1)[1].split("```sh", 1)[1]
+    commands = [line.split("#")[0].strip() for line in block.split("```", 1)[0].splitlines()]
+    commands = [command for command in commands if command]
+    assert {shlex.split(command)[1] for command in commands} >= {"lint", "format", "pytest", "uv"}
+    listed = make(repo_root).stdout
+    for command in commands:
+        target = shlex.split(command)[1]
+        assert re.search(rf"^make {target}\b", listed, re.M), target
+    help_text = make(repo_root, "switchyard", "ARGS=--help")
+    assert help_text.returncode == 0, help_text.stderr
+    assert "healthcheck" in help_text.stdout
+    version = make(repo_root, "uv", "ARGS=--version")
+    assert version.returncode == 0
+    assert version.stdout.strip().splitlines()[-1].startswith("uv ")
