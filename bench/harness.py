@@ -121,6 +121,9 @@ def role_env(**values: str) -> dict[str, str]:
             "RATE_LIMIT_TASK_RUNS": "100000000/minute",
             "WORKER_METRICS_PORT": "0",
             "BEAT_METRICS_PORT": "0",
+            # Gateways and workers need a Chroma server; benchmarks that search set their own.
+            "CHROMA_HOST": "127.0.0.1",
+            "CHROMA_PORT": "9",
         }
     )
     env.update(values)

@@ -94,3 +94,14 @@ def test_search_latency_measures_both_stores_against_numpy(repo_root: Path) -> N
     for row in ("NumPy exact, in memory (baseline)", "Chroma embedded", "Chroma server"):
         assert row in out
     assert "Chroma server (standalone) p50 <= 50 ms" in out
+
+
+def test_silent_redis_compares_a_silent_redis_with_an_answering_one(repo_root: Path) -> None:
+    out = bench(repo_root, "silent_redis", "--requests=3")
+    for row in (
+        "GET /api/v1/tasks/?limit=1, Redis answering (baseline)",
+        "GET /api/v1/tasks/?limit=1, Redis silent",
+        "POST /api/v1/tasks/run, Redis silent",
+    ):
+        assert row in out
+    assert "submissions, Redis silent: p50 <= baseline + 100 ms" in out
