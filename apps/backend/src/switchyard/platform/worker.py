@@ -51,13 +51,12 @@ ARCHIVE_RETRY_MAX_SECONDS = 30.0
 RECONNECT_MAX_SECONDS = 5
 
 
-def _foreign(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-    """Why a message was not published by Switchyard (its body is one run id and its headers
-    name the run's tenant), or None when it was."""
+def _foreign(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Why a message was not published by Switchyard (its body is one run id), or None when
+    it may have been: the ledger's claim then decides (an unknown run is skipped, a run of
+    another tenant than the message's header is refused)."""
     if kwargs or len(args) != 1:
         return "its arguments are not one run id"
-    if getattr(task.request, TENANT_HEADER, None) is None:
-        return f"it carries no {TENANT_HEADER} header"
     try:
         uuid.UUID(str(args[0]))
     except ValueError:
@@ -91,7 +90,7 @@ def _archive_foreign(task: Task, spec: TaskSpec[Any], why: str, body: dict[str, 
 def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
     def run_registered_task(task: Task, *args: Any, **kwargs: Any) -> None:
         current = runtime.current()
-        why = _foreign(task, args, kwargs)
+        why = _foreign(args, kwargs)
         if why is not None:
             return _archive_foreign(task, spec, why, {"args": list(args), "kwargs": kwargs})
         run_id = str(args[0])
