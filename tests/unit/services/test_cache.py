@@ -37,3 +37,30 @@ async def test_without_redis_everything_is_a_miss() -> None:
     assert await cache.get("k") is None
     assert await cache.set("k", "v") is False
     assert await cache.incr("k") is None
+
+
+async def test_the_breaker_opens_on_an_unreachable_redis_not_on_a_refused_command() -> None:
+    from redis import exceptions as redis_errors
+
+    from switchyard.services.redis import RedisBreaker, RedisUnavailableError
+
+    breaker = RedisBreaker(object(), retry_seconds=3600)  # type: ignore[arg-type]
+
+    async def refused(_: object) -> None:
+        raise redis_errors.ResponseError("WRONGTYPE Operation against a key")
+
+    async def silent(_: object) -> None:
+        raise redis_errors.TimeoutError("Timeout reading from socket")
+
+    def is_open() -> bool:
+        return breaker.open_since is not None
+
+    with pytest.raises(redis_errors.ResponseError):
+        await breaker.call(refused)
+    assert not is_open()
+    with pytest.raises(redis_errors.TimeoutError):
+        await breaker.call(silent)
+    assert is_open()
+    with pytest.raises(RedisUnavailableError):
+        await breaker.call(refused)  # skipped: not even tried while open
+    await breaker.close()

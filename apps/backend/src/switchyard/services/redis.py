@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from switchyard.settings import Settings
@@ -50,6 +51,9 @@ async def probe(client: Redis) -> None:
     await client.ping()
 
 
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
 class RedisUnavailableError(RedisError):
     """Redis is not called while the breaker is open (it stayed silent or refused lately)."""
 
@@ -69,17 +73,13 @@ class RedisBreaker:
         self.open_since: float | None = None
         self._probe: asyncio.Task[None] | None = None
 
-    @property
-    def usable(self) -> bool:
-        return self.client is not None and self.open_since is None
-
     async def call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
         """`operation` on the client; RedisUnavailableError without a client or while open."""
         if self.client is None or self.open_since is not None:
             raise RedisUnavailableError("Redis is skipped while it does not answer")
         try:
             return await operation(self.client)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except UNREACHABLE as exc:  # a refused command (WRONGTYPE ...) is no outage
             self.failed(exc)
             raise
 
@@ -104,7 +104,7 @@ class RedisBreaker:
             try:
                 async with asyncio.timeout(self.probe_timeout):
                     await self.client.ping()
-            except (RedisError, OSError, TimeoutError):
+            except (*UNREACHABLE, RedisError):
                 continue
             outage = time.monotonic() - self.open_since
             self.open_since = None
