@@ -51,6 +51,12 @@ ARCHIVE_RETRY_MAX_SECONDS = 30.0
 RECONNECT_MAX_SECONDS = 5
 
 
+def _archive_now(record: DeadLetterRecord) -> None:
+    """Archive a dead letter from inside a delivery, on this process's loop and services."""
+    current = runtime.current()
+    current.run(archive(current.services, record))
+
+
 def _foreign(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """Why a message was not published by Switchyard (its body is one run id), or None when
     it may have been: the ledger's claim then decides (an unknown run is skipped, a run of
@@ -81,8 +87,7 @@ def _archive_foreign(task: Task, spec: TaskSpec[Any], why: str, body: dict[str, 
         headers={"message_id": str(task.request.id), "body": jsonable(body)},
         error=f"not sent by Switchyard: {why}",
     )
-    current = runtime.current()
-    current.run(archive(current.services, record))
+    _archive_now(record)
     TASK_EVENTS.labels(task=spec.name, event="refused").inc()
     raise Ignore()
 
@@ -152,8 +157,7 @@ def _dead_letter_over_limit(task: Task, spec: TaskSpec[Any], run_id: str) -> Non
         dead_lettered_at=datetime.now(UTC),
         headers={DELIVERY_COUNT_HEADER: prior},
     )
-    current = runtime.current()
-    current.run(archive(current.services, record))
+    _archive_now(record)
 
 
 def _hand_back(task: Task, spec: TaskSpec[Any], dependency: str, error: Exception) -> None:
@@ -201,8 +205,7 @@ def _settle(task: Task, spec: TaskSpec[Any], run_id: str, outcome: Outcome, amqp
             dead_lettered_at=datetime.now(UTC),
             headers={},
         )
-        current = runtime.current()
-        current.run(archive(current.services, record))
+        _archive_now(record)
 
 
 def bind_tasks(celery: Celery, registry: TaskRegistry) -> None:
