@@ -186,7 +186,10 @@ def silent_port() -> Iterator[int]:
 def test_worker_healthcheck_answers_within_seconds_when_the_broker_is_dead(
     broker: str, silent_port: int, tmp_path: Path
 ) -> None:
-    write_heartbeat(tmp_path / "worker.heartbeat", {"hostname": "worker-1@nowhere", "pid": 1})
+    write_heartbeat(
+        tmp_path / "worker.heartbeat",
+        {"pid": 1, "processes": [{"hostname": "worker-2@nowhere", "pid": 2, "at": time.time()}]},
+    )
     port = silent_port if broker == "silent" else free_port()
     started = time.monotonic()
     check = healthcheck(
@@ -202,6 +205,29 @@ def test_worker_healthcheck_answers_within_seconds_when_the_broker_is_dead(
     assert "broker unreachable" in check.stderr
     assert "Traceback" not in check.stderr
     assert check.stderr.count("\n") == 1  # one line
+
+
+STALLED = {"hostname": "worker-2@nowhere", "pid": 2, "stalled_seconds": 12.5}
+TURNING = {"hostname": "worker-2@nowhere", "pid": 2, "stalled_seconds": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("process", "processes", "expected"),
+    [
+        (STALLED, "1", "worker process 2: event loop stalled for 12.5 s (limit 10 s)"),
+        (TURNING, "2", "1 of 2 worker processes are heartbeating"),
+    ],
+)
+def test_worker_healthcheck_fails_on_a_stalled_loop_or_a_missing_process(
+    process: dict[str, object], processes: str, expected: str, tmp_path: Path
+) -> None:
+    write_heartbeat(tmp_path / "worker.heartbeat", {"pid": 1, "processes": [process]})
+    env = switchyard_env(
+        VAR_DIR=str(tmp_path), WORKER_STALL_UNHEALTHY_SECONDS="10", WORKER_PROCESSES=processes
+    )
+    check = healthcheck("worker", env, tmp_path)
+    assert check.returncode == 1
+    assert expected in check.stderr, check.stderr
 
 
 def scrape(port: int) -> str | None:

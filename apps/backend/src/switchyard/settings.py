@@ -148,9 +148,21 @@ class Settings(BaseSettings):
     task_delivery_limit: int = Field(default=5, ge=1, le=100)
     task_max_countdown_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     task_republish_after_seconds: float = Field(default=15.0, gt=0)
-    worker_concurrency: int = Field(default=2, ge=1, le=64)
+    # Runs in flight per worker process, each a coroutine on the process's one event loop.
+    worker_concurrency: int = Field(default=100, ge=1, le=2000)
+    # Worker processes per container (each with its own loop, clients and pools).
+    worker_processes: int = Field(default=1, ge=1, le=64)
     worker_queues: CommaList = Field(default_factory=lambda: ["default", "llm"])
-    worker_pool: Literal["prefork", "threads", "solo"] = "prefork"
+    # The loop is stalled (a handler blocks it) when it has not turned for this long.
+    worker_stall_seconds: float = Field(default=0.5, gt=0, le=60)
+    # `switchyard healthcheck worker` fails while a process's loop is stalled this long.
+    worker_stall_unhealthy_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # How often a worker asks the ledger whether a run it holds was cancelled.
+    worker_cancel_poll_seconds: float = Field(default=0.5, gt=0, le=10)
+    # CPU-heavy steps (PDF/HTML text, local embeddings) run in this many processes...
+    worker_cpu_processes: int = Field(default=2, ge=1, le=64)
+    # ...each limited to this much address space (MiB).
+    worker_cpu_memory_mb: int = Field(default=2048, ge=256, le=65536)
     beat_tick_seconds: float = Field(default=1.0, gt=0, le=60)
     heartbeat_max_age_seconds: float = Field(default=60.0, gt=0)
     health_critical: CommaList = Field(default_factory=lambda: ["postgres", "redis", "rabbitmq"])

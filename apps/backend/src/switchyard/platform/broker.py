@@ -43,11 +43,5 @@ class Broker:
         """Raise unless a broker connection can be opened."""
         await asyncio.to_thread(self._connect)
 
-    async def revoke(self, run_id: str, *, terminate: bool) -> None:
-        """Best effort: the ledger already refuses to run a cancelled run."""
-        await asyncio.to_thread(
-            self.celery.control.revoke, run_id, terminate=terminate, signal="SIGTERM"
-        )
-
     def close(self) -> None:
         self.celery.close()

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.db.models import DEFAULT_TENANT_ID, DeadLetter, TaskRun
 from switchyard.platform import events, ledger
@@ -76,30 +77,7 @@ async def archive(services: Services, record: DeadLetterRecord) -> None:
     """Store the dead letter once (redelivery is harmless) and end its run."""
     assert services.sessions is not None
     async with services.sessions.begin() as session:
-        run: TaskRun | None = None
-        if record.run_id is not None:
-            run = await ledger.mark_dead_lettered(session, record.run_id)
-            if run is None:
-                run = await session.get(TaskRun, record.run_id)
-        when = record.dead_lettered_at
-        statement = (
-            insert(DeadLetter)
-            .values(
-                # A message with no run behind it is kept by the system tenant.
-                tenant_id=run.tenant_id if run else DEFAULT_TENANT_ID,
-                run_id=run.id if run else None,
-                task=record.task,
-                queue=record.queue,
-                payload=run.payload if run else None,
-                reason=record.reason,
-                last_error=_last_error(run) or record.error,
-                attempts=run.attempts if run else record.count,
-                dead_lettered_at=when if when.tzinfo else when.replace(tzinfo=UTC),
-                headers=record.headers,
-            )
-            .on_conflict_do_nothing(index_elements=["run_id"])
-        )
-        inserted = cast("CursorResult[Any]", await session.execute(statement)).rowcount
+        run, inserted = await store(session, record)
     if run is not None:
         await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
     if inserted:
@@ -108,6 +86,36 @@ async def archive(services: Services, record: DeadLetterRecord) -> None:
         "dead letter archived",
         extra={"task_id": str(record.run_id), "task": record.task, "reason": record.reason},
     )
+
+
+async def store(session: AsyncSession, record: DeadLetterRecord) -> tuple[TaskRun | None, int]:
+    """In the session's transaction: end the record's run (unless final) and insert the dead
+    letter once; (the run, rows inserted)."""
+    run: TaskRun | None = None
+    if record.run_id is not None:
+        run = await ledger.mark_dead_lettered(session, record.run_id)
+        if run is None:
+            run = await session.get(TaskRun, record.run_id)
+    when = record.dead_lettered_at
+    statement = (
+        insert(DeadLetter)
+        .values(
+            # A message with no run behind it is kept by the system tenant.
+            tenant_id=run.tenant_id if run else DEFAULT_TENANT_ID,
+            run_id=run.id if run else None,
+            task=record.task,
+            queue=record.queue,
+            payload=run.payload if run else None,
+            reason=record.reason,
+            last_error=_last_error(run) or record.error,
+            attempts=run.attempts if run else record.count,
+            dead_lettered_at=when if when.tzinfo else when.replace(tzinfo=UTC),
+            headers=record.headers,
+        )
+        .on_conflict_do_nothing(index_elements=["run_id"])
+    )
+    inserted = cast("CursorResult[Any]", await session.execute(statement)).rowcount
+    return run, inserted
 
 
 def _last_error(run: TaskRun | None) -> str | None:

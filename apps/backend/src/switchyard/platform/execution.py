@@ -31,7 +31,7 @@ class InvalidPayloadError(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: Literal["done", "skipped", "retry", "dead_letter"]
+    kind: Literal["done", "skipped", "retry", "dead_letter", "cancelled", "requeue"]
     delay: int = 0
     error: BaseException | None = None
 
@@ -54,6 +54,15 @@ async def _record(
         return False
     await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
     return True
+
+
+async def record_outcome(
+    services: Services, spec: TaskSpec[Any], run_id: uuid.UUID, error: BaseException
+) -> bool:
+    """Fail a run stopped from outside its handler (its time limit); False when it was no
+    longer `started` (cancelled or concluded meanwhile)."""
+    TASK_EVENTS.labels(task=spec.name, event="failed").inc()
+    return await _record(services, run_id, RunState.FAILED, error=error)
 
 
 async def execute(

@@ -54,6 +54,31 @@ TASK_DURATION = Histogram(
     ["task", "outcome"],
     buckets=DURATION_BUCKETS,
 )
+RUNS_IN_FLIGHT = Gauge(
+    "switchyard_worker_runs_in_flight",
+    "Runs this worker process holds on its event loop",
+    multiprocess_mode="liveall",
+)
+SLOTS_FREE = Gauge(
+    "switchyard_worker_slots_free",
+    "Runs this worker process could still take (WORKER_CONCURRENCY minus runs in flight)",
+    multiprocess_mode="liveall",
+)
+LOOP_LAG = Gauge(
+    "switchyard_worker_loop_lag_seconds",
+    "How late this worker process's event loop last turned (0 when it keeps up)",
+    multiprocess_mode="liveall",
+)
+LOOP_STALLS = Counter(
+    "switchyard_worker_loop_stalls_total",
+    "Times a handler blocked a worker's event loop longer than WORKER_STALL_SECONDS, by task",
+    ["task"],
+)
+RUNS_ABANDONED = Counter(
+    "switchyard_worker_runs_abandoned_total",
+    "Runs that ignored cancellation at their time limit, cancel or shutdown, by task and why",
+    ["task", "reason"],
+)
 BEAT_LEADER = Gauge(
     "switchyard_beat_leader",
     "1 while this beat holds the leader lock",

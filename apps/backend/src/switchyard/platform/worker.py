@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -14,12 +13,7 @@ from typing import Any
 
 from celery import Celery, Task, bootsteps
 from celery.exceptions import Ignore, Reject
-from celery.signals import (
-    task_received,
-    worker_process_shutdown,
-    worker_shutdown,
-    worker_shutting_down,
-)
+from celery.signals import task_received, worker_shutting_down
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.messaging import Consumer
 from kombu.transport.base import Message
@@ -30,12 +24,7 @@ from switchyard.platform.celery_app import broker_is_amqp
 from switchyard.platform.dead_letters import DeadLetterRecord, archive, jsonable, parse
 from switchyard.platform.execution import Outcome, execute
 from switchyard.platform.heartbeat import write_heartbeat
-from switchyard.platform.metrics import (
-    TASK_EVENTS,
-    BacklogSampler,
-    MetricsServer,
-    worker_registry,
-)
+from switchyard.platform.metrics import TASK_EVENTS
 from switchyard.platform.publisher import REQUEST_ID_HEADER, TENANT_HEADER
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.topology import DEAD_LETTER_QUEUE
@@ -51,10 +40,13 @@ ARCHIVE_RETRY_MAX_SECONDS = 30.0
 RECONNECT_MAX_SECONDS = 5
 
 
+ARCHIVE_TIMEOUT_SECONDS = 30.0
+
+
 def _archive_now(record: DeadLetterRecord) -> None:
     """Archive a dead letter from inside a delivery, on this process's loop and services."""
     current = runtime.current()
-    current.run(archive(current.services, record))
+    current.call(archive(current.services, record), ARCHIVE_TIMEOUT_SECONDS)
 
 
 def _foreign(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -107,19 +99,19 @@ def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
         with run_log_context(log_context):
             if amqp and _over_delivery_limit(task, current.services.settings):
                 return _dead_letter_over_limit(task, spec, run_id)
+            attempt = execute(
+                current.services,
+                spec,
+                uuid.UUID(run_id),
+                # A copy handed back (below) may find its run `started` by the attempt that
+                # could not record its outcome: it takes it over.
+                redelivered=bool(delivery.get("redelivered")) or task.request.retries > 0,
+                tenant_id=uuid.UUID(tenant) if tenant else None,
+                request_id=request_id,
+            )
             try:
-                outcome = current.run(
-                    execute(
-                        current.services,
-                        spec,
-                        uuid.UUID(run_id),
-                        # A copy handed back (below) may find its run `started` by the
-                        # attempt that could not record its outcome: it takes it over.
-                        redelivered=bool(delivery.get("redelivered")) or task.request.retries > 0,
-                        tenant_id=uuid.UUID(tenant) if tenant else None,
-                        request_id=request_id,
-                    )
-                )
+                # This thread only waits: the run is a coroutine on the process's loop.
+                outcome = current.execute(spec, uuid.UUID(run_id), log_context, attempt)
             except Exception as error:
                 dependency = unreachable_dependency(error)
                 if dependency is None:
@@ -186,8 +178,12 @@ def hand_back_delay(returned: int) -> int:
 
 
 def _settle(task: Task, spec: TaskSpec[Any], run_id: str, outcome: Outcome, amqp: bool) -> None:
-    if outcome.kind == "skipped":
+    if outcome.kind in ("skipped", "cancelled"):
         raise Ignore()  # acked, and logged by Celery as ignored, not as a success
+    if outcome.kind == "requeue":
+        # Stopped by a shutdown before it finished: the broker hands it to another worker,
+        # whose claim takes the `started` run over.
+        raise Reject("worker stopping", requeue=True)
     if outcome.kind == "retry":
         raise task.retry(
             countdown=outcome.delay, queue=spec.queue, routing_key=spec.queue, max_retries=None
@@ -215,8 +211,7 @@ def bind_tasks(celery: Celery, registry: TaskRegistry) -> None:
             name=spec.name,
             bind=True,
             queue=spec.queue,
-            time_limit=spec.time_limit,
-            max_retries=None,
+            max_retries=None,  # time limits are the loop's (platform.runtime), not Celery's
             acks_late=True,
             reject_on_worker_lost=True,
             typing=False,
@@ -250,9 +245,8 @@ class DeadLetterConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def on_message(self, body: Any, message: Message) -> None:
         record = parse(dict(message.headers or {}), body)
-        current = runtime.current()
         try:
-            current.run(archive(current.services, record))
+            _archive_now(record)
         except Exception as error:
             self.failures += 1
             delay = min(0.5 * 2 ** min(self.failures, 10), ARCHIVE_RETRY_MAX_SECONDS)
@@ -286,7 +280,16 @@ def heartbeat_step(path: Path) -> type[bootsteps.StartStopStep]:
 
         def start(self, worker: Any) -> None:
             def beat() -> None:
-                write_heartbeat(path, {"hostname": worker.hostname, "pid": os.getpid()})
+                loop = runtime.current()
+                write_heartbeat(
+                    path,
+                    {
+                        "hostname": worker.hostname,
+                        "pid": os.getpid(),
+                        "in_flight": len(loop.flights),
+                        "stalled_seconds": round(loop.stalled_for(), 3),
+                    },
+                )
 
             beat()
             self.timer_ref = worker.timer.call_repeatedly(HEARTBEAT_INTERVAL_SECONDS, beat)
@@ -297,34 +300,6 @@ def heartbeat_step(path: Path) -> type[bootsteps.StartStopStep]:
             path.unlink(missing_ok=True)
 
     return Heartbeat
-
-
-def metrics_step(settings: Settings) -> type[bootsteps.StartStopStep]:
-    class Metrics(bootsteps.StartStopStep):  # type: ignore[misc]
-        """Serves every pool process's metrics, and the sampled queue backlog, from this one.
-
-        Started after the pool, so that no thread of ours runs while the children fork."""
-
-        requires = ("celery.worker.components:Pool",)
-
-        def __init__(self, worker: Any, **kwargs: Any) -> None:
-            self.sampler = BacklogSampler(settings)
-            self.server = MetricsServer(
-                worker_registry(self.sampler),
-                settings.metrics_host,
-                settings.worker_metrics_port,
-                settings.metrics_token,
-            )
-
-        def start(self, worker: Any) -> None:
-            if self.server.start():
-                self.sampler.start()
-
-        def stop(self, worker: Any) -> None:
-            self.sampler.stop()
-            self.server.stop()
-
-    return Metrics
 
 
 def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -341,20 +316,21 @@ def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 
 def hand_back_after(grace_seconds: float) -> Any:
-    """On a warm shutdown (SIGTERM), let in-flight tasks finish for `grace_seconds`; then turn it
-    into a cold one (SIGQUIT): Celery cancels what still runs and, as tasks ack late, the broker
-    hands those messages to another worker (the ledger lets the redelivery take the run over)."""
+    """On a warm shutdown (SIGTERM), let runs in flight finish for `grace_seconds`; then cancel
+    the rest: each is rejected back to the broker (acks are late), which hands it to another
+    worker, and the ledger lets that redelivery take the `started` run over."""
 
     def on_shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
         if how != "Warm":
             return
         # In a signal handler: no logging here (its lock may be held by the interrupted code).
 
-        def cold() -> None:
-            logger.warning("shutdown grace period over: handing in-flight tasks back")
-            os.kill(os.getpid(), signal.SIGQUIT)
+        def hand_back() -> None:
+            stopped = runtime.current().stop_all("shutdown")
+            if stopped:
+                logger.warning("shutdown grace period over: handing %d runs back", stopped)
 
-        timer = threading.Timer(grace_seconds, cold)
+        timer = threading.Timer(grace_seconds, hand_back)
         timer.daemon = True
         timer.start()
 
@@ -370,7 +346,6 @@ def configure_worker(
         hand_back_after(settings.worker_shutdown_grace_seconds), weak=False
     )
     celery.steps["worker"].add(heartbeat_step(heartbeat))
-    celery.steps["worker"].add(metrics_step(settings))
     if broker_is_amqp(str(celery.conf.broker_url)):
         celery.steps["consumer"].add(DeadLetterConsumer)
 
@@ -390,10 +365,4 @@ class ReconnectingConsumer(CeleryConsumer):  # type: ignore[misc]
         return super().ensure_connected(conn)
 
 
-def _close_runtime(**_: Any) -> None:
-    runtime.close_current()
-
-
 task_received.connect(_received, weak=False)
-worker_process_shutdown.connect(_close_runtime, weak=False)
-worker_shutdown.connect(_close_runtime, weak=False)

@@ -78,10 +78,11 @@ def run(role: str | None) -> None:
     init_reporting(settings, chosen.value)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     metrics_dir = None
-    if chosen is Role.WORKER:
+    if chosen is Role.WORKER and "SWITCHYARD_WORKER_PROCESS" not in os.environ:
         from switchyard.platform import multiprocess
 
-        # Before any metric exists: prefork children write their values to files.
+        # Before any metric exists: the worker processes write their values to files in it
+        # (they inherit the directory through the environment) and the supervisor merges them.
         metrics_dir = multiprocess.enable()
     try:
         start: Callable[[Settings], int] = importlib.import_module(ROLES[chosen]).run

@@ -44,27 +44,42 @@ def _worker(settings: Settings) -> tuple[bool, str]:
     content, reason = _heartbeat(settings, "worker")
     if content is None:
         return False, reason
+    processes = [p for p in content.get("processes") or [] if isinstance(p, dict)]
+    if len(processes) < settings.worker_processes:
+        return False, (
+            f"{reason}; {len(processes)} of {settings.worker_processes} worker processes "
+            "are heartbeating"
+        )
+    for process in processes:
+        stalled = process.get("stalled_seconds")
+        if isinstance(stalled, int | float) and stalled >= settings.worker_stall_unhealthy_seconds:
+            return False, (
+                f"{reason}; worker process {process.get('pid')}: event loop stalled for "
+                f"{stalled:.1f} s (limit {settings.worker_stall_unhealthy_seconds:g} s)"
+            )
     from switchyard.platform.broker import Broker
 
     broker = Broker.create(settings)
     if broker is None:
         return False, "worker: CELERY_BROKER_URL is not set"
-    hostname = str(content.get("hostname"))
+    hostnames = [str(process.get("hostname")) for process in processes]
     try:
         with broker.celery.connection_for_write(
             connect_timeout=CONNECT_TIMEOUT_SECONDS
         ) as connection:
             connection.ensure_connection(max_retries=0, timeout=CONNECT_TIMEOUT_SECONDS)
             replies = broker.celery.control.ping(
-                destination=[hostname], timeout=TIMEOUT_SECONDS, connection=connection
+                destination=hostnames, timeout=TIMEOUT_SECONDS, connection=connection
             )
     except Exception as exc:  # the transports raise their own kinds; all mean "no answer"
         return False, f"{reason}; broker unreachable ({type(exc).__name__}: {exc})"
     finally:
         broker.close()
-    if not any(hostname in reply for reply in replies or []):
-        return False, f"{reason}; node {hostname} did not answer a control ping"
-    return True, f"{reason}; node {hostname} answered"
+    answered = {name for reply in replies or [] for name in reply}
+    silent = [name for name in hostnames if name not in answered]
+    if silent:
+        return False, f"{reason}; node {', '.join(silent)} did not answer a control ping"
+    return True, f"{reason}; node {', '.join(hostnames)} answered"
 
 
 # A beat whose ticks keep failing is alive but publishes nothing: unhealthy.

@@ -1,17 +1,38 @@
-"""The `worker` role: Celery on the work queues, running registered tasks."""
+"""The `worker` role: WORKER_PROCESSES Celery workers on the work queues, under a supervisor.
+
+`switchyard run worker` is the supervisor: it starts the worker processes (`switchyard run
+worker` again, with SWITCHYARD_WORKER_PROCESS set), replaces one that dies, serves their
+merged metrics and writes the role's heartbeat. Each worker process runs up to
+WORKER_CONCURRENCY runs at once as coroutines on its own event loop (`platform.runtime`)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
 
-from switchyard.platform import runtime
-from switchyard.platform.broker import Broker
-from switchyard.platform.registry import load_task_modules
+from switchyard.platform.heartbeat import read_heartbeat, write_heartbeat
 from switchyard.platform.topology import WORK_QUEUES
-from switchyard.platform.worker import configure_worker
 from switchyard.roles.errors import RoleConfigurationError
 from switchyard.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PROCESS_ENV = "SWITCHYARD_WORKER_PROCESS"
+EXIT_CONFIG = 78
+EXIT_LOOP_BLOCKED = 70  # platform.runtime: a run blocked the loop past its time limit
+WATCH_SECONDS = 0.5
+RESTART_MIN_SECONDS = 1.0
+RESTART_MAX_SECONDS = 30.0
+# A process that lived this long before it died is restarted without backing off.
+HEALTHY_LIFETIME_SECONDS = 60.0
 
 
 def require_task_backends(settings: Settings, role: str) -> None:
@@ -39,6 +60,10 @@ def node_name() -> str:
     return f"worker-{os.getpid()}@{host}"
 
 
+def process_heartbeat(settings: Settings, index: int) -> Path:
+    return settings.heartbeat_file(f"worker-{index}")
+
+
 def run(settings: Settings, service_type: str = "worker") -> int:
     require_task_backends(settings, service_type)
     require_vector_server(settings, service_type)
@@ -48,28 +73,175 @@ def run(settings: Settings, service_type: str = "worker") -> int:
             f"WORKER_QUEUES: unknown queue(s) {', '.join(unknown) or '(none given)'}; "
             f"known: {', '.join(WORK_QUEUES)}"
         )
-    queues = settings.worker_queues
+    index = os.environ.get(PROCESS_ENV)
+    if index is not None:
+        return run_process(settings, int(index), service_type)
+    return Supervisor(settings).run()
+
+
+def run_process(settings: Settings, index: int, service_type: str = "worker") -> int:
+    """One worker process: Celery's consumer and `threads` pool, the runs on one loop."""
+    from switchyard.platform import runtime
+    from switchyard.platform.broker import Broker
+    from switchyard.platform.registry import load_task_modules
+    from switchyard.platform.worker import configure_worker
+
     broker = Broker.create(settings)
     assert broker is not None
-    runtime.configure(settings, service_type)
-    configure_worker(
-        broker.celery,
-        load_task_modules(settings.task_modules),
-        settings.heartbeat_file("worker"),
-        settings,
-    )
-    broker.publisher.declare_topology()
-    broker.celery.worker_main(
-        [
-            "--quiet",  # no banner on stdout: logs are JSON lines on stderr
-            "worker",
-            f"--loglevel={settings.log_level}",
-            f"--queues={','.join(queues)}",
-            f"--concurrency={settings.worker_concurrency}",
-            f"--pool={settings.worker_pool}",
-            f"--hostname={node_name()}",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    runtime.start(settings, service_type)
+    try:
+        configure_worker(
+            broker.celery,
+            load_task_modules(settings.task_modules),
+            process_heartbeat(settings, index),
+            settings,
+        )
+        broker.publisher.declare_topology()
+        broker.celery.worker_main(
+            [
+                "--quiet",  # no banner on stdout: logs are JSON lines on stderr
+                "worker",
+                f"--loglevel={settings.log_level}",
+                f"--queues={','.join(settings.worker_queues)}",
+                # Celery's threads only wait for their run's coroutine on the loop.
+                f"--concurrency={settings.worker_concurrency}",
+                "--pool=threads",
+                f"--hostname={node_name()}",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
+    finally:
+        runtime.close()
     return 0
+
+
+class Child:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.failures = 0
+        self.due = 0.0  # when a dead one is restarted
+
+
+class Supervisor:
+    """Starts the worker processes, replaces the ones that die, stops them on SIGTERM."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.children = [Child(i) for i in range(settings.worker_processes)]
+        self.stopping = threading.Event()
+        self.heartbeat = settings.heartbeat_file("worker")
+        self.ready = False
+
+    def _start(self, child: Child) -> None:
+        from switchyard.embedded.process import die_with_parent
+
+        env = {**os.environ, PROCESS_ENV: str(child.index)}
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", "switchyard", "run", "worker"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            # A dead supervisor takes its workers along, as a dead container would.
+            preexec_fn=lambda: die_with_parent(signal.SIGKILL),  # noqa: PLW1509
+        )
+        child.started = time.monotonic()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+
+    def run(self) -> int:
+        from switchyard.platform.metrics import BacklogSampler, MetricsServer, worker_registry
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        sampler = BacklogSampler(self.settings)
+        server = MetricsServer(
+            worker_registry(sampler),
+            self.settings.metrics_host,
+            self.settings.worker_metrics_port,
+            self.settings.metrics_token,
+        )
+        for child in self.children:
+            self._start(child)
+        if server.start():
+            sampler.start()
+        try:
+            code = self._watch()
+        finally:
+            self._stop_children()
+            sampler.stop()
+            server.stop()
+            self.heartbeat.unlink(missing_ok=True)
+        return code
+
+    def _watch(self) -> int:
+        while not self.stopping.wait(WATCH_SECONDS):
+            for child in self.children:
+                code = self._reap(child)
+                if code == EXIT_CONFIG:
+                    logger.error("worker process %d: configuration error; stopping", child.index)
+                    return EXIT_CONFIG
+            self._beat()
+        return 0
+
+    def _reap(self, child: Child) -> int | None:
+        """Restart a dead process when it is due; its exit code when it just died."""
+        from prometheus_client import multiprocess
+
+        process = child.process
+        now = time.monotonic()
+        if process is None:
+            if now >= child.due:
+                self._start(child)
+            return None
+        code = process.poll()
+        if code is None:
+            return None
+        multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+        lived = now - child.started
+        child.failures = 0 if lived >= HEALTHY_LIFETIME_SECONDS else child.failures + 1
+        delay = min(RESTART_MIN_SECONDS * 2 ** max(child.failures - 1, 0), RESTART_MAX_SECONDS)
+        why = "it died"
+        if code == EXIT_LOOP_BLOCKED:
+            why = "its event loop was blocked past a run's time limit"
+        logger.error(
+            "worker process %d exited with %s (%s); restarting it in %.0f s",
+            child.index,
+            code,
+            why,
+            delay,
+            extra={"exit_code": code, "lived_seconds": round(lived, 1)},
+        )
+        child.process, child.due = None, now + delay
+        return code
+
+    def _beat(self) -> None:
+        """The role's heartbeat: the processes whose own heartbeats are fresh (first written
+        once all of them are up)."""
+        processes = []
+        for child in self.children:
+            try:
+                content, age = read_heartbeat(process_heartbeat(self.settings, child.index))
+            except (OSError, ValueError, KeyError):
+                continue
+            if child.process is not None and age <= self.settings.heartbeat_max_age_seconds:
+                processes.append(content)
+        self.ready = self.ready or len(processes) == len(self.children)
+        if self.ready:
+            write_heartbeat(self.heartbeat, {"pid": os.getpid(), "processes": processes})
+
+    def _stop_children(self) -> None:
+        """SIGTERM: each process finishes its runs within its grace period, then hands back."""
+        live = [c.process for c in self.children if c.process and c.process.poll() is None]
+        for process in live:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.worker_shutdown_grace_seconds + 30
+        for process in live:
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                logger.error("worker process %d did not stop; killed", process.pid)
+                process.kill()
+                process.wait()

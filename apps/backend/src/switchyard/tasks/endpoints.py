@@ -256,13 +256,13 @@ async def cancel_run(
     task_id: uuid.UUID,
     session: SessionDep,
     services: ServicesDep,
-    broker: BrokerDep,
     tenant_id: TenantDep,
 ) -> RunOut:
-    run, was_started = await service.cancel(session, tenant_id, task_id)
+    """A queued or delayed run is never started; a started one is stopped by the worker that
+    holds it within WORKER_CANCEL_POLL_SECONDS (its coroutine cancelled, its message acked)."""
+    run = await service.cancel(session, tenant_id, task_id)
     await session.commit()
     await follow.announce(services, run)
-    await broker.revoke(str(run.id), terminate=was_started)
     return RunOut.of(run)
 
 

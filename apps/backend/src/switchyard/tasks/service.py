@@ -266,16 +266,13 @@ async def run_view(
     return view
 
 
-async def cancel(
-    session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID
-) -> tuple[TaskRun, bool]:
-    """Cancel a run that is not final: (run, was_started)."""
+async def cancel(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID) -> TaskRun:
+    """Cancel a run that is not final."""
     run = await get_run(session, tenant_id, run_id)
-    was_started = run.state == RunState.STARTED
     cancelled = await ledger.cancel(session, run_id)
     if cancelled is None:
         raise ConflictError(f"Run {run_id} is already {run.state.value}.")
-    return cancelled, was_started
+    return cancelled
 
 
 def _definition_fields(
