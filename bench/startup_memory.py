@@ -4,7 +4,7 @@
   and resident memory once idle. Target: <= 3 s, <= 150 MB.
 - standalone: process start to `/health` 200 on a warm data directory (a restart; the first
   start is shown too). Target: <= 10 s.
-- worker: resident memory of the main process and of each pool process once idle.
+- worker: resident memory of the supervisor and of its worker process once idle.
   Target: <= 200 MB per process.
 Baseline, in the same run: the bare one-route Starlette app under uvicorn (start and memory).
 Usage: uv run python -m bench.startup_memory [--rounds 3]
@@ -53,14 +53,13 @@ def started(
 
 
 def worker_memory(database: str, workdir: Path) -> tuple[float, float]:
-    """(main process MB, largest pool process MB) of an idle prefork worker, concurrency 2."""
+    """(supervisor MB, largest worker process MB) of an idle worker role (one process)."""
     env = role_env(
         DATABASE_URL=database,
         REDIS_URL=DEFAULT_REDIS,
         CELERY_BROKER_URL=DEFAULT_BROKER,
         VAR_DIR=str(workdir),
         WORKER_QUEUES="default",
-        WORKER_CONCURRENCY="2",
     )
     with process([SWITCHYARD, "run", "worker"], env, cwd=workdir) as worker:
         deadline = time.monotonic() + 120
@@ -149,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio(figures(standalone, 1).median, base_memory),
         ],
         ["standalone first start", f"{first[0]:.2f}", f"{first[1]:.1f}", "", ""],
-        ["worker main process (idle)", "", figures(workers, 0), "", ""],
-        ["worker pool process (idle, largest)", "", figures(workers, 1), "", ""],
+        ["worker supervisor (idle)", "", figures(workers, 0), "", ""],
+        ["worker process (idle, largest)", "", figures(workers, 1), "", ""],
     ]
     print_table(
         f"Start-up and memory: {args.rounds} rounds (median ±half-range); memory after "

@@ -51,7 +51,7 @@ def test_gateway_overhead_prints_ratios_and_targets(repo_root: Path, loadgen: st
 
 def test_startup_and_memory_prints_every_role(repo_root: Path) -> None:
     out = bench(repo_root, "startup_memory", "--rounds=1")
-    for row in ("gateway to /health/ready", "standalone restart", "worker pool process"):
+    for row in ("gateway to /health/ready", "standalone restart", "worker process (idle"):
         assert row in out
     assert "gateway idle <= 150 MB" in out
 
@@ -105,3 +105,11 @@ def test_silent_redis_compares_a_silent_redis_with_an_answering_one(repo_root: P
     ):
         assert row in out
     assert "submissions, Redis silent: p50 <= baseline + 100 ms" in out
+
+
+def test_io_bound_compares_every_system(repo_root: Path) -> None:
+    out = bench(repo_root, "io_bound", "--runs=20", "--in-flight=10", "--prefork-runs=2")
+    for row in ("Switchyard", "Celery threads 10", "arq", "taskiq", "Celery prefork 2"):
+        assert row in out
+    assert "PostgreSQL connections <= pool + overflow" in out
+    assert "1.00x" in out  # Switchyard against itself

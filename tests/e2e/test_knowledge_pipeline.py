@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 from switchyard.services.objects import MinioObjectStore
 from switchyard.services.vectors import VectorStore
 from switchyard.settings import Settings
-from tests.fakes.pdf import make_pdf
+from tests.fakes.pdf import make_pdf, make_slow_pdf
 from tests.fakes.zhipu import API_KEY, FakeZhipu
 from tests.fixtures.accounts import PASSWORD
 from tests.fixtures.backing import S3_ACCESS_KEY, S3_SECRET_KEY
@@ -30,7 +30,8 @@ from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
-MAX_BYTES = 200_000
+MAX_BYTES = 1_000_000
+EXTRACT_LIMIT = 8
 MARKDOWN = """# Lisbon office handbook
 
 The Lisbon office opens at eight in the morning. Visitors sign in at the front desk.
@@ -81,6 +82,7 @@ def stack(
         "ZHIPUAI_RETRY_BACKOFF_SECONDS": "0.05",
         "EMBEDDING_PROVIDER": "zhipu",
         "DOCUMENT_MAX_BYTES": str(MAX_BYTES),
+        "DOCUMENT_EXTRACT_TIMEOUT_SECONDS": str(EXTRACT_LIMIT),
         "CHUNK_SIZE_CHARS": "120",
         "CHUNK_OVERLAP_CHARS": "20",
         "DATA_SOURCE_KEYS": DATA_SOURCE_KEY,
@@ -307,3 +309,45 @@ def test_upload_ingest_search_answer_isolate_delete(
     assert object_keys(stack["settings"], tenant_a) == [f"documents/{failed['id']}/original"]
     gone = httpx.post(f"{api}/search", json={"query": "Porto warehouse"}, headers=headers_a)
     assert gone.json()["hits"] == []
+
+
+def test_a_pdf_that_parses_for_minutes_fails_at_its_limit_while_other_runs_go_on(
+    stack: dict[str, Any],
+) -> None:
+    """5,000 pages sharing one 10 MB content stream: pypdf parses it again for every page.
+    Extraction runs in the CPU pool: the job's process is killed at its limit, the document
+    fails saying so, and the worker's loop serves an echo run meanwhile."""
+    api = stack["api"]
+    a = account(api)
+    headers = {"Authorization": a["Authorization"]}
+    bomb = make_slow_pdf(5000, 10_000_000)
+    assert len(bomb) < MAX_BYTES
+    accepted = upload(api, a, "slow.pdf", bomb, "application/pdf")
+    assert accepted.status_code == 202, accepted.text
+    document_id = accepted.json()["document"]["id"]
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{api}/documents/{document_id}", headers=headers).json()["status"] != (
+        "processing"
+    ):
+        assert time.monotonic() < deadline, "ingestion did not start"
+        time.sleep(0.1)
+    echo = httpx.post(
+        f"{api}/tasks/run",
+        json={"task": "system.echo", "payload": {"message": "still serving"}},
+        headers=headers,
+    ).json()["task_id"]
+    while True:
+        run = httpx.get(f"{api}/tasks/{echo}", headers=headers).json()
+        if run["state"] == "succeeded":
+            break
+        assert time.monotonic() < deadline, f"echo did not run beside the extraction: {run}"
+        time.sleep(0.1)
+    assert httpx.get(f"{api}/documents/{document_id}", headers=headers).json()["status"] == (
+        "processing"
+    )
+    failed = wait_for_document(api, a, document_id)
+    assert failed["status"] == "failed"
+    assert f"text extraction ran past its limit of {EXTRACT_LIMIT} s" in failed["error"]
+    run = httpx.get(f"{api}/tasks/{accepted.json()['task_id']}", headers=headers).json()
+    assert run["state"] == "failed"
+    assert run["attempts"] == 1

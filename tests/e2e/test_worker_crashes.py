@@ -1,7 +1,7 @@
-"""Worker crashes: runs submitted while the worker is SIGKILLed (with its pool) at random
-moments five times and restarted each time. Every run reaches `succeeded`, every one executed
-at least once, the ledger agrees with what the handlers recorded (a Redis hash outside the
-ledger), and a run executes twice only when a kill caught it mid-handler.
+"""Worker crashes: runs submitted while the worker (its supervisor and worker process) is
+SIGKILLed at random moments five times and restarted each time. Every run reaches
+`succeeded`, every one executed at least once, the ledger agrees with what the handlers
+recorded (a Redis hash outside the ledger), and a run executes twice only when a kill caught it mid-handler.
 
 Full size is 1,000 runs (the CI default, ~1 min); FAULT_RUNS sizes it (e.g. FAULT_RUNS=200
 for a quick local run). The figures of a run are printed (pytest -s) and kept in the note."""
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.e2e
 
 RUNS = int(os.environ.get("FAULT_RUNS", "1000"))
 KILLS = 5
-CONCURRENCY = 2
+CONCURRENCY = 50  # runs in flight on the worker process's loop when each kill comes
 # Above the deliveries a run can use here (one per kill, plus its own): all must succeed.
 DELIVERY_LIMIT = KILLS + 3
 MODULE = "tests.fakes.recording_tasks"
@@ -74,7 +74,6 @@ async def test_runs_survive_a_worker_killed_five_times(
             tmp_path / f"worker-{number}",
             TASK_DELIVERY_LIMIT=str(DELIVERY_LIMIT),
             TASK_MODULES=MODULE,
-            WORKER_POOL="prefork",
             WORKER_CONCURRENCY=str(CONCURRENCY),
             PYTHONPATH=str(REPO),
         )

@@ -1,4 +1,4 @@
-"""A real worker process: its metrics across prefork children, log correlation, shutdown."""
+"""A real worker role: its metrics across worker processes, log correlation, shutdown."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ async def eventually(check: Callable[[], Any], within: float = 30.0) -> Any:
         await asyncio.sleep(0.2)
 
 
-async def test_worker_metrics_count_every_outcome_across_pool_processes(
+async def test_worker_metrics_count_every_outcome_across_worker_processes(
     own_gateway: tuple[httpx.AsyncClient, Account],
     own_broker: str,
     start_role: Callable[..., RunningRole],
@@ -60,22 +60,30 @@ async def test_worker_metrics_count_every_outcome_across_pool_processes(
         task_env,
         own_broker,
         tmp_path / "worker",
-        WORKER_POOL="prefork",
-        WORKER_CONCURRENCY="2",
+        WORKER_PROCESSES="2",
+        WORKER_CONCURRENCY="1",
         WORKER_METRICS_PORT=str(port),
         METRICS_SAMPLE_SECONDS="0.3",
     )
-    # Two pool processes run these; the parent serves their merged counters.
-    children = await eventually(lambda: len(psutil.Process(worker.process.pid).children()) >= 2, 10)
-    assert children
+    # Two worker processes run these; the supervisor serves their merged counters.
+    children = psutil.Process(worker.process.pid).children()
+    assert len(children) == 2
 
-    # Queue depth: runs wait while both pool processes are busy sleeping.
-    sleepers = [await submit(client, "system.sleep", {"seconds": 2}) for _ in range(2)]
+    # Queue depth: runs wait while both processes' one slot each is busy sleeping.
+    sleepers = [await submit(client, "system.sleep", {"seconds": 3}) for _ in range(2)]
     waiting = [await submit(client, "system.echo", {"message": f"m{i}"}) for i in range(4)]
     depth = await eventually(
         lambda: metric_value(scrape(port), "switchyard_queue_depth", queue="default"), 10
     )
     assert depth >= 1
+    busy = await eventually(
+        lambda: metric_value(scrape(port), "switchyard_worker_runs_in_flight") == 2, 10
+    )
+    assert busy, scrape(port)
+    during = scrape(port)
+    assert metric_value(during, "switchyard_worker_slots_free") == 0
+    pids = label_values(during, "switchyard_worker_loop_lag_seconds", "pid")
+    assert pids == {str(child.pid) for child in children}
 
     flaky = await submit(client, "system.fail", {"fail_attempts": 1})
     broken = await submit(client, "system.fail", {"retryable": False})
@@ -110,7 +118,9 @@ async def test_worker_metrics_count_every_outcome_across_pool_processes(
     assert count("system.fail", "dead_lettered") == 1
     duration = "switchyard_worker_task_duration_seconds"
     assert metric_value(text, f"{duration}_count", task="system.sleep") == 2
-    assert metric_value(text, f"{duration}_sum", task="system.sleep") >= 4
+    assert metric_value(text, f"{duration}_sum", task="system.sleep") >= 6
+    assert metric_value(text, "switchyard_worker_runs_in_flight") == 0
+    assert metric_value(text, "switchyard_worker_slots_free") == 2
     assert label_values(text, "switchyard_queue_depth", "queue") == {
         "default",
         "llm",

@@ -73,3 +73,31 @@ def _assemble(objects: list[bytes]) -> bytes:
         f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
     )
     return bytes(out)
+
+
+def make_slow_pdf(pages: int, stream_bytes: int) -> bytes:
+    """A PDF whose `pages` pages all draw one Flate-compressed content stream of about
+    `stream_bytes` of path operators and no text: small on disk, and a text extractor parses
+    the whole stream again for every page (hours of CPU for 5,000 pages of 10 MB)."""
+    operators = b"0 0 m 1 1 l S\n"
+    content = operators * (stream_bytes // len(operators))
+    packed = zlib.compress(content, 9)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        (
+            "<< /Type /Pages /Kids ["
+            + " ".join(f"{5 + i} 0 R" for i in range(pages))
+            + f"] /Count {pages} >>"
+        ).encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length "
+        + str(len(packed)).encode()
+        + b" /Filter /FlateDecode >>\nstream\n"
+        + packed
+        + b"\nendstream",
+    ]
+    objects += [
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        b"/Resources << /Font << /F1 3 0 R >> >> /Contents 4 0 R >>"
+    ] * pages
+    return _assemble(objects)

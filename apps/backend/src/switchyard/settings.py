@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     worker_cpu_processes: int = Field(default=2, ge=1, le=64)
     # ...each limited to this much address space (MiB).
     worker_cpu_memory_mb: int = Field(default=2048, ge=256, le=65536)
+    # ...and each of their jobs (one local embedding batch, say) to this many seconds.
+    worker_cpu_job_seconds: float = Field(default=300.0, gt=0, le=3600)
+    # Text extraction of one uploaded document (PDF, HTML), in the CPU pool.
+    document_extract_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
     beat_tick_seconds: float = Field(default=1.0, gt=0, le=60)
     heartbeat_max_age_seconds: float = Field(default=60.0, gt=0)
     health_critical: CommaList = Field(default_factory=lambda: ["postgres", "redis", "rabbitmq"])

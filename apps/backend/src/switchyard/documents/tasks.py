@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -111,7 +110,14 @@ async def ingest_document(
     _, stream = await services.objects.get(tenant_id, document.object_key)
     data = b"".join([piece async for piece in stream])
     kind = kind_of(document.filename, document.content_type)
-    text = await asyncio.to_thread(extract_text, data, kind, _max_chars(settings))
+    text = await services.cpu.run(
+        extract_text,
+        data,
+        kind,
+        _max_chars(settings),
+        limit=settings.document_extract_timeout_seconds,
+        what="text extraction",
+    )
     chunks = split(text, settings.chunk_size_chars, settings.chunk_overlap_chars)
     if len(chunks) > settings.document_max_chunks:
         raise UnreadableDocumentError(

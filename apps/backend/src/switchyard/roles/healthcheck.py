@@ -44,7 +44,8 @@ def _worker(settings: Settings) -> tuple[bool, str]:
     content, reason = _heartbeat(settings, "worker")
     if content is None:
         return False, reason
-    processes = [p for p in content.get("processes") or [] if isinstance(p, dict)]
+    listed = content.get("processes")
+    processes = [p for p in listed if isinstance(p, dict)] if isinstance(listed, list) else []
     if len(processes) < settings.worker_processes:
         return False, (
             f"{reason}; {len(processes)} of {settings.worker_processes} worker processes "

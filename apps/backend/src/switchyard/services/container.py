@@ -15,6 +15,7 @@ from switchyard import __version__
 from switchyard.db.binds import Bind, BindUnavailableError, create_binds
 from switchyard.services import postgres, redis
 from switchyard.services.cache import Cache
+from switchyard.services.cpu import CpuPool
 from switchyard.services.embeddings import Embedder, LocalEmbedder, create_embedder
 from switchyard.services.graph import GraphDisabledError, KnowledgeGraph, create_graph
 from switchyard.services.health import HealthCheck, HealthMonitor
@@ -41,6 +42,7 @@ class Services:
     graph: KnowledgeGraph | None = field(init=False)
     llm: ZhipuClient | None = field(init=False)
     embedder: Embedder = field(init=False)
+    cpu: CpuPool = field(init=False)
     binds: dict[str, Bind] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,7 +52,8 @@ class Services:
         self.objects = create_object_store(settings)
         self.graph = create_graph(settings)
         self.llm = create_llm(settings)
-        self.embedder = create_embedder(settings, self.llm)
+        self.cpu = CpuPool(settings.worker_cpu_processes, settings.worker_cpu_memory_mb)
+        self.embedder = create_embedder(settings, self.llm, self.cpu)
         self.vectors = VectorStore.from_settings(settings, space=self.embedder.name)
         self.binds = create_binds(settings, f"switchyard-{self.service_type}")
 
@@ -85,6 +88,7 @@ class Services:
             await self.llm.close()
         for bind in self.binds.values():
             await bind.engine.dispose()
+        await asyncio.to_thread(self.cpu.close)
 
     async def warm_up(self) -> None:
         """Pay the slow first-use costs (the vector client's import, the local embedding
@@ -92,7 +96,7 @@ class Services:
         try:
             await self.vectors.client()
             if isinstance(self.embedder, LocalEmbedder):
-                await asyncio.to_thread(self.embedder.model)
+                await self.embedder.warm_up()
         except Exception as exc:  # the first real use reports the problem properly
             logger.warning("warm-up failed", extra={"error": repr(exc)})
 

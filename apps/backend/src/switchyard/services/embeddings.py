@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from switchyard.services.cpu import CpuPool
     from switchyard.services.llm import ZhipuClient
     from switchyard.settings import Settings
 
@@ -180,32 +181,61 @@ def shared_model() -> MiniLM:
         return _MODEL
 
 
+def encode_locally(texts: Sequence[str]) -> list[list[float]]:
+    """Unit vectors of `texts` with this process's copy of the model (in a CPU pool process)."""
+    model = shared_model()
+    vectors: list[list[float]] = []
+    for start in range(0, len(texts), LOCAL_BATCH):
+        vectors.extend(model.encode(texts[start : start + LOCAL_BATCH]).tolist())
+    return vectors
+
+
+def load_locally() -> None:
+    shared_model()
+
+
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 in this process."""
+    """all-MiniLM-L6-v2, run in the CPU pool's processes (each loads the weights once)."""
 
     name = "local-minilm-l6-v2"
+
+    def __init__(self, cpu: CpuPool | None = None, timeout: float = 300.0) -> None:
+        self.cpu = cpu
+        self.timeout = timeout
 
     def model(self) -> MiniLM:
         return shared_model()
 
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
-        model = self.model()
-        vectors: list[list[float]] = []
-        for start in range(0, len(texts), LOCAL_BATCH):
-            vectors.extend(model.encode(texts[start : start + LOCAL_BATCH]).tolist())
-        return vectors
+        return encode_locally(texts)
+
+    async def warm_up(self) -> None:
+        if self.cpu is None:
+            await asyncio.to_thread(self.model)
+            return
+        jobs = [
+            self.cpu.run(load_locally, limit=self.timeout, what="loading the embedding model")
+            for _ in range(self.cpu.processes)
+        ]
+        await asyncio.gather(*jobs)
 
     async def embed(self, tenant_id: uuid.UUID, texts: Sequence[str]) -> list[list[float]]:
-        return await asyncio.to_thread(self.encode, texts)
+        if self.cpu is None:
+            return await asyncio.to_thread(self.encode, texts)
+        return await self.cpu.run(
+            encode_locally, list(texts), limit=self.timeout, what="local embedding"
+        )
 
 
-def create_embedder(settings: Settings, llm: ZhipuClient | None) -> Embedder:
+def create_embedder(
+    settings: Settings, llm: ZhipuClient | None, cpu: CpuPool | None = None
+) -> Embedder:
     """EMBEDDING_PROVIDER: `zhipu`, `local`, or `auto` (zhipu with a key, local without)."""
     provider = settings.embedding_provider
     if provider == "auto":
         provider = "zhipu" if llm is not None else "local"
     if provider == "local":
-        return LocalEmbedder()
+        return LocalEmbedder(cpu, settings.worker_cpu_job_seconds)
     return ZhipuEmbedder(llm) if llm is not None else UnavailableEmbedder()
 
 

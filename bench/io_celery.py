@@ -1,0 +1,49 @@
+"""Plain Celery for bench/io_bound.py: one task that calls the upstream stand-in synchronously
+(httpx, one client per process), with the same reliability as Switchyard's queues (acks late,
+prefetch 1 per slot, quorum queue, publisher confirms), recording start and end in Redis."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import redis
+from celery import Celery
+from kombu import Queue
+
+QUEUE = "bench-io"
+
+app = Celery("bench-io", broker=os.environ.get("BENCH_BROKER_URL", "amqp://guest@127.0.0.1//"))
+app.conf.update(
+    broker_transport_options={"confirm_publish": True},
+    task_default_queue=QUEUE,
+    task_queues=[Queue(QUEUE, durable=True, queue_arguments={"x-queue-type": "quorum"})],
+    worker_detect_quorum_queues=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_ignore_result=True,
+    worker_prefetch_multiplier=1,
+    worker_send_task_events=False,
+    task_serializer="json",
+    accept_content=["json"],
+)
+
+_http: httpx.Client | None = None
+_redis: redis.Redis | None = None
+
+
+def _clients() -> tuple[httpx.Client, redis.Redis]:
+    global _http, _redis  # noqa: PLW0603 - per process (threads share them)
+    if _http is None or _redis is None:
+        _http = httpx.Client(limits=httpx.Limits(max_connections=2000), timeout=60)
+        _redis = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"], max_connections=2000)
+    return _http, _redis
+
+
+@app.task(name="bench.upstream_sync")  # type: ignore[untyped-decorator]
+def upstream_sync(n: int) -> None:
+    http, store = _clients()
+    started = time.time()
+    http.post(os.environ["BENCH_UPSTREAM_URL"], json={"n": n}).raise_for_status()
+    store.rpush(os.environ["BENCH_TIMES_KEY"], f"{started} {time.time()}")
