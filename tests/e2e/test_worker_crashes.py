@@ -1,7 +1,8 @@
 """Worker crashes: runs submitted while the worker (its supervisor and worker process) is
 SIGKILLed at random moments five times and restarted each time. Every run reaches
 `succeeded`, every one executed at least once, the ledger agrees with what the handlers
-recorded (a Redis hash outside the ledger), and a run executes twice only when a kill caught it mid-handler.
+recorded (a Redis hash outside the ledger), and a run executes twice only when a kill caught
+it mid-handler.
 
 Full size is 1,000 runs (the CI default, ~1 min); FAULT_RUNS sizes it (e.g. FAULT_RUNS=200
 for a quick local run). The figures of a run are printed (pytest -s) and kept in the note."""
