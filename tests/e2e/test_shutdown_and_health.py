@@ -149,7 +149,8 @@ async def test_worker_finishes_in_flight_tasks_within_its_grace_period_then_hand
         hasty.process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(hasty.process.wait, 30)
         assert time.monotonic() - stopped < 10
-        assert (await client.get(f"/api/v1/tasks/{long}")).json()["state"] == "started"
+        # Handed back: queued again, for the next worker.
+        assert (await client.get(f"/api/v1/tasks/{long}")).json()["state"] == "queued"
 
         start_worker(start_role, task_env, own_broker, tmp_path / "next", 30)
         run = await wait_for_run(client, long, within=60)

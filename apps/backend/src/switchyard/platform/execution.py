@@ -65,6 +65,25 @@ async def record_outcome(
     return await _record(services, run_id, RunState.FAILED, error=error)
 
 
+async def hand_back(services: Services, run_id: uuid.UUID) -> None:
+    """Stopped by a shutdown: the run is `queued` again before its message goes back."""
+    assert services.database is not None
+    run = await once_more_if_dropped(
+        services.database, lambda connection, _: ledger.hand_back(connection, run_id)
+    )
+    if run is not None:
+        await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
+
+
+async def died_in(services: Services, run_id: uuid.UUID) -> int | None:
+    """For a redelivered run whose last worker died while it ran (it is still `started`), its
+    attempts so far; None otherwise."""
+    assert services.database is not None
+    return await once_more_if_dropped(
+        services.database, lambda connection, _: ledger.started_attempts(connection, run_id)
+    )
+
+
 async def execute(
     services: Services,
     spec: TaskSpec[Any],

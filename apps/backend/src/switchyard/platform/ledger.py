@@ -133,6 +133,29 @@ async def finish(
     return _change((await connection.execute(statement, values)).one_or_none())
 
 
+_HAND_BACK = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.state == RunState.STARTED)
+    .values(state=RunState.QUEUED)
+    .returning(*_CHANGED)
+)
+
+
+async def hand_back(connection: AsyncConnection, run_id: uuid.UUID) -> RunChange | None:
+    """A `started` run its worker stopped before it finished (a shutdown) is `queued` again:
+    its message goes back to the broker, and the next claim is an ordinary one."""
+    return _change((await connection.execute(_HAND_BACK, {"run_id": run_id})).one_or_none())
+
+
+async def started_attempts(connection: AsyncConnection, run_id: uuid.UUID) -> int | None:
+    """The attempts of a `started` run (for a redelivered message: its last worker died in
+    it), None for a run in any other state."""
+    attempts = await connection.scalar(
+        select(_RUNS.c.attempts).where(_RUNS.c.id == run_id, _RUNS.c.state == RunState.STARTED)
+    )
+    return None if attempts is None else int(attempts)
+
+
 async def mark_dead_lettered(session: AsyncSession, run_id: uuid.UUID) -> TaskRun | None:
     """The broker gave up on a run the worker never concluded (a crash loop, say).
 

@@ -33,7 +33,7 @@ from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, run_log_context
 from switchyard.platform import ledger
 from switchyard.platform.dead_letters import DeadLetterRecord, store
-from switchyard.platform.execution import Outcome, record_outcome
+from switchyard.platform.execution import Outcome, hand_back, record_outcome
 from switchyard.platform.metrics import (
     LOOP_LAG,
     LOOP_STALLS,
@@ -96,9 +96,13 @@ class WorkerLoop:
         self.ticked = time.monotonic()
         self.lag = 0.0
         self.stall_since: float | None = None
+        self.stopping = False
         self.on_fatal: Callable[[int], None] = os._exit
         self._services: Services | None = None
         self._background: list[asyncio.Task[None]] = []
+        # Redelivered runs whose last process died in them run one at a time: one of them may
+        # be what killed it, and the others must not die with it again.
+        self.suspects = threading.Semaphore(1)
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="switchyard-loop", daemon=True)
         self._watchdog = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
@@ -161,6 +165,9 @@ class WorkerLoop:
         attempt: Coroutine[Any, Any, Outcome],
     ) -> Outcome:
         """Run one attempt on the loop; blocks the calling (pool) thread until its outcome."""
+        if self.stopping:  # the grace period is over: what has not started goes back
+            attempt.close()
+            return Outcome("requeue")
         flight = Flight(spec, run_id, context)
         self.loop.call_soon_threadsafe(self._begin, flight, attempt)
         return flight.outcome.result()
@@ -211,6 +218,7 @@ class WorkerLoop:
                 logger.warning(
                     "run handed back: the worker is stopping", extra={"task": flight.spec.name}
                 )
+                await hand_back(self.services, flight.run_id)
                 return Outcome("requeue")
             error = TimeLimitExceededError(
                 f"{flight.spec.name} ran past its time limit of {flight.spec.time_limit:g} s"
@@ -248,7 +256,9 @@ class WorkerLoop:
         self._background.append(self.loop.create_task(conclude()))
 
     def stop_all(self, reason: Stop = "shutdown") -> int:
-        """Cancel every run in flight (from any thread); how many there were."""
+        """Cancel every run in flight (from any thread), and refuse new ones; how many there
+        were."""
+        self.stopping = True
         flights = list(self.flights.values())
         for flight in flights:
             self.loop.call_soon_threadsafe(self._stop, flight, reason)

@@ -22,7 +22,7 @@ from switchyard.logging import RunLogContext, remember_run, run_log_context
 from switchyard.platform import runtime
 from switchyard.platform.celery_app import broker_is_amqp
 from switchyard.platform.dead_letters import DeadLetterRecord, archive, jsonable, parse
-from switchyard.platform.execution import Outcome, execute
+from switchyard.platform.execution import Outcome, died_in, execute
 from switchyard.platform.heartbeat import write_heartbeat
 from switchyard.platform.metrics import TASK_EVENTS
 from switchyard.platform.publisher import REQUEST_ID_HEADER, TENANT_HEADER
@@ -97,21 +97,15 @@ def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
         log_context = RunLogContext(run_id, request_id, tenant)
         remember_run(log_context)  # for Celery's own outcome line, logged after we return
         with run_log_context(log_context):
-            if amqp and _over_delivery_limit(task, current.services.settings):
-                return _dead_letter_over_limit(task, spec, run_id)
-            attempt = execute(
-                current.services,
-                spec,
-                uuid.UUID(run_id),
-                # A copy handed back (below) may find its run `started` by the attempt that
-                # could not record its outcome: it takes it over.
-                redelivered=bool(delivery.get("redelivered")) or task.request.retries > 0,
-                tenant_id=uuid.UUID(tenant) if tenant else None,
-                request_id=request_id,
-            )
+            # A copy handed back (below) may find its run `started` by the attempt that could
+            # not record its outcome: it takes it over.
+            redelivered = bool(delivery.get("redelivered")) or task.request.retries > 0
+            if amqp and isinstance(getattr(task.request, DELIVERY_COUNT_HEADER, None), int):
+                redelivered = redelivered or getattr(task.request, DELIVERY_COUNT_HEADER) > 0
             try:
-                # This thread only waits: the run is a coroutine on the process's loop.
-                outcome = current.execute(spec, uuid.UUID(run_id), log_context, attempt)
+                outcome = _run_on_loop(
+                    current, spec, uuid.UUID(run_id), log_context, redelivered, tenant, request_id
+                )
             except Exception as error:
                 dependency = unreachable_dependency(error)
                 if dependency is None:
@@ -125,29 +119,58 @@ def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
 DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 
-def _over_delivery_limit(task: Task, settings: Settings) -> bool:
-    """Whether this delivery is one more than TASK_DELIVERY_LIMIT allows. A quorum queue's
-    `x-delivery-limit` counts redeliveries (RabbitMQ dead-letters after limit + 1 deliveries),
-    so the worker stops a run that keeps killing its process at exactly the limit."""
-    prior = getattr(task.request, DELIVERY_COUNT_HEADER, None)
-    return isinstance(prior, int) and prior + 1 > settings.task_delivery_limit
+def _run_on_loop(
+    current: runtime.WorkerLoop,
+    spec: TaskSpec[Any],
+    run_id: uuid.UUID,
+    log_context: RunLogContext,
+    redelivered: bool,
+    tenant: str | None,
+    request_id: str | None,
+) -> Outcome:
+    """This thread only waits: the run is a coroutine on the process's loop."""
+
+    def attempt() -> Outcome:
+        coroutine = execute(
+            current.services,
+            spec,
+            run_id,
+            redelivered=redelivered,
+            tenant_id=uuid.UUID(tenant) if tenant else None,
+            request_id=request_id,
+        )
+        return current.execute(spec, run_id, log_context, coroutine)
+
+    started = current.call(died_in(current.services, run_id)) if redelivered else None
+    if started is None:
+        return attempt()
+    if started >= current.services.settings.task_delivery_limit:
+        _dead_letter_over_limit(spec, run_id, started)
+        return Outcome("done")
+    # Its last worker process died while it ran, with others in flight: run it alone among
+    # such runs, so that a run that kills its process takes no other down with it again.
+    logger.warning("run taken over from a worker that died: running it alone")
+    with current.suspects:
+        return attempt()
 
 
-def _dead_letter_over_limit(task: Task, spec: TaskSpec[Any], run_id: str) -> None:
-    prior = int(getattr(task.request, DELIVERY_COUNT_HEADER))
+def _dead_letter_over_limit(spec: TaskSpec[Any], run_id: uuid.UUID, attempts: int) -> None:
+    """The run was started TASK_DELIVERY_LIMIT times and each time its worker died in it:
+    dead-lettered before a further attempt (the quorum queue's own `x-delivery-limit`, which
+    counts every redelivery, stays as the broker's backstop)."""
     logger.error(
-        "run dead-lettered: delivered %d times without an outcome",
-        prior,
-        extra={"deliveries": prior},
+        "run dead-lettered: started %d times without an outcome",
+        attempts,
+        extra={"attempts": attempts},
     )
     record = DeadLetterRecord(
-        run_id=uuid.UUID(run_id),
+        run_id=run_id,
         task=spec.name,
         queue=spec.queue,
         reason="delivery_limit",
-        count=prior,
+        count=attempts,
         dead_lettered_at=datetime.now(UTC),
-        headers={DELIVERY_COUNT_HEADER: prior},
+        headers={"attempts": attempts},
     )
     _archive_now(record)
 

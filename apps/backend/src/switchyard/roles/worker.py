@@ -76,6 +76,11 @@ def run(settings: Settings, service_type: str = "worker") -> int:
     index = os.environ.get(PROCESS_ENV)
     if index is not None:
         return run_process(settings, int(index), service_type)
+    if "WORKER_POOL" in os.environ:
+        logger.warning(
+            "WORKER_POOL is ignored: a worker process runs WORKER_CONCURRENCY runs on one event "
+            "loop; use WORKER_PROCESSES for more processes"
+        )
     return Supervisor(settings).run()
 
 
@@ -152,7 +157,12 @@ class Supervisor:
         self.stopping.set()
 
     def run(self) -> int:
+        from prometheus_client import multiprocess
+
         from switchyard.platform.metrics import BacklogSampler, MetricsServer, worker_registry
+
+        # The worker processes' gauges are the ones served, not this process's idle zeros.
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
