@@ -120,11 +120,17 @@ def drained(
     timeout: float = 900,
 ) -> Drain:
     deadline = time.monotonic() + timeout
-    while store.llen(key) < runs:
+    done, progressed = 0, time.monotonic()
+    while done < runs:
         sampler.sample()
         if worker.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{system}: worker stopped with {store.llen(key)} of {runs} runs")
+            raise RuntimeError(f"{system}: worker stopped with {done} of {runs} runs")
+        if time.monotonic() - progressed > 60:
+            raise RuntimeError(f"{system}: no run finished for 60 s; {done} of {runs} did")
         time.sleep(0.1)
+        now = int(store.llen(key))
+        if now > done:
+            done, progressed = now, time.monotonic()
     ran = times(store, key)
     first = min(start for start, _ in ran)
     last = max(end for _, end in ran)
@@ -315,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, measure in rounds:
             if name not in skip:
                 results.append(measure())
+                drain = results[-1]
+                print(
+                    f"{drain.system}: {drain.runs} runs in {drain.seconds:.1f} s", file=sys.stderr
+                )
 
     by = {drain.system: drain for drain in results}
     ours = by["Switchyard"]

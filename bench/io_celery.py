@@ -1,14 +1,15 @@
 """Plain Celery for bench/io_bound.py: one task that calls the upstream stand-in synchronously
-(httpx, one client per process), with the same reliability as Switchyard's queues (acks late,
-prefetch 1 per slot, quorum queue, publisher confirms), recording start and end in Redis."""
+(urllib3, one pool per process shared by its threads), with the same reliability as
+Switchyard's queues (acks late, prefetch 1 per slot, quorum queue, publisher confirms),
+recording start and end in Redis."""
 
 from __future__ import annotations
 
 import os
 import time
 
-import httpx
 import redis
+import urllib3
 from celery import Celery
 from kombu import Queue
 
@@ -29,14 +30,14 @@ app.conf.update(
     accept_content=["json"],
 )
 
-_http: httpx.Client | None = None
+_http: urllib3.PoolManager | None = None
 _redis: redis.Redis | None = None
 
 
-def _clients() -> tuple[httpx.Client, redis.Redis]:
+def _clients() -> tuple[urllib3.PoolManager, redis.Redis]:
     global _http, _redis  # noqa: PLW0603 - per process (threads share them)
     if _http is None or _redis is None:
-        _http = httpx.Client(limits=httpx.Limits(max_connections=2000), timeout=60)
+        _http = urllib3.PoolManager(maxsize=2000, timeout=60)
         _redis = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"], max_connections=2000)
     return _http, _redis
 
@@ -45,5 +46,7 @@ def _clients() -> tuple[httpx.Client, redis.Redis]:
 def upstream_sync(n: int) -> None:
     http, store = _clients()
     started = time.time()
-    http.post(os.environ["BENCH_UPSTREAM_URL"], json={"n": n}).raise_for_status()
+    answer = http.request("POST", os.environ["BENCH_UPSTREAM_URL"], json={"n": n})
+    if answer.status != 200:
+        raise RuntimeError(f"upstream answered {answer.status}")
     store.rpush(os.environ["BENCH_TIMES_KEY"], f"{started} {time.time()}")

@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-import httpx
+import aiohttp
 from arq.connections import RedisSettings
 from redis.asyncio import Redis
 from taskiq_redis import ListQueueBroker
@@ -19,11 +19,14 @@ _state: dict[str, Any] = {}
 
 async def _call(n: int) -> None:
     if "http" not in _state:
-        _state["http"] = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000), timeout=60)
+        _state["http"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)
+        )
         _state["redis"] = Redis.from_url(REDIS_URL)
     started = time.time()
-    answer = await _state["http"].post(os.environ["BENCH_UPSTREAM_URL"], json={"n": n})
-    answer.raise_for_status()
+    async with _state["http"].post(os.environ["BENCH_UPSTREAM_URL"], json={"n": n}) as answer:
+        answer.raise_for_status()
+        await answer.read()
     await _state["redis"].rpush(os.environ["BENCH_TIMES_KEY"], f"{started} {time.time()}")
 
 

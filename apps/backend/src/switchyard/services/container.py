@@ -62,7 +62,9 @@ class Services:
         """Build the clients; none of them connects until first used."""
         url = settings.database
         engine = (
-            postgres.create_engine(settings, url, f"switchyard-{service_type}")
+            postgres.create_engine(
+                settings, url, f"switchyard-{service_type}", keep_overflow=service_type == "worker"
+            )
             if url is not None
             else None
         )

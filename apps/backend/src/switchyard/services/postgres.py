@@ -71,11 +71,21 @@ def ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> AsyncEngine:
     return engine
 
 
-def create_engine(settings: Settings, url: URL, application_name: str) -> AsyncEngine:
-    """An engine with the pool, pre-ping and timeouts taken from settings."""
+def create_engine(
+    settings: Settings, url: URL, application_name: str, *, keep_overflow: bool = False
+) -> AsyncEngine:
+    """An engine with the pool, pre-ping and timeouts taken from settings.
+
+    `keep_overflow` (a worker process, whose hundreds of runs in flight keep the pool busy):
+    connections opened beyond DATABASE_POOL_SIZE stay open too, up to the same bound of size
+    plus overflow, instead of being closed at each return and opened again a moment later."""
+    options = pool_options(settings)
+    if keep_overflow:
+        options["pool_size"] += options["max_overflow"]
+        options["max_overflow"] = 0
     engine = create_async_engine(
         url,
-        **pool_options(settings),
+        **options,
         connect_args={
             "timeout": settings.database_connect_timeout_seconds,
             "server_settings": {

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from prometheus_client import Gauge
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -31,10 +31,14 @@ BREAKER_OPEN = Gauge(
 
 
 def create_client(settings: Settings, url: str) -> Redis:
+    """A client whose pool waits (up to the socket timeout) for a free connection when all
+    REDIS_MAX_CONNECTIONS are in use: a worker's runs in flight share it, and a burst of them
+    must queue for a connection, not fail."""
     timeout = settings.redis_socket_timeout_seconds
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
         max_connections=settings.redis_max_connections,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
@@ -44,6 +48,7 @@ def create_client(settings: Settings, url: str) -> Redis:
         retry_on_error=[RedisConnectionError],
         decode_responses=False,
     )
+    return Redis.from_pool(pool)  # the client owns its pool: aclose() closes it
 
 
 async def probe(client: Redis) -> None:
