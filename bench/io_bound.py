@@ -20,6 +20,8 @@ Usage: uv run python -m bench.io_bound [--runs 1000] [--in-flight 200] [--rounds
 from __future__ import annotations
 
 import argparse
+import collections
+import os
 import asyncio
 import shutil
 import subprocess
@@ -135,6 +137,9 @@ def drained(
     first = min(start for start, _ in ran)
     last = max(end for _, end in ran)
     waits = [start - first for start, _ in ran]
+    if os.environ.get("BENCH_TIMELINE"):  # starts per quarter second, to see the waves
+        buckets = collections.Counter(int((start - first) * 4) for start, _ in ran)
+        print(system, [buckets.get(i, 0) for i in range(max(buckets) + 1)], file=sys.stderr)
     return Drain(
         system,
         runs,
