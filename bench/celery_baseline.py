@@ -28,20 +28,27 @@ from kombu import Queue
 
 QUEUE = "bench-baseline"
 
-app = Celery("bench", broker=os.environ.get("BENCH_BROKER_URL", "amqp://guest@127.0.0.1//"))
-app.conf.update(
-    broker_transport_options={"confirm_publish": True},
-    task_default_queue=QUEUE,
-    task_queues=[Queue(QUEUE, durable=True, queue_arguments={"x-queue-type": "quorum"})],
-    worker_detect_quorum_queues=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    task_ignore_result=True,
-    worker_prefetch_multiplier=1,
-    worker_send_task_events=False,
-    task_serializer="json",
-    accept_content=["json"],
-)
+
+def baseline_app(name: str, queue: str) -> Celery:
+    """A plain Celery app with Switchyard's reliability on its own quorum queue `queue`."""
+    celery = Celery(name, broker=os.environ.get("BENCH_BROKER_URL", "amqp://guest@127.0.0.1//"))
+    celery.conf.update(
+        broker_transport_options={"confirm_publish": True},
+        task_default_queue=queue,
+        task_queues=[Queue(queue, durable=True, queue_arguments={"x-queue-type": "quorum"})],
+        worker_detect_quorum_queues=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return celery
+
+
+app = baseline_app("bench", QUEUE)
 
 _ran = {"count": 0, "first_start": 0.0, "last_end": 0.0}
 

@@ -20,9 +20,9 @@ Usage: uv run python -m bench.io_bound [--runs 1000] [--in-flight 200] [--rounds
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import os
-import asyncio
 import shutil
 import subprocess
 import sys

@@ -10,25 +10,12 @@ import time
 
 import redis
 import urllib3
-from celery import Celery
-from kombu import Queue
+
+from bench.celery_baseline import baseline_app
 
 QUEUE = "bench-io"
 
-app = Celery("bench-io", broker=os.environ.get("BENCH_BROKER_URL", "amqp://guest@127.0.0.1//"))
-app.conf.update(
-    broker_transport_options={"confirm_publish": True},
-    task_default_queue=QUEUE,
-    task_queues=[Queue(QUEUE, durable=True, queue_arguments={"x-queue-type": "quorum"})],
-    worker_detect_quorum_queues=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    task_ignore_result=True,
-    worker_prefetch_multiplier=1,
-    worker_send_task_events=False,
-    task_serializer="json",
-    accept_content=["json"],
-)
+app = baseline_app("bench-io", QUEUE)
 
 _http: urllib3.PoolManager | None = None
 _redis: redis.Redis | None = None

@@ -30,6 +30,8 @@ from switchyard.db.models import DeadLetter, TaskRun
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
 from tests.fixtures.processes import RunningRole
+from tests.fixtures.scrape import metric_value
+from tests.fixtures.servers import free_port
 from tests.fixtures.tasks import DELIVERY_LIMIT, start_worker_on, submit, wait_for_run
 
 pytestmark = pytest.mark.e2e
@@ -152,6 +154,7 @@ async def test_time_limits_end_runs_that_await_ignore_cancellation_or_block_the_
     tmp_path: Path,
 ) -> None:
     client, account = gateway
+    metrics_port = free_port()
     worker = start_worker_on(
         start_role,
         task_env,
@@ -159,6 +162,7 @@ async def test_time_limits_end_runs_that_await_ignore_cancellation_or_block_the_
         tmp_path / "worker",
         TASK_MODULES=LIMITS,
         PYTHONPATH=str(REPO),
+        WORKER_METRICS_PORT=str(metrics_port),
     )
     first = worker_process(worker)
 
@@ -193,6 +197,13 @@ async def test_time_limits_end_runs_that_await_ignore_cancellation_or_block_the_
     assert ("time_limit", uuid.UUID(blocker)) in letters
     log = worker.stderr()
     assert "event loop stalled: a handler blocks it" in log
+    # Counted by the process that stalled (and was replaced), served by the supervisor.
+    async with httpx.AsyncClient(timeout=5) as scraper:
+        metrics = (await scraper.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    stalls = "switchyard_worker_loop_stalls_total"
+    assert metric_value(metrics, stalls, task="testing.block_loop") >= 1
+    abandoned = "switchyard_worker_runs_abandoned_total"
+    assert metric_value(metrics, abandoned, task="testing.ignore_cancel", reason="time_limit") == 1
     assert "run ignores cancellation: abandoned" in log
 
 
