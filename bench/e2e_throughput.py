@@ -141,7 +141,8 @@ def switchyard_round(database: str, broker: str, runs: int, concurrency: int) ->
                 raise RuntimeError(f"Switchyard worker stopped with {runs - depth} runs done")
             time.sleep(0.05 if before is None else 0.2)
         spent = cpu_spent(before[0], cpu_seconds()) if before else {}
-    return Drain(runs / (last - first), spent, before[1] if before else runs)
+    # With many in flight the worker may take every message at once: count them all then.
+    return Drain(runs / (last - first), spent, before[1] if before and before[1] else runs)
 
 
 def queue_depth(broker: str, queue: str = QUEUE) -> int:
