@@ -49,6 +49,9 @@ def test_gateway_overhead_prints_ratios_and_targets(repo_root: Path, loadgen: st
     assert "1.00x" in out  # the baseline against itself
 
 
+# It starts standalone twice, a gateway, the bare app and a worker (supervisor and worker
+# process), each a fresh interpreter, and under coverage in CI each start takes longer.
+@pytest.mark.timeout(300)
 def test_startup_and_memory_prints_every_role(repo_root: Path) -> None:
     out = bench(repo_root, "startup_memory", "--rounds=1")
     for row in ("gateway to /health/ready", "standalone restart", "worker process (idle"):
