@@ -1,8 +1,8 @@
 """Prometheus metrics of the task platform: submissions, worker task events, queues and beat.
 
-The worker runs in Prometheus' multiprocess mode (prefork children each write their own
-files; the parent serves the merged view): see `multiprocess.py`. Queue depths and the dead-letter
-archive are sampled by one thread in the worker's main process and served from the sample,
+The worker runs in Prometheus' multiprocess mode (its worker processes each write their own
+files; the supervisor serves the merged view): see `multiprocess.py`. Queue depths and the
+dead-letter archive are sampled by one thread in the supervisor and served from the sample,
 so a scrape never waits on the broker or the database."""
 
 from __future__ import annotations

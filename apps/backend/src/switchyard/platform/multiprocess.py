@@ -1,4 +1,4 @@
-"""Prometheus multiprocess mode for the worker (prefork children each write their own files).
+"""Prometheus multiprocess mode for the worker (its worker processes each write their own files).
 
 `prometheus_client` picks how metric values are stored when each metric is created, so
 `enable` runs before any module that defines metrics is imported: this module imports
