@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the local PostgreSQL, Redis and RabbitMQ of a test machine when they do not answer.
+# Start the local PostgreSQL, Redis, RabbitMQ and MariaDB of a test machine when they do not answer.
 # Commands are those of the CI machine image (Debian packages, no systemd).
 set -uo pipefail
 
@@ -40,5 +40,10 @@ if ! amqp_answers; then
   echo "rabbitmq: starting"
   rabbitmq-server -detached || true
   wait_for rabbitmq amqp_answers || status=1
+fi
+if ! answers 3306; then  # the data-source and extra-bind tests connect to it
+  echo "mariadb: starting"
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+  wait_for mariadb answers 3306 || status=1
 fi
 exit $status
