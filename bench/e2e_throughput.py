@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +71,14 @@ class Drain:
         return self.cpu.get(service, 0.0) * 1000 / self.runs
 
 
-async def submit(base: str, token: str, runs: int) -> list[uuid.UUID]:
-    """Queue `runs` runs through the gateway, SUBMITTERS at a time."""
+async def submit(
+    base: str,
+    token: str,
+    runs: int,
+    body: Mapping[str, object] = RUN,
+    submitters: int = SUBMITTERS,
+) -> list[uuid.UUID]:
+    """Queue `runs` runs of `body` through the gateway, `submitters` at a time."""
     ids: list[uuid.UUID] = []
     left = iter(range(runs))
     headers = {"Authorization": f"Bearer {token}"}
@@ -79,11 +86,11 @@ async def submit(base: str, token: str, runs: int) -> list[uuid.UUID]:
 
         async def submitter() -> None:
             for _ in left:
-                answer = await client.post("/api/v1/tasks/run", json=RUN)
+                answer = await client.post("/api/v1/tasks/run", json=body)
                 answer.raise_for_status()
                 ids.append(uuid.UUID(answer.json()["task_id"]))
 
-        await asyncio.gather(*(submitter() for _ in range(SUBMITTERS)))
+        await asyncio.gather(*(submitter() for _ in range(submitters)))
     return ids
 
 
@@ -114,6 +121,7 @@ def switchyard_round(database: str, broker: str, runs: int, concurrency: int) ->
         "REDIS_URL": DEFAULT_REDIS,
         "CELERY_BROKER_URL": broker,
         "LOG_LEVEL": "WARNING",
+        "TENANT_MAX_RUNS_IN_FLIGHT": str(max(runs, concurrency)),  # fair share, not binding
     }
     gateway_env = role_env(**common, API_HOST="127.0.0.1", API_PORT=str(port))
     with process([SWITCHYARD, "run", "api-gateway"], gateway_env) as gateway:

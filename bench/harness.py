@@ -119,6 +119,7 @@ def role_env(**values: str) -> dict[str, str]:
             "RATE_LIMIT_API": "100000000/minute",
             "RATE_LIMIT_AUTH": "100000000/minute",
             "RATE_LIMIT_TASK_RUNS": "100000000/minute",
+            "RATE_LIMIT_UPLOADS": "100000000/minute",
             "WORKER_METRICS_PORT": "0",
             "BEAT_METRICS_PORT": "0",
             # Gateways and workers need a Chroma server; benchmarks that search set their own.

@@ -283,13 +283,10 @@ def test_upload_ingest_search_answer_isolate_delete(
     assert failed_run["state"] == "failed"
     assert failed_run["attempts"] == 1
 
-    # Re-ingesting replaces chunks instead of adding to them.
+    # Re-ingesting (POST /documents/{id}/ingest: documents.ingest is internal, not runnable
+    # by POST /tasks/run) replaces chunks instead of adding to them.
     before, _ = vector_documents(stack["settings"], tenant_a)
-    rerun = httpx.post(
-        f"{api}/tasks/run",
-        json={"task": "documents.ingest", "payload": {"document_id": ids[0]}},
-        headers=headers_a,
-    )
+    rerun = httpx.post(f"{api}/documents/{ids[0]}/ingest", headers=headers_a)
     assert rerun.status_code == 202
     deadline = time.monotonic() + 30
     while (

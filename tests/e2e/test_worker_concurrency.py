@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 LIMITS = "tests.fakes.limit_tasks"
 RECORDING = "tests.fakes.recording_tasks"
 POOL_SIZE, MAX_OVERFLOW = 4, 4
+ROOMY_SHARE = 1000
 
 
 @pytest.fixture
@@ -99,20 +100,37 @@ async def wait_all_final(engine: AsyncEngine, run_ids: list[str], within: float)
         await asyncio.sleep(0.2)
 
 
+@pytest.fixture
+async def roomy_gateway(
+    make_settings: SettingsFactory, own_broker: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway on this test's broker, with a tenant's share above the 200 runs in flight
+    (fair share would otherwise hold one tenant at TENANT_MAX_RUNS_IN_FLIGHT, 100)."""
+    settings = make_settings(
+        celery_broker_url=own_broker,
+        task_delivery_limit=DELIVERY_LIMIT,
+        tenant_max_runs_in_flight=ROOMY_SHARE,
+    )
+    async with running(create_app(settings)) as client:
+        client.headers.update((await sign_up(client)).headers)
+        yield client
+
+
 async def test_two_hundred_awaiting_runs_overlap_on_one_process_within_its_pool(
-    own_gateway: tuple[httpx.AsyncClient, Account],
+    roomy_gateway: httpx.AsyncClient,
     own_broker: str,
     engine: AsyncEngine,
     start_role: Callable[..., RunningRole],
     task_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    client, _ = own_gateway
+    client = roomy_gateway
     worker = start_worker_on(
         start_role,
         task_env,
         own_broker,
         tmp_path / "worker",
+        TENANT_MAX_RUNS_IN_FLIGHT=str(ROOMY_SHARE),
         WORKER_CONCURRENCY="200",
         DATABASE_POOL_SIZE=str(POOL_SIZE),
         DATABASE_MAX_OVERFLOW=str(MAX_OVERFLOW),

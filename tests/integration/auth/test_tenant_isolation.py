@@ -56,6 +56,8 @@ CASES: dict[tuple[str, str], tuple[str, int]] = {
     ("post", "/api/v1/data-sources/{source_id}/test"): ("source_id", 404),
     ("get", "/api/v1/documents/{document_id}"): ("document_id", 404),
     ("get", "/api/v1/documents/{document_id}/content"): ("document_id", 404),
+    ("post", "/api/v1/documents/{document_id}/ingest"): ("document_id", 404),
+    ("post", "/api/v1/documents/{document_id}/entities"): ("document_id", 404),
     # Deleting is idempotent: an unknown id and another tenant's both answer 204, deleting nothing.
     ("delete", "/api/v1/documents/{document_id}"): ("document_id", 204),
     # Without Neo4j the graph answers 503 before looking at the id.
@@ -63,10 +65,12 @@ CASES: dict[tuple[str, str], tuple[str, int]] = {
     # Superuser routes: a tenant's owner is refused whatever the id, so nothing is revealed.
     ("post", "/api/v1/tenants/{tenant_id}/suspend"): ("tenant_id", 403),
     ("post", "/api/v1/tenants/{tenant_id}/activate"): ("tenant_id", 403),
+    ("patch", "/api/v1/tenants/{tenant_id}"): ("tenant_id", 403),
 }
 BODIES = {
     ("patch", "/api/v1/tasks/definitions/{name}"): {"enabled": False},
     ("patch", "/api/v1/data-sources/{source_id}"): {"name": "taken over"},
+    ("patch", "/api/v1/tenants/{tenant_id}"): {"max_runs_in_flight": 5},
 }
 
 

@@ -147,3 +147,41 @@ async def test_entities_are_extracted_into_the_graph_after_ingestion(
         "chunks": 2,
         "entities": ["ACME", "London"],
     }
+
+
+async def test_ingestion_and_entities_are_queued_again_through_the_documents_routes(
+    app: FastAPI, client: httpx.AsyncClient, owner: Account
+) -> None:
+    """documents.ingest and documents.extract_entities are internal (not runnable by POST
+    /tasks/run): these routes, under documents:write, queue them for a document."""
+    services: Services = app.state.services
+    services.graph = KnowledgeGraph(RecordingDriver())  # type: ignore[arg-type]
+    document_id = await upload(client, "people.txt", TEXT, "text/plain")
+    pending = await client.post(f"/api/v1/documents/{document_id}/entities")
+    assert pending.status_code == 409
+    assert "pending" in pending.json()["detail"]
+    busy = await client.post(f"/api/v1/documents/{document_id}/ingest")
+    assert busy.status_code == 409  # being ingested already
+
+    await run_ingest(services, owner.tenant_id, document_id, attempt=1)
+    queued = await client.post(f"/api/v1/documents/{document_id}/entities")
+    assert queued.status_code == 202, queued.text
+    run = (await client.get(queued.headers["location"])).json()
+    assert run["task"] == "documents.extract_entities"
+    assert run["payload"] == {"document_id": document_id}
+
+    key = await client.post(
+        "/api/v1/api-keys", json={"name": "reader", "scopes": ["documents:read", "tasks:run"]}
+    )
+    reader = {"X-API-Key": key.json()["key"], "Authorization": ""}
+    refused = await client.post(f"/api/v1/documents/{document_id}/entities", headers=reader)
+    assert refused.status_code == 403
+    assert "documents:write" in refused.json()["detail"]
+    missing = await client.post(f"/api/v1/documents/{uuid.uuid4()}/entities")
+    assert missing.status_code == 404
+
+    again = await client.post(f"/api/v1/documents/{document_id}/ingest")
+    assert again.status_code == 202, again.text
+    rerun = (await client.get(again.headers["location"])).json()
+    assert rerun["task"] == "documents.ingest"
+    assert rerun["payload"] == {"document_id": document_id}

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from switchyard.db.models import DeadLetter, RunState, TaskRun
+from switchyard.db.models import TaskRun
 from tests.fixtures.accounts import Account
-from tests.fixtures.tasks import insert_run
+from tests.fixtures.tasks import insert_dead_letter
 
 RUN = {"task": "system.echo", "payload": {"message": "who"}}
 
@@ -44,24 +43,6 @@ async def test_runs_record_the_user_or_key_that_submitted_them(
     assert key_run.json()["submitted_by"] == f"api_key:{created['id']}"
 
 
-async def _dead_letter(engine: AsyncEngine, tenant_id: uuid.UUID) -> DeadLetter:
-    run = await insert_run(engine, tenant_id, state=RunState.DEAD_LETTERED, attempts=2)
-    letter = DeadLetter(
-        tenant_id=tenant_id,
-        run_id=run.id,
-        task="system.echo",
-        queue="default",
-        payload={"message": "again"},
-        reason="delivery_limit",
-        attempts=2,
-        dead_lettered_at=datetime.now(UTC),
-        headers={},
-    )
-    async with async_sessionmaker(engine, expire_on_commit=False).begin() as session:
-        session.add(letter)
-    return letter
-
-
 async def _replays_of(engine: AsyncEngine, run_id: uuid.UUID) -> int:
     async with engine.connect() as connection:
         count = await connection.scalar(
@@ -73,7 +54,7 @@ async def _replays_of(engine: AsyncEngine, run_id: uuid.UUID) -> int:
 async def test_replaying_a_dead_letter_twice_answers_with_the_first_replay(
     tasks_api: httpx.AsyncClient, tasks_account: Account, engine: AsyncEngine
 ) -> None:
-    letter = await _dead_letter(engine, tasks_account.tenant_id)
+    letter = await insert_dead_letter(engine, tasks_account.tenant_id)
     first = await tasks_api.post(f"/api/v1/tasks/dead-letters/{letter.id}/replay")
     second = await tasks_api.post(f"/api/v1/tasks/dead-letters/{letter.id}/replay")
     assert (first.status_code, second.status_code) == (202, 202), second.text
@@ -87,7 +68,7 @@ async def test_replaying_a_dead_letter_twice_answers_with_the_first_replay(
 async def test_concurrent_replays_of_one_dead_letter_make_one_run(
     tasks_api: httpx.AsyncClient, tasks_account: Account, engine: AsyncEngine
 ) -> None:
-    letter = await _dead_letter(engine, tasks_account.tenant_id)
+    letter = await insert_dead_letter(engine, tasks_account.tenant_id)
     answers = await asyncio.gather(
         *(tasks_api.post(f"/api/v1/tasks/dead-letters/{letter.id}/replay") for _ in range(5))
     )

@@ -132,6 +132,7 @@ class Settings(BaseSettings):
     rate_limit_auth: str = "5/minute"
     rate_limit_api: str = "600/minute"
     rate_limit_task_runs: str = "120/minute"
+    rate_limit_uploads: str = "30/minute"
     # Failed sign-ins per account (email), from any address; then 429 until the window ends.
     rate_limit_login_failures: str = "10/15 minutes"
     # Addresses or networks of reverse proxies whose X-Forwarded-For / -Proto are believed;
@@ -148,6 +149,13 @@ class Settings(BaseSettings):
     task_delivery_limit: int = Field(default=5, ge=1, le=100)
     task_max_countdown_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     task_republish_after_seconds: float = Field(default=15.0, gt=0)
+    # Fair share: runs of one tenant in flight at once across all workers (queued in the
+    # broker, started or retrying); more wait in the ledger. 0 turns fair share off (FIFO).
+    # The platform superuser sets a tenant's own cap with PATCH /api/v1/tenants/{id}.
+    tenant_max_runs_in_flight: int = Field(default=100, ge=0, le=100_000)
+    # system.sleep and system.fail (test and demo tasks): registered outside production, and
+    # in production only when this is true. system.fail's `crash` never runs in production.
+    system_tasks_enabled: bool | None = None
     # Runs in flight per worker process, each a coroutine on the process's one event loop.
     worker_concurrency: int = Field(default=100, ge=1, le=2000)
     # Worker processes per container (each with its own loop, clients and pools).
@@ -225,6 +233,9 @@ class Settings(BaseSettings):
     chunk_size_chars: int = Field(default=1000, ge=100, le=20_000)
     chunk_overlap_chars: int = Field(default=150, ge=0, le=5_000)
     document_max_chunks: int = Field(default=5_000, ge=1, le=1_000_000)
+    # Documents of one tenant being ingested at once (pending or processing); an upload past
+    # it is answered 429 and nothing of it is stored.
+    document_max_ingesting_per_tenant: int = Field(default=20, ge=1, le=100_000)
     embedding_provider: Literal["auto", "zhipu", "local"] = "auto"
     # Load the vector client and the local embedding model right after the gateway starts (a
     # fast first search, ~150 MB more resident memory); off: on first use. Standalone: on.
@@ -267,7 +278,11 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "rate_limit_auth", "rate_limit_api", "rate_limit_task_runs", "rate_limit_login_failures"
+        "rate_limit_auth",
+        "rate_limit_api",
+        "rate_limit_task_runs",
+        "rate_limit_uploads",
+        "rate_limit_login_failures",
     )
     @classmethod
     def _rate_limit(cls, value: str) -> str:
@@ -343,6 +358,13 @@ class Settings(BaseSettings):
     @property
     def vector_dir(self) -> Path:
         return self.chroma_dir or self.var_dir / "chroma"
+
+    @property
+    def system_tasks_on(self) -> bool:
+        """Whether system.sleep and system.fail are registered (SYSTEM_TASKS_ENABLED)."""
+        if self.system_tasks_enabled is not None:
+            return self.system_tasks_enabled
+        return self.environment is not Environment.PRODUCTION
 
     @property
     def docs_enabled(self) -> bool:

@@ -24,9 +24,9 @@ from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.auth import endpoints as auth
 from switchyard.datasources import endpoints as datasources
 from switchyard.documents import endpoints as documents
-from switchyard.platform import ledger
+from switchyard.platform import admission, ledger
 from switchyard.platform.broker import Broker, broker_check_name
-from switchyard.platform.registry import load_task_modules
+from switchyard.platform.registry import TaskRegistry, load_task_modules
 from switchyard.services.container import Services
 from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
@@ -47,7 +47,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         broker = Broker.create(settings)
         app.state.services = services
         app.state.broker = broker
-        app.state.registry = load_task_modules(settings.task_modules)
+        app.state.registry = _registry(services, broker)
         published_marks = (
             ledger.PublishedMarks(services.database) if services.database is not None else None
         )
@@ -105,6 +105,14 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(health.router, prefix=api, include_in_schema=False)
     app.state.route_templates = RouteTemplates(app.routes)
     return app
+
+
+def _registry(services: Services, broker: Broker | None) -> TaskRegistry:
+    """The tasks this gateway accepts runs of; and the dispatcher that admits waiting runs."""
+    settings = services.settings
+    if broker is not None:
+        admission.install(services, broker.publisher)
+    return load_task_modules(settings.task_modules, system_tasks=settings.system_tasks_on)
 
 
 def _new_app(settings: Settings, lifespan: Any) -> FastAPI:

@@ -41,7 +41,11 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 def tenant_summary(tenant: Tenant) -> TenantSummary:
     return TenantSummary(
-        id=tenant.id, name=tenant.name, slug=tenant.slug, status=tenant.status.value
+        id=tenant.id,
+        name=tenant.name,
+        slug=tenant.slug,
+        status=tenant.status.value,
+        max_runs_in_flight=tenant.max_runs_in_flight,
     )
 
 

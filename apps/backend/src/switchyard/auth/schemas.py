@@ -57,6 +57,9 @@ class TenantSummary(BaseModel):
     name: str
     slug: str
     status: str
+    max_runs_in_flight: int | None = Field(
+        default=None, description="Its own fair-share cap; null: TENANT_MAX_RUNS_IN_FLIGHT"
+    )
 
 
 class Registered(BaseModel):

@@ -28,6 +28,7 @@ class TestConnectionInput(BaseModel):
     retry=RetryPolicy(max_retries=0),
     soft_time_limit=75,
     time_limit=90,
+    access="internal",  # POST /data-sources/{id}/test starts it (datasources:write)
 )
 async def test_connection(payload: TestConnectionInput, ctx: TaskContext) -> dict[str, Any]:
     services = ctx.services

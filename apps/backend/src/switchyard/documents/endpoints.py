@@ -14,16 +14,19 @@ from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
 from switchyard.api.input_guard import NUL_MESSAGE
+from switchyard.auth.principal import Principal
 from switchyard.db import pagination
 from switchyard.db.models import DocumentStatus, KnowledgeDocument
 from switchyard.dependencies import (
     BrokerDep,
     GraphDep,
     PrincipalDep,
+    RateLimiterDep,
     RegistryDep,
     ServicesDep,
     SessionDep,
     TenantDep,
+    enforce,
     require_scope,
 )
 from switchyard.documents import retrieval, service
@@ -38,9 +41,13 @@ from switchyard.documents.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from switchyard.errors import InvalidInputError, NotFoundError, SwitchyardError
+from switchyard.errors import ConflictError, InvalidInputError, NotFoundError, SwitchyardError
+from switchyard.platform.broker import Broker
+from switchyard.platform.registry import TaskRegistry
+from switchyard.services.container import Services
+from switchyard.services.ratelimit import RateLimiter
 from switchyard.tasks.endpoints import accept_run
-from switchyard.tasks.schemas import RunRequest
+from switchyard.tasks.schemas import RunAccepted, RunRequest
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["documents"])
@@ -67,11 +74,21 @@ async def upload_document(
     broker: BrokerDep,
     registry: RegistryDep,
     principal: PrincipalDep,
+    limiter: RateLimiterDep,
     file: Annotated[UploadFile, File(description="Plain text, Markdown, HTML or PDF")],
     title: Annotated[str | None, Form(max_length=500)] = None,
 ) -> DocumentAccepted:
-    """Store the file, record it as `pending`, and queue `documents.ingest`."""
+    """Store the file, record it as `pending`, and queue `documents.ingest`. A tenant's
+    uploads are limited in rate (RATE_LIMIT_UPLOADS) and in documents being ingested at once
+    (DOCUMENT_MAX_INGESTING_PER_TENANT): past either, 429 with Retry-After, nothing stored."""
     tenant_id = principal.tenant_id
+    settings = services.settings
+    assert services.sessions is not None
+    await enforce(limiter, settings.rate_limit_uploads, "uploads", str(tenant_id))
+    async with services.sessions() as session:  # before anything is stored
+        await service.check_ingesting(
+            session, tenant_id, settings.document_max_ingesting_per_tenant
+        )
     for field, text in (("body.title", title), ("body.file", file.filename)):
         if text is not None and "\x00" in text:
             raise InvalidInputError(
@@ -83,9 +100,12 @@ async def upload_document(
     size = await service.store_upload(
         services, tenant_id, document_id, _read(file), CONTENT_TYPES[kind]
     )
-    assert services.sessions is not None
     try:
         async with services.sessions.begin() as session:
+            # Again, under the tenant's upload lock: concurrent uploads count each other.
+            await service.check_ingesting(
+                session, tenant_id, settings.document_max_ingesting_per_tenant, locked=True
+            )
             document = KnowledgeDocument(
                 id=document_id,
                 tenant_id=tenant_id,
@@ -199,6 +219,93 @@ async def document_graph(
         title=str(summary["title"]),
         chunks=int(summary["chunks"]),
         entities=sorted(str(name) for name in summary["entities"]),
+    )
+
+
+async def _queue_for_document(
+    task: str,
+    document: KnowledgeDocument,
+    request: Request,
+    response: Response,
+    services: Services,
+    broker: Broker,
+    registry: TaskRegistry,
+    principal: Principal,
+    limiter: RateLimiter,
+) -> RunAccepted:
+    """Queue an internal task of a document, under the tenant's run rate limit."""
+    limit = services.settings.rate_limit_task_runs
+    await enforce(limiter, limit, "runs", str(principal.tenant_id))
+    body = RunRequest(task=task, payload={"document_id": str(document.id)})
+    _, accepted = await accept_run(body, request, response, services, broker, registry, principal)
+    return accepted
+
+
+@router.post(
+    "/documents/{document_id}/ingest",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=WRITE,
+)
+async def reingest_document(
+    document_id: uuid.UUID,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    services: ServicesDep,
+    broker: BrokerDep,
+    registry: RegistryDep,
+    principal: PrincipalDep,
+    limiter: RateLimiterDep,
+) -> RunAccepted:
+    """Queue `documents.ingest` for a ready or failed document again (after changing the
+    embedding provider or the chunk settings, say): its chunks and vectors are replaced."""
+    document = await service.get(session, principal.tenant_id, document_id)
+    if document.status not in (DocumentStatus.READY, DocumentStatus.FAILED):
+        raise ConflictError(f"The document is {document.status.value}; it is being ingested.")
+    return await _queue_for_document(
+        "documents.ingest",
+        document,
+        request,
+        response,
+        services,
+        broker,
+        registry,
+        principal,
+        limiter,
+    )
+
+
+@router.post(
+    "/documents/{document_id}/entities",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=WRITE,
+)
+async def extract_document_entities(
+    document_id: uuid.UUID,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    services: ServicesDep,
+    broker: BrokerDep,
+    registry: RegistryDep,
+    principal: PrincipalDep,
+    limiter: RateLimiterDep,
+) -> RunAccepted:
+    """Queue `documents.extract_entities` for a ready document again (after an LLM outage,
+    say): its named entities go into the graph. The outcome is the run's (`Location`)."""
+    document = await service.get(session, principal.tenant_id, document_id)
+    if document.status is not DocumentStatus.READY:
+        raise ConflictError(f"The document is {document.status.value}, not ready.")
+    return await _queue_for_document(
+        "documents.extract_entities",
+        document,
+        request,
+        response,
+        services,
+        broker,
+        registry,
+        principal,
+        limiter,
     )
 
 

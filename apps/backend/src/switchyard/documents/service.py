@@ -7,15 +7,45 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.db import pagination
 from switchyard.db.models import DocumentStatus, KnowledgeDocument
 from switchyard.db.tenancy import scoped
-from switchyard.errors import NotFoundError
+from switchyard.errors import NotFoundError, TooManyRequestsError
 from switchyard.services.container import Services
 
 logger = logging.getLogger(__name__)
+
+
+# Advisory lock namespace ("SD") of a tenant's uploads, while one checks the ingestion cap.
+UPLOAD_LOCK_NAMESPACE = 0x5344
+INGESTING = (DocumentStatus.PENDING, DocumentStatus.PROCESSING)
+INGESTING_RETRY_AFTER_SECONDS = 10
+
+
+async def check_ingesting(
+    session: AsyncSession, tenant_id: uuid.UUID, limit: int, *, locked: bool = False
+) -> None:
+    """429 while the tenant has `limit` documents being ingested. `locked`: hold the tenant's
+    upload lock for the rest of the transaction, so concurrent uploads count each other."""
+    if locked:
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(CAST(:tenant AS text)))"),
+            {"namespace": UPLOAD_LOCK_NAMESPACE, "tenant": str(tenant_id)},
+        )
+    ingesting = await session.scalar(
+        select(func.count())
+        .select_from(KnowledgeDocument)
+        .where(KnowledgeDocument.tenant_id == tenant_id, KnowledgeDocument.status.in_(INGESTING))
+    )
+    if (ingesting or 0) >= limit:
+        raise TooManyRequestsError(
+            f"{ingesting} documents of this tenant are being ingested (at most {limit} at "
+            f"once, DOCUMENT_MAX_INGESTING_PER_TENANT); retry when one is done.",
+            INGESTING_RETRY_AFTER_SECONDS,
+        )
 
 
 def object_key(document_id: uuid.UUID) -> str:

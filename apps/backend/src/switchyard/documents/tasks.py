@@ -201,6 +201,7 @@ async def extract_entities(
     retry=INGEST_RETRY,
     soft_time_limit=900,
     time_limit=960,
+    access="internal",  # POST /documents starts it (documents:write)
 )
 async def ingest(payload: DocumentInput, ctx: TaskContext) -> dict[str, Any]:
     services, tenant_id, document_id = ctx.services, ctx.tenant_id, payload.document_id
@@ -244,6 +245,7 @@ async def ingest(payload: DocumentInput, ctx: TaskContext) -> dict[str, Any]:
     retry=RetryPolicy(max_retries=3, retry_on=(LLMError,)),
     soft_time_limit=900,
     time_limit=960,
+    access="internal",  # documents.ingest starts it
 )
 async def extract_entities_task(payload: DocumentInput, ctx: TaskContext) -> dict[str, Any]:
     services = ctx.services

@@ -21,7 +21,7 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from switchyard.db.models import RunState, TaskDefinition, TaskRun, Tenant, TenantStatus
-from switchyard.platform import ledger
+from switchyard.platform import admission, ledger
 from switchyard.platform.heartbeat import write_heartbeat
 from switchyard.platform.metrics import BEAT_LAST_TICK, BEAT_LEADER, BEAT_PUBLISHED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
@@ -56,6 +56,7 @@ class Beat:
         self.lock_connection: AsyncConnection | None = None
         self.leader_since: float | None = None
         self.last_outbox = 0.0
+        self.dispatcher = admission.install(services, publisher)
         self.failed_ticks = 0  # in a row; the healthcheck reads it from the heartbeat
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -87,6 +88,13 @@ class Beat:
         failures: list[Exception] = []
         try:
             await self.publish_due(now)
+        except Exception as exc:
+            failures.append(exc)
+        try:
+            # Fair share's backstop: slots freed without an admission after them (a worker
+            # killed in between, a dead letter, a raised cap) are given out round robin.
+            if self.dispatcher is not None:
+                await self.dispatcher.sweep()
         except Exception as exc:
             failures.append(exc)
         if time.monotonic() - self.last_outbox >= OUTBOX_EVERY_SECONDS:
@@ -181,15 +189,19 @@ class Beat:
 
     async def _claim_tick(self, definition: TaskDefinition, due: datetime) -> bool:
         spec = self.registry.get(definition.task)
-        if spec is None:
+        if spec is None or spec.access == "internal":
             logger.error("scheduled task is not registered", extra={"task": definition.task})
             return False
         try:
-            spec.input_model.model_validate(definition.payload)
+            spec.validate(definition.payload, self.settings.environment)
         except ValidationError:
             logger.error("scheduled payload no longer valid", extra={"definition": definition.name})
             return False
+        fair = self.settings.tenant_max_runs_in_flight > 0
+        admitted: list[admission.Admitted] = []
         async with self.sessions.begin() as session:
+            if fair:
+                await admission.lock(await session.connection(), definition.tenant_id)
             claimed = await session.scalar(
                 update(TaskDefinition)
                 .where(
@@ -215,10 +227,23 @@ class Beat:
                 attempts=0,
                 scheduled_for=due,
                 submitted_by="beat",
+                admitted_at=None if fair else datetime.now(UTC),
             )
             session.add(run)
-        await self._publish([run])
+            await session.flush()
+            if fair:
+                admitted = await admission.admit(
+                    await session.connection(), definition.tenant_id, self.dispatcher_cap
+                )
+        if not fair:
+            await self._publish([run])
+        elif self.dispatcher is not None:
+            await self.dispatcher.publish(admitted)  # this run, if its tenant has room
         return True
+
+    @property
+    def dispatcher_cap(self) -> int:
+        return self.settings.tenant_max_runs_in_flight
 
     async def republish_stale(self, now: datetime) -> int:
         older_than = now - timedelta(seconds=self.settings.task_republish_after_seconds)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, request_id_var, run_log_context, tenant_id_var
-from switchyard.platform import events, ledger
+from switchyard.platform import admission, events, ledger
 from switchyard.platform.metrics import TASK_DURATION, TASK_EVENTS
 from switchyard.platform.registry import TaskContext, TaskSpec
 from switchyard.services.container import Services
@@ -31,7 +31,7 @@ class InvalidPayloadError(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: Literal["done", "skipped", "retry", "dead_letter", "cancelled", "requeue"]
+    kind: Literal["done", "skipped", "parked", "retry", "dead_letter", "cancelled", "requeue"]
     delay: int = 0
     error: BaseException | None = None
 
@@ -53,7 +53,21 @@ async def _record(
     if run is None:
         return False
     await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
+    if state.final and services.admission is not None:
+        await release(services, run.tenant_id)
     return True
+
+
+async def release(services: Services, tenant_id: uuid.UUID) -> None:
+    """A run of the tenant became final: its slot goes to the tenant's next waiting run. A
+    failure here loses nothing: beat's sweep admits that run within a tick."""
+    assert services.admission is not None
+    try:
+        await services.admission.released(tenant_id)
+    except Exception as exc:
+        logger.warning(
+            "next waiting run not admitted; beat's sweep will", extra={"error": repr(exc)}
+        )
 
 
 async def record_outcome(
@@ -84,6 +98,18 @@ async def died_in(services: Services, run_id: uuid.UUID) -> int | None:
     )
 
 
+async def _admit_due(services: Services, run_id: uuid.UUID) -> bool:
+    """Admit a delayed run that came due, or park it in the ledger (its message is then
+    acked, and a freed slot of its tenant publishes it again). True when admitted."""
+    assert services.database is not None
+    async with services.database.begin() as connection:
+        tenant_id = await connection.scalar(select(TaskRun.tenant_id).where(TaskRun.id == run_id))
+        if tenant_id is None:
+            return False
+        cap = services.settings.tenant_max_runs_in_flight
+        return await admission.admit_due(connection, run_id, tenant_id, cap)
+
+
 async def execute(
     services: Services,
     spec: TaskSpec[Any],
@@ -103,6 +129,51 @@ async def execute(
     return outcome
 
 
+async def _claim(
+    services: Services, run_id: uuid.UUID, redelivered: bool, tenant_id: uuid.UUID | None
+) -> tuple[ledger.RunChange | None, Outcome | None]:
+    """Start the run in the ledger: (the run, None), or (None, why not as an outcome)."""
+    assert services.database is not None
+
+    async def claim(
+        connection: AsyncConnection, retried: bool
+    ) -> tuple[ledger.RunChange | None, str | None]:
+        # Repeated after a dropped connection as a redelivery: if the first claim did reach
+        # the database, the run is `started` by us, and the repeat takes it over.
+        run = await ledger.claim(
+            connection, run_id, redelivered=redelivered or retried, tenant_id=tenant_id
+        )
+        if run is not None:
+            return run, None
+        found = (
+            await connection.execute(
+                select(TaskRun.tenant_id, TaskRun.state, TaskRun.admitted_at).where(
+                    TaskRun.id == run_id
+                )
+            )
+        ).first()
+        if found is None:
+            return None, "skipped"
+        if tenant_id is not None and found.tenant_id != tenant_id:
+            return None, "foreign"
+        if found.admitted_at is None and found.state in ledger.CLAIMABLE:
+            return None, "due"
+        return None, "skipped"
+
+    run, why = await once_more_if_dropped(services.database, claim)
+    if why == "due":
+        # A delayed run come due: admitted if its tenant has a slot free, else parked.
+        if not await _admit_due(services, run_id):
+            logger.info("delayed run due while its tenant is at its share: waiting for a slot")
+            return None, Outcome("parked")
+        run, why = await once_more_if_dropped(services.database, claim)
+    if why == "foreign":
+        logger.error("delivery refused: its tenant is not the run's")
+    elif run is None:
+        logger.info("delivery skipped: run is final, running or unknown")
+    return run, None if run is not None else Outcome("skipped")
+
+
 async def _attempt(
     services: Services,
     spec: TaskSpec[Any],
@@ -110,30 +181,10 @@ async def _attempt(
     redelivered: bool,
     tenant_id: uuid.UUID | None,
 ) -> Outcome:
-    assert services.database is not None
-
-    async def claim(
-        connection: AsyncConnection, retried: bool
-    ) -> tuple[ledger.RunChange | None, bool]:
-        # Repeated after a dropped connection as a redelivery: if the first claim did reach
-        # the database, the run is `started` by us, and the repeat takes it over.
-        run = await ledger.claim(
-            connection, run_id, redelivered=redelivered or retried, tenant_id=tenant_id
-        )
-        if run is None and tenant_id is not None:
-            owner = await connection.scalar(select(TaskRun.tenant_id).where(TaskRun.id == run_id))
-            return None, owner is not None and owner != tenant_id
-        return run, False
-
-    run, foreign = await once_more_if_dropped(services.database, claim)
-    if foreign:
-        logger.error("delivery refused: its tenant is not the run's")
-        TASK_EVENTS.labels(task=spec.name, event="skipped").inc()
-        return Outcome("skipped")
-    if run is None:
-        logger.info("delivery skipped: run is final, running or unknown")
-        TASK_EVENTS.labels(task=spec.name, event="skipped").inc()
-        return Outcome("skipped")
+    run, refused = await _claim(services, run_id, redelivered, tenant_id)
+    if refused is not None or run is None:
+        TASK_EVENTS.labels(task=spec.name, event=refused.kind if refused else "skipped").inc()
+        return refused or Outcome("skipped")
     tenant_id_var.set(str(run.tenant_id))
     if request_id_var.get() is None and run.request_id:
         request_id_var.set(run.request_id)
@@ -141,7 +192,7 @@ async def _attempt(
     await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
     log = logging.LoggerAdapter(logger, {"task": spec.name, "attempt": run.attempts})
     try:
-        payload = spec.input_model.model_validate(run.payload)
+        payload = spec.validate(run.payload, services.settings.environment)
     except ValidationError as exc:
         error = InvalidPayloadError(
             f"payload does not match {spec.name}: {exc.error_count()} errors"

@@ -65,7 +65,11 @@ _CHANGED = (
 def _claim_statement(redelivered: bool, of_tenant: bool) -> Update:
     """Built once per shape: a worker claims runs in a tight loop, and building a statement
     costs more CPU than the database spends on it."""
-    claimable: ColumnElement[bool] = _RUNS.c.state.in_(CLAIMABLE)
+    # Only a run admitted to its tenant's share (platform.admission) starts; a delayed run
+    # comes due unadmitted, and the worker admits (or parks) it first.
+    claimable: ColumnElement[bool] = and_(
+        _RUNS.c.state.in_(CLAIMABLE), _RUNS.c.admitted_at.is_not(None)
+    )
     if redelivered:
         claimable = or_(claimable, _RUNS.c.state == RunState.STARTED)
     if of_tenant:
@@ -268,13 +272,17 @@ async def mark_published(session: AsyncSession, run_ids: list[uuid.UUID]) -> Non
 async def unpublished(
     session: AsyncSession, older_than: datetime, limit: int = 100
 ) -> list[TaskRun]:
-    """Accepted runs whose publish never completed (the gateway died in between), locked."""
+    """Accepted runs whose publish never completed (the gateway died in between), locked.
+    A run waiting for its tenant's share (not admitted) is not one of them; a delayed run is
+    published unadmitted (it is admitted when it comes due)."""
     statement = (
         select(TaskRun)
         .where(
             and_(
                 TaskRun.published_at.is_(None),
-                TaskRun.created_at < older_than,
+                or_(TaskRun.admitted_at.is_not(None), TaskRun.state == RunState.SCHEDULED),
+                # A run that waited for its tenant's share counts from its admission.
+                func.coalesce(TaskRun.admitted_at, TaskRun.created_at) < older_than,
                 TaskRun.state.in_((RunState.QUEUED, RunState.SCHEDULED)),
             )
         )

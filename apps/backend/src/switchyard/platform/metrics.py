@@ -25,7 +25,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from pydantic import SecretStr
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.db.models import DeadLetter
@@ -39,8 +39,13 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 RUNS_SUBMITTED = Counter(
     "switchyard_task_runs_submitted_total",
-    "Runs submitted through the API, by task and outcome (accepted, duplicate, broker_unavailable)",
+    "Runs submitted through the API, by task and outcome "
+    "(accepted, waiting (for its tenant's share), duplicate, broker_unavailable)",
     ["task", "outcome"],
+)
+RUNS_ADMITTED = Counter(
+    "switchyard_task_runs_admitted_total",
+    "Runs that waited for their tenant's share and were then admitted and published",
 )
 TASK_EVENTS = Counter(
     "switchyard_worker_tasks_total",
@@ -96,6 +101,13 @@ BEAT_PUBLISHED = Counter(
 )
 
 
+TENANT_METRICS_MAX = 100
+TENANT_STATES = {
+    "waiting_for_capacity": "admitted_at IS NULL AND state = 'queued'",
+    "in_flight": "admitted_at IS NOT NULL AND state IN ('queued', 'started', 'retrying')",
+}
+
+
 class BacklogSampler(threading.Thread):
     """Samples the depth of each work queue, the dead-letter queue and the archive."""
 
@@ -105,6 +117,9 @@ class BacklogSampler(threading.Thread):
         self.stopped = threading.Event()
         self.queue_depths: dict[str, float] = {}
         self.archive_size: float | None = None
+        # Per tenant, the busiest TENANT_METRICS_MAX of them: runs waiting for capacity and
+        # runs in flight (holding a slot of the tenant's share).
+        self.tenant_runs: dict[tuple[str, str], float] = {}
         self.sampled_at: float | None = None
         self.engine: AsyncEngine | None = None
 
@@ -144,6 +159,23 @@ class BacklogSampler(threading.Thread):
             )
         return float(count or 0)
 
+    async def sample_tenants(self, engine: AsyncEngine) -> dict[tuple[str, str], float]:
+        """Two scans of small partial indexes (ix_task_runs_waiting, ix_task_runs_in_flight),
+        whatever the ledger's size."""
+        counts: dict[tuple[str, str], float] = {}
+        async with engine.connect() as connection:
+            for state, condition in TENANT_STATES.items():
+                rows = await connection.execute(
+                    text(
+                        "SELECT tenant_id, count(*) AS n FROM task_runs WHERE "  # noqa: S608 - constants
+                        f"{condition} GROUP BY tenant_id ORDER BY n DESC LIMIT :limit"
+                    ),
+                    {"limit": TENANT_METRICS_MAX},
+                )
+                for tenant_id, n in rows:
+                    counts[(str(tenant_id), state)] = float(n)
+        return counts
+
     def sample(self, runner: asyncio.Runner, engine: AsyncEngine) -> None:
         try:
             self.queue_depths = self.sample_queues()
@@ -155,6 +187,11 @@ class BacklogSampler(threading.Thread):
         except Exception as exc:
             logger.warning("dead-letter archive not sampled", extra={"error": repr(exc)})
             self.archive_size = None
+        try:
+            self.tenant_runs = runner.run(self.sample_tenants(engine))
+        except Exception as exc:
+            logger.warning("tenant runs not sampled", extra={"error": repr(exc)})
+            self.tenant_runs = {}
         self.sampled_at = time.time()
 
     def start(self) -> None:
@@ -198,6 +235,15 @@ class BacklogCollector(Collector):
         for name, value in sorted(self.sampler.queue_depths.items()):
             depth.add_metric([name], value)
         yield depth
+        tenants = GaugeMetricFamily(
+            "switchyard_tenant_runs",
+            "Runs per tenant (the busiest ones): waiting_for_capacity, or in_flight (holding "
+            "a slot of its share: queued in the broker, started or retrying)",
+            labels=["tenant_id", "state"],
+        )
+        for (tenant_id, state), value in sorted(self.sampler.tenant_runs.items()):
+            tenants.add_metric([tenant_id, state], value)
+        yield tenants
         if self.sampler.archive_size is not None:
             yield GaugeMetricFamily(
                 "switchyard_dead_letter_archive_size",

@@ -10,7 +10,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -25,7 +25,13 @@ TASK_MODULES: Final = (
     "switchyard.datasources.tasks",
     "switchyard.documents.tasks",
 )
+# Test and demo tasks: outside production only, unless SYSTEM_TASKS_ENABLED (settings).
+SYSTEM_TASKS: Final = frozenset({"system.sleep", "system.fail"})
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+# Who may start a task over REST (POST /tasks/run, definitions): `public` tasks, by callers
+# with the task's `scope`; `internal` tasks, only the platform (their own endpoints, which
+# check their own scopes). Over REST an internal task is as unknown as a missing one.
+Access = Literal["public", "internal"]
 MIN_RETRY_DELAY_SECONDS: Final = 1
 
 InputT = TypeVar("InputT", bound=BaseModel)
@@ -73,9 +79,20 @@ class TaskSpec(Generic[InputT]):
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     soft_time_limit: float = 60.0
     time_limit: float = 90.0
+    access: Access = "public"
+    scope: str = "tasks:run"
 
     def input_schema(self) -> dict[str, Any]:
         return self.input_model.model_json_schema()
+
+    def validate(self, payload: Any, environment: str) -> InputT:
+        """The payload as the handler's input; the validators see the environment (a task may
+        refuse an input in production: system.fail's crash)."""
+        return self.input_model.model_validate(payload, context={"environment": environment})
+
+    def runnable_with(self, scopes: frozenset[str]) -> bool:
+        """Whether a caller with `scopes` may start it over REST."""
+        return self.access == "public" and self.scope in scopes
 
 
 class RegistryError(ValueError):
@@ -95,7 +112,17 @@ class TaskRegistry:
             raise RegistryError(f"task {spec.name!r}: unknown queue {spec.queue!r}")
         if not 0 < spec.soft_time_limit < spec.time_limit:
             raise RegistryError(f"task {spec.name!r}: need 0 < soft_time_limit < time_limit")
+        from switchyard.auth.scopes import SCOPES
+
+        if spec.scope not in SCOPES:
+            raise RegistryError(f"task {spec.name!r}: unknown scope {spec.scope!r}")
         self._tasks[spec.name] = spec
+
+    def without(self, names: frozenset[str]) -> TaskRegistry:
+        """A copy of this registry without the tasks `names`."""
+        copy = TaskRegistry()
+        copy._tasks = {name: spec for name, spec in self._tasks.items() if name not in names}
+        return copy
 
     def get(self, name: str) -> TaskSpec[Any] | None:
         return self._tasks.get(name)
@@ -116,6 +143,8 @@ def task(
     retry: RetryPolicy | None = None,
     soft_time_limit: float = 60.0,
     time_limit: float = 90.0,
+    access: Access = "public",
+    scope: str = "tasks:run",
 ) -> Callable[
     [Callable[[InputT, TaskContext], Awaitable[Any]]],
     Callable[[InputT, TaskContext], Awaitable[Any]],
@@ -135,6 +164,8 @@ def task(
                 retry=retry or RetryPolicy(),
                 soft_time_limit=soft_time_limit,
                 time_limit=time_limit,
+                access=access,
+                scope=scope,
             )
         )
         return handler
@@ -142,9 +173,11 @@ def task(
     return register
 
 
-def load_task_modules(extra: Sequence[str] = ()) -> TaskRegistry:
+def load_task_modules(extra: Sequence[str] = (), *, system_tasks: bool = True) -> TaskRegistry:
     """Import every module that declares tasks (the built-in ones, then `extra`: the
-    TASK_MODULES setting, a product's own); the registry is then complete."""
+    TASK_MODULES setting, a product's own); the registry is then complete. Without
+    `system_tasks` (production, unless SYSTEM_TASKS_ENABLED) the registry returned lacks
+    system.sleep and system.fail."""
     for module in (*TASK_MODULES, *extra):
         try:
             importlib.import_module(module)
@@ -152,4 +185,4 @@ def load_task_modules(extra: Sequence[str] = ()) -> TaskRegistry:
             if module in TASK_MODULES:
                 raise
             raise RoleConfigurationError(f"TASK_MODULES: cannot import {module!r}: {exc}") from exc
-    return registry
+    return registry if system_tasks else registry.without(SYSTEM_TASKS)

@@ -57,6 +57,8 @@ ABANDON_AFTER_SECONDS = 2.0
 # The watchdog's own connection, when it fails a run that blocks the loop.
 FATAL_WRITE_SECONDS = 10.0
 EXIT_LOOP_BLOCKED = 70
+# How often each worker process gives out slots no admission followed (see admission.py).
+ADMISSION_SWEEP_SECONDS = 2.0
 
 
 class TimeLimitExceededError(Exception):
@@ -125,6 +127,7 @@ class WorkerLoop:
         self._background = [
             asyncio.create_task(self._tick(), name="loop-tick"),
             asyncio.create_task(self._poll_cancelled(services), name="cancel-poll"),
+            asyncio.create_task(self._sweep_admissions(services), name="admission-sweep"),
         ]
         return services
 
@@ -263,6 +266,23 @@ class WorkerLoop:
         for flight in flights:
             self.loop.call_soon_threadsafe(self._stop, flight, reason)
         return len(flights)
+
+    async def _sweep_admissions(self, services: Services) -> None:
+        """Fair share's backstop in every worker process, with or without beat: slots freed
+        with no admission after them (a process killed between a run's end and the next
+        admission) go to the waiting runs within ADMISSION_SWEEP_SECONDS, and runs admitted
+        but never published (killed between the two) are published again after
+        TASK_REPUBLISH_AFTER_SECONDS."""
+        while True:
+            await asyncio.sleep(ADMISSION_SWEEP_SECONDS)
+            dispatcher = services.admission
+            if dispatcher is None or not dispatcher.enabled or self.stopping:
+                continue
+            try:
+                await dispatcher.sweep()
+                await dispatcher.republish_stale(self.settings.task_republish_after_seconds)
+            except Exception as exc:
+                logger.warning("admission sweep failed", extra={"error": repr(exc)})
 
     async def _poll_cancelled(self, services: Services) -> None:
         """Runs cancelled through the API while they run here stop within one poll."""

@@ -201,7 +201,7 @@ def hand_back_delay(returned: int) -> int:
 
 
 def _settle(task: Task, spec: TaskSpec[Any], run_id: str, outcome: Outcome, amqp: bool) -> None:
-    if outcome.kind in ("skipped", "cancelled"):
+    if outcome.kind in ("skipped", "cancelled", "parked"):
         raise Ignore()  # acked, and logged by Celery as ignored, not as a success
     if outcome.kind == "requeue":
         # Stopped by a shutdown before it finished: the broker hands it to another worker,

@@ -32,7 +32,7 @@ async def _serve(settings: Settings) -> None:
         beat = Beat(
             services,
             broker.publisher,
-            load_task_modules(settings.task_modules),
+            load_task_modules(settings.task_modules, system_tasks=settings.system_tasks_on),
             settings.heartbeat_file("beat"),
         )
         await beat.run(stop)

@@ -86,18 +86,19 @@ def run(settings: Settings, service_type: str = "worker") -> int:
 
 def run_process(settings: Settings, index: int, service_type: str = "worker") -> int:
     """One worker process: Celery's consumer and `threads` pool, the runs on one loop."""
-    from switchyard.platform import runtime
+    from switchyard.platform import admission, runtime
     from switchyard.platform.broker import Broker
     from switchyard.platform.registry import load_task_modules
     from switchyard.platform.worker import configure_worker
 
     broker = Broker.create(settings)
     assert broker is not None
-    runtime.start(settings, service_type)
+    loop = runtime.start(settings, service_type)
+    admission.install(loop.services, broker.publisher)
     try:
         configure_worker(
             broker.celery,
-            load_task_modules(settings.task_modules),
+            load_task_modules(settings.task_modules, system_tasks=settings.system_tasks_on),
             process_heartbeat(settings, index),
             settings,
         )

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -24,6 +25,9 @@ from switchyard.services.objects import ObjectStore, create_object_store
 from switchyard.services.redis import RedisBreaker
 from switchyard.services.vectors import VectorStore
 from switchyard.settings import Settings
+
+if TYPE_CHECKING:
+    from switchyard.platform.admission import Dispatcher
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,9 @@ class Services:
     embedder: Embedder = field(init=False)
     cpu: CpuPool = field(init=False)
     binds: dict[str, Bind] = field(init=False)
+    # Admits and publishes waiting runs when a slot of a tenant's share frees (fair share);
+    # set by a role with a broker (admission.install).
+    admission: Dispatcher | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings

@@ -7,7 +7,7 @@ import os
 import signal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from switchyard.platform.registry import RetryPolicy, TaskContext, task
 
@@ -38,7 +38,18 @@ class FailInput(BaseModel):
         description="Fail while this fault flag exists in the cache",
     )
     retryable: bool = Field(default=True, description="Raise a retryable error")
-    crash: bool = Field(default=False, description="Kill the worker process instead of raising")
+    crash: bool = Field(
+        default=False,
+        description="Kill the worker process instead of raising (never in production)",
+    )
+
+    @field_validator("crash")
+    @classmethod
+    def _no_crash_in_production(cls, value: bool, info: ValidationInfo) -> bool:
+        # Checked on submission and again by the worker before the handler runs.
+        if value and (info.context or {}).get("environment", "production") == "production":
+            raise ValueError("crash is refused in production")
+        return value
 
 
 @task(

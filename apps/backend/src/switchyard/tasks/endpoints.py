@@ -25,7 +25,7 @@ from switchyard.dependencies import (
 )
 from switchyard.errors import ConflictError
 from switchyard.logging import request_id_var
-from switchyard.platform import ledger
+from switchyard.platform import admission, ledger
 from switchyard.platform.broker import Broker
 from switchyard.platform.registry import TaskRegistry
 from switchyard.services.container import Services
@@ -40,6 +40,8 @@ from switchyard.tasks.schemas import (
     RunOut,
     RunPage,
     RunRequest,
+    ShareOut,
+    state_detail,
 )
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -61,24 +63,38 @@ async def accept_run(
     *,
     idempotency_key: str | None = None,
     replay_of: uuid.UUID | None = None,
+    over_rest: bool = False,
 ) -> tuple[TaskRun, RunAccepted]:
     """Submit a run for a route: the ledger row, the publish, and a 202 with its Location;
-    the run records who submitted it."""
+    the run records who submitted it. `over_rest`: the caller names the task (POST
+    /tasks/run, a replay), so it must be one the caller may run."""
     assert services.sessions is not None
     marks = cast(ledger.PublishedMarks, request.app.state.published_marks)
+    submitter = service.Submitter(
+        principal.tenant_id,
+        request_id_var.get(),
+        principal.actor,
+        scopes=principal.scopes if over_rest else None,
+        internal_ok=replay_of is not None,
+    )
     run, _ = await service.submit(
         services.sessions,
         broker.publisher,
         marks,
         registry,
         body,
-        service.Submitter(principal.tenant_id, request_id_var.get(), principal.actor),
+        submitter,
         idempotency_key=idempotency_key,
         max_countdown=services.settings.task_max_countdown_seconds,
+        settings=services.settings,
+        dispatcher=services.admission,
         replay_of=replay_of,
     )
     response.headers["Location"] = _run_location(request, run.id)
-    return run, RunAccepted(task_id=run.id, state=run.state, eta=run.eta)
+    accepted = RunAccepted(
+        task_id=run.id, state=run.state, state_detail=state_detail(run), eta=run.eta
+    )
+    return run, accepted
 
 
 def _run_location(request: Request, run_id: uuid.UUID) -> str:
@@ -94,11 +110,12 @@ def _run_location(request: Request, run_id: uuid.UUID) -> str:
 
 @router.get("/registered", dependencies=[Depends(require_scope("tasks:read"))])
 async def registered_tasks(
-    registry: RegistryDep, session: SessionDep, tenant_id: TenantDep
+    registry: RegistryDep, session: SessionDep, principal: PrincipalDep
 ) -> RegisteredTasks:
-    definitions = await repository.definitions(session, tenant_id)
+    """The tasks the caller may run (public ones whose scope it holds), and its definitions."""
+    definitions = await repository.definitions(session, principal.tenant_id)
     return RegisteredTasks(
-        tasks=service.registered(registry),
+        tasks=service.registered(registry, principal.scopes),
         definitions=[DefinitionOut.of(definition) for definition in definitions],
     )
 
@@ -109,9 +126,17 @@ async def registered_tasks(
     dependencies=[Depends(require_scope("tasks:admin"))],
 )
 async def register_definition(
-    body: DefinitionIn, registry: RegistryDep, session: SessionDep, tenant_id: TenantDep
+    body: DefinitionIn,
+    registry: RegistryDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    services: ServicesDep,
 ) -> DefinitionOut:
-    return DefinitionOut.of(await service.create_definition(session, registry, tenant_id, body))
+    editor = service.Editor(principal.scopes, services.settings.environment)
+    definition = await service.create_definition(
+        session, registry, principal.tenant_id, body, editor
+    )
+    return DefinitionOut.of(definition)
 
 
 @router.get("/definitions/{name}", dependencies=[Depends(require_scope("tasks:read"))])
@@ -125,9 +150,13 @@ async def update_definition(
     patch: DefinitionPatch,
     registry: RegistryDep,
     session: SessionDep,
-    tenant_id: TenantDep,
+    principal: PrincipalDep,
+    services: ServicesDep,
 ) -> DefinitionOut:
-    definition = await service.update_definition(session, registry, tenant_id, name, patch)
+    editor = service.Editor(principal.scopes, services.settings.environment)
+    definition = await service.update_definition(
+        session, registry, principal.tenant_id, name, patch, editor
+    )
     return DefinitionOut.of(definition)
 
 
@@ -165,6 +194,7 @@ async def run_task(
         registry,
         principal,
         idempotency_key=idempotency_key,
+        over_rest=True,
     )
     return accepted
 
@@ -173,6 +203,7 @@ async def run_task(
 async def list_runs(
     session: SessionDep,
     tenant_id: TenantDep,
+    services: ServicesDep,
     state: RunState | None = None,
     task: str | None = Query(default=None, max_length=200),
     cursor: str | None = Query(default=None, max_length=200),
@@ -183,7 +214,20 @@ async def list_runs(
         session, tenant_id, state=state, task=task, after=after, limit=limit
     )
     page, next_cursor = pagination.cut(rows, limit)
-    return RunPage(items=[RunOut.of(run) for run in page], next_cursor=next_cursor)
+    connection = await session.connection()
+    share = await admission.share(
+        connection, tenant_id, services.settings.tenant_max_runs_in_flight
+    )
+    return RunPage(
+        items=[RunOut.of(run) for run in page],
+        next_cursor=next_cursor,
+        share=ShareOut(
+            limit=share.limit,
+            in_flight=share.in_flight,
+            started=share.started,
+            waiting_for_capacity=share.waiting_for_capacity,
+        ),
+    )
 
 
 @router.get("/dead-letters", dependencies=[Depends(require_scope("tasks:read"))])
@@ -228,6 +272,7 @@ async def replay_dead_letter(
         principal,
         idempotency_key=service.replay_key(letter.id),
         replay_of=letter.run_id,
+        over_rest=True,
     )
     letter.replayed_run_id = run.id
     return accepted
@@ -263,6 +308,8 @@ async def cancel_run(
     run = await service.cancel(session, tenant_id, task_id)
     await session.commit()
     await follow.announce(services, run)
+    if services.admission is not None and run.admitted_at is not None:
+        await services.admission.released(tenant_id)  # its slot is free for the next run
     return RunOut.of(run)
 
 

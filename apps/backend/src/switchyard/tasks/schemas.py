@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -15,6 +15,14 @@ from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
 DefinitionName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,199}$")]
 TaskName = Annotated[str, Field(min_length=3, max_length=200)]
 Payload = dict[str, Any]
+# Why a `queued` run has not started: its tenant has its share of runs in flight already.
+StateDetail = Literal["waiting_for_capacity"]
+
+
+def state_detail(run: TaskRun) -> StateDetail | None:
+    if run.state is RunState.QUEUED and run.admitted_at is None:
+        return "waiting_for_capacity"
+    return None
 
 
 class CronSchedule(BaseModel):
@@ -60,6 +68,7 @@ class RetryPolicyOut(BaseModel):
 class RegisteredTask(BaseModel):
     name: str
     description: str
+    scope: str = Field(description="The scope a caller needs to run it (POST /tasks/run)")
     queue: str
     retry: RetryPolicyOut
     soft_time_limit: float
@@ -145,6 +154,7 @@ class RunRequest(BaseModel):
 class RunAccepted(BaseModel):
     task_id: uuid.UUID
     state: RunState
+    state_detail: StateDetail | None = None
     eta: datetime | None = None
 
 
@@ -159,6 +169,11 @@ class RunOut(BaseModel):
     definition_id: uuid.UUID | None
     queue: str
     state: RunState
+    state_detail: StateDetail | None = Field(
+        default=None,
+        description="waiting_for_capacity: queued behind the tenant's own runs in flight "
+        "(TENANT_MAX_RUNS_IN_FLIGHT); it starts when one of them finishes",
+    )
     payload: Payload
     result: Any | None
     error: RunError | None
@@ -180,6 +195,7 @@ class RunOut(BaseModel):
             definition_id=run.definition_id,
             queue=run.queue,
             state=run.state,
+            state_detail=state_detail(run),
             payload=run.payload,
             result=run.result,
             error=RunError(type=run.error_type, message=run.error_message)
@@ -197,9 +213,21 @@ class RunOut(BaseModel):
         )
 
 
+class ShareOut(BaseModel):
+    """The caller's tenant's share of the workers, now."""
+
+    limit: int | None = Field(description="Runs it may have in flight at once; null: no cap")
+    in_flight: int = Field(
+        description="Runs holding a slot: queued in the broker, started, or retrying"
+    )
+    started: int
+    waiting_for_capacity: int = Field(description="Queued runs waiting for a free slot")
+
+
 class RunPage(BaseModel):
     items: list[RunOut]
     next_cursor: str | None
+    share: ShareOut | None = None
 
 
 class DeadLetterOut(BaseModel):

@@ -12,22 +12,25 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
 from switchyard.errors import (
     ConflictError,
+    ForbiddenError,
     InvalidInputError,
     NotFoundError,
     ServiceUnavailableError,
 )
-from switchyard.platform import ledger
+from switchyard.platform import admission, ledger
+from switchyard.platform.admission import Dispatcher
 from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.topology import WORK_QUEUES
 from switchyard.services.cache import Cache
 from switchyard.services.outages import RETRY_AFTER_SECONDS
+from switchyard.settings import Settings
 from switchyard.tasks import repository
 from switchyard.tasks.schemas import (
     DefinitionIn,
@@ -47,6 +50,24 @@ class Submitter:
     tenant_id: uuid.UUID
     request_id: str | None
     submitted_by: str | None
+    # The caller's scopes when the run comes over REST (POST /tasks/run): the task must be
+    # public and the scope its. None: the platform submits (an upload's ingestion run).
+    scopes: frozenset[str] | None = None
+    # A replay may re-run an internal task: its payload is the platform's own, kept with the
+    # dead letter, and replaying needs tasks:admin.
+    internal_ok: bool = False
+
+
+def check_access(spec: TaskSpec[Any], submitter: Submitter) -> None:
+    """Internal tasks are unknown over REST (404); a missing scope is 403 naming it."""
+    if submitter.scopes is None:
+        return
+    if spec.access == "internal":
+        if submitter.internal_ok:
+            return
+        raise NotFoundError(f"No task named {spec.name!r} is registered.")
+    if spec.scope not in submitter.scopes:
+        raise ForbiddenError(f"Running {spec.name} needs the scope {spec.scope!r}.")
 
 
 def replay_key(letter_id: uuid.UUID) -> str:
@@ -54,11 +75,13 @@ def replay_key(letter_id: uuid.UUID) -> str:
     return f"replay:{letter_id}"
 
 
-def registered(registry: TaskRegistry) -> list[RegisteredTask]:
+def registered(registry: TaskRegistry, scopes: frozenset[str]) -> list[RegisteredTask]:
+    """The tasks a caller with `scopes` may run over REST."""
     return [
         RegisteredTask(
             name=spec.name,
             description=spec.description,
+            scope=spec.scope,
             queue=spec.queue,
             retry=RetryPolicyOut(
                 max_retries=spec.retry.max_retries,
@@ -72,23 +95,31 @@ def registered(registry: TaskRegistry) -> list[RegisteredTask]:
             input_schema=spec.input_schema(),
         )
         for spec in registry.all()
+        if spec.runnable_with(scopes)
     ]
 
 
-def _spec(registry: TaskRegistry, name: str, field: str) -> TaskSpec[Any]:
+def _spec(
+    registry: TaskRegistry, name: str, field: str, scopes: frozenset[str] | None
+) -> TaskSpec[Any]:
+    """A task a definition names: unknown (or internal, for a caller) is 422 on `field`."""
     spec = registry.get(name)
-    if spec is None:
+    if spec is None or (scopes is not None and spec.access == "internal"):
         raise InvalidInputError(
             f"No task named {name!r} is registered.",
             [{"field": field, "message": "unknown task", "type": "unknown_task"}],
         )
+    if scopes is not None and spec.scope not in scopes:
+        raise ForbiddenError(f"Running {spec.name} needs the scope {spec.scope!r}.")
     return spec
 
 
-def validate_payload(spec: TaskSpec[Any], payload: dict[str, Any], field: str) -> None:
+def validate_payload(
+    spec: TaskSpec[Any], payload: dict[str, Any], field: str, environment: str
+) -> None:
     """422 naming each failing payload field, before anything is stored or published."""
     try:
-        spec.input_model.model_validate(payload)
+        spec.validate(payload, environment)
     except ValidationError as exc:
         errors = [
             {
@@ -146,10 +177,15 @@ async def submit(
     *,
     idempotency_key: str | None,
     max_countdown: int,
+    settings: Settings,
+    dispatcher: Dispatcher | None = None,
     replay_of: uuid.UUID | None = None,
 ) -> tuple[TaskRun, bool]:
     """Record the run, then publish it: (run, created). A run is in the ledger before the broker
-    sees it; if the broker refuses, the run is removed again and the caller gets 503."""
+    sees it; if the broker refuses, the run is removed again and the caller gets 503.
+
+    With fair share on (TENANT_MAX_RUNS_IN_FLIGHT > 0) a run is published only once it is
+    admitted to its tenant's share (platform.admission); until then it waits, `queued`."""
     async with sessions() as session:
         definition = None
         if request.definition is not None:
@@ -158,19 +194,20 @@ async def submit(
             )
             if definition is None:
                 raise NotFoundError(f"No task definition named {request.definition!r}.")
-            spec = _spec(registry, definition.task, "body.definition")
+            spec = _spec(registry, definition.task, "body.definition", None)
         else:
             assert request.task is not None
             found = registry.get(request.task)
             if found is None:
                 raise NotFoundError(f"No task named {request.task!r} is registered.")
             spec = found
+        check_access(spec, submitter)
         payload = (
             request.payload
             if request.payload is not None
             else (definition.payload if definition else {})
         )
-        validate_payload(spec, payload, "body.payload")
+        validate_payload(spec, payload, "body.payload", settings.environment)
         queue = _queue(request.queue, "body.queue") or (definition.queue if definition else None)
         eta = _eta(request, max_countdown)
         request_hash = _request_hash(request)
@@ -198,7 +235,7 @@ async def submit(
         replay_of=replay_of,
     )
     try:
-        await ledger.record(sessions, run)
+        admitted = await _store(sessions, run, settings.tenant_max_runs_in_flight)
     except IntegrityError:
         async with sessions() as session:
             assert idempotency_key is not None
@@ -208,8 +245,33 @@ async def submit(
         if existing is None:
             raise
         return _duplicate(existing, request_hash), False
+    if admitted is not None:
+        others = [entry for entry in admitted if entry.id != run.id]
+        if others and dispatcher is not None:
+            await dispatcher.publish(others)  # older runs of the tenant that waited
+        if len(others) == len(admitted):
+            RUNS_SUBMITTED.labels(task=run.task, outcome="waiting").inc()
+            return run, True  # waits for a slot; whoever frees one publishes it
+        run.admitted_at = datetime.now(UTC)
     await publish(sessions, publisher, marks, run)
     return run, True
+
+
+async def _store(
+    sessions: async_sessionmaker[AsyncSession], run: TaskRun, cap: int
+) -> list[admission.Admitted] | None:
+    """Insert the run. With fair share on, admit in the same transaction what its tenant has
+    room for (the runs returned; this one among them unless it waits); None: no admission
+    now (fair share off, the run admitted as it is stored; or a delayed run, admitted when
+    it comes due)."""
+    if cap == 0:
+        run.admitted_at = datetime.now(UTC)
+    if cap == 0 or run.eta is not None:
+        await ledger.record(sessions, run)
+        return None
+    bind = sessions.kw.get("bind")
+    assert isinstance(bind, AsyncEngine)
+    return await admission.record(bind, run, cap)
 
 
 def _duplicate(existing: TaskRun, request_hash: str) -> TaskRun:
@@ -275,18 +337,31 @@ async def cancel(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID)
     return cancelled
 
 
+@dataclass(frozen=True)
+class Editor:
+    """Who changes a definition: the scopes it must hold for the task, and the environment
+    the payload is checked in."""
+
+    scopes: frozenset[str]
+    environment: str
+
+
 def _definition_fields(
-    registry: TaskRegistry, task: str, payload: dict[str, Any], queue: str | None
+    registry: TaskRegistry, task: str, payload: dict[str, Any], queue: str | None, editor: Editor
 ) -> None:
-    spec = _spec(registry, task, "body.task")
-    validate_payload(spec, payload, "body.payload")
+    spec = _spec(registry, task, "body.task", editor.scopes)
+    validate_payload(spec, payload, "body.payload", editor.environment)
     _queue(queue, "body.queue")
 
 
 async def create_definition(
-    session: AsyncSession, registry: TaskRegistry, tenant_id: uuid.UUID, body: DefinitionIn
+    session: AsyncSession,
+    registry: TaskRegistry,
+    tenant_id: uuid.UUID,
+    body: DefinitionIn,
+    editor: Editor,
 ) -> TaskDefinition:
-    _definition_fields(registry, body.task, body.payload, body.queue)
+    _definition_fields(registry, body.task, body.payload, body.queue, editor)
     if await repository.definition_by_name(session, tenant_id, body.name) is not None:
         raise ConflictError(f"A task definition named {body.name!r} exists.")
     definition = TaskDefinition(
@@ -321,12 +396,13 @@ async def update_definition(
     tenant_id: uuid.UUID,
     name: str,
     patch: DefinitionPatch,
+    editor: Editor,
 ) -> TaskDefinition:
     definition = await get_definition(session, tenant_id, name)
     changes = patch.model_dump(exclude_unset=True)
     payload = changes.get("payload", definition.payload)
     queue = changes.get("queue", definition.queue)
-    _definition_fields(registry, definition.task, payload, queue)
+    _definition_fields(registry, definition.task, payload, queue, editor)
     for key, value in changes.items():
         setattr(definition, key, value)
     if "schedule" in changes:

@@ -12,7 +12,13 @@ from switchyard.auth.endpoints import tenant_summary
 from switchyard.auth.schemas import TenantSummary
 from switchyard.auth.service import create_tenant
 from switchyard.db.models import Tenant, TenantStatus
-from switchyard.dependencies import PrincipalDep, SessionDep, SuperuserDep, TenantAdminDep
+from switchyard.dependencies import (
+    PrincipalDep,
+    ServicesDep,
+    SessionDep,
+    SuperuserDep,
+    TenantAdminDep,
+)
 from switchyard.errors import NotFoundError
 
 router = APIRouter(prefix="/tenants", tags=["tenants"])
@@ -29,6 +35,19 @@ class TenantPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
+
+
+class TenantLimits(BaseModel):
+    """What the platform superuser may set on a tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_runs_in_flight: int | None = Field(
+        ge=1,
+        le=100_000,
+        description="Runs of this tenant in flight at once across all workers; null: the "
+        "TENANT_MAX_RUNS_IN_FLIGHT default",
+    )
 
 
 async def _tenant(session: SessionDep, tenant_id: uuid.UUID) -> Tenant:
@@ -81,6 +100,25 @@ async def suspend_tenant(
 ) -> TenantSummary:
     """Its users' tokens and its API keys get 403 until it is activated again."""
     return await _set_status(session, tenant_id, TenantStatus.SUSPENDED)
+
+
+@router.patch("/{tenant_id}")
+async def set_tenant_limits(
+    tenant_id: uuid.UUID,
+    body: TenantLimits,
+    _: SuperuserDep,
+    session: SessionDep,
+    services: ServicesDep,
+) -> TenantSummary:
+    """A tenant's own fair-share cap; raising it admits its waiting runs at once."""
+    tenant = await _tenant(session, tenant_id)
+    tenant.max_runs_in_flight = body.max_runs_in_flight
+    await session.flush()
+    summary = tenant_summary(tenant)
+    await session.commit()
+    if services.admission is not None and services.admission.enabled:
+        await services.admission.dispatch(tenant_id)
+    return summary
 
 
 @router.post("/{tenant_id}/activate")

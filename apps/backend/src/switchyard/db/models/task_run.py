@@ -45,6 +45,21 @@ class TaskRun(UUIDPrimaryKey, Timestamps, Base):
             "created_at",
             postgresql_where=text("published_at IS NULL"),
         ),
+        # Fair share (platform.admission): a tenant's runs waiting for capacity, oldest
+        # first, and its runs holding a slot.
+        Index(
+            "ix_task_runs_waiting",
+            "tenant_id",
+            "created_at",
+            postgresql_where=text("admitted_at IS NULL AND state = 'queued'"),
+        ),
+        Index(
+            "ix_task_runs_in_flight",
+            "tenant_id",
+            postgresql_where=text(
+                "admitted_at IS NOT NULL AND state IN ('queued', 'started', 'retrying')"
+            ),
+        ),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -63,6 +78,9 @@ class TaskRun(UUIDPrimaryKey, Timestamps, Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the run got a slot of its tenant's share; NULL while it waits for capacity (and
+    # for a delayed run until it is due). See platform.admission.
+    admitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import String
+from sqlalchemy import CheckConstraint, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from switchyard.db.base import Base, Timestamps, UUIDPrimaryKey, string_enum
@@ -21,6 +21,9 @@ class Tenant(UUIDPrimaryKey, Timestamps, Base):
     """An isolated customer organisation; every other row belongs to one."""
 
     __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint("max_runs_in_flight > 0", name="max_runs_in_flight_positive"),
+    )
 
     name: Mapped[str] = mapped_column(String(200))
     slug: Mapped[str] = mapped_column(String(63), unique=True)
@@ -29,3 +32,6 @@ class Tenant(UUIDPrimaryKey, Timestamps, Base):
         default=TenantStatus.ACTIVE,
         server_default=TenantStatus.ACTIVE.value,
     )
+    # Runs in flight at once across all workers; NULL: TENANT_MAX_RUNS_IN_FLIGHT. Set by the
+    # platform superuser (PATCH /tenants/{id}).
+    max_runs_in_flight: Mapped[int | None] = mapped_column()
