@@ -11,8 +11,9 @@ each tenant's messages long. A run over the cap is recorded ``queued`` with no
 A slot frees when a run becomes final; whoever made it final (the worker, a cancel, the dead
 letter archive) admits that tenant's next waiting runs, oldest first, and publishes them. The
 beat leader (every tick) and every worker process (every 2 s) sweep as a backstop (a worker
-killed between the two, a raised cap), admitting round robin across tenants. Each admission holds a transaction-scoped advisory lock
-on its tenant, so two processes admitting for one tenant at once never pass its cap.
+killed between the two, a raised cap), admitting round robin across tenants. Each admission
+holds a transaction-scoped advisory lock on its tenant, so two processes admitting for one
+tenant at once never pass its cap.
 
 Delayed runs wait in the broker's delay queues unadmitted; when one comes due, the worker
 admits it then, or, when its tenant is at the cap, parks it (``queued``, unpublished) for
