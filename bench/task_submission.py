@@ -10,6 +10,7 @@ implementation of it on this machine.
 
 Targets: >= 2x Flower's requests per second; >= 0.5x the plain publish loop.
 Usage: uv run python -m bench.task_submission [--rounds 3] [--seconds 8] [--connections 16]
+       [--tenant-cap 1000]
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--tenant-cap", type=int, default=1000, help="TENANT_MAX_RUNS_IN_FLIGHT of the gateway"
+    )
     args = parser.parse_args(argv)
 
     gateway_port, flower_port, bare_port = free_port(), free_port(), free_port()
@@ -91,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             CELERY_BROKER_URL=broker,
             API_HOST="127.0.0.1",
             API_PORT=str(gateway_port),
+            # Fair share: admission counts the tenant's runs in flight up to its cap; a run
+            # past the cap is stored and not published (cheaper). 0: fair share off.
+            TENANT_MAX_RUNS_IN_FLIGHT=str(args.tenant_cap),
         )
         flower_env = role_env(BENCH_BROKER_URL=broker, FLOWER_UNAUTHENTICATED_API="true")
         bare_env = {

@@ -116,3 +116,11 @@ def test_io_bound_compares_every_system(repo_root: Path) -> None:
         assert row in out
     assert "PostgreSQL connections <= pool + overflow" in out
     assert "1.00x" in out  # Switchyard against itself
+
+
+def test_fairness_compares_fair_share_with_fifo(repo_root: Path) -> None:
+    out = bench(repo_root, "fairness", "--runs=30", "--cap=5", "--concurrency=10")
+    for row in ("FIFO (fair share off)", "fair share (cap 5)"):
+        assert row in out
+    assert "B's p99 wait with fair share <= 2 s" in out
+    assert "A's throughput with fair share >= 0.9x FIFO" in out

@@ -53,9 +53,14 @@ _RUNS = cast(Table, TaskRun.__table__)
 _LOCK = text("SELECT pg_advisory_xact_lock(:namespace, hashtext(CAST(:tenant AS text)))")
 # The tenant's own cap if the superuser set one, else the setting; 0 means no cap.
 _CAP = "COALESCE((SELECT max_runs_in_flight FROM tenants WHERE id = :tenant), :default_cap)"
-_IN_FLIGHT = (
-    "SELECT count(*) FROM task_runs WHERE tenant_id = :tenant AND admitted_at IS NOT NULL "
-    "AND state IN ('queued', 'started', 'retrying')"
+_HOLDING = (
+    "tenant_id = :tenant AND admitted_at IS NOT NULL AND state IN ('queued', 'started', 'retrying')"
+)
+_IN_FLIGHT = f"SELECT count(*) FROM task_runs WHERE {_HOLDING}"  # noqa: S608 - constants
+# Counted only up to the cap (`n`): what admission needs, at a cost bounded by the cap, not by
+# how many runs a tenant has in flight (more than its cap only after its cap was lowered).
+_IN_FLIGHT_UP_TO_CAP = (
+    f"SELECT count(*) FROM (SELECT 1 FROM task_runs WHERE {_HOLDING} LIMIT n) AS held"  # noqa: S608
 )
 # LIMIT NULL is no limit: an uncapped tenant's waiting runs are all admitted.
 _ADMIT = text(
@@ -66,7 +71,8 @@ _ADMIT = text(
         SELECT id FROM task_runs
         WHERE tenant_id = :tenant AND admitted_at IS NULL AND state = 'queued'
         ORDER BY created_at
-        LIMIT (SELECT CASE WHEN n = 0 THEN NULL ELSE greatest(0, n - ({_IN_FLIGHT})) END
+        LIMIT (SELECT CASE WHEN n = 0 THEN NULL ELSE greatest(0, n - ({_IN_FLIGHT_UP_TO_CAP}))
+                      END
                FROM cap)
         FOR UPDATE SKIP LOCKED
     )
@@ -77,7 +83,7 @@ _ADMIT_DUE = text(
     f"""
     UPDATE task_runs SET admitted_at = now()
     WHERE id = :run_id AND admitted_at IS NULL AND state IN ('queued', 'scheduled', 'retrying')
-      AND (SELECT CASE WHEN n = 0 THEN true ELSE ({_IN_FLIGHT}) < n END
+      AND (SELECT CASE WHEN n = 0 THEN true ELSE ({_IN_FLIGHT_UP_TO_CAP}) < n END
            FROM (SELECT {_CAP} AS n) AS cap)
     RETURNING id
     """  # noqa: S608 - constant fragments; every value is a bound parameter
@@ -103,8 +109,8 @@ _COUNTS = text(
       (SELECT count(*) FROM task_runs WHERE tenant_id = :tenant AND admitted_at IS NULL
          AND state = 'queued') AS waiting,
       ({_IN_FLIGHT}) AS in_flight,
-      (SELECT count(*) FROM task_runs WHERE tenant_id = :tenant AND state = 'started')
-         AS started,
+      (SELECT count(*) FROM task_runs WHERE tenant_id = :tenant AND admitted_at IS NOT NULL
+         AND state = 'started') AS started,
       {_CAP} AS cap
     """  # noqa: S608 - constant fragments; every value is a bound parameter
 )
