@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.api.app import create_app
@@ -35,10 +36,17 @@ RUN_SECONDS = 1.0
 
 
 @pytest.fixture
+def engine(own_engine: AsyncEngine) -> AsyncEngine:
+    """This test's own database (tests.fixtures.postgres.own_database)."""
+    return own_engine
+
+
+@pytest.fixture
 async def gateway(
-    make_settings: SettingsFactory, own_broker: str
+    make_settings: SettingsFactory, own_broker: str, own_database: URL
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = make_settings(
+        database_url=own_database.render_as_string(hide_password=False),
         celery_broker_url=own_broker,
         task_delivery_limit=DELIVERY_LIMIT,
         tenant_max_runs_in_flight=CAP,
@@ -97,6 +105,7 @@ async def test_another_tenant_starts_while_a_backlog_drains_within_its_cap(
         task_env,
         own_broker,
         tmp_path / "worker",
+        DATABASE_URL=engine.url.render_as_string(hide_password=False),
         WORKER_CONCURRENCY="10",
         TENANT_MAX_RUNS_IN_FLIGHT=str(CAP),
         WORKER_METRICS_PORT=str(metrics_port),

@@ -20,6 +20,7 @@ import pytest
 from fastapi import FastAPI
 from kombu import Connection
 from sqlalchemy import select, update
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.api.app import create_app
@@ -40,8 +41,18 @@ SUPERUSER_PASSWORD = "fair-share-superuser-pw-1"
 
 
 @pytest.fixture
-def settings(make_settings: SettingsFactory, own_broker: str, tmp_path: Path) -> Settings:
+def engine(own_engine: AsyncEngine) -> AsyncEngine:
+    """This test's own database: the session's workers sweep the session's database for
+    waiting runs (with the default cap, not this test's) and would admit these."""
+    return own_engine
+
+
+@pytest.fixture
+def settings(
+    make_settings: SettingsFactory, own_broker: str, own_database: URL, tmp_path: Path
+) -> Settings:
     return make_settings(
+        database_url=own_database.render_as_string(hide_password=False),
         celery_broker_url=own_broker,
         task_delivery_limit=DELIVERY_LIMIT,
         tenant_max_runs_in_flight=CAP,
@@ -191,7 +202,7 @@ async def test_every_entry_waits_for_its_tenants_share(
     assert broker is not None
     try:
         beat = Beat(services, broker.publisher, load_task_modules(), Path("beat.heartbeat"))
-        assert await beat.publish_due(datetime.now(UTC)) == 1
+        assert await beat.publish_due(datetime.now(UTC)) >= 1  # other tests' are due too
     finally:
         await services.close()
         broker.close()

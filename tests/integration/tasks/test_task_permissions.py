@@ -116,6 +116,14 @@ async def test_a_public_task_needs_its_scope(
     assert repr(spec.scope) in refused.json()["detail"]
     listed = await client.get("/api/v1/tasks/registered", headers=without)
     assert spec.name not in {task["name"] for task in listed.json()["tasks"]}
+    if spec.scope != "tasks:admin":  # a definition needs tasks:admin and the task's scope
+        defined = await client.post(
+            "/api/v1/tasks/register",
+            json={"name": uuid.uuid4().hex[:8], "task": spec.name, "payload": body["payload"]},
+            headers=without,
+        )
+        assert defined.status_code == 403, defined.text
+        assert repr(spec.scope) in defined.json()["detail"]
 
     allowed = await key_with(client, owner, {spec.scope, "tasks:read"})
     accepted = await client.post("/api/v1/tasks/run", json=body, headers=allowed)

@@ -11,7 +11,9 @@ each tenant's messages long. A run over the cap is recorded ``queued`` with no
 A slot frees when a run becomes final; whoever made it final (the worker, a cancel, the dead
 letter archive) admits that tenant's next waiting runs, oldest first, and publishes them. The
 beat leader (every tick) and every worker process (every 2 s) sweep as a backstop (a worker
-killed between the two, a raised cap), admitting round robin across tenants. Each admission
+killed between the two, a raised cap), admitting round robin across tenants. They publish
+before their transaction commits, so a process killed in between leaves no run admitted and
+unpublished. Each admission
 holds a transaction-scoped advisory lock on its tenant, so two processes admitting for one
 tenant at once never pass its cap.
 
@@ -25,14 +27,13 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy import Table, insert, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.db.models import TaskRun
-from switchyard.platform import ledger
 from switchyard.platform.metrics import RUNS_ADMITTED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.services.postgres import once_more_if_dropped
@@ -95,6 +96,7 @@ _PARK = text(
     RETURNING id
     """
 )
+_ADMITTED = text("SELECT admitted_at IS NOT NULL FROM task_runs WHERE id = :run_id")
 _HAS_WAITING = text(
     "SELECT EXISTS (SELECT 1 FROM task_runs WHERE tenant_id = :tenant "
     "AND admitted_at IS NULL AND state = 'queued')"
@@ -114,6 +116,9 @@ _COUNTS = text(
       {_CAP} AS cap
     """  # noqa: S608 - constant fragments; every value is a bound parameter
 )
+
+
+_MARK = text("UPDATE task_runs SET published_at = now() WHERE id = ANY(:ids)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +177,16 @@ async def record(engine: AsyncEngine, run: TaskRun, default_cap: int) -> list[Ad
 async def admit_due(
     connection: AsyncConnection, run_id: uuid.UUID, tenant_id: uuid.UUID, default_cap: int
 ) -> bool:
-    """A delayed run come due (delivered unadmitted): admitted if its tenant has a slot free,
-    else parked as waiting. True when admitted."""
+    """A run delivered unadmitted (a delayed run come due, or a message of an admission that
+    rolled back): admitted if its tenant has a slot free, else parked as waiting. True when
+    it is admitted (by this call or by the admission whose message this is)."""
     await lock(connection, tenant_id)
     values = {"run_id": run_id, "tenant": tenant_id, "default_cap": default_cap}
     if (await connection.execute(_ADMIT_DUE, values)).first() is not None:
+        return True
+    # Admitted meanwhile: the message came from a dispatcher's transaction that published
+    # before its commit, and the commit came before this lock.
+    if await connection.scalar(_ADMITTED, {"run_id": run_id}):
         return True
     await connection.execute(_PARK, {"run_id": run_id})
     return False
@@ -235,10 +245,8 @@ class Dispatcher:
             self._again.discard(tenant_id)
 
     async def dispatch(self, tenant_id: uuid.UUID) -> int:
-        async with self.engine.begin() as connection:
-            await lock(connection, tenant_id)
-            admitted = await admit(connection, tenant_id, self.default_cap)
-        return await self.publish(admitted)
+        """Admit the tenant's waiting runs into its free slots and publish them."""
+        return await self._admit_and_publish([tenant_id])
 
     async def sweep(self) -> int:
         """Admit for every tenant with waiting runs, publishing round robin across them."""
@@ -248,37 +256,47 @@ class Dispatcher:
             tenants = list(
                 (await connection.execute(_WAITING_TENANTS, {"limit": SWEEP_TENANTS})).scalars()
             )
-        batches: list[list[Admitted]] = []
-        for tenant_id in tenants:
-            async with self.engine.begin() as connection:
-                await lock(connection, tenant_id)
-                batches.append(await admit(connection, tenant_id, self.default_cap))
-        interleaved = [
-            batch[i]
-            for i in range(max(map(len, batches), default=0))
-            for batch in batches
-            if i < len(batch)
-        ]
-        return await self.publish(interleaved)
+        return await self._admit_and_publish(tenants)
 
-    async def republish_stale(self, after_seconds: float) -> int:
-        """The outbox, as beat runs it: admitted runs whose publish never completed (their
-        process died between admission and publish), sent again."""
-        older_than = datetime.now(UTC) - timedelta(seconds=after_seconds)
-        async with AsyncSession(self.engine) as session, session.begin():
-            stale = await ledger.unpublished(session, older_than)
-            admitted = [
-                Admitted(run.id, run.task, run.queue, run.tenant_id, run.request_id, run.created_at)
-                for run in stale
-                if run.eta is None
-            ]
-            if admitted:
-                logger.warning("re-publishing admitted runs", extra={"count": len(admitted)})
-            return await self.publish(admitted)
+    async def _admit_and_publish(self, tenants: list[uuid.UUID]) -> int:
+        """One transaction: lock the tenants (in id order: two sweeps never wait on each
+        other in a cycle), admit, publish round robin across them, mark published, commit.
+
+        Publishing before the commit means no run is ever left admitted but unpublished by a
+        process killed in between: its transaction rolls back and the runs wait again. A
+        message sent before such a rollback (or a refused publish, which rolls back too)
+        reaches a worker whose claim finds the run unadmitted, and admits it then or parks it
+        (the path of a delayed run come due): nothing runs twice, nothing is lost."""
+        if not tenants:
+            return 0
+        try:
+            async with self.engine.begin() as connection:
+                batches: list[list[Admitted]] = []
+                for tenant_id in sorted(tenants):
+                    await lock(connection, tenant_id)
+                    batches.append(await admit(connection, tenant_id, self.default_cap))
+                interleaved = [
+                    batch[i]
+                    for i in range(max(map(len, batches), default=0))
+                    for batch in batches
+                    if i < len(batch)
+                ]
+                for run in interleaved:
+                    await self.publisher.publish(
+                        str(run.id), run.task, run.queue, None, str(run.tenant_id), run.request_id
+                    )
+                if interleaved:
+                    await connection.execute(_MARK, {"ids": [run.id for run in interleaved]})
+        except BrokerUnavailableError:
+            logger.warning("waiting runs not admitted: the broker refused their publish")
+            return 0
+        RUNS_ADMITTED.inc(len(interleaved))
+        return len(interleaved)
 
     async def publish(self, admitted: list[Admitted]) -> int:
-        """Publish admitted runs and mark them published. A run the broker refuses stays
-        admitted and unpublished: the beat outbox sends it again."""
+        """Publish runs admitted by a transaction already committed (the gateway's, which
+        stored a run and admitted older ones with it) and mark them published. A run the
+        broker refuses stays admitted and unpublished: beat's outbox sends it again."""
         done: list[uuid.UUID] = []
         for run in admitted:
             try:
@@ -291,7 +309,7 @@ class Dispatcher:
             done.append(run.id)
         if done:
             await once_more_if_dropped(self.engine, _marker(done))
-            RUNS_ADMITTED.inc(len(done))
+        RUNS_ADMITTED.inc(len(done))
         return len(done)
 
 
@@ -313,9 +331,6 @@ def _has_waiting(tenant_id: uuid.UUID) -> Any:
 
 def _marker(run_ids: list[uuid.UUID]) -> Any:
     async def mark(connection: AsyncConnection, _: bool) -> None:
-        await connection.execute(
-            text("UPDATE task_runs SET published_at = now() WHERE id = ANY(:ids)"),
-            {"ids": run_ids},
-        )
+        await connection.execute(_MARK, {"ids": run_ids})
 
     return mark

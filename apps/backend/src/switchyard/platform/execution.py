@@ -156,8 +156,15 @@ async def _claim(
             return None, "skipped"
         if tenant_id is not None and found.tenant_id != tenant_id:
             return None, "foreign"
-        if found.admitted_at is None and found.state in ledger.CLAIMABLE:
-            return None, "due"
+        if found.state in ledger.CLAIMABLE:
+            if found.admitted_at is None:
+                return None, "due"
+            # Admitted just after the claim looked: a dispatcher publishes before its
+            # admission commits, so its message can come first. The row is committed now.
+            run = await ledger.claim(
+                connection, run_id, redelivered=redelivered or retried, tenant_id=tenant_id
+            )
+            return run, None if run is not None else "skipped"
         return None, "skipped"
 
     run, why = await once_more_if_dropped(services.database, claim)

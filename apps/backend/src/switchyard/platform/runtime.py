@@ -270,9 +270,7 @@ class WorkerLoop:
     async def _sweep_admissions(self, services: Services) -> None:
         """Fair share's backstop in every worker process, with or without beat: slots freed
         with no admission after them (a process killed between a run's end and the next
-        admission) go to the waiting runs within ADMISSION_SWEEP_SECONDS, and runs admitted
-        but never published (killed between the two) are published again after
-        TASK_REPUBLISH_AFTER_SECONDS."""
+        admission) go to the waiting runs within ADMISSION_SWEEP_SECONDS."""
         while True:
             await asyncio.sleep(ADMISSION_SWEEP_SECONDS)
             dispatcher = services.admission
@@ -280,7 +278,6 @@ class WorkerLoop:
                 continue
             try:
                 await dispatcher.sweep()
-                await dispatcher.republish_stale(self.settings.task_republish_after_seconds)
             except Exception as exc:
                 logger.warning("admission sweep failed", extra={"error": repr(exc)})
 
