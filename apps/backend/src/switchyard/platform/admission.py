@@ -152,7 +152,7 @@ async def admit(
     connection: AsyncConnection, tenant_id: uuid.UUID, default_cap: int
 ) -> list[Admitted]:
     """Give the tenant's oldest waiting runs the slots it has free. In a transaction that
-    holds the tenant's lock (`lock`); the caller publishes what it returns after commit."""
+    holds the tenant's lock (`lock`); the caller publishes what it returns."""
     rows = await connection.execute(_ADMIT, {"tenant": tenant_id, "default_cap": default_cap})
     admitted = [Admitted(**row._mapping) for row in rows]
     admitted.sort(key=lambda run: run.created_at)
@@ -243,6 +243,16 @@ class Dispatcher:
         finally:
             self._active.discard(tenant_id)
             self._again.discard(tenant_id)
+
+    async def try_release(self, tenant_id: uuid.UUID) -> None:
+        """`released`, for callers whose own work is done (a run recorded final, a cancel
+        committed): a failure is logged, never raised; the sweeps admit within seconds."""
+        try:
+            await self.released(tenant_id)
+        except Exception as exc:
+            logger.warning(
+                "next waiting run not admitted; the sweep will", extra={"error": repr(exc)}
+            )
 
     async def dispatch(self, tenant_id: uuid.UUID) -> int:
         """Admit the tenant's waiting runs into its free slots and publish them."""

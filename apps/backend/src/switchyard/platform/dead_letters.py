@@ -81,7 +81,7 @@ async def archive(services: Services, record: DeadLetterRecord) -> None:
     if run is not None:
         await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
         if services.admission is not None:
-            await services.admission.released(run.tenant_id)  # its slot, if it held one
+            await services.admission.try_release(run.tenant_id)  # its slot, if it held one
     if inserted:
         TASK_EVENTS.labels(task=record.task, event="dead_lettered").inc()
     logger.warning(

@@ -54,20 +54,8 @@ async def _record(
         return False
     await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
     if state.final and services.admission is not None:
-        await release(services, run.tenant_id)
+        await services.admission.try_release(run.tenant_id)  # its slot, to the next run
     return True
-
-
-async def release(services: Services, tenant_id: uuid.UUID) -> None:
-    """A run of the tenant became final: its slot goes to the tenant's next waiting run. A
-    failure here loses nothing: beat's sweep admits that run within a tick."""
-    assert services.admission is not None
-    try:
-        await services.admission.released(tenant_id)
-    except Exception as exc:
-        logger.warning(
-            "next waiting run not admitted; beat's sweep will", extra={"error": repr(exc)}
-        )
 
 
 async def record_outcome(

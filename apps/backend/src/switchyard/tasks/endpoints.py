@@ -309,7 +309,7 @@ async def cancel_run(
     await session.commit()
     await follow.announce(services, run)
     if services.admission is not None and run.admitted_at is not None:
-        await services.admission.released(tenant_id)  # its slot is free for the next run
+        await services.admission.try_release(tenant_id)  # its slot is free for the next run
     return RunOut.of(run)
 
 

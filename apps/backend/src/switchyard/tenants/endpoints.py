@@ -116,8 +116,8 @@ async def set_tenant_limits(
     await session.flush()
     summary = tenant_summary(tenant)
     await session.commit()
-    if services.admission is not None and services.admission.enabled:
-        await services.admission.dispatch(tenant_id)
+    if services.admission is not None:
+        await services.admission.try_release(tenant_id)  # a raised cap admits at once
     return summary
 
 
