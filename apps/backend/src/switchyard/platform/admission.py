@@ -28,12 +28,14 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy import Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.db.models import TaskRun
+from switchyard.platform import ledger
 from switchyard.platform.metrics import RUNS_ADMITTED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.services.postgres import once_more_if_dropped
@@ -118,9 +120,6 @@ _COUNTS = text(
 )
 
 
-_MARK = text("UPDATE task_runs SET published_at = now() WHERE id = ANY(:ids)")
-
-
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """A run that just got a slot: what its publish needs."""
@@ -163,14 +162,9 @@ async def record(engine: AsyncEngine, run: TaskRun, default_cap: int) -> list[Ad
     """Store a new `queued` run (a transient TaskRun, unadmitted) and admit what its tenant
     has room for, in one transaction under the tenant's lock: the new run itself when no
     older run of the tenant waits and a slot is free. IntegrityError as for any insert."""
-    values = {
-        column.key: getattr(run, column.key)
-        for column in _RUNS.columns
-        if column.key in run.__dict__
-    }
     async with engine.begin() as connection:
         await lock(connection, run.tenant_id)
-        await connection.execute(insert(_RUNS), values)
+        await connection.execute(insert(_RUNS), ledger.insert_values(run))
         return await admit(connection, run.tenant_id, default_cap)
 
 
@@ -296,7 +290,8 @@ class Dispatcher:
                         str(run.id), run.task, run.queue, None, str(run.tenant_id), run.request_id
                     )
                 if interleaved:
-                    await connection.execute(_MARK, {"ids": [run.id for run in interleaved]})
+                    run_ids = [run.id for run in interleaved]
+                    await connection.execute(ledger.MARK_PUBLISHED, {"run_ids": run_ids})
         except BrokerUnavailableError:
             logger.warning("waiting runs not admitted: the broker refused their publish")
             return 0
@@ -318,7 +313,7 @@ class Dispatcher:
                 break
             done.append(run.id)
         if done:
-            await once_more_if_dropped(self.engine, _marker(done))
+            await once_more_if_dropped(self.engine, partial(ledger.write_published, done))
         RUNS_ADMITTED.inc(len(done))
         return len(done)
 
@@ -337,10 +332,3 @@ def _has_waiting(tenant_id: uuid.UUID) -> Any:
         return bool(await connection.scalar(_HAS_WAITING, {"tenant": tenant_id}))
 
     return waiting
-
-
-def _marker(run_ids: list[uuid.UUID]) -> Any:
-    async def mark(connection: AsyncConnection, _: bool) -> None:
-        await connection.execute(_MARK, {"ids": run_ids})
-
-    return mark

@@ -233,17 +233,15 @@ class Beat:
             await session.flush()
             if fair:
                 admitted = await admission.admit(
-                    await session.connection(), definition.tenant_id, self.dispatcher_cap
+                    await session.connection(),
+                    definition.tenant_id,
+                    self.settings.tenant_max_runs_in_flight,
                 )
         if not fair:
             await self._publish([run])
         elif self.dispatcher is not None:
             await self.dispatcher.publish(admitted)  # this run, if its tenant has room
         return True
-
-    @property
-    def dispatcher_cap(self) -> int:
-        return self.settings.tenant_max_runs_in_flight
 
     async def republish_stale(self, now: datetime) -> int:
         older_than = now - timedelta(seconds=self.settings.task_republish_after_seconds)

@@ -186,17 +186,21 @@ async def cancel(session: AsyncSession, run_id: uuid.UUID) -> TaskRun | None:
     return (await session.execute(statement)).scalar_one_or_none()
 
 
+def insert_values(run: TaskRun) -> dict[str, Any]:
+    """The columns set on a transient TaskRun, for a Core INSERT (the rest take defaults)."""
+    return {
+        column.key: getattr(run, column.key)
+        for column in _RUNS.columns
+        if column.key in run.__dict__
+    }
+
+
 async def record(sessions: async_sessionmaker[AsyncSession], run: TaskRun) -> None:
     """Store a new run (a transient TaskRun with its id set) in one autocommitted INSERT.
 
     The object stays detached: the caller answers from it. IntegrityError as for any insert."""
-    values = {
-        column.key: getattr(run, column.key)
-        for column in _RUNS.columns
-        if column.key in run.__dict__  # set on the object; the rest take their defaults
-    }
     async with autocommit(_engine(sessions)) as connection:
-        await connection.execute(insert(_RUNS), values)
+        await connection.execute(insert(_RUNS), insert_values(run))
 
 
 class PublishedMarks:
@@ -232,7 +236,7 @@ class PublishedMarks:
         while self._pending:
             run_ids, self._pending = self._pending[: self.batch], self._pending[self.batch :]
             try:
-                await once_more_if_dropped(self.engine, partial(_mark_published, run_ids))
+                await once_more_if_dropped(self.engine, partial(write_published, run_ids))
             except Exception as exc:
                 logger.warning(
                     "published_at not recorded; the outbox will publish these runs again",
@@ -246,15 +250,15 @@ class PublishedMarks:
         await self.flush()
 
 
-_MARK_PUBLISHED = (
+MARK_PUBLISHED = (
     update(_RUNS)
     .where(_RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(Uuid))))
     .values(published_at=func.now())
 )
 
 
-async def _mark_published(run_ids: list[uuid.UUID], connection: AsyncConnection, _: bool) -> None:
-    await connection.execute(_MARK_PUBLISHED, {"run_ids": run_ids})  # twice is harmless
+async def write_published(run_ids: list[uuid.UUID], connection: AsyncConnection, _: bool) -> None:
+    await connection.execute(MARK_PUBLISHED, {"run_ids": run_ids})  # twice is harmless
 
 
 def _engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
