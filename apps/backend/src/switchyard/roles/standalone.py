@@ -25,12 +25,12 @@ from switchyard.embedded.redis import EmbeddedRedis, EmbeddedRedisError
 from switchyard.roles.api_gateway import serve
 from switchyard.roles.errors import RoleStartupError
 from switchyard.roles.migrate import prepare_database
+from switchyard.roles.worker import HAND_BACK_SECONDS
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 DATABASE = "switchyard"
-CHILD_STOP_SECONDS = 20.0
 
 
 async def _create_database(postgres: EmbeddedPostgres) -> None:
@@ -69,8 +69,9 @@ def _banner(
 class Children:
     """`switchyard run ROLE` child processes that die with this one."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], stop_seconds: float) -> None:
         self.env = env
+        self.stop_seconds = stop_seconds
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(self, role: str) -> None:
@@ -90,7 +91,7 @@ class Children:
                 process.send_signal(signal.SIGTERM)
         for process in self.processes:
             try:
-                process.wait(CHILD_STOP_SECONDS)
+                process.wait(self.stop_seconds)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -134,7 +135,9 @@ def run(settings: Settings) -> int:
                 "CHROMA_HOST": "127.0.0.1",
                 "CHROMA_PORT": str(chroma.port),
                 "VAR_DIR": str(settings.var_dir.absolute()),
-            }
+            },
+            # The worker's runs get its grace period, as in the worker role.
+            stop_seconds=settings.worker_shutdown_grace_seconds + HAND_BACK_SECONDS,
         )
         stack.callback(children.stop)
         children.start("worker")

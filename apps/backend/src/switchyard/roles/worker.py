@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,6 +34,10 @@ RESTART_MIN_SECONDS = 1.0
 RESTART_MAX_SECONDS = 30.0
 # A process that lived this long before it died is restarted without backing off.
 HEALTHY_LIFETIME_SECONDS = 60.0
+# After its grace period a process hands its runs back and exits; it is killed only if it is
+# still there this long after. Grace + this margin stays within the 45 s stop timeout that
+# compose, the README and the Kubernetes manifests give a worker.
+HAND_BACK_SECONDS = 10.0
 
 
 def require_task_backends(settings: Settings, role: str) -> None:
@@ -55,9 +60,11 @@ def require_vector_server(settings: Settings, role: str) -> None:
         )
 
 
-def node_name() -> str:
-    host = socket.gethostname()
-    return f"worker-{os.getpid()}@{host}"
+def node_name(index: int) -> str:
+    """Unique per process wherever it runs: containers on the host network share a hostname,
+    and each container numbers its processes from 1 (Celery's control replies and pidbox queues
+    are per node name)."""
+    return f"worker{index}-{secrets.token_hex(4)}@{socket.gethostname()}"
 
 
 def process_heartbeat(settings: Settings, index: int) -> Path:
@@ -89,12 +96,13 @@ def run_process(settings: Settings, index: int, service_type: str = "worker") ->
     from switchyard.platform import admission, runtime
     from switchyard.platform.broker import Broker
     from switchyard.platform.registry import load_task_modules
-    from switchyard.platform.worker import configure_worker
+    from switchyard.platform.worker import configure_worker, json_shutdown_lines
 
     broker = Broker.create(settings)
     assert broker is not None
     loop = runtime.start(settings, service_type)
     admission.install(loop.services, broker.publisher)
+    json_shutdown_lines(service_type)
     try:
         configure_worker(
             broker.celery,
@@ -112,7 +120,7 @@ def run_process(settings: Settings, index: int, service_type: str = "worker") ->
                 # Celery's threads only wait for their run's coroutine on the loop.
                 f"--concurrency={settings.worker_concurrency}",
                 "--pool=threads",
-                f"--hostname={node_name()}",
+                f"--hostname={node_name(index)}",
                 "--without-gossip",
                 "--without-mingle",
             ]
@@ -149,6 +157,10 @@ class Supervisor:
             [sys.executable, "-m", "switchyard", "run", "worker"],
             env=env,
             stdin=subprocess.DEVNULL,
+            # Its own process group: a signal to the supervisor's group (a terminal's Ctrl-C,
+            # an init that signals the group) reaches the supervisor only, which stops the
+            # processes with their grace period.
+            process_group=0,
             # A dead supervisor takes its workers along, as a dead container would.
             preexec_fn=lambda: die_with_parent(signal.SIGKILL),  # noqa: PLW1509
         )
@@ -248,7 +260,9 @@ class Supervisor:
         live = [c.process for c in self.children if c.process and c.process.poll() is None]
         for process in live:
             process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.worker_shutdown_grace_seconds + 30
+        deadline = (
+            time.monotonic() + self.settings.worker_shutdown_grace_seconds + HAND_BACK_SECONDS
+        )
         for process in live:
             try:
                 process.wait(max(deadline - time.monotonic(), 0.1))
