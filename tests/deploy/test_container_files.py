@@ -20,14 +20,16 @@ BACKEND_SERVICES = ("migrate", "api-gateway", "worker", "beat")
 INFRASTRUCTURE = ("postgres", "redis", "rabbitmq", "neo4j", "minio", "chroma")
 
 
-def test_dockerfile_passes_hadolint(repo_root: Path) -> None:
-    result = subprocess.run(
-        [str(BIN / "hadolint"), "--failure-threshold", "info", "Dockerfile"],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        check=False,
+def tool(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A command-line tool installed in the environment's bin (hadolint, check-jsonschema,
+    docker-compose), run in `cwd`."""
+    return subprocess.run(
+        [str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, check=False
     )
+
+
+def test_dockerfile_passes_hadolint(repo_root: Path) -> None:
+    result = tool("hadolint", "--failure-threshold", "info", "Dockerfile", cwd=repo_root)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -72,17 +74,12 @@ def test_the_runtime_ships_the_environment_and_the_project_as_separate_layers(
 
 
 def test_compose_file_matches_the_compose_specification(repo_root: Path) -> None:
-    result = subprocess.run(
-        [
-            str(BIN / "check-jsonschema"),
-            "--builtin-schema",
-            "vendor.compose-spec",
-            "docker-compose.yml",
-        ],
+    result = tool(
+        "check-jsonschema",
+        "--builtin-schema",
+        "vendor.compose-spec",
+        "docker-compose.yml",
         cwd=repo_root,
-        capture_output=True,
-        text=True,
-        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -178,13 +175,7 @@ def test_compose_config_accepts_the_file_as_docker_reads_it(
     for name in ("docker-compose.yml", ".env.infrastructure"):
         shutil.copy(repo_root / name, tmp_path / name)
     shutil.copy(repo_root / ".env.backend.example", tmp_path / ".env.backend")
-    result = subprocess.run(
-        [str(BIN / "docker-compose"), "config", "--format", "json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = tool("docker-compose", "config", "--format", "json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # Compose reports schema violations as warnings here
     resolved = json.loads(result.stdout)
@@ -195,13 +186,7 @@ def test_compose_config_accepts_the_file_as_docker_reads_it(
 
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(broken.read_text().replace("stop_grace_period: 45s", "stop_grace: 45s"))
-    rejected = subprocess.run(
-        [str(BIN / "docker-compose"), "config", "--quiet"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    rejected = tool("docker-compose", "config", "--quiet", cwd=tmp_path)
     assert "services.worker additional properties 'stop_grace' not allowed" in rejected.stderr
 
 
@@ -241,3 +226,14 @@ def test_the_chroma_healthcheck_asks_a_real_server(
 
     assert check(port) == 0
     assert check(free_port()) != 0
+
+
+def test_the_readme_gives_the_stop_timeouts_compose_uses(
+    compose: dict[str, Any], repo_root: Path
+) -> None:
+    readme = (repo_root / "README.md").read_text()
+    worker_grace = int(seconds(compose["services"]["worker"]["stop_grace_period"]))
+    gateway_grace = int(seconds(compose["services"]["api-gateway"]["stop_grace_period"]))
+    assert f"`docker stop -t {worker_grace}`" in readme
+    assert f"`--stop-timeout {worker_grace}`" in readme
+    assert f"| `api-gateway` | `-t {gateway_grace}` |" in readme
