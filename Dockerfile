@@ -47,8 +47,8 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 switchyard \
     && useradd --system --uid 10001 --gid switchyard --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin switchyard \
-    && mkdir -p /app/var \
-    && chown switchyard:switchyard /app/var
+    && mkdir -p /app/var /app/secrets \
+    && chown switchyard:switchyard /app/var /app/secrets
 # Layer 1, the environment (hundreds of MB): shared by every build of the same lock.
 COPY --from=dependencies /app/.venv /app/.venv
 # Layer 2, the project: its own size (a source change ships this layer only).

@@ -237,3 +237,13 @@ def test_the_readme_gives_the_stop_timeouts_compose_uses(
     assert f"`docker stop -t {worker_grace}`" in readme
     assert f"`--stop-timeout {worker_grace}`" in readme
     assert f"| `api-gateway` | `-t {gateway_grace}` |" in readme
+
+
+def test_backend_services_share_one_volume_of_generated_secrets(compose: dict[str, Any]) -> None:
+    """Without DATA_SOURCE_KEYS and JWT_SECRET (development), the gateway and the workers must
+    agree on the generated ones (tests/deploy/test_image.py runs the containers so)."""
+    for name in BACKEND_SERVICES:
+        service = compose["services"][name]
+        directory = service["environment"]["LOCAL_SECRETS_DIR"]
+        assert f"local-secrets:{directory}" in service["volumes"], name
+    assert "local-secrets" in compose["volumes"]

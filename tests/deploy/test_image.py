@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.fixtures.containers import Container, json_lines, run_once, start
+from tests.fixtures.containers import Container, json_lines, run_once, start, volume
 from tests.fixtures.messaging import local_vhost
 from tests.fixtures.postgres import DatabaseFactory
 from tests.fixtures.processes import NO_VECTOR_SERVER
@@ -29,6 +29,7 @@ VALID_ROLES = "valid roles: api-gateway, worker, beat, migrate, standalone"
 # What compose and the README give a worker: WORKER_SHUTDOWN_GRACE_SECONDS (30) + hand-back.
 WORKER_STOP_TIMEOUT = 45
 HEAD = "0006"
+FINAL_STATES = {"succeeded", "failed", "cancelled", "dead_lettered"}
 
 
 def database_env(url: URL) -> dict[str, str]:
@@ -88,11 +89,15 @@ class Api:
         return body
 
     def wait_state(self, task_id: str, state: str, timeout: float = 60) -> dict[str, object]:
-        return wait_for(  # type: ignore[no-any-return]
-            lambda: (run := self.run(task_id))["state"] == state and run,
-            timeout,
-            f"run {task_id} {state}",
-        )
+        def reached() -> dict[str, object] | None:
+            run = self.run(task_id)
+            if run["state"] == state:
+                return run
+            if run["state"] in FINAL_STATES:
+                raise AssertionError(f"run {task_id} ended {run['state']}, not {state}: {run}")
+            return None
+
+        return wait_for(reached, timeout, f"run {task_id} {state}")  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -143,9 +148,14 @@ def stack(image: str, stack_env: tuple[dict[str, str], URL]) -> Stack:
     migrated = run_once(image, "migrate", env)
     assert migrated.returncode == 0, migrated.stderr[-3000:]
     port = free_port()
-    gateway = start(image, "api-gateway", {**env, "API_PORT": str(port)})
-    workers = [start(image, "worker", env, "--health-interval", "2s") for _ in range(2)]
-    beat = start(image, "beat", env, "--health-interval", "2s")
+    # As compose runs them: no DATA_SOURCE_KEYS or JWT_SECRET, the generated ones on a shared
+    # volume (LOCAL_SECRETS_DIR), so the workers decrypt what the gateway encrypted.
+    secrets = volume()
+    shared = ["-v", f"{secrets}:/app/secrets"]
+    env = {**env, "LOCAL_SECRETS_DIR": "/app/secrets", "DATA_SOURCE_ALLOW_LOCAL_HOSTS": "true"}
+    gateway = start(image, "api-gateway", {**env, "API_PORT": str(port)}, *shared)
+    workers = [start(image, "worker", env, "--health-interval", "2s", *shared) for _ in range(2)]
+    beat = start(image, "beat", env, "--health-interval", "2s", *shared)
     # The gateway's health comes from the image's own HEALTHCHECK, its interval unchanged.
     for container in (gateway, *workers, beat):
         container.wait_health(timeout=90)
@@ -253,6 +263,23 @@ def test_a_signed_up_users_run_succeeds_on_a_worker_container(stack: Stack, api:
     run = api.wait_state(task_id, "succeeded")
     assert run["result"] == {"message": "from a container"}
     assert run["attempts"] == 1
+
+
+def test_workers_decrypt_the_data_source_urls_the_gateway_encrypted(stack: Stack, api: Api) -> None:
+    """A connectivity test runs on a worker container and reads the URL the gateway container
+    encrypted with the generated development key: one key, on the shared volume."""
+    url = stack.database.set(drivername="postgresql").render_as_string(hide_password=False)
+    source = api.client.post("/api/v1/data-sources", json={"name": "ledger", "url": url})
+    assert source.status_code == 201, source.text
+    started = api.client.post(f"/api/v1/data-sources/{source.json()['id']}/test")
+    assert started.status_code == 202, started.text
+    run = api.wait_state(str(started.json()["task_id"]), "succeeded")
+    result = run["result"]
+    assert isinstance(result, dict)
+    assert result["ok"] is True, result
+    assert result["data_source_id"] == source.json()["id"]
+    keys = [c.exec("ls", "/app/secrets").stdout.split() for c in (stack.gateway, *stack.workers)]
+    assert all("data-source.key" in listed for listed in keys), keys
 
 
 def test_beat_container_fires_a_scheduled_definition(stack: Stack, api: Api) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,35 @@ def test_rate_limits_must_parse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     with pytest.raises(SettingsError) as raised:
         load_settings()
     assert raised.value.lines[0].startswith("RATE_LIMIT_API: ")
+
+
+def _make_local_secret(path: str) -> bytes:
+    from switchyard.settings import local_secret
+
+    return local_secret(Path(path), lambda: os.urandom(16).hex().encode())
+
+
+def test_concurrent_first_uses_of_a_local_secret_agree_on_one(tmp_path: Path) -> None:
+    """Processes (or containers on one volume) starting together: one secret, never a half
+    written one; nothing else is left in the directory."""
+    import concurrent.futures
+
+    path = tmp_path / "shared" / "data-source.key"
+    with concurrent.futures.ProcessPoolExecutor(8) as pool:
+        seen = list(pool.map(_make_local_secret, [str(path)] * 32))
+    assert len(set(seen)) == 1
+    assert len(seen[0]) == 32
+    assert path.read_bytes() == seen[0]
+    assert [p.name for p in path.parent.iterdir()] == ["data-source.key"]
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_generated_secrets_go_to_local_secrets_dir(tmp_path: Path) -> None:
+    from switchyard.datasources.crypto import DataSourceCipher
+
+    settings = Settings(_env_file=None, var_dir=tmp_path / "var", local_secrets_dir=tmp_path / "s")
+    token = DataSourceCipher.from_settings(settings).encrypt("postgresql://u:p@h/d")
+    assert settings.signing_secret() == (tmp_path / "s" / "jwt.secret").read_text()
+    other = Settings(_env_file=None, var_dir=tmp_path / "other", local_secrets_dir=tmp_path / "s")
+    assert DataSourceCipher.from_settings(other).decrypt(token) == "postgresql://u:p@h/d"
+    assert not (tmp_path / "var").exists()

@@ -30,16 +30,26 @@ JWT_DEFAULT_REFUSED: Final = (
 
 
 def local_secret(path: Path, make: Callable[[], bytes]) -> bytes:
-    """A secret kept in a file of its own (mode 0600), made on first use; O_EXCL makes
-    concurrent first uses agree on one."""
+    """A secret kept in a file of its own (mode 0600), made on first use. Concurrent first
+    uses (processes, or containers sharing the directory) agree on one: the secret is written
+    whole to a file of this process, then linked into place, which fails if another won."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return path.read_bytes().strip()
     secret = make()
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(secret)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(secret)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            return path.read_bytes().strip()
+    finally:
+        draft.unlink(missing_ok=True)
     return secret
 
 
@@ -114,9 +124,13 @@ class Settings(BaseSettings):
     health_cache_seconds: float = Field(default=1.0, ge=0, le=60)
 
     var_dir: Path = Path("var")
+    # Where the generated development secrets live (jwt.secret, data-source.key) when
+    # JWT_SECRET / DATA_SOURCE_KEYS are unset: VAR_DIR by default. Containers that must agree
+    # on them (compose's gateway and workers) point it at one shared volume.
+    local_secrets_dir: Path | None = None
     embedded_postgres_port: int = Field(default=0, ge=0, le=65535)
 
-    # Unset outside production: generated once into VAR_DIR/jwt.secret (see signing_secret).
+    # Unset outside production: generated once into LOCAL_SECRETS_DIR (see signing_secret).
     jwt_secret: SecretStr | None = None
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     jwt_issuer: str = "switchyard"
@@ -356,6 +370,10 @@ class Settings(BaseSettings):
         return self.object_store_dir or self.var_dir / "objects"
 
     @property
+    def secrets_dir(self) -> Path:
+        return self.local_secrets_dir or self.var_dir
+
+    @property
     def vector_dir(self) -> Path:
         return self.chroma_dir or self.var_dir / "chroma"
 
@@ -374,12 +392,13 @@ class Settings(BaseSettings):
 
     def signing_secret(self) -> str:
         """What signs access tokens and object links: JWT_SECRET, or (outside production) a
-        random secret made once into VAR_DIR/jwt.secret and shared by the processes there."""
+        random secret made once into LOCAL_SECRETS_DIR (VAR_DIR)/jwt.secret and shared by the
+        processes there."""
         if self.jwt_secret is not None:
             return self.jwt_secret.get_secret_value()
         if self.environment is Environment.PRODUCTION:
             raise RuntimeError("JWT_SECRET is required in production")  # refused at start
-        return _generated_jwt_secret((self.var_dir / JWT_SECRET_FILE).absolute())
+        return _generated_jwt_secret((self.secrets_dir / JWT_SECRET_FILE).absolute())
 
     def heartbeat_file(self, role: str) -> Path:
         """Where a worker or beat process proves it is alive (read by `switchyard healthcheck`)."""

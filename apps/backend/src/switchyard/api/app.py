@@ -136,7 +136,8 @@ def _announce_generated_secret(settings: Settings) -> None:
         settings.signing_secret()  # made now, so a VAR_DIR that cannot be written fails here
         logger.warning(
             "JWT_SECRET is not set: tokens are signed with a secret generated into "
-            "VAR_DIR/jwt.secret; set JWT_SECRET when several gateways serve one deployment"
+            "LOCAL_SECRETS_DIR (default VAR_DIR)/jwt.secret; set JWT_SECRET when several "
+            "gateways serve one deployment"
         )
 
 

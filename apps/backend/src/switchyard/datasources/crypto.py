@@ -2,7 +2,8 @@
 
 The first key encrypts; every key decrypts, so a new key goes in front and the old ones stay
 until `rotate` has re-encrypted every row. Without keys (development and standalone only;
-production refuses to start) one key is generated once into VAR_DIR/data-source.key.
+production refuses to start) one key is generated once into LOCAL_SECRETS_DIR (default
+VAR_DIR)/data-source.key.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ class UndecryptableError(SwitchyardError):
     title = "Stored secret cannot be decrypted"
 
 
-def _local_key(var_dir: Path) -> bytes:
+def _local_key(directory: Path) -> bytes:
     """The development key, made on first use."""
-    return local_secret(var_dir / KEY_FILE, Fernet.generate_key)
+    return local_secret(directory / KEY_FILE, Fernet.generate_key)
 
 
 class DataSourceCipher:
@@ -38,7 +39,7 @@ class DataSourceCipher:
     @classmethod
     def from_settings(cls, settings: Settings) -> DataSourceCipher:
         keys = [key.get_secret_value().encode() for key in settings.data_source_keys]
-        return cls(keys or [_local_key(settings.var_dir)])
+        return cls(keys or [_local_key(settings.secrets_dir)])
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())
