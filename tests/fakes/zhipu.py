@@ -75,6 +75,8 @@ class FakeZhipu:
     in_flight: int = 0
     max_in_flight: int = 0
     reply: str | None = None
+    # What a streamed answer is sent as; anything but text/event-stream is a broken upstream.
+    stream_media_type: str = "text/event-stream"
 
     @property
     def base_url(self) -> str:
@@ -86,6 +88,7 @@ class FakeZhipu:
         self.delay = 0.0
         self.max_in_flight = 0  # in_flight stays: a late request of an earlier test may be open
         self.reply = None
+        self.stream_media_type = "text/event-stream"
 
     def fail_next(
         self,
@@ -138,7 +141,7 @@ class FakeZhipu:
         if body.get("stream"):
             return StreamingResponse(
                 self._stream(ident, created, body["model"], content, usage),
-                media_type="text/event-stream",
+                media_type=self.stream_media_type,
             )
         return JSONResponse(
             {
@@ -161,6 +164,7 @@ class FakeZhipu:
         self, ident: str, created: int, model: str, content: str, usage: dict[str, int]
     ) -> AsyncIterator[str]:
         words = content.split(" ")
+        yield ": keep-alive\n\n"  # an SSE comment, as proxies and servers send: no event
         for position, word in enumerate(words):
             piece = word if position == 0 else f" {word}"
             chunk = {

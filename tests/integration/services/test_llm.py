@@ -160,6 +160,18 @@ async def test_errors_after_retries_become_problems(llm: ZhipuClient, zhipu: Fak
     assert failed.value.status == 502
 
 
+async def test_a_stream_that_is_not_server_sent_events_is_an_error(
+    llm: ZhipuClient, zhipu: FakeZhipu
+) -> None:
+    zhipu.stream_media_type = "application/json"
+    with pytest.raises(LLMError) as broken:
+        [c async for c in llm.chat_stream(uuid.uuid4(), USER)]
+    assert broken.value.status == 502
+    assert str(broken.value) == (
+        "Zhipu answered a stream as application/json, not server-sent events"
+    )
+
+
 async def test_a_wrong_key_is_reported_without_the_key(zhipu: FakeZhipu) -> None:
     client = ZhipuClient(llm_settings(zhipu, zhipuai_api_key="wrong-key-123"))
     with pytest.raises(LLMError) as refused:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import httpx
+from httpx_sse import EventSource, SSEError
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 from tenacity import (
@@ -342,10 +343,10 @@ class ZhipuClient:
                 REQUESTS.labels("chat_stream", "error").inc()
                 raise _as_error(exc, self.timeout) from None
             try:
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line.removeprefix("data:").strip()
+                async for event in EventSource(response).aiter_sse():
+                    payload = event.data.strip()
+                    if not payload:
+                        continue  # an event without data (a keep-alive)
                     if payload == "[DONE]":
                         break
                     chunk = _parse_chunk(payload)
@@ -353,6 +354,12 @@ class ZhipuClient:
                         usage = chunk.usage
                     if chunk.delta or chunk.finish_reason or chunk.usage:
                         yield chunk
+            except SSEError:  # before TransportError, which it subclasses
+                REQUESTS.labels("chat_stream", "error").inc()
+                kind = response.headers.get("content-type", "no content type")
+                raise LLMError(
+                    f"Zhipu answered a stream as {kind}, not server-sent events"
+                ) from None
             except httpx.TransportError as exc:
                 REQUESTS.labels("chat_stream", "error").inc()
                 raise _as_error(exc, self.timeout) from None
