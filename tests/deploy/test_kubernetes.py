@@ -12,6 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from dotenv import dotenv_values
 
 from switchyard.api.routes import health
 from switchyard.platform.topology import WORK_QUEUES
@@ -24,15 +25,6 @@ KUBERNETES_VERSION = "1.30.0"  # the oldest release still maintained when this w
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
 ROLES = ("api-gateway", "worker", "beat")
 SETTINGS = {name.upper() for name in Settings.model_fields}
-
-
-def dotenv(path: Path) -> dict[str, str]:
-    pairs = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            pairs[key] = value
-    return pairs
 
 
 def render(repo_root: Path, tmp_path: Path, overlay: str) -> list[dict[str, Any]]:
@@ -118,7 +110,7 @@ def test_the_rendered_environment_names_only_settings_that_exist(
             sources = {next(iter(source.values()))["name"] for source in container["envFrom"]}
             assert sources == {"switchyard-config", "switchyard-secrets"}
     # Every secret the production check asks for is in the example (and nothing else secret).
-    example = dotenv(repo_root / "deploy" / "kubernetes" / "base" / "secrets.env.example")
+    example = dotenv_values(repo_root / "deploy" / "kubernetes" / "base" / "secrets.env.example")
     for name in ("DATABASE_URL", "JWT_SECRET", "METRICS_TOKEN", "DATA_SOURCE_KEYS"):
         assert name in example
     assert not [key for key in config if any(w in key for w in ("PASSWORD", "SECRET", "TOKEN"))]
