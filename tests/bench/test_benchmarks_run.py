@@ -99,6 +99,13 @@ def test_search_latency_measures_both_stores_against_numpy(repo_root: Path) -> N
     assert "Chroma server (standalone) p50 <= 50 ms" in out
 
 
+def test_embeddings_compare_the_runtime_with_the_numpy_pass(repo_root: Path) -> None:
+    out = bench(repo_root, "embeddings", "--texts=32", "--rounds=1")
+    for row in ("onnxruntime (product)", "NumPy forward pass (before)", "vectors within 1e-4"):
+        assert row in out
+    assert re.search(r"vectors within 1e-4\s+\S+\s+met", out)  # the same vectors, measured
+
+
 def test_silent_redis_compares_a_silent_redis_with_an_answering_one(repo_root: Path) -> None:
     out = bench(repo_root, "silent_redis", "--requests=3")
     for row in (

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.domains import load_task_modules
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
-from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account

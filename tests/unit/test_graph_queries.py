@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from switchyard.services import graph
-from switchyard.services.graph import (
+from switchyard.documents import graph
+from switchyard.documents.graph import (
     CONSTRAINTS,
     QUERIES,
     GraphChunk,
-    GraphDisabledError,
     KnowledgeGraph,
     Mention,
-    create_graph,
 )
+from switchyard.documents.schemas import DocumentGraph
+from switchyard.services.neo4j import GraphDisabledError, Neo4j, create_neo4j
 from switchyard.settings import Settings
 
 NODE = re.compile(r"\((\w*):(Tenant|Document|Chunk|Entity)(?: \{([^}]*)\})?\)")
@@ -64,7 +64,7 @@ def driver() -> RecordingDriver:
 
 @pytest.fixture
 def repository(driver: RecordingDriver) -> KnowledgeGraph:
-    return KnowledgeGraph(driver, database="knowledge")  # type: ignore[arg-type]
+    return KnowledgeGraph(Neo4j(driver, database="knowledge"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("query", QUERIES)
@@ -161,7 +161,9 @@ async def test_reads_route_to_readers_and_map_rows(
     assert [(e.name, e.mentions) for e in entities] == [("ACME", 3)]
     assert hits[0].document_id == document
     assert hits[0].entities == ["ACME"]
-    assert summary == {"title": "Report", "chunks": 2, "entities": ["ACME"]}
+    assert summary == DocumentGraph(
+        document_id=document, title="Report", chunks=2, entities=["ACME"]
+    )
     assert missing is None
     assert [call[2] for call in driver.calls] == ["r", "r", "r", "r"]
     assert driver.calls[0][1] == {"tenant_id": str(tenant), "limit": 5}
@@ -182,7 +184,7 @@ async def test_tenant_must_be_a_uuid(repository: KnowledgeGraph) -> None:
 
 
 async def test_without_neo4j_uri_there_is_no_graph() -> None:
-    assert create_graph(Settings()) is None
+    assert create_neo4j(Settings()) is None
     error = GraphDisabledError()
     assert error.status == 503
     assert "NEO4J_URI" in error.detail
@@ -195,7 +197,7 @@ async def test_driver_takes_pool_settings_and_probe_fails_fast_when_unreachable(
         neo4j_max_pool_size=7,
         neo4j_connection_timeout_seconds=1,
     )
-    repository = create_graph(settings)
+    repository = create_neo4j(settings)
     assert repository is not None
     config = repository.driver._pool.pool_config
     assert config.max_connection_pool_size == 7

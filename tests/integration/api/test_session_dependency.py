@@ -6,13 +6,16 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Message, Receive, Scope, Send
 
 from switchyard.api.app import create_app
-from switchyard.db.models import Tenant
-from switchyard.dependencies import SessionDep
+from switchyard.db.models import TaskRun, Tenant
+from switchyard.db.session import after_commit, on_failure
+from switchyard.errors import ConflictError, ServiceUnavailableError
+from switchyard.platform.dependencies import SessionDep
+from tests.fixtures.accounts import sign_up
 from tests.fixtures.gateway import SettingsFactory, running
 
 
@@ -97,3 +100,102 @@ async def test_the_write_is_committed_before_the_response_starts(
     assert seen_at_response == [1]
     async with engine.begin() as connection:
         await connection.execute(delete(Tenant).where(Tenant.slug == slug))
+
+
+def app_with_actions(make_settings: SettingsFactory, journal: list[str]) -> FastAPI:
+    """A route that writes a tenant and says what follows its commit and undoes its failure."""
+    app = create_app(make_settings())
+    engine_of: list[AsyncEngine] = []
+
+    async def committed(slug: str) -> str:
+        async with engine_of[0].connect() as connection:
+            found = await connection.scalar(select(Tenant.id).where(Tenant.slug == slug))
+        return "committed" if found is not None else "not committed"
+
+    @app.post("/test/actions/{slug}")
+    async def act(slug: str, session: SessionDep, fail: str = "") -> dict[str, str]:
+        engine_of.append(session.bind)  # type: ignore[arg-type]
+
+        async def after() -> None:
+            journal.append(f"after commit: {await committed(slug)}")
+            if fail == "after":
+                raise ServiceUnavailableError("the broker refused")
+
+        async def undo() -> None:
+            journal.append(f"undo: {await committed(slug)}")
+
+        session.add(Tenant(name=slug, slug=slug))
+        await session.flush()
+        after_commit(session, after)
+        on_failure(session, undo)
+        if fail == "route":
+            raise ConflictError("after the write")
+        return {"slug": slug}
+
+    return app
+
+
+async def act(
+    make_settings: SettingsFactory, slug: str, fail: str = ""
+) -> tuple[httpx.Response, list[str]]:
+    """POST the route of `app_with_actions`; its answer and what ran around the commit."""
+    journal: list[str] = []
+    async with running(app_with_actions(make_settings, journal)) as client:
+        response = await client.post(f"/test/actions/{slug}", params={"fail": fail})
+    return response, journal
+
+
+async def test_after_commit_actions_run_once_the_change_is_committed(
+    make_settings: SettingsFactory, engine: AsyncEngine, slug: str
+) -> None:
+    response, journal = await act(make_settings, slug)
+    assert response.status_code == 200
+    assert journal == ["after commit: committed"]  # the action saw the committed row
+    assert await stored(engine, slug)
+
+
+async def test_a_failed_route_runs_its_undos_and_never_its_after_commit_actions(
+    make_settings: SettingsFactory, engine: AsyncEngine, slug: str
+) -> None:
+    response, journal = await act(make_settings, slug, "route")
+    assert response.status_code == 409
+    assert journal == ["undo: not committed"]
+    assert not await stored(engine, slug)
+
+
+async def test_a_failed_after_commit_action_runs_the_undos_and_answers_its_error(
+    make_settings: SettingsFactory, engine: AsyncEngine, slug: str
+) -> None:
+    response, journal = await act(make_settings, slug, "after")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == "the broker refused"
+    assert journal == ["after commit: committed", "undo: committed"]
+
+
+async def test_a_run_is_committed_before_the_broker_sees_it(
+    make_settings: SettingsFactory, engine: AsyncEngine, broker_url: str
+) -> None:
+    """POST /tasks/run writes the ledger row in the request's unit of work and publishes it
+    only after the commit: at the moment of the publish another connection sees the row."""
+    app = create_app(make_settings(celery_broker_url=broker_url))
+    seen: list[int] = []
+    async with running(app) as client:
+        client.headers.update((await sign_up(client)).headers)
+        publisher = app.state.broker.publisher
+        original = publisher.publish
+
+        async def observing(run_id: str, *args: object) -> None:
+            async with engine.connect() as connection:
+                found = await connection.scalar(
+                    select(func.count()).select_from(TaskRun).where(TaskRun.id == run_id)
+                )
+            seen.append(int(found or 0))
+            await original(run_id, *args)
+
+        publisher.publish = observing
+        response = await client.post(
+            "/api/v1/tasks/run", json={"task": "system.echo", "payload": {"message": "x"}}
+        )
+    assert response.status_code == 202, response.text
+    assert seen == [1]

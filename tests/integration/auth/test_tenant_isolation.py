@@ -19,11 +19,11 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from switchyard.auth.dependencies import require_superuser, require_tenant_admin
 from switchyard.auth.scopes import SCOPES
 from switchyard.db.base import Base
 from switchyard.db.models import DeadLetter, KnowledgeDocument, RunState, TaskRun
 from switchyard.db.tenancy import tenant_owned
-from switchyard.dependencies import require_superuser, require_tenant_admin
 from tests.fixtures.accounts import Account, sign_up
 
 

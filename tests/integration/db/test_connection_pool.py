@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from switchyard.services import postgres
+from switchyard.db import engine as postgres
 from switchyard.settings import Settings
 
 IDLE = 0.3

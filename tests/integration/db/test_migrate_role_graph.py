@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import URL
 
+from switchyard.documents.graph import CONSTRAINTS
 from switchyard.roles import migrate
-from switchyard.services.graph import CONSTRAINTS, KnowledgeGraph
+from switchyard.services.neo4j import Neo4j
 from switchyard.settings import Settings
 from tests.unit.test_graph_queries import RecordingDriver
 
@@ -17,15 +18,15 @@ async def test_migrate_creates_graph_constraints(
     driver = RecordingDriver()
     closed: list[bool] = []
 
-    class Recorded(KnowledgeGraph):
+    class Recorded(Neo4j):
         async def close(self) -> None:
             closed.append(True)
 
-    def fake_graph(settings: Settings) -> KnowledgeGraph:
+    def fake_neo4j(settings: Settings) -> Neo4j:
         assert settings.neo4j_uri == "bolt://graph.example:7687"
         return Recorded(driver)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(migrate, "create_graph", fake_graph)
+    monkeypatch.setattr(migrate, "create_neo4j", fake_neo4j)
     await migrate.prepare_database(Settings(neo4j_uri="bolt://graph.example:7687"), database_url)
     assert [call[0] for call in driver.calls] == list(CONSTRAINTS)
     assert closed == [True]

@@ -9,26 +9,18 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from switchyard.db.base import Base
 from switchyard.db.migrate import alembic_config, migrate
-from tests.fixtures.postgres import DatabaseFactory
+from tests.fixtures.postgres import DatabaseFactory, tables
 
 # The newest revision: one head, and it is the newest file in versions/.
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 APP_TABLES = {"tenants", "data_source_connections", "knowledge_documents"}
-
-
-async def tables(url: URL) -> set[str]:
-    engine = create_async_engine(url)
-    async with engine.connect() as connection:
-        names = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
-    await engine.dispose()
-    return names
 
 
 async def current_revision(url: URL) -> str | None:

@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from switchyard.api.app import create_app
+from switchyard.documents import graph as graph_queries
 from switchyard.documents.tasks import (
     INGEST_RETRY,
     DocumentInput,
@@ -21,9 +22,8 @@ from switchyard.documents.tasks import (
     ingest,
 )
 from switchyard.platform.registry import TaskContext
-from switchyard.services import graph as graph_queries
 from switchyard.services.container import Services
-from switchyard.services.graph import KnowledgeGraph
+from switchyard.services.neo4j import Neo4j
 from tests.fakes.zhipu import API_KEY, FakeZhipu
 from tests.fixtures.accounts import Account
 from tests.fixtures.gateway import SettingsFactory
@@ -112,7 +112,7 @@ async def test_entities_are_extracted_into_the_graph_after_ingestion(
 ) -> None:
     services: Services = app.state.services
     driver = RecordingDriver()
-    services.graph = KnowledgeGraph(driver)  # type: ignore[arg-type]
+    services.neo4j = Neo4j(driver)  # type: ignore[arg-type]
     document_id = await upload(client, "people.txt", TEXT, "text/plain")
     zhipu.reply = (
         'Here: [{"name": "ACME", "kind": "organisation"}, {"name": "London", "kind": "place"}]'
@@ -155,7 +155,7 @@ async def test_ingestion_and_entities_are_queued_again_through_the_documents_rou
     """documents.ingest and documents.extract_entities are internal (not runnable by POST
     /tasks/run): these routes, under documents:write, queue them for a document."""
     services: Services = app.state.services
-    services.graph = KnowledgeGraph(RecordingDriver())  # type: ignore[arg-type]
+    services.neo4j = Neo4j(RecordingDriver())  # type: ignore[arg-type]
     document_id = await upload(client, "people.txt", TEXT, "text/plain")
     pending = await client.post(f"/api/v1/documents/{document_id}/entities")
     assert pending.status_code == 409

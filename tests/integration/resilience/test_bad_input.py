@@ -381,7 +381,7 @@ async def test_database_errors_never_log_their_parameters(
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from switchyard.services.postgres import create_engine
+    from switchyard.db.engine import create_engine
 
     settings = make_settings()
     assert settings.database is not None

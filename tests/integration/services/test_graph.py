@@ -7,18 +7,20 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from switchyard.services.graph import GraphChunk, KnowledgeGraph, Mention
+from switchyard.documents.graph import GraphChunk, KnowledgeGraph, Mention
+from switchyard.services.neo4j import Neo4j
 from switchyard.settings import Settings
 
 
 @pytest.fixture
 async def knowledge_graph(neo4j_settings: dict[str, str]) -> AsyncIterator[KnowledgeGraph]:
-    repository = KnowledgeGraph.from_settings(Settings(**neo4j_settings))  # type: ignore[arg-type]
-    await repository.probe()
+    neo4j = Neo4j.from_settings(Settings(**neo4j_settings))  # type: ignore[arg-type]
+    await neo4j.probe()
+    repository = KnowledgeGraph(neo4j)
     await repository.ensure_constraints()
     await repository.ensure_constraints()  # idempotent
     yield repository
-    await repository.close()
+    await neo4j.close()
 
 
 async def test_documents_chunks_and_entities_per_tenant(knowledge_graph: KnowledgeGraph) -> None:
@@ -42,8 +44,8 @@ async def test_documents_chunks_and_entities_per_tenant(knowledge_graph: Knowled
     assert [(e.name, e.mentions) for e in entities] == [("ACME", 2), ("Ada", 1)]
     summary = await knowledge_graph.document_summary(tenant, document)
     assert summary is not None
-    assert summary["title"] == "Quarterly report v2"
-    assert summary["chunks"] == 2
+    assert summary.title == "Quarterly report v2"
+    assert summary.chunks == 2
     hits = await knowledge_graph.chunks_mentioning(tenant, [Mention("", "Ada", "person")])
     assert [h.chunk_id for h in hits] == [chunks[0].id]
 

@@ -19,9 +19,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from switchyard.db.migrate import migrate
+from switchyard.domains import load_task_modules
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
-from switchyard.platform.registry import load_task_modules
 from switchyard.roles.healthcheck import check
 from switchyard.services.container import Services
 from switchyard.settings import Role, Settings

@@ -11,8 +11,8 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.db.models import RunState, TaskRun, Tenant
+from switchyard.domains import load_task_modules
 from switchyard.platform.execution import execute
-from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account

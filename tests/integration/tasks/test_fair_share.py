@@ -26,9 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from switchyard.api.app import create_app
 from switchyard.auth.service import ensure_superuser
 from switchyard.db.models import RunState, TaskDefinition, TaskRun
+from switchyard.domains import load_task_modules
+from switchyard.platform.admission import Dispatcher
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
-from switchyard.platform.registry import load_task_modules
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account, login, sign_up
@@ -297,20 +298,19 @@ async def test_the_sweep_admits_round_robin_across_tenants(
             )
             .values(state=RunState.SUCCEEDED)
         )
-    services: Services = app.state.services
-    assert services.admission is not None
+    dispatcher: Dispatcher = app.state.dispatcher
     published: list[str] = []
-    original = services.admission.publisher.publish
+    original = dispatcher.publisher.publish
 
     async def recording(run_id: str, task: str, queue: str, *args: Any) -> None:
         published.append(run_id)
         await original(run_id, task, queue, *args)
 
-    services.admission.publisher.publish = recording  # type: ignore[method-assign,assignment]
+    dispatcher.publisher.publish = recording  # type: ignore[method-assign,assignment]
     try:
-        assert await services.admission.sweep() == 2 * CAP
+        assert await dispatcher.sweep() == 2 * CAP
     finally:
-        services.admission.publisher.publish = original  # type: ignore[method-assign]
+        dispatcher.publisher.publish = original  # type: ignore[method-assign]
     owners = {
         str(row.id): tenant
         for tenant in (a, b)

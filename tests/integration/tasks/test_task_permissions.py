@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.api.app import create_app
 from switchyard.auth.scopes import SCOPES
-from switchyard.platform.registry import SYSTEM_TASKS, TaskSpec, load_task_modules
+from switchyard.domains import load_task_modules
+from switchyard.platform.registry import SYSTEM_TASKS, TaskSpec
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running

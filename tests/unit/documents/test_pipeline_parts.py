@@ -144,6 +144,26 @@ def test_the_local_model_embeds_meaning() -> None:
     # The published all-MiniLM-L6-v2 similarities for these sentences.
     assert cosine(food, bread) == pytest.approx(0.7553, abs=2e-3)
     assert cosine(food, baby) == pytest.approx(-0.1050, abs=2e-3)
+    # The vectors themselves, as the NumPy forward pass this runtime replaced gave them
+    # (bench/embeddings.py keeps it as the reference): the same space, so vectors stored
+    # before the change still match queries made after it.
+    assert food[:6] == pytest.approx(
+        [0.03324, 0.00441, -0.00628, 0.04838, -0.1387, -0.03362], abs=1e-4
+    )
+    assert bread[:6] == pytest.approx(
+        [0.05252, 0.05524, -0.01119, -0.00575, -0.12721, -0.02225], abs=1e-4
+    )
+    assert baby[:6] == pytest.approx(
+        [-0.03631, -0.03565, -0.02722, 0.03832, 0.07078, -0.01658], abs=1e-4
+    )
+
+
+def test_padding_does_not_change_a_vector() -> None:
+    """A text encoded alone and in a batch with a longer one (so padded) gives one vector."""
+    embedder = LocalEmbedder()
+    [alone] = embedder.encode(["Short text."])
+    padded, _ = embedder.encode(["Short text.", "A much longer text " * 20])
+    assert cosine(alone, padded) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_provider_choice() -> None:

@@ -3,15 +3,16 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
+from switchyard.domains import load_task_modules
+from switchyard.errors import RoleConfigurationError
 from switchyard.platform.registry import (
     RegistryError,
     RetryPolicy,
     TaskContext,
     TaskRegistry,
     TaskSpec,
-    load_task_modules,
 )
-from switchyard.roles.errors import RoleConfigurationError
+from switchyard.platform.registry import load_task_modules as load_modules
 
 
 class Empty(BaseModel):
@@ -78,3 +79,9 @@ def test_registry_refuses_a_name_twice_and_lists_by_name() -> None:
 def test_a_task_module_that_cannot_be_imported_stops_the_role_with_a_clear_error() -> None:
     with pytest.raises(RoleConfigurationError, match=r"TASK_MODULES: cannot import 'acme\.nope'"):
         load_task_modules(["acme.nope"])
+
+
+def test_a_task_whose_scope_is_not_a_known_scope_stops_the_role() -> None:
+    load_task_modules()  # the domains' tasks are registered, each with a known scope
+    with pytest.raises(RegistryError, match=r"task '[a-z_.]+': unknown scope"):
+        load_modules((), scopes=frozenset({"no:such"}))

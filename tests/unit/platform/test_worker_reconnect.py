@@ -8,8 +8,8 @@ from typing import Any
 
 from celery.utils.imports import symbol_by_name
 
+from switchyard.domains import load_task_modules
 from switchyard.platform.celery_app import create_celery
-from switchyard.platform.registry import load_task_modules
 from switchyard.platform.worker import (
     RECONNECT_MAX_SECONDS,
     ReconnectingConsumer,

@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
+
+from pydantic import BaseModel
+from pydantic_core import ErrorDetails
+
+NUL_MESSAGE = "Text may not contain the NUL character (U+0000)."
+
+
+class FieldError(BaseModel):
+    """One failing field of a request: where (`body.payload.n`), what, and a stable type."""
+
+    field: str
+    message: str
+    type: str
+
+
+def field_errors(errors: Iterable[ErrorDetails], *prefix: str) -> list[FieldError]:
+    """pydantic's validation errors as field errors, their location after `prefix`: the one
+    place the conversion is written."""
+    return [
+        FieldError(
+            field=".".join([*prefix, *(str(part) for part in error["loc"])]),
+            message=error["msg"],
+            type=error["type"],
+        )
+        for error in errors
+    ]
 
 
 class SwitchyardError(Exception):
@@ -75,6 +102,19 @@ class InvalidInputError(SwitchyardError):
     code = "validation_error"
     title = "Unprocessable Content"
 
-    def __init__(self, detail: str, errors: list[dict[str, str]]) -> None:
+    def __init__(self, detail: str, errors: list[FieldError]) -> None:
         super().__init__(detail)
         self.errors = errors
+
+    @classmethod
+    def on(cls, field: str, detail: str, *, message: str, type: str) -> InvalidInputError:
+        """The error of one failing `field`."""
+        return cls(detail, [FieldError(field=field, message=message, type=type)])
+
+
+class RoleConfigurationError(Exception):
+    """A role cannot start with this configuration; the message is one line for the operator."""
+
+
+class RoleStartupError(Exception):
+    """A role could not start for a reason outside its configuration; one line for the operator."""

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     features: CommaList = Field(default_factory=list)
     # Modules declaring a product's own tasks, imported after the built-in ones by every role.
     task_modules: CommaList = Field(default_factory=list)
+    # Packages of a product's own domains (each with DOMAIN = Domain(...)), after the built-in.
+    domain_packages: CommaList = Field(default_factory=list)
     max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # The request line and all headers together; larger ones are answered 431.
     max_request_header_bytes: int = Field(default=32 * 1024, ge=4096, le=1024 * 1024)
@@ -269,6 +271,7 @@ class Settings(BaseSettings):
         "cors_origins",
         "features",
         "task_modules",
+        "domain_packages",
         "worker_queues",
         "health_critical",
         "data_source_keys",

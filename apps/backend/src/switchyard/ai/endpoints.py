@@ -8,12 +8,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from switchyard.dependencies import GraphDep, LLMDep, TenantDep, require_scope
+from switchyard.ai.schemas import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EntityOut,
+    EntityPage,
+    UsageOut,
+)
+from switchyard.auth.dependencies import TenantDep, require_scope
+from switchyard.documents.dependencies import GraphDep
 from switchyard.errors import SwitchyardError
-from switchyard.services.llm import ChatMessage
+from switchyard.platform.dependencies import LLMDep
 
 llm_router = APIRouter(
     prefix="/llm", tags=["llm"], dependencies=[Depends(require_scope("llm:use"))]
@@ -21,51 +30,6 @@ llm_router = APIRouter(
 graph_router = APIRouter(
     prefix="/graph", tags=["graph"], dependencies=[Depends(require_scope("documents:read"))]
 )
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    messages: list[ChatMessage] = Field(min_length=1, max_length=100)
-    model: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
-    temperature: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=8192)
-    stream: bool = False
-
-
-class UsageOut(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class ChatResponse(BaseModel):
-    content: str
-    model: str
-    finish_reason: str | None
-    usage: UsageOut
-
-
-class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input: list[str] = Field(min_length=1, max_length=256)
-
-
-class EmbeddingsResponse(BaseModel):
-    model: str
-    data: list[list[float]]
-    usage: UsageOut
-
-
-class EntityOut(BaseModel):
-    name: str
-    kind: str
-    mentions: int
-
-
-class EntityPage(BaseModel):
-    items: list[EntityOut]
 
 
 @llm_router.post(

@@ -14,24 +14,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from switchyard import API_VERSION, __version__
-from switchyard.ai import endpoints as ai
 from switchyard.api.errors import install_exception_handlers
 from switchyard.api.input_guard import InputGuard
 from switchyard.api.metrics import POOLS, RouteTemplates
 from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
 from switchyard.api.openapi import document_errors
 from switchyard.api.routes import health, meta, metrics, objects
-from switchyard.auth import endpoints as auth
-from switchyard.datasources import endpoints as datasources
-from switchyard.documents import endpoints as documents
+from switchyard.domains import load_domains, registry_for, routers
 from switchyard.platform import admission, ledger
 from switchyard.platform.broker import Broker, broker_check_name
-from switchyard.platform.registry import TaskRegistry, load_task_modules
 from switchyard.services.container import Services
 from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
-from switchyard.tasks import endpoints as tasks
-from switchyard.tenants import endpoints as tenants
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +41,11 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         broker = Broker.create(settings)
         app.state.services = services
         app.state.broker = broker
-        app.state.registry = _registry(services, broker)
+        # Admits a tenant's waiting runs when a slot of its share frees (fair share).
+        app.state.dispatcher = (
+            admission.install(services, broker.publisher) if broker is not None else None
+        )
+        app.state.registry = registry_for(settings)
         published_marks = (
             ledger.PublishedMarks(services.database) if services.database is not None else None
         )
@@ -93,26 +91,12 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(metrics.router)
     api = f"/api/{API_VERSION}"
     app.include_router(meta.router, prefix=api)
-    app.include_router(auth.router, prefix=api)
-    app.include_router(auth.keys_router, prefix=api)
-    app.include_router(tenants.router, prefix=api)
-    app.include_router(tasks.router, prefix=api)
-    app.include_router(datasources.router, prefix=api)
-    app.include_router(documents.router, prefix=api)
-    app.include_router(ai.llm_router, prefix=api)
-    app.include_router(ai.graph_router, prefix=api)
+    for router in routers(load_domains(settings.domain_packages)):
+        app.include_router(router, prefix=api)
     app.include_router(objects.router)
     app.include_router(health.router, prefix=api, include_in_schema=False)
     app.state.route_templates = RouteTemplates(app.routes)
     return app
-
-
-def _registry(services: Services, broker: Broker | None) -> TaskRegistry:
-    """The tasks this gateway accepts runs of; and the dispatcher that admits waiting runs."""
-    settings = services.settings
-    if broker is not None:
-        admission.install(services, broker.publisher)
-    return load_task_modules(settings.task_modules, system_tasks=settings.system_tasks_on)
 
 
 def _new_app(settings: Settings, lifespan: Any) -> FastAPI:

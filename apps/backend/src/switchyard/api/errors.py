@@ -7,22 +7,15 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from switchyard.api.problems import FieldError, problem_response
-from switchyard.errors import InvalidInputError, SwitchyardError
+from switchyard.api.problems import problem_response
+from switchyard.errors import InvalidInputError, SwitchyardError, field_errors
 
 VALIDATION_DETAIL = "The request is not valid; see `errors` for each failing field."
 
 
-def _field_name(location: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in location)
-
-
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        FieldError(field=_field_name(tuple(e["loc"])), message=e["msg"], type=e["type"])
-        for e in exc.errors()
-    ]
+    errors = field_errors(exc.errors())
     return problem_response(
         422,
         detail=VALIDATION_DETAIL,
@@ -45,11 +38,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SwitchyardError)
-    errors = (
-        [FieldError(**error) for error in exc.errors]
-        if isinstance(exc, InvalidInputError)
-        else None
-    )
+    errors = exc.errors if isinstance(exc, InvalidInputError) else None
     return problem_response(
         exc.status,
         detail=exc.detail,

@@ -17,9 +17,9 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchyard.api.problems import FieldError, problem_response
+from switchyard.api.problems import problem_response
+from switchyard.errors import NUL_MESSAGE, FieldError
 
-NUL_MESSAGE = "Text may not contain the NUL character (U+0000)."
 NON_FINITE_MESSAGE = "Numbers must be finite (no NaN, Infinity or values beyond 1.8e308)."
 MAX_JSON_DEPTH: Final = 64
 DEPTH_MESSAGE = f"JSON may be nested at most {MAX_JSON_DEPTH} levels deep."

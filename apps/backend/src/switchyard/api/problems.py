@@ -8,15 +8,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse
 
+from switchyard.errors import FieldError
 from switchyard.logging import request_id_var
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-
-class FieldError(BaseModel):
-    field: str
-    message: str
-    type: str
 
 
 class Problem(BaseModel):

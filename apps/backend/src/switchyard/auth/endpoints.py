@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request, status
 from pydantic import ValidationError
 
 from switchyard.auth import service
+from switchyard.auth.dependencies import PrincipalDep, TenantAdminDep, limit_by_client_ip
 from switchyard.auth.schemas import (
     ApiKeyCreated,
     ApiKeyIn,
@@ -22,31 +23,13 @@ from switchyard.auth.schemas import (
     TokenPair,
 )
 from switchyard.db.models import ApiKey, Role, Tenant, User
-from switchyard.dependencies import (
-    PrincipalDep,
-    RateLimiterDep,
-    SessionDep,
-    SettingsDep,
-    TenantAdminDep,
-    enforce,
-    limit_by_client_ip,
-)
-from switchyard.errors import InvalidInputError, UnauthorizedError
+from switchyard.errors import InvalidInputError, UnauthorizedError, field_errors
+from switchyard.platform.dependencies import RateLimiterDep, SessionDep, SettingsDep
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 keys_router = APIRouter(prefix="/api-keys", tags=["api keys"])
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-def tenant_summary(tenant: Tenant) -> TenantSummary:
-    return TenantSummary(
-        id=tenant.id,
-        name=tenant.name,
-        slug=tenant.slug,
-        status=tenant.status.value,
-        max_runs_in_flight=tenant.max_runs_in_flight,
-    )
 
 
 def key_out(api_key: ApiKey) -> ApiKeyOut:
@@ -59,7 +42,7 @@ def key_out(api_key: ApiKey) -> ApiKeyOut:
 async def register(body: RegisterIn, session: SessionDep, settings: SettingsDep) -> Registered:
     user, tenant = await service.register(session, settings, body)
     return Registered(
-        user_id=user.id, email=user.email, tenant=tenant_summary(tenant), role=Role.OWNER
+        user_id=user.id, email=user.email, tenant=TenantSummary.of(tenant), role=Role.OWNER
     )
 
 
@@ -75,18 +58,11 @@ async def _login_body(request: Request) -> LoginIn:
             )
         return LoginIn.model_validate_json(await request.body())
     except ValidationError as exc:
-        errors = [
-            {
-                "field": ".".join(["body", *(str(part) for part in error["loc"])]),
-                "message": error["msg"],
-                "type": error["type"],
-            }
-            for error in exc.errors(include_url=False, include_input=False)
-        ]
+        errors = field_errors(exc.errors(include_url=False, include_input=False), "body")
         raise InvalidInputError("The sign-in request is not valid.", errors) from None
     except json.JSONDecodeError:
-        raise InvalidInputError(
-            "The body is not JSON.", [{"field": "body", "message": "invalid JSON", "type": "json"}]
+        raise InvalidInputError.on(
+            "body", "The body is not JSON.", message="invalid JSON", type="json"
         ) from None
 
 
@@ -119,7 +95,7 @@ async def login(
     # Failed sign-ins are counted per account too, so no choice of address buys more guesses;
     # once used up, even the right password waits for the window to end.
     account = ("login_failures", body.email.lower())
-    await enforce(limiter, settings.rate_limit_login_failures, *account, count=False)
+    await limiter.enforce(settings.rate_limit_login_failures, *account, count=False)
     try:
         user, membership = await service.authenticate(
             session, body.email, body.password, body.tenant
@@ -149,7 +125,7 @@ async def me(principal: PrincipalDep, session: SessionDep) -> Me:
         user_id=principal.user_id,
         email=user.email if user else None,
         api_key_id=principal.api_key_id,
-        tenant=tenant_summary(tenant),
+        tenant=TenantSummary.of(tenant),
         role=principal.role,
         scopes=sorted(principal.scopes),
         is_superuser=principal.is_superuser,

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
-from switchyard.db.models import Role
+from switchyard.db.models import Role, Tenant
 
 # The same names as auth.scopes.SCOPES (a unit test keeps the two equal).
 Scope = Literal[
@@ -60,6 +60,10 @@ class TenantSummary(BaseModel):
     max_runs_in_flight: int | None = Field(
         default=None, description="Its own fair-share cap; null: TENANT_MAX_RUNS_IN_FLIGHT"
     )
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantSummary:
+        return cls.model_validate(tenant, from_attributes=True)
 
 
 class Registered(BaseModel):

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from switchyard.auth import security
 from switchyard.auth.principal import Principal
+from switchyard.auth.repository import ApiKeyRepository
 from switchyard.auth.schemas import ApiKeyIn, RegisterIn, TokenPair
 from switchyard.auth.scopes import ROLE_SCOPES
 from switchyard.db.models import (
@@ -25,12 +26,10 @@ from switchyard.db.models import (
     TenantStatus,
     User,
 )
-from switchyard.db.tenancy import scoped
 from switchyard.errors import (
     ConflictError,
     ForbiddenError,
     InvalidInputError,
-    NotFoundError,
     TokenReuseError,
     UnauthorizedError,
 )
@@ -45,15 +44,11 @@ EMAIL_TAKEN = "An account with this email exists; sign in instead."
 def check_password(settings: Settings, password: str) -> None:
     low, high = settings.password_min_length, settings.password_max_length
     if not low <= len(password) <= high:
-        raise InvalidInputError(
+        raise InvalidInputError.on(
+            "body.password",
             "The password does not meet the length rule.",
-            [
-                {
-                    "field": "body.password",
-                    "message": f"between {low} and {high} characters",
-                    "type": "password_length",
-                }
-            ],
+            message=f"between {low} and {high} characters",
+            type="password_length",
         )
 
 
@@ -357,14 +352,11 @@ async def create_api_key(
 
 
 async def api_keys(session: AsyncSession, tenant_id: uuid.UUID) -> list[ApiKey]:
-    statement = scoped(ApiKey, tenant_id).order_by(ApiKey.created_at)
-    return list((await session.scalars(statement)).all())
+    return await ApiKeyRepository(session, tenant_id).oldest_first()
 
 
 async def revoke_api_key(session: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
-    api_key = await session.scalar(scoped(ApiKey, tenant_id, ApiKey.id == key_id))
-    if api_key is None:
-        raise NotFoundError(f"No API key {key_id}.")
+    api_key = await ApiKeyRepository(session, tenant_id).get_or_404(key_id)
     if api_key.revoked_at is None:
         api_key.revoked_at = datetime.now(UTC)
     return api_key

@@ -7,10 +7,11 @@ import re
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Final, Literal, NotRequired
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+from typing_extensions import TypedDict
 
 from switchyard.datasources.guard import RefusedHostError, UnresolvableHostError, resolve
 
@@ -145,15 +146,26 @@ async def _mysql_version(connection: Connection, address: str, seconds: float) -
         conn.close()
 
 
-async def probe(raw: str, *, allow_local: bool, seconds: float) -> dict[str, Any]:
+class ProbeOutcome(TypedDict):
+    """What one connectivity test found (the result of datasources.test_connection)."""
+
+    ok: bool
+    kind: Kind
+    host: str
+    port: int
+    latency_ms: NotRequired[float]
+    address: NotRequired[str]
+    server_version: NotRequired[str]
+    error: NotRequired[str]
+    refused: NotRequired[bool]
+
+
+async def probe(raw: str, *, allow_local: bool, seconds: float) -> ProbeOutcome:
     """Connect once and ask the server's version; the outcome, never an exception."""
     connection = parse(raw)
-    outcome: dict[str, Any] = {
-        "ok": False,
-        "kind": connection.kind,
-        "host": connection.host,
-        "port": connection.port,
-    }
+    outcome = ProbeOutcome(
+        ok=False, kind=connection.kind, host=connection.host, port=connection.port
+    )
     started = time.perf_counter()
     try:
         async with asyncio.timeout(seconds):

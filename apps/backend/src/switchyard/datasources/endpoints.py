@@ -6,8 +6,10 @@ import uuid
 
 from fastapi import APIRouter, Depends, Request, Response, status
 
+from switchyard.auth.dependencies import PrincipalDep, TenantDep, require_scope
 from switchyard.datasources import service
 from switchyard.datasources.crypto import DataSourceCipher
+from switchyard.datasources.repository import DataSourceRepository
 from switchyard.datasources.schemas import (
     DataSourceCreate,
     DataSourcePage,
@@ -15,19 +17,13 @@ from switchyard.datasources.schemas import (
     DataSourceUpdate,
 )
 from switchyard.datasources.tasks import TEST_TASK
-from switchyard.dependencies import (
-    BrokerDep,
-    PrincipalDep,
+from switchyard.platform.dependencies import (
     RateLimiterDep,
-    RegistryDep,
     ServicesDep,
     SessionDep,
     SettingsDep,
-    TenantDep,
-    enforce,
-    require_scope,
 )
-from switchyard.tasks.endpoints import accept_run
+from switchyard.tasks.dependencies import SubmitterDep
 from switchyard.tasks.schemas import RunAccepted, RunRequest
 
 router = APIRouter(prefix="/data-sources", tags=["data sources"])
@@ -46,7 +42,7 @@ CipherDep = Depends(_cipher)
 async def list_data_sources(
     session: SessionDep, tenant_id: TenantDep, cipher: DataSourceCipher = CipherDep
 ) -> DataSourcePage:
-    sources = await service.listed(session, tenant_id)
+    sources = await DataSourceRepository(session, tenant_id).listed()
     return DataSourcePage(items=[service.read(source, cipher) for source in sources])
 
 
@@ -71,7 +67,9 @@ async def get_data_source(
     tenant_id: TenantDep,
     cipher: DataSourceCipher = CipherDep,
 ) -> DataSourceRead:
-    return service.read(await service.get(session, tenant_id, source_id), cipher)
+    return service.read(
+        await DataSourceRepository(session, tenant_id).get_or_404(source_id), cipher
+    )
 
 
 @router.patch("/{source_id}", dependencies=WRITE)
@@ -82,7 +80,7 @@ async def update_data_source(
     tenant_id: TenantDep,
     cipher: DataSourceCipher = CipherDep,
 ) -> DataSourceRead:
-    source = await service.get(session, tenant_id, source_id)
+    source = await DataSourceRepository(session, tenant_id).get_or_404(source_id)
     return service.read(await service.update(session, source, body, cipher), cipher)
 
 
@@ -90,25 +88,24 @@ async def update_data_source(
 async def delete_data_source(
     source_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
 ) -> None:
-    await session.delete(await service.get(session, tenant_id, source_id))
+    await session.delete(await DataSourceRepository(session, tenant_id).get_or_404(source_id))
 
 
 @router.post("/{source_id}/test", status_code=status.HTTP_202_ACCEPTED, dependencies=WRITE)
 async def test_data_source(
     source_id: uuid.UUID,
-    request: Request,
-    response: Response,
     session: SessionDep,
     services: ServicesDep,
-    broker: BrokerDep,
-    registry: RegistryDep,
+    submit: SubmitterDep,
     principal: PrincipalDep,
     limiter: RateLimiterDep,
 ) -> RunAccepted:
     """Queue a connectivity test; its outcome is the run's result (`GET /tasks/{task_id}`)."""
     tenant_id = principal.tenant_id
-    await service.get(session, tenant_id, source_id)
-    await enforce(limiter, services.settings.rate_limit_task_runs, "runs", str(tenant_id))
+    await DataSourceRepository(session, tenant_id).get_or_404(source_id)
+    await limiter.enforce(services.settings.rate_limit_task_runs, "runs", str(tenant_id))
     body = RunRequest(task=TEST_TASK, payload={"data_source_id": str(source_id)})
-    _, accepted = await accept_run(body, request, response, services, broker, registry, principal)
+    _, accepted = await submit(
+        body,
+    )
     return accepted

@@ -12,8 +12,7 @@ from switchyard.datasources.connect import parse
 from switchyard.datasources.crypto import DataSourceCipher
 from switchyard.datasources.schemas import DataSourceCreate, DataSourceRead, DataSourceUpdate
 from switchyard.db.models import DataSourceConnection
-from switchyard.db.tenancy import scoped
-from switchyard.errors import ConflictError, NotFoundError
+from switchyard.errors import ConflictError
 from switchyard.settings import Settings
 
 
@@ -34,24 +33,6 @@ async def _flush(session: AsyncSession, name: str) -> None:
         await session.flush()
     except IntegrityError:
         raise ConflictError(f"A data source named {name!r} exists already.") from None
-
-
-async def get(
-    session: AsyncSession, tenant_id: uuid.UUID, source_id: uuid.UUID
-) -> DataSourceConnection:
-    found = await session.scalar(
-        scoped(DataSourceConnection, tenant_id, DataSourceConnection.id == source_id)
-    )
-    if found is None:
-        raise NotFoundError("No such data source.")
-    return found
-
-
-async def listed(session: AsyncSession, tenant_id: uuid.UUID) -> list[DataSourceConnection]:
-    rows = await session.scalars(
-        scoped(DataSourceConnection, tenant_id).order_by(DataSourceConnection.name)
-    )
-    return list(rows)
 
 
 async def create(

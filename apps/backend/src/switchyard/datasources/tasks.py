@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from switchyard.datasources import connect
 from switchyard.datasources.crypto import DataSourceCipher
-from switchyard.datasources.service import get
+from switchyard.datasources.repository import DataSourceRepository
 from switchyard.platform.registry import RetryPolicy, TaskContext, task
 
 TEST_TASK = "datasources.test_connection"
@@ -30,12 +29,13 @@ class TestConnectionInput(BaseModel):
     time_limit=90,
     access="internal",  # POST /data-sources/{id}/test starts it (datasources:write)
 )
-async def test_connection(payload: TestConnectionInput, ctx: TaskContext) -> dict[str, Any]:
+async def test_connection(payload: TestConnectionInput, ctx: TaskContext) -> dict[str, object]:
     services = ctx.services
     settings = services.settings
-    assert services.sessions is not None
-    async with services.sessions() as session:
-        source = await get(session, ctx.tenant_id, payload.data_source_id)
+    async with services.database_sessions() as session:
+        source = await DataSourceRepository(session, ctx.tenant_id).get_or_404(
+            payload.data_source_id
+        )
         encrypted = source.encrypted_connection_url
     url = DataSourceCipher.from_settings(settings).decrypt(encrypted)
     outcome = await connect.probe(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from alembic import command
@@ -18,14 +20,21 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 ADVISORY_LOCK_KEY = 0x5357_5944  # "SWYD"
 
 
-def alembic_config() -> Config:
+def alembic_config(version_locations: Sequence[Path] = ()) -> Config:
+    """The product's migrations, plus the branches of domains that keep their own
+    (`version_locations`, from `switchyard.domains`)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if version_locations:
+        config.set_main_option("path_separator", "os")
+        locations = [MIGRATIONS_DIR / "versions", *version_locations]
+        config.set_main_option("version_locations", os.pathsep.join(map(str, locations)))
     return config
 
 
-def _run(connection: Connection, revision: str, downgrade: bool) -> None:
-    config = alembic_config()
+def run_alembic(config: Config, connection: Connection, revision: str, downgrade: bool) -> None:
+    """Upgrade (or downgrade) to `revision` on `connection` (the env.py of every migration
+    directory here runs on the connection it is handed)."""
     config.attributes["connection"] = connection
     if downgrade:
         command.downgrade(config, revision)
@@ -33,8 +42,21 @@ def _run(connection: Connection, revision: str, downgrade: bool) -> None:
         command.upgrade(config, revision)
 
 
-async def migrate(url: URL, revision: str = "head", *, downgrade: bool = False) -> None:
-    """Apply migrations under a PostgreSQL advisory lock, so concurrent runs queue up."""
+def _run(
+    connection: Connection, revision: str, downgrade: bool, version_locations: Sequence[Path]
+) -> None:
+    run_alembic(alembic_config(version_locations), connection, revision, downgrade)
+
+
+async def migrate(
+    url: URL,
+    revision: str = "heads",
+    *,
+    downgrade: bool = False,
+    version_locations: Sequence[Path] = (),
+) -> None:
+    """Apply migrations under a PostgreSQL advisory lock, so concurrent runs queue up; by
+    default every branch to its head."""
     engine = create_async_engine(url, pool_size=1, max_overflow=0)
     try:
         async with engine.connect() as connection:
@@ -43,7 +65,7 @@ async def migrate(url: URL, revision: str = "head", *, downgrade: bool = False) 
             )
             await connection.commit()
             try:
-                await connection.run_sync(_run, revision, downgrade)
+                await connection.run_sync(_run, revision, downgrade, version_locations)
                 await connection.commit()
             finally:
                 await connection.rollback()

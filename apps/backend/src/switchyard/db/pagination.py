@@ -39,9 +39,11 @@ def parse_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
     try:
         return decode_cursor(cursor)
     except ValueError:
-        raise InvalidInputError(
+        raise InvalidInputError.on(
+            "query.cursor",
             "The cursor is not one this API gave out.",
-            [{"field": "query.cursor", "message": "invalid cursor", "type": "cursor"}],
+            message="invalid cursor",
+            type="cursor",
         ) from None
 
 

@@ -5,32 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container
+from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette import EventSourceResponse
 
-from switchyard.api.input_guard import NUL_MESSAGE
-from switchyard.auth.principal import Principal
-from switchyard.db import pagination
-from switchyard.db.models import DocumentStatus, KnowledgeDocument
-from switchyard.dependencies import (
-    BrokerDep,
-    GraphDep,
-    PrincipalDep,
-    RateLimiterDep,
-    RegistryDep,
-    ServicesDep,
-    SessionDep,
-    TenantDep,
-    enforce,
-    require_scope,
-)
+from switchyard.auth.dependencies import PrincipalDep, TenantDep, require_scope
+from switchyard.db.models import DocumentStatus
 from switchyard.documents import retrieval, service
+from switchyard.documents.dependencies import GraphDep
 from switchyard.documents.extract import CONTENT_TYPES, kind_of
+from switchyard.documents.repository import DocumentRepository
 from switchyard.documents.schemas import (
     AnswerRequest,
     AnswerResponse,
@@ -41,12 +31,16 @@ from switchyard.documents.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from switchyard.errors import ConflictError, InvalidInputError, NotFoundError, SwitchyardError
-from switchyard.platform.broker import Broker
-from switchyard.platform.registry import TaskRegistry
-from switchyard.services.container import Services
+from switchyard.errors import (
+    NUL_MESSAGE,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    SwitchyardError,
+)
+from switchyard.platform.dependencies import RateLimiterDep, ServicesDep, SessionDep
 from switchyard.services.ratelimit import RateLimiter
-from switchyard.tasks.endpoints import accept_run
+from switchyard.tasks.dependencies import RunSubmitter, SubmitterDep
 from switchyard.tasks.schemas import RunAccepted, RunRequest
 
 logger = logging.getLogger(__name__)
@@ -70,9 +64,9 @@ async def _read(upload: UploadFile) -> AsyncIterator[bytes]:
 async def upload_document(
     request: Request,
     response: Response,
+    session: SessionDep,
     services: ServicesDep,
-    broker: BrokerDep,
-    registry: RegistryDep,
+    submit: SubmitterDep,
     principal: PrincipalDep,
     limiter: RateLimiterDep,
     file: Annotated[UploadFile, File(description="Plain text, Markdown, HTML or PDF")],
@@ -81,66 +75,15 @@ async def upload_document(
     """Store the file, record it as `pending`, and queue `documents.ingest`. A tenant's
     uploads are limited in rate (RATE_LIMIT_UPLOADS) and in documents being ingested at once
     (DOCUMENT_MAX_INGESTING_PER_TENANT): past either, 429 with Retry-After, nothing stored."""
-    tenant_id = principal.tenant_id
-    settings = services.settings
-    assert services.sessions is not None
-    await enforce(limiter, settings.rate_limit_uploads, "uploads", str(tenant_id))
-    async with services.sessions() as session:  # before anything is stored
-        await service.check_ingesting(
-            session, tenant_id, settings.document_max_ingesting_per_tenant
-        )
+    await limiter.enforce(services.settings.rate_limit_uploads, "uploads", str(principal.tenant_id))
     for field, text in (("body.title", title), ("body.file", file.filename)):
         if text is not None and "\x00" in text:
-            raise InvalidInputError(
-                NUL_MESSAGE, [{"field": field, "message": NUL_MESSAGE, "type": "string_nul"}]
-            )
+            raise InvalidInputError.on(field, NUL_MESSAGE, message=NUL_MESSAGE, type="string_nul")
     filename = PurePath(file.filename or "upload").name[:500] or "upload"
-    kind = kind_of(filename, file.content_type)
-    document_id = uuid.uuid4()
-    size = await service.store_upload(
-        services, tenant_id, document_id, _read(file), CONTENT_TYPES[kind]
-    )
-    try:
-        async with services.sessions.begin() as session:
-            # Again, under the tenant's upload lock: concurrent uploads count each other.
-            await service.check_ingesting(
-                session, tenant_id, settings.document_max_ingesting_per_tenant, locked=True
-            )
-            document = KnowledgeDocument(
-                id=document_id,
-                tenant_id=tenant_id,
-                title=(title or PurePath(filename).stem or filename)[:500],
-                filename=filename,
-                content_type=CONTENT_TYPES[kind],
-                size_bytes=size,
-                object_key=service.object_key(document_id),
-                status=DocumentStatus.PENDING,
-                created_by=principal.user_id,
-            )
-            session.add(document)
-        run, _ = await accept_run(
-            RunRequest(task="documents.ingest", payload={"document_id": str(document_id)}),
-            request,
-            response,
-            services,
-            broker,
-            registry,
-            principal,
-        )
-    except BaseException:
-        # Nothing half-written: without a queued run the upload is taken back whole.
-        async with services.sessions.begin() as session:
-            stored = await session.get(KnowledgeDocument, document_id)
-            if stored is not None:
-                await session.delete(stored)
-        await services.objects.delete(tenant_id, service.object_key(document_id))
-        raise
-    async with services.sessions.begin() as session:
-        document = await service.get(session, tenant_id, document_id)
-        document.run_id = run.id
-        await session.flush()
-        await session.refresh(document)
-    response.headers["Location"] = request.url_for("get_document", document_id=document_id).path
+    content_type = CONTENT_TYPES[kind_of(filename, file.content_type)]
+    upload = service.Upload(filename, title, content_type, _read(file))
+    document, run = await service.accept_upload(session, services, submit, principal, upload)
+    response.headers["Location"] = request.url_for("get_document", document_id=document.id).path
     return DocumentAccepted(document=DocumentOut.of(document), task_id=run.id)
 
 
@@ -152,9 +95,8 @@ async def list_documents(
     cursor: str | None = Query(default=None, max_length=200),
     limit: int = Query(default=50, ge=1, le=200),
 ) -> DocumentPage:
-    after = pagination.parse_cursor(cursor)
-    rows = await service.page(session, tenant_id, status=status, after=after, limit=limit)
-    page, next_cursor = pagination.cut(rows, limit)
+    documents = DocumentRepository(session, tenant_id)
+    page, next_cursor = await documents.page_of(status=status, cursor=cursor, limit=limit)
     return DocumentPage(items=[DocumentOut.of(row) for row in page], next_cursor=next_cursor)
 
 
@@ -162,7 +104,7 @@ async def list_documents(
 async def get_document(
     document_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
 ) -> DocumentOut:
-    return DocumentOut.of(await service.get(session, tenant_id, document_id))
+    return DocumentOut.of(await DocumentRepository(session, tenant_id).get_or_404(document_id))
 
 
 @router.get(
@@ -175,7 +117,7 @@ async def document_content(
     document_id: uuid.UUID, session: SessionDep, services: ServicesDep, tenant_id: TenantDep
 ) -> StreamingResponse:
     """The uploaded file as it was stored, streamed."""
-    document = await service.get(session, tenant_id, document_id)
+    document = await DocumentRepository(session, tenant_id).get_or_404(document_id)
     info, stream = await services.objects.get(tenant_id, document.object_key)
     disposition = f"attachment; filename*=UTF-8''{_quote(document.filename)}"
     return StreamingResponse(
@@ -199,7 +141,7 @@ async def delete_document(
 ) -> None:
     """Object, vectors and graph nodes first, then the row; deleting twice is fine (204)."""
     try:
-        document = await service.get(session, tenant_id, document_id)
+        document = await DocumentRepository(session, tenant_id).get_or_404(document_id)
     except NotFoundError:
         return
     await service.purge(services, tenant_id, document.id)
@@ -210,35 +152,44 @@ async def delete_document(
 async def document_graph(
     document_id: uuid.UUID, session: SessionDep, graph: GraphDep, tenant_id: TenantDep
 ) -> DocumentGraph:
-    document = await service.get(session, tenant_id, document_id)
+    document = await DocumentRepository(session, tenant_id).get_or_404(document_id)
     summary = await graph.document_summary(tenant_id, document.id)
     if summary is None:
         raise NotFoundError("The document is not in the graph yet.")
-    return DocumentGraph(
-        document_id=document.id,
-        title=str(summary["title"]),
-        chunks=int(summary["chunks"]),
-        entities=sorted(str(name) for name in summary["entities"]),
-    )
+    return summary
 
 
-async def _queue_for_document(
-    task: str,
-    document: KnowledgeDocument,
-    request: Request,
-    response: Response,
-    services: Services,
-    broker: Broker,
-    registry: TaskRegistry,
-    principal: Principal,
-    limiter: RateLimiter,
-) -> RunAccepted:
-    """Queue an internal task of a document, under the tenant's run rate limit."""
-    limit = services.settings.rate_limit_task_runs
-    await enforce(limiter, limit, "runs", str(principal.tenant_id))
-    body = RunRequest(task=task, payload={"document_id": str(document.id)})
-    _, accepted = await accept_run(body, request, response, services, broker, registry, principal)
-    return accepted
+@dataclass(frozen=True)
+class DocumentRuns:
+    """Queues an internal task of one of the caller's documents, under the tenant's run rate
+    limit, in the request's unit of work."""
+
+    session: AsyncSession
+    submit: RunSubmitter
+    limiter: RateLimiter
+
+    async def queue(
+        self, document_id: uuid.UUID, task: str, allowed: Container[DocumentStatus], refusal: str
+    ) -> RunAccepted:
+        """409 with `refusal` (formatted with the status) unless the document is `allowed`."""
+        tenant_id = self.submit.principal.tenant_id
+        document = await DocumentRepository(self.session, tenant_id).get_or_404(document_id)
+        if document.status not in allowed:
+            raise ConflictError(refusal.format(status=document.status.value))
+        limit = self.submit.services.settings.rate_limit_task_runs
+        await self.limiter.enforce(limit, "runs", str(tenant_id))
+        body = RunRequest(task=task, payload={"document_id": str(document.id)})
+        _, accepted = await self.submit(body)
+        return accepted
+
+
+async def get_document_runs(
+    session: SessionDep, submit: SubmitterDep, limiter: RateLimiterDep
+) -> DocumentRuns:
+    return DocumentRuns(session, submit, limiter)
+
+
+DocumentRunsDep = Annotated[DocumentRuns, Depends(get_document_runs)]
 
 
 @router.post(
@@ -246,32 +197,14 @@ async def _queue_for_document(
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=WRITE,
 )
-async def reingest_document(
-    document_id: uuid.UUID,
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    services: ServicesDep,
-    broker: BrokerDep,
-    registry: RegistryDep,
-    principal: PrincipalDep,
-    limiter: RateLimiterDep,
-) -> RunAccepted:
+async def reingest_document(document_id: uuid.UUID, runs: DocumentRunsDep) -> RunAccepted:
     """Queue `documents.ingest` for a ready or failed document again (after changing the
     embedding provider or the chunk settings, say): its chunks and vectors are replaced."""
-    document = await service.get(session, principal.tenant_id, document_id)
-    if document.status not in (DocumentStatus.READY, DocumentStatus.FAILED):
-        raise ConflictError(f"The document is {document.status.value}; it is being ingested.")
-    return await _queue_for_document(
+    return await runs.queue(
+        document_id,
         "documents.ingest",
-        document,
-        request,
-        response,
-        services,
-        broker,
-        registry,
-        principal,
-        limiter,
+        (DocumentStatus.READY, DocumentStatus.FAILED),
+        "The document is {status}; it is being ingested.",
     )
 
 
@@ -280,32 +213,14 @@ async def reingest_document(
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=WRITE,
 )
-async def extract_document_entities(
-    document_id: uuid.UUID,
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    services: ServicesDep,
-    broker: BrokerDep,
-    registry: RegistryDep,
-    principal: PrincipalDep,
-    limiter: RateLimiterDep,
-) -> RunAccepted:
+async def extract_document_entities(document_id: uuid.UUID, runs: DocumentRunsDep) -> RunAccepted:
     """Queue `documents.extract_entities` for a ready document again (after an LLM outage,
     say): its named entities go into the graph. The outcome is the run's (`Location`)."""
-    document = await service.get(session, principal.tenant_id, document_id)
-    if document.status is not DocumentStatus.READY:
-        raise ConflictError(f"The document is {document.status.value}, not ready.")
-    return await _queue_for_document(
+    return await runs.queue(
+        document_id,
         "documents.extract_entities",
-        document,
-        request,
-        response,
-        services,
-        broker,
-        registry,
-        principal,
-        limiter,
+        (DocumentStatus.READY,),
+        "The document is {status}, not ready.",
     )
 
 

@@ -7,8 +7,7 @@ import uuid
 from collections.abc import AsyncGenerator, Sequence
 from typing import Final
 
-from switchyard.db.models import KnowledgeDocument
-from switchyard.db.tenancy import scoped
+from switchyard.documents.repository import DocumentRepository
 from switchyard.documents.schemas import Citation, SearchHit
 from switchyard.services.container import Services
 from switchyard.services.llm import ChatChunk, ChatMessage, ChatResult
@@ -36,16 +35,9 @@ async def search(
     matches = await services.vectors.query(tenant_id, embedding, top_k=top_k, where=where)
     if not matches:
         return []
-    assert services.sessions is not None
-    async with services.sessions() as session:
-        present = set(
-            await session.scalars(
-                scoped(
-                    KnowledgeDocument,
-                    tenant_id,
-                    KnowledgeDocument.id.in_({m.document_id for m in matches}),
-                ).with_only_columns(KnowledgeDocument.id)
-            )
+    async with services.database_sessions() as session:
+        present = await DocumentRepository(session, tenant_id).existing(
+            match.document_id for match in matches
         )
     return [
         SearchHit(

@@ -1,27 +1,28 @@
-"""Documents: stored objects plus a row; every query scoped to the tenant."""
+"""Documents: stored objects plus a row; every query scoped to the tenant (repository)."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from dataclasses import dataclass
+from pathlib import PurePath
 
-from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from switchyard.db import pagination
-from switchyard.db.models import DocumentStatus, KnowledgeDocument
-from switchyard.db.tenancy import scoped
-from switchyard.errors import NotFoundError, TooManyRequestsError
+from switchyard.auth.principal import Principal
+from switchyard.db.models import DocumentStatus, KnowledgeDocument, TaskRun
+from switchyard.db.session import on_failure
+from switchyard.documents.graph import graph_of
+from switchyard.documents.repository import DocumentRepository
+from switchyard.errors import TooManyRequestsError
 from switchyard.services.container import Services
+from switchyard.tasks.dependencies import RunSubmitter
+from switchyard.tasks.schemas import RunRequest
 
 logger = logging.getLogger(__name__)
 
 
-# Advisory lock namespace ("SD") of a tenant's uploads, while one checks the ingestion cap.
-UPLOAD_LOCK_NAMESPACE = 0x5344
-INGESTING = (DocumentStatus.PENDING, DocumentStatus.PROCESSING)
 INGESTING_RETRY_AFTER_SECONDS = 10
 
 
@@ -30,17 +31,11 @@ async def check_ingesting(
 ) -> None:
     """429 while the tenant has `limit` documents being ingested. `locked`: hold the tenant's
     upload lock for the rest of the transaction, so concurrent uploads count each other."""
+    documents = DocumentRepository(session, tenant_id)
     if locked:
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(:namespace, hashtext(CAST(:tenant AS text)))"),
-            {"namespace": UPLOAD_LOCK_NAMESPACE, "tenant": str(tenant_id)},
-        )
-    ingesting = await session.scalar(
-        select(func.count())
-        .select_from(KnowledgeDocument)
-        .where(KnowledgeDocument.tenant_id == tenant_id, KnowledgeDocument.status.in_(INGESTING))
-    )
-    if (ingesting or 0) >= limit:
+        await documents.lock_uploads()
+    ingesting = await documents.count_ingesting()
+    if ingesting >= limit:
         raise TooManyRequestsError(
             f"{ingesting} documents of this tenant are being ingested (at most {limit} at "
             f"once, DOCUMENT_MAX_INGESTING_PER_TENANT); retry when one is done.",
@@ -51,32 +46,6 @@ async def check_ingesting(
 def object_key(document_id: uuid.UUID) -> str:
     """Relative to the tenant's prefix; made by us, never from the uploaded file's name."""
     return f"documents/{document_id}/original"
-
-
-async def get(
-    session: AsyncSession, tenant_id: uuid.UUID, document_id: uuid.UUID
-) -> KnowledgeDocument:
-    found = await session.scalar(
-        scoped(KnowledgeDocument, tenant_id, KnowledgeDocument.id == document_id)
-    )
-    if found is None:
-        raise NotFoundError("No such document.")
-    return found
-
-
-async def page(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    *,
-    status: DocumentStatus | None,
-    after: tuple[datetime, uuid.UUID] | None,
-    limit: int,
-) -> list[KnowledgeDocument]:
-    statement = scoped(KnowledgeDocument, tenant_id)
-    if status is not None:
-        statement = statement.where(KnowledgeDocument.status == status)
-    statement = pagination.newest_first(statement, KnowledgeDocument, after, limit)
-    return list((await session.scalars(statement)).all())
 
 
 async def store_upload(
@@ -97,9 +66,73 @@ async def store_upload(
     return info.size
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file being uploaded: its names as given (already checked) and its bytes as they come."""
+
+    filename: str
+    title: str | None
+    content_type: str
+    chunks: AsyncIterator[bytes]
+
+
+async def accept_upload(
+    session: AsyncSession,
+    services: Services,
+    submit: RunSubmitter,
+    principal: Principal,
+    upload: Upload,
+) -> tuple[KnowledgeDocument, TaskRun]:
+    """Store the file, then record it as `pending` with its `documents.ingest` run in the
+    request's unit of work (published once that commits). Nothing is left half-written: if
+    the unit of work does not complete (the broker refuses the run, say), the object and the
+    row are taken back. A tenant with DOCUMENT_MAX_INGESTING_PER_TENANT documents being
+    ingested gets 429 before anything is stored and, counted again under the tenant's upload
+    lock, before anything is recorded."""
+    tenant_id, limit = principal.tenant_id, services.settings.document_max_ingesting_per_tenant
+    async with (
+        services.database_sessions() as reading
+    ):  # a read: no transaction is held open during the upload
+        await check_ingesting(reading, tenant_id, limit)
+    document_id = uuid.uuid4()
+    size = await store_upload(services, tenant_id, document_id, upload.chunks, upload.content_type)
+    on_failure(session, lambda: discard_upload(services, tenant_id, document_id))
+    await check_ingesting(session, tenant_id, limit, locked=True)
+    run, _ = await submit(
+        RunRequest(task="documents.ingest", payload={"document_id": str(document_id)})
+    )
+    document = KnowledgeDocument(
+        id=document_id,
+        tenant_id=tenant_id,
+        title=(upload.title or PurePath(upload.filename).stem or upload.filename)[:500],
+        filename=upload.filename,
+        content_type=upload.content_type,
+        size_bytes=size,
+        object_key=object_key(document_id),
+        status=DocumentStatus.PENDING,
+        created_by=principal.user_id,
+        run_id=run.id,
+    )
+    session.add(document)
+    await session.flush()
+    await session.refresh(document)
+    return document, run
+
+
+async def discard_upload(services: Services, tenant_id: uuid.UUID, document_id: uuid.UUID) -> None:
+    """Take back an upload whose unit of work did not complete: its row, if it was committed,
+    and its object."""
+    async with services.database_sessions.begin() as session:
+        stored = await DocumentRepository(session, tenant_id).get(document_id)
+        if stored is not None:
+            await session.delete(stored)
+    await services.objects.delete(tenant_id, object_key(document_id))
+
+
 async def purge(services: Services, tenant_id: uuid.UUID, document_id: uuid.UUID) -> None:
     """Remove the document's object, vectors and graph nodes (each step idempotent)."""
     await services.objects.delete(tenant_id, object_key(document_id))
     await services.vectors.delete_document(tenant_id, document_id)
-    if services.graph is not None:
-        await services.graph.delete_document(tenant_id, document_id)
+    graph = graph_of(services)
+    if graph is not None:
+        await graph.delete_document(tenant_id, document_id)

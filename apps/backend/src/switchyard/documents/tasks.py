@@ -13,10 +13,11 @@ from switchyard.db.models import DocumentStatus, KnowledgeDocument
 from switchyard.documents import service
 from switchyard.documents.chunking import Chunk, split
 from switchyard.documents.extract import UnreadableDocumentError, extract_text, kind_of
+from switchyard.documents.graph import GraphChunk, Mention, graph_of, require_graph
+from switchyard.documents.repository import DocumentRepository
 from switchyard.errors import NotFoundError, SwitchyardError
 from switchyard.platform.registry import RetryPolicy, TaskContext, task
 from switchyard.services.container import Services
-from switchyard.services.graph import GraphChunk, Mention
 from switchyard.services.llm import ChatMessage, LLMError, LLMRequestError
 from switchyard.services.vectors import VectorChunk
 from switchyard.settings import Settings
@@ -75,10 +76,9 @@ async def _set_state(
     status: DocumentStatus,
     **fields: Any,
 ) -> KnowledgeDocument | None:
-    assert services.sessions is not None
-    async with services.sessions.begin() as session:
+    async with services.database_sessions.begin() as session:
         try:
-            document = await service.get(session, tenant_id, document_id)
+            document = await DocumentRepository(session, tenant_id).get_or_404(document_id)
         except NotFoundError:
             return None
         document.status = status
@@ -143,10 +143,11 @@ async def ingest_document(
     ]
     for start in range(0, len(rows), UPSERT_BATCH):
         await services.vectors.upsert(tenant_id, rows[start : start + UPSERT_BATCH])
-    if services.graph is not None:
-        await services.graph.delete_document(tenant_id, document.id)
-        await services.graph.upsert_document(tenant_id, document.id, document.title)
-        await services.graph.add_chunks(
+    graph = graph_of(services)
+    if graph is not None:
+        await graph.delete_document(tenant_id, document.id)
+        await graph.upsert_document(tenant_id, document.id, document.title)
+        await graph.add_chunks(
             tenant_id,
             document.id,
             [GraphChunk(f"{document.id}:{c.index}", c.index, c.text) for c in chunks],
@@ -175,7 +176,7 @@ async def extract_entities(
     services: Services, tenant_id: uuid.UUID, document_id: uuid.UUID, chunks: list[Chunk]
 ) -> int:
     """Ask the LLM for each chunk's entities and write MENTIONS edges; the number written."""
-    llm, graph = services.require_llm(), services.require_graph()
+    llm, graph = services.require_llm(), require_graph(services)
     mentions: list[Mention] = []
     for chunk in chunks[:ENTITY_CHUNKS]:
         result = await llm.chat(
@@ -229,7 +230,7 @@ async def ingest(payload: DocumentInput, ctx: TaskContext) -> dict[str, Any]:
         await service.purge(services, tenant_id, document_id)
         return {"document_id": str(document_id), "deleted": True}
     entities = 0
-    if services.llm is not None and services.graph is not None:
+    if services.llm is not None and services.neo4j is not None:
         try:
             entities = await extract_entities(services, tenant_id, document_id, chunks)
         except Exception as exc:  # the document is usable without its entities
@@ -249,10 +250,9 @@ async def ingest(payload: DocumentInput, ctx: TaskContext) -> dict[str, Any]:
 )
 async def extract_entities_task(payload: DocumentInput, ctx: TaskContext) -> dict[str, Any]:
     services = ctx.services
-    assert services.sessions is not None
-    async with services.sessions() as session:
-        document = await service.get(session, ctx.tenant_id, payload.document_id)
-    graph = services.require_graph()
+    async with services.database_sessions() as session:
+        document = await DocumentRepository(session, ctx.tenant_id).get_or_404(payload.document_id)
+    graph = require_graph(services)
     summary = await graph.document_summary(ctx.tenant_id, document.id)
     if summary is None:
         raise NotFoundError("the document is not in the graph yet; ingest it first")

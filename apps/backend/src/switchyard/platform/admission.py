@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from sqlalchemy import Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import TaskRun
 from switchyard.platform import ledger
 from switchyard.platform.metrics import RUNS_ADMITTED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
-from switchyard.services.postgres import once_more_if_dropped
 
 if TYPE_CHECKING:
     from switchyard.services.container import Services
@@ -158,14 +158,14 @@ async def admit(
     return admitted
 
 
-async def record(engine: AsyncEngine, run: TaskRun, default_cap: int) -> list[Admitted]:
+async def record(connection: AsyncConnection, run: TaskRun, default_cap: int) -> list[Admitted]:
     """Store a new `queued` run (a transient TaskRun, unadmitted) and admit what its tenant
-    has room for, in one transaction under the tenant's lock: the new run itself when no
-    older run of the tenant waits and a slot is free. IntegrityError as for any insert."""
-    async with engine.begin() as connection:
-        await lock(connection, run.tenant_id)
-        await connection.execute(insert(_RUNS), ledger.insert_values(run))
-        return await admit(connection, run.tenant_id, default_cap)
+    has room for, in the caller's transaction under the tenant's lock (held until it ends):
+    the new run itself when no older run of the tenant waits and a slot is free.
+    IntegrityError as for any insert."""
+    await lock(connection, run.tenant_id)
+    await connection.execute(insert(_RUNS), ledger.insert_values(run))
+    return await admit(connection, run.tenant_id, default_cap)
 
 
 async def admit_due(
@@ -319,8 +319,10 @@ class Dispatcher:
 
 
 def install(services: Services, publisher: RunPublisher) -> Dispatcher | None:
-    """Give a role's services the dispatcher that admits runs when slots free."""
-    if services.database is not None and services.admission is None:
+    """Give a role's services the dispatcher that admits runs when slots free (once)."""
+    if services.database is None:
+        return None
+    if not isinstance(services.admission, Dispatcher):
         services.admission = Dispatcher(
             services.database, publisher, services.settings.tenant_max_runs_in_flight
         )

@@ -75,8 +75,7 @@ def parse(headers: dict[str, Any], body: object) -> DeadLetterRecord:
 
 async def archive(services: Services, record: DeadLetterRecord) -> None:
     """Store the dead letter once (redelivery is harmless) and end its run."""
-    assert services.sessions is not None
-    async with services.sessions.begin() as session:
+    async with services.database_sessions.begin() as session:
         run, inserted = await store(session, record)
     if run is not None:
         await events.publish(services.redis_breaker, services.settings.cache_namespace, run)

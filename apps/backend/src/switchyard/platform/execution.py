@@ -14,13 +14,13 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, request_id_var, run_log_context, tenant_id_var
 from switchyard.platform import admission, events, ledger
 from switchyard.platform.metrics import TASK_DURATION, TASK_EVENTS
 from switchyard.platform.registry import TaskContext, TaskSpec
 from switchyard.services.container import Services
-from switchyard.services.postgres import once_more_if_dropped
 
 logger = logging.getLogger("switchyard.tasks")
 
@@ -44,10 +44,9 @@ async def _record(
     result: Any = None,
     error: BaseException | None = None,
 ) -> bool:
-    assert services.database is not None
     # Safe to repeat: the update applies only to a `started` run.
     run = await once_more_if_dropped(
-        services.database,
+        services.database_engine,
         lambda connection, _: ledger.finish(connection, run_id, state, result=result, error=error),
     )
     if run is None:
@@ -69,9 +68,8 @@ async def record_outcome(
 
 async def hand_back(services: Services, run_id: uuid.UUID) -> None:
     """Stopped by a shutdown: the run is `queued` again before its message goes back."""
-    assert services.database is not None
     run = await once_more_if_dropped(
-        services.database, lambda connection, _: ledger.hand_back(connection, run_id)
+        services.database_engine, lambda connection, _: ledger.hand_back(connection, run_id)
     )
     if run is not None:
         await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
@@ -80,17 +78,15 @@ async def hand_back(services: Services, run_id: uuid.UUID) -> None:
 async def died_in(services: Services, run_id: uuid.UUID) -> int | None:
     """For a redelivered run whose last worker died while it ran (it is still `started`), its
     attempts so far; None otherwise."""
-    assert services.database is not None
     return await once_more_if_dropped(
-        services.database, lambda connection, _: ledger.started_attempts(connection, run_id)
+        services.database_engine, lambda connection, _: ledger.started_attempts(connection, run_id)
     )
 
 
 async def _admit_due(services: Services, run_id: uuid.UUID) -> bool:
     """Admit a delayed run that came due, or park it in the ledger (its message is then
     acked, and a freed slot of its tenant publishes it again). True when admitted."""
-    assert services.database is not None
-    async with services.database.begin() as connection:
+    async with services.database_engine.begin() as connection:
         tenant_id = await connection.scalar(select(TaskRun.tenant_id).where(TaskRun.id == run_id))
         if tenant_id is None:
             return False
@@ -121,7 +117,6 @@ async def _claim(
     services: Services, run_id: uuid.UUID, redelivered: bool, tenant_id: uuid.UUID | None
 ) -> tuple[ledger.RunChange | None, Outcome | None]:
     """Start the run in the ledger: (the run, None), or (None, why not as an outcome)."""
-    assert services.database is not None
 
     async def claim(
         connection: AsyncConnection, retried: bool
@@ -155,13 +150,13 @@ async def _claim(
             return run, None if run is not None else "skipped"
         return None, "skipped"
 
-    run, why = await once_more_if_dropped(services.database, claim)
+    run, why = await once_more_if_dropped(services.database_engine, claim)
     if why == "due":
         # A delayed run come due: admitted if its tenant has a slot free, else parked.
         if not await _admit_due(services, run_id):
             logger.info("delayed run due while its tenant is at its share: waiting for a slot")
             return None, Outcome("parked")
-        run, why = await once_more_if_dropped(services.database, claim)
+        run, why = await once_more_if_dropped(services.database_engine, claim)
     if why == "foreign":
         logger.error("delivery refused: its tenant is not the run's")
     elif run is None:

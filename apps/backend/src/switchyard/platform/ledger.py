@@ -29,8 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
-from switchyard.services.postgres import autocommit, once_more_if_dropped
 
 logger = logging.getLogger(__name__)
 
@@ -195,12 +195,11 @@ def insert_values(run: TaskRun) -> dict[str, Any]:
     }
 
 
-async def record(sessions: async_sessionmaker[AsyncSession], run: TaskRun) -> None:
-    """Store a new run (a transient TaskRun with its id set) in one autocommitted INSERT.
+async def record(connection: AsyncConnection, run: TaskRun) -> None:
+    """Store a new run (a transient TaskRun with its id set) in the caller's transaction.
 
     The object stays detached: the caller answers from it. IntegrityError as for any insert."""
-    async with autocommit(_engine(sessions)) as connection:
-        await connection.execute(insert(_RUNS), insert_values(run))
+    await connection.execute(insert(_RUNS), insert_values(run))
 
 
 class PublishedMarks:

@@ -197,7 +197,7 @@ class BacklogSampler(threading.Thread):
     def start(self) -> None:
         """Start sampling. Everything the thread imports is imported here, first: a prefork
         child forked while this thread held an import lock would wait on it forever."""
-        from switchyard.services.postgres import create_engine
+        from switchyard.db.engine import create_engine
 
         assert self.settings.database is not None
         assert self.settings.celery_broker_url is not None

@@ -14,17 +14,12 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from switchyard.errors import RoleConfigurationError
 from switchyard.platform.topology import WORK_QUEUES
-from switchyard.roles.errors import RoleConfigurationError
 
 if TYPE_CHECKING:
     from switchyard.services.container import Services
 
-TASK_MODULES: Final = (
-    "switchyard.system.tasks",
-    "switchyard.datasources.tasks",
-    "switchyard.documents.tasks",
-)
 # Test and demo tasks: outside production only, unless SYSTEM_TASKS_ENABLED (settings).
 SYSTEM_TASKS: Final = frozenset({"system.sleep", "system.fail"})
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
@@ -112,10 +107,6 @@ class TaskRegistry:
             raise RegistryError(f"task {spec.name!r}: unknown queue {spec.queue!r}")
         if not 0 < spec.soft_time_limit < spec.time_limit:
             raise RegistryError(f"task {spec.name!r}: need 0 < soft_time_limit < time_limit")
-        from switchyard.auth.scopes import SCOPES
-
-        if spec.scope not in SCOPES:
-            raise RegistryError(f"task {spec.name!r}: unknown scope {spec.scope!r}")
         self._tasks[spec.name] = spec
 
     def without(self, names: frozenset[str]) -> TaskRegistry:
@@ -173,16 +164,26 @@ def task(
     return register
 
 
-def load_task_modules(extra: Sequence[str] = (), *, system_tasks: bool = True) -> TaskRegistry:
-    """Import every module that declares tasks (the built-in ones, then `extra`: the
-    TASK_MODULES setting, a product's own); the registry is then complete. Without
+def load_task_modules(
+    builtin: Sequence[str],
+    extra: Sequence[str] = (),
+    *,
+    scopes: frozenset[str],
+    system_tasks: bool = True,
+) -> TaskRegistry:
+    """Import every module that declares tasks: `builtin` (the domains' own, from
+    `switchyard.domains`), then `extra` (the TASK_MODULES setting, a product's own); the
+    registry is then complete, and each task's scope must be one of `scopes`. Without
     `system_tasks` (production, unless SYSTEM_TASKS_ENABLED) the registry returned lacks
     system.sleep and system.fail."""
-    for module in (*TASK_MODULES, *extra):
+    for module in (*builtin, *extra):
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            if module in TASK_MODULES:
+            if module in builtin:
                 raise
             raise RoleConfigurationError(f"TASK_MODULES: cannot import {module!r}: {exc}") from exc
+    for spec in registry.all():
+        if spec.scope not in scopes:
+            raise RegistryError(f"task {spec.name!r}: unknown scope {spec.scope!r}")
     return registry if system_tasks else registry.without(SYSTEM_TASKS)

@@ -283,14 +283,13 @@ class WorkerLoop:
 
     async def _poll_cancelled(self, services: Services) -> None:
         """Runs cancelled through the API while they run here stop within one poll."""
-        assert services.database is not None
         while True:
             await asyncio.sleep(self.settings.worker_cancel_poll_seconds)
             held = {f.run_id: f for f in self.flights.values() if f.stop is None}
             if not held:
                 continue
             try:
-                async with services.database.connect() as connection:
+                async with services.database_engine.connect() as connection:
                     cancelled = await connection.scalars(
                         select(TaskRun.id).where(
                             TaskRun.id.in_(list(held)), TaskRun.state == RunState.CANCELLED

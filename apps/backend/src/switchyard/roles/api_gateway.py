@@ -6,8 +6,8 @@ import uvicorn
 
 from switchyard.api.app import create_app
 from switchyard.api.http_protocol import bounded_head_protocol
+from switchyard.errors import RoleConfigurationError
 from switchyard.logging import logging_config
-from switchyard.roles.errors import RoleConfigurationError
 from switchyard.roles.worker import require_vector_server
 from switchyard.settings import Settings
 

@@ -7,10 +7,10 @@ import signal
 
 from prometheus_client import REGISTRY
 
+from switchyard.domains import registry_for
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
 from switchyard.platform.metrics import MetricsServer
-from switchyard.platform.registry import load_task_modules
 from switchyard.roles.worker import require_task_backends
 from switchyard.services.container import Services
 from switchyard.settings import Settings
@@ -32,7 +32,7 @@ async def _serve(settings: Settings) -> None:
         beat = Beat(
             services,
             broker.publisher,
-            load_task_modules(settings.task_modules, system_tasks=settings.system_tasks_on),
+            registry_for(settings),
             settings.heartbeat_file("beat"),
         )
         await beat.run(stop)

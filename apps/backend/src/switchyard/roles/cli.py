@@ -16,9 +16,9 @@ from typing import NoReturn
 import click
 
 from switchyard import __version__
+from switchyard.errors import RoleConfigurationError, RoleStartupError
 from switchyard.logging import configure_logging
 from switchyard.reporting import init_reporting
-from switchyard.roles.errors import RoleConfigurationError, RoleStartupError
 from switchyard.settings import Role, Settings, SettingsError, load_settings
 
 logger = logging.getLogger(__name__)

@@ -10,22 +10,25 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from switchyard.auth.service import ensure_superuser
 from switchyard.db.binds import migrate_bind
 from switchyard.db.migrate import migrate
-from switchyard.roles.errors import RoleConfigurationError
-from switchyard.services.graph import create_graph
+from switchyard.documents.graph import KnowledgeGraph
+from switchyard.domains import load_domains, version_locations
+from switchyard.errors import RoleConfigurationError
+from switchyard.services.neo4j import create_neo4j
 from switchyard.settings import Settings
 
 
 async def prepare_database(settings: Settings, url: URL) -> None:
     """Main database, then every bind, then the graph's constraints; then the superuser."""
-    await migrate(url)
+    await migrate(url, version_locations=version_locations(load_domains(settings.domain_packages)))
     for name, bind_url in settings.database_binds.items():
         await migrate_bind(name, bind_url.get_secret_value())
-    graph = create_graph(settings)
-    if graph is not None:
+    neo4j = create_neo4j(settings)
+    if neo4j is not None:
+        graph = KnowledgeGraph(neo4j)
         try:
             await graph.ensure_constraints()
         finally:
-            await graph.close()
+            await neo4j.close()
     engine = create_async_engine(url, pool_size=1, max_overflow=0, hide_parameters=True)
     try:
         async with async_sessionmaker(engine).begin() as session:

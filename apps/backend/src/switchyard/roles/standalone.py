@@ -22,8 +22,8 @@ from switchyard.embedded.chroma import EmbeddedChroma, EmbeddedChromaError
 from switchyard.embedded.postgres import EmbeddedPostgres, EmbeddedPostgresError
 from switchyard.embedded.process import die_with_parent
 from switchyard.embedded.redis import EmbeddedRedis, EmbeddedRedisError
+from switchyard.errors import RoleStartupError
 from switchyard.roles.api_gateway import serve
-from switchyard.roles.errors import RoleStartupError
 from switchyard.roles.migrate import prepare_database
 from switchyard.roles.worker import HAND_BACK_SECONDS
 from switchyard.settings import Settings

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from switchyard.errors import RoleConfigurationError
 from switchyard.platform.heartbeat import read_heartbeat, write_heartbeat
 from switchyard.platform.topology import WORK_QUEUES
-from switchyard.roles.errors import RoleConfigurationError
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -93,9 +93,9 @@ def run(settings: Settings, service_type: str = "worker") -> int:
 
 def run_process(settings: Settings, index: int, service_type: str = "worker") -> int:
     """One worker process: Celery's consumer and `threads` pool, the runs on one loop."""
+    from switchyard.domains import registry_for
     from switchyard.platform import admission, runtime
     from switchyard.platform.broker import Broker
-    from switchyard.platform.registry import load_task_modules
     from switchyard.platform.worker import configure_worker, json_shutdown_lines
 
     broker = Broker.create(settings)
@@ -106,7 +106,7 @@ def run_process(settings: Settings, index: int, service_type: str = "worker") ->
     try:
         configure_worker(
             broker.celery,
-            load_task_modules(settings.task_modules, system_tasks=settings.system_tasks_on),
+            registry_for(settings),
             process_heartbeat(settings, index),
             settings,
         )

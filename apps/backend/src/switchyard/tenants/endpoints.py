@@ -5,93 +5,42 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Query, status
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
-from switchyard.auth.endpoints import tenant_summary
+from switchyard.auth.dependencies import PrincipalDep, SuperuserDep, TenantAdminDep
 from switchyard.auth.schemas import TenantSummary
 from switchyard.auth.service import create_tenant
-from switchyard.db.models import Tenant, TenantStatus
-from switchyard.dependencies import (
-    PrincipalDep,
-    ServicesDep,
-    SessionDep,
-    SuperuserDep,
-    TenantAdminDep,
-)
-from switchyard.errors import NotFoundError
+from switchyard.db.models import TenantStatus
+from switchyard.platform.dependencies import ServicesDep, SessionDep
+from switchyard.tenants import service
+from switchyard.tenants.repository import TenantRepository
+from switchyard.tenants.schemas import TenantIn, TenantLimits, TenantPatch
 
 router = APIRouter(prefix="/tenants", tags=["tenants"])
-
-
-class TenantIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    slug: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-class TenantPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-
-
-class TenantLimits(BaseModel):
-    """What the platform superuser may set on a tenant."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_runs_in_flight: int | None = Field(
-        ge=1,
-        le=100_000,
-        description="Runs of this tenant in flight at once across all workers; null: the "
-        "TENANT_MAX_RUNS_IN_FLIGHT default",
-    )
-
-
-async def _tenant(session: SessionDep, tenant_id: uuid.UUID) -> Tenant:
-    tenant = await session.get(Tenant, tenant_id)
-    if tenant is None:
-        raise NotFoundError(f"No tenant {tenant_id}.")
-    return tenant
 
 
 @router.get("")
 async def list_tenants(
     _: SuperuserDep, session: SessionDep, limit: int = Query(default=100, ge=1, le=500)
 ) -> list[TenantSummary]:
-    tenants = await session.scalars(select(Tenant).order_by(Tenant.created_at).limit(limit))
-    return [tenant_summary(tenant) for tenant in tenants]
+    tenants = await TenantRepository(session).oldest_first(limit)
+    return [TenantSummary.of(tenant) for tenant in tenants]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def add_tenant(body: TenantIn, _: SuperuserDep, session: SessionDep) -> TenantSummary:
-    return tenant_summary(await create_tenant(session, body.name, body.slug))
+    return TenantSummary.of(await create_tenant(session, body.name, body.slug))
 
 
 @router.get("/current")
 async def current_tenant(principal: PrincipalDep, session: SessionDep) -> TenantSummary:
-    return tenant_summary(await _tenant(session, principal.tenant_id))
+    return TenantSummary.of(await TenantRepository(session).get_or_404(principal.tenant_id))
 
 
 @router.patch("/current")
 async def rename_current_tenant(
     body: TenantPatch, admin: TenantAdminDep, session: SessionDep
 ) -> TenantSummary:
-    tenant = await _tenant(session, admin.tenant_id)
-    tenant.name = body.name
-    await session.flush()
-    return tenant_summary(tenant)
-
-
-async def _set_status(
-    session: SessionDep, tenant_id: uuid.UUID, status: TenantStatus
-) -> TenantSummary:
-    tenant = await _tenant(session, tenant_id)
-    tenant.status = status
-    await session.flush()
-    return tenant_summary(tenant)
+    return TenantSummary.of(await service.rename(session, admin.tenant_id, body.name))
 
 
 @router.post("/{tenant_id}/suspend")
@@ -99,7 +48,7 @@ async def suspend_tenant(
     tenant_id: uuid.UUID, _: SuperuserDep, session: SessionDep
 ) -> TenantSummary:
     """Its users' tokens and its API keys get 403 until it is activated again."""
-    return await _set_status(session, tenant_id, TenantStatus.SUSPENDED)
+    return TenantSummary.of(await service.set_status(session, tenant_id, TenantStatus.SUSPENDED))
 
 
 @router.patch("/{tenant_id}")
@@ -111,18 +60,11 @@ async def set_tenant_limits(
     services: ServicesDep,
 ) -> TenantSummary:
     """A tenant's own fair-share cap; raising it admits its waiting runs at once."""
-    tenant = await _tenant(session, tenant_id)
-    tenant.max_runs_in_flight = body.max_runs_in_flight
-    await session.flush()
-    summary = tenant_summary(tenant)
-    await session.commit()
-    if services.admission is not None:
-        await services.admission.try_release(tenant_id)  # a raised cap admits at once
-    return summary
+    return TenantSummary.of(await service.set_limits(session, services, tenant_id, body))
 
 
 @router.post("/{tenant_id}/activate")
 async def activate_tenant(
     tenant_id: uuid.UUID, _: SuperuserDep, session: SessionDep
 ) -> TenantSummary:
-    return await _set_status(session, tenant_id, TenantStatus.ACTIVE)
+    return TenantSummary.of(await service.set_status(session, tenant_id, TenantStatus.ACTIVE))

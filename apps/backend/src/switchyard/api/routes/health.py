@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from switchyard.dependencies import HealthDep, SettingsDep
+from switchyard.platform.dependencies import HealthDep, SettingsDep
 from switchyard.platform.metrics import bearer_matches
 from switchyard.services.health import HealthReport
 from switchyard.settings import Environment, Settings

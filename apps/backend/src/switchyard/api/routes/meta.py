@@ -6,7 +6,8 @@ from fastapi import APIRouter
 
 from switchyard import API_VERSION, __version__
 from switchyard.api.schemas import ApiInfo, Limits, RuntimeConfig
-from switchyard.dependencies import PrincipalDep, ServicesDep
+from switchyard.auth.dependencies import PrincipalDep
+from switchyard.platform.dependencies import ServicesDep
 
 router = APIRouter(tags=["meta"])
 

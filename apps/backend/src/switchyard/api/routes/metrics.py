@@ -8,8 +8,8 @@ from fastapi import APIRouter, Header, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from switchyard.api.metrics import scrape_registry
-from switchyard.dependencies import SettingsDep
 from switchyard.errors import UnauthorizedError
+from switchyard.platform.dependencies import SettingsDep
 from switchyard.platform.metrics import bearer_matches
 
 router = APIRouter(include_in_schema=False)

@@ -7,8 +7,8 @@ import os
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
-from switchyard.dependencies import ServicesDep
 from switchyard.errors import NotFoundError
+from switchyard.platform.dependencies import ServicesDep
 from switchyard.services.objects import LocalObjectStore
 
 router = APIRouter(tags=["objects"], include_in_schema=False)

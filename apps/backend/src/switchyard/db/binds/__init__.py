@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
+from switchyard.db import engine as postgres
 from switchyard.db.base import NAMING_CONVENTION
 from switchyard.errors import ServiceUnavailableError
-from switchyard.services import postgres
 from switchyard.settings import Settings
 
 if TYPE_CHECKING:
@@ -126,14 +126,9 @@ def has_migrations(name: str) -> bool:
 
 
 def _run(connection: Connection, name: str, revision: str, downgrade: bool) -> None:
-    from alembic import command
+    from switchyard.db.migrate import run_alembic  # only `migrate` needs Alembic
 
-    config = alembic_config(name)
-    config.attributes["connection"] = connection
-    if downgrade:
-        command.downgrade(config, revision)
-    else:
-        command.upgrade(config, revision)
+    run_alembic(alembic_config(name), connection, revision, downgrade)
 
 
 async def migrate_bind(

@@ -1,8 +1,9 @@
-"""The knowledge graph in Neo4j, through the official async driver.
+"""The documents domain's graph repository: the knowledge graph in Neo4j.
 
 (:Tenant)-[:OWNS]->(:Document)-[:HAS_CHUNK]->(:Chunk)-[:MENTIONS]->(:Entity); every node
 carries `tenant_id`, and every query matches on it. Queries are constants with `$parameters`:
-nothing from input is ever spliced into Cypher. Without NEO4J_URI there is no graph.
+nothing from input is ever spliced into Cypher. Without NEO4J_URI there is no graph (the
+client is `services.neo4j`).
 """
 
 from __future__ import annotations
@@ -10,14 +11,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, LiteralString
+from typing import Any, Final, LiteralString
 
-from switchyard.errors import ServiceUnavailableError
-
-if TYPE_CHECKING:
-    from neo4j import AsyncDriver
-
-    from switchyard.settings import Settings
+from switchyard.documents.schemas import DocumentGraph
+from switchyard.services.container import Services
+from switchyard.services.neo4j import GraphDisabledError, Neo4j
 
 CONSTRAINTS: Final[tuple[LiteralString, ...]] = (
     "CREATE CONSTRAINT tenant_id IF NOT EXISTS FOR (t:Tenant) REQUIRE t.tenant_id IS UNIQUE",
@@ -101,13 +99,6 @@ QUERIES: Final = (
 )
 
 
-class GraphDisabledError(ServiceUnavailableError):
-    code = "graph_disabled"
-
-    def __init__(self) -> None:
-        super().__init__("The knowledge graph needs NEO4J_URI, which is not set.")
-
-
 @dataclass(frozen=True)
 class GraphChunk:
     id: str
@@ -148,36 +139,15 @@ def _tenant(tenant_id: uuid.UUID) -> str:
 
 
 class KnowledgeGraph:
-    """The graph repository; the driver's pool belongs to the services container."""
+    """The graph repository, on the services' Neo4j client."""
 
-    def __init__(self, driver: AsyncDriver, database: str | None = None) -> None:
-        self.driver = driver
-        self.database = database
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> KnowledgeGraph:
-        from neo4j import AsyncGraphDatabase
-
-        assert settings.neo4j_uri is not None
-        driver = AsyncGraphDatabase.driver(
-            settings.neo4j_uri,
-            auth=(settings.neo4j_user, settings.neo4j_password.get_secret_value()),
-            max_connection_pool_size=settings.neo4j_max_pool_size,
-            connection_timeout=settings.neo4j_connection_timeout_seconds,
-            connection_acquisition_timeout=settings.neo4j_acquisition_timeout_seconds,
-        )
-        return cls(driver, settings.neo4j_database)
+    def __init__(self, neo4j: Neo4j) -> None:
+        self.neo4j = neo4j
 
     async def _execute(
         self, query: LiteralString, parameters: dict[str, Any], *, write: bool
     ) -> list[dict[str, Any]]:
-        from neo4j import RoutingControl
-
-        routing = RoutingControl.WRITE if write else RoutingControl.READ
-        result = await self.driver.execute_query(
-            query, parameters, routing_=routing, database_=self.database
-        )
-        return [record.data() for record in result.records]
+        return await self.neo4j.execute(query, parameters, write=write)
 
     async def _write(self, query: LiteralString, **parameters: Any) -> list[dict[str, Any]]:
         return await self._execute(query, parameters, write=True)
@@ -190,7 +160,7 @@ class KnowledgeGraph:
 
         Connectivity is checked first, so an unreachable server fails at once instead of
         after the driver's retries."""
-        await self.driver.verify_connectivity()
+        await self.neo4j.probe()
         for statement in CONSTRAINTS:
             await self._write(statement)
 
@@ -248,18 +218,30 @@ class KnowledgeGraph:
 
     async def document_summary(
         self, tenant_id: uuid.UUID, document_id: uuid.UUID
-    ) -> dict[str, Any] | None:
+    ) -> DocumentGraph | None:
+        """The document's place in the graph: its title, chunks and the entities they name."""
         rows = await self._read(
             DOCUMENT_SUMMARY, tenant_id=_tenant(tenant_id), document_id=str(document_id)
         )
-        return rows[0] if rows and rows[0].get("title") is not None else None
+        if not rows or rows[0].get("title") is None:
+            return None
+        row = rows[0]
+        return DocumentGraph(
+            document_id=document_id,
+            title=str(row["title"]),
+            chunks=int(row["chunks"]),
+            entities=sorted(str(name) for name in row["entities"]),
+        )
 
-    async def probe(self) -> None:
-        await self.driver.verify_connectivity()
 
-    async def close(self) -> None:
-        await self.driver.close()
+def graph_of(services: Services) -> KnowledgeGraph | None:
+    """The knowledge graph of a role's services; None without NEO4J_URI."""
+    return KnowledgeGraph(services.neo4j) if services.neo4j is not None else None
 
 
-def create_graph(settings: Settings) -> KnowledgeGraph | None:
-    return KnowledgeGraph.from_settings(settings) if settings.neo4j_uri else None
+def require_graph(services: Services) -> KnowledgeGraph:
+    """The knowledge graph, or 503 naming NEO4J_URI."""
+    graph = graph_of(services)
+    if graph is None:
+        raise GraphDisabledError
+    return graph

@@ -1,4 +1,4 @@
-"""PostgreSQL: the async engine, its session factory and its health probe."""
+"""PostgreSQL (and the other SQL binds): the async engine, its session factory and its probe."""
 
 from __future__ import annotations
 

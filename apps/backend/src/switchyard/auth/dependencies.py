@@ -1,0 +1,116 @@
+"""Who is calling: the principal of a request (bearer token or API key), its tenant, and the
+checks routes declare (scopes, tenant admin, superuser); rate limited per caller."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
+
+from switchyard.auth import service as auth_service
+from switchyard.auth.principal import Principal
+from switchyard.auth.scopes import ADMIN_ROLES
+from switchyard.auth.security import API_KEY_MARKER
+from switchyard.db.engine import once_more_if_dropped
+from switchyard.errors import ForbiddenError, UnauthorizedError
+from switchyard.logging import tenant_id_var
+from switchyard.platform.dependencies import (
+    RateLimiterDep,
+    ServicesDep,
+    SettingsDep,
+)
+
+
+async def limit_by_client_ip(
+    request: Request, settings: SettingsDep, limiter: RateLimiterDep
+) -> None:
+    """For sign-up and sign-in: counted per client address, before any credential is read."""
+    client = request.client.host if request.client else "unknown"
+    await limiter.enforce(settings.rate_limit_auth, "auth", client)
+
+
+def _credential(request: Request) -> str:
+    api_key = request.headers.get("X-API-Key")
+    if api_key:
+        return api_key
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    raise UnauthorizedError("Authentication is required: a bearer token or an API key.")
+
+
+# Declared so that the OpenAPI page offers "Authorize"; the header is read below either way.
+_bearer = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+async def get_principal(
+    request: Request,
+    services: ServicesDep,
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
+    _token: Annotated[str | None, Depends(_bearer)] = None,
+    _key: Annotated[str | None, Depends(_api_key)] = None,
+) -> Principal:
+    """The caller, from `Authorization: Bearer <token or key>` or `X-API-Key`; rate limited.
+
+    Outside the request's unit of work, so a route that needs no database (or only one
+    statement) opens no transaction for the caller's sake: an access token is checked with one
+    autocommitted read; an API key in a short transaction of its own, as its use is recorded
+    (`last_used_at`)."""
+    credential = _credential(request)
+    sessions, engine = services.database_sessions, services.database_engine
+    if credential.startswith(API_KEY_MARKER):
+        async with sessions.begin() as session:
+            principal = await auth_service.principal_from_api_key(session, credential)
+    else:
+        principal = await once_more_if_dropped(
+            engine,
+            lambda connection, _: auth_service.principal_from_token(
+                connection, settings, credential
+            ),
+        )
+    tenant_id_var.set(str(principal.tenant_id))  # on every log line of this request
+    await limiter.enforce(settings.rate_limit_api, "api", principal.rate_limit_key)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_tenant_id(principal: PrincipalDep) -> uuid.UUID:
+    return principal.tenant_id
+
+
+TenantDep = Annotated[uuid.UUID, Depends(get_tenant_id)]
+
+
+def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency that answers 403, naming `scope`, when the caller lacks it."""
+
+    async def check(principal: PrincipalDep) -> Principal:
+        if scope not in principal.scopes:
+            raise ForbiddenError(f"This action needs the scope {scope!r}.")
+        return principal
+
+    check.required_scope = scope  # type: ignore[attr-defined]  # read by the access tests
+    return check
+
+
+async def require_tenant_admin(principal: PrincipalDep) -> Principal:
+    if principal.kind != "user" or principal.role not in ADMIN_ROLES:
+        raise ForbiddenError("This action needs a tenant owner or admin (signed in as a user).")
+    return principal
+
+
+async def require_superuser(principal: PrincipalDep) -> Principal:
+    if not principal.is_superuser:
+        raise ForbiddenError("This action needs a platform superuser.")
+    return principal
+
+
+TenantAdminDep = Annotated[Principal, Depends(require_tenant_admin)]
+SuperuserDep = Annotated[Principal, Depends(require_superuser)]

@@ -1,0 +1,105 @@
+"""Annotated dependencies of the request: its services, clients and unit of work (for
+domains and api/ alike, so not in api/; who is calling is `auth.dependencies`).
+
+Every dependency is `async def`, even when it awaits nothing: FastAPI runs a plain `def`
+dependency in its thread pool, and that hop (per dependency, per request) cost more than the
+whole request on this machine (bench/gateway_overhead.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from switchyard.db.session import finish
+from switchyard.errors import ServiceUnavailableError, SwitchyardError
+from switchyard.platform.broker import Broker
+from switchyard.platform.registry import TaskRegistry
+from switchyard.services.container import Services
+from switchyard.services.health import HealthMonitor
+from switchyard.services.llm import ZhipuClient
+from switchyard.services.ratelimit import RateLimiter
+from switchyard.settings import Settings
+
+
+async def get_services(request: Request) -> Services:
+    return cast(Services, request.app.state.services)
+
+
+async def get_settings(request: Request) -> Settings:
+    return cast(Services, request.app.state.services).settings
+
+
+async def get_health(request: Request) -> HealthMonitor:
+    return cast(HealthMonitor, request.app.state.health)
+
+
+async def get_broker(request: Request) -> Broker:
+    broker = cast(Broker | None, request.app.state.broker)
+    if broker is None:
+        raise ServiceUnavailableError("No task broker is configured (CELERY_BROKER_URL).")
+    return broker
+
+
+async def get_registry(request: Request) -> TaskRegistry:
+    return cast(TaskRegistry, request.app.state.registry)
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+BrokerDep = Annotated[Broker, Depends(get_broker)]
+RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_llm(services: ServicesDep) -> ZhipuClient:
+    """The LLM client, or 503 naming ZHIPUAI_API_KEY."""
+    return services.require_llm()
+
+
+LLMDep = Annotated[ZhipuClient, Depends(get_llm)]
+HealthDep = Annotated[HealthMonitor, Depends(get_health)]
+
+
+async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    """The unit of work of one request: committed when the route returns, else rolled back;
+    the only place a request's changes are committed. What must follow the commit (a run's
+    publish) or undo a failure (a stored object) is registered with `db.session`."""
+    async with services.database_sessions() as session:
+        try:
+            yield session
+        except SwitchyardError as exc:
+            if exc.persist_changes:
+                await _commit(session)
+            else:
+                await session.rollback()
+                await finish(session, committed=False)
+            raise
+        except BaseException:
+            await session.rollback()
+            await finish(session, committed=False)
+            raise
+        else:
+            await _commit(session)
+
+
+async def _commit(session: AsyncSession) -> None:
+    try:
+        await session.commit()
+    except BaseException:
+        await finish(session, committed=False)
+        raise
+    await finish(session, committed=True)
+
+
+# Committed before the response is sent (scope "function"): a 2xx means the change is stored.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def get_rate_limiter(request: Request) -> RateLimiter:
+    return cast(RateLimiter, request.app.state.rate_limiter)
+
+
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]

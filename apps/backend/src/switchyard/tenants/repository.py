@@ -1,0 +1,26 @@
+"""Queries of tenants (a shared model: the platform's, not one tenant's)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from switchyard.db.models import Tenant
+from switchyard.errors import NotFoundError
+
+
+class TenantRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get_or_404(self, tenant_id: uuid.UUID) -> Tenant:
+        tenant = await self.session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFoundError(f"No tenant {tenant_id}.")
+        return tenant
+
+    async def oldest_first(self, limit: int) -> list[Tenant]:
+        rows = await self.session.scalars(select(Tenant).order_by(Tenant.created_at).limit(limit))
+        return list(rows)

@@ -1,0 +1,41 @@
+"""Tenants: renamed by their admins; suspended, activated and given limits by the superuser."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from switchyard.db.models import Tenant, TenantStatus
+from switchyard.db.session import after_commit
+from switchyard.services.container import Services
+from switchyard.tenants.repository import TenantRepository
+from switchyard.tenants.schemas import TenantLimits
+
+
+async def rename(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> Tenant:
+    tenant = await TenantRepository(session).get_or_404(tenant_id)
+    tenant.name = name
+    await session.flush()
+    return tenant
+
+
+async def set_status(session: AsyncSession, tenant_id: uuid.UUID, status: TenantStatus) -> Tenant:
+    """Suspended: its users' tokens and its API keys get 403 until it is activated again."""
+    tenant = await TenantRepository(session).get_or_404(tenant_id)
+    tenant.status = status
+    await session.flush()
+    return tenant
+
+
+async def set_limits(
+    session: AsyncSession, services: Services, tenant_id: uuid.UUID, limits: TenantLimits
+) -> Tenant:
+    """A tenant's own fair-share cap; once committed, a raised cap admits its waiting runs."""
+    tenant = await TenantRepository(session).get_or_404(tenant_id)
+    tenant.max_runs_in_flight = limits.max_runs_in_flight
+    await session.flush()
+    admission = services.admission
+    if admission is not None:
+        after_commit(session, lambda: admission.try_release(tenant_id))
+    return tenant
