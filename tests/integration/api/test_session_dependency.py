@@ -11,12 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Message, Receive, Scope, Send
 
 from switchyard.api.app import create_app
-from switchyard.db.models import TaskRun, Tenant
+from switchyard.db.models import TaskDefinition, TaskRun, Tenant
 from switchyard.db.session import after_commit, on_failure
 from switchyard.errors import ConflictError, ServiceUnavailableError
 from switchyard.platform.dependencies import SessionDep
+from switchyard.settings import Settings
 from tests.fixtures.accounts import sign_up
-from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.gateway import RolledBackApi, SettingsFactory, running
 
 
 def app_writing_tenants(make_settings: SettingsFactory, **overrides: object) -> FastAPI:
@@ -174,11 +175,11 @@ async def test_a_failed_after_commit_action_runs_the_undos_and_answers_its_error
 
 
 async def test_a_run_is_committed_before_the_broker_sees_it(
-    make_settings: SettingsFactory, engine: AsyncEngine, broker_url: str
+    task_settings: Settings, engine: AsyncEngine
 ) -> None:
     """POST /tasks/run writes the ledger row in the request's unit of work and publishes it
     only after the commit: at the moment of the publish another connection sees the row."""
-    app = create_app(make_settings(celery_broker_url=broker_url))
+    app = create_app(task_settings)  # the broker's queues as every test declares them
     seen: list[int] = []
     async with running(app) as client:
         client.headers.update((await sign_up(client)).headers)
@@ -199,3 +200,21 @@ async def test_a_run_is_committed_before_the_broker_sees_it(
         )
     assert response.status_code == 202, response.text
     assert seen == [1]
+
+
+async def test_a_rolled_back_api_commits_nothing_outside_the_tests_transaction(
+    rolled_back_api: RolledBackApi, engine: AsyncEngine
+) -> None:
+    """What a route of `rolled_back_api` writes is there for the test's next request, and
+    nowhere else: another connection never sees it, so it needs no clean-up."""
+    name = f"rolled-back-{uuid.uuid4().hex[:8]}"
+    body = {"name": name, "task": "system.sleep", "payload": {"seconds": 1}}
+    created = await rolled_back_api.client.post("/api/v1/tasks/register", json=body)
+    assert created.status_code == 201, created.text
+    again = await rolled_back_api.client.get(f"/api/v1/tasks/definitions/{name}")
+    assert again.status_code == 200
+    async with engine.connect() as connection:
+        elsewhere = await connection.scalar(
+            select(func.count()).select_from(TaskDefinition).where(TaskDefinition.name == name)
+        )
+    assert elsewhere == 0

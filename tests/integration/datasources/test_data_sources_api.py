@@ -11,11 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.api.app import create_app
 from tests.fixtures.accounts import Account, sign_up
-from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.gateway import RolledBackApi, SettingsFactory, running
 from tests.fixtures.messaging import own_vhost
 from tests.fixtures.processes import RunningRole, reap, spawn_role
 from tests.fixtures.tasks import DELIVERY_LIMIT, wait_for_run
@@ -30,64 +29,68 @@ async def create(client: httpx.AsyncClient, headers: dict[str, str], **body: Any
     )
 
 
+def given(api: RolledBackApi) -> tuple[httpx.AsyncClient, dict[str, str]]:
+    """The client of a rolled-back API, and no headers: its caller is given."""
+    return api.client, {}
+
+
 async def test_crud_with_redacted_urls_and_encrypted_storage(
-    client: httpx.AsyncClient, engine: AsyncEngine
+    rolled_back_api: RolledBackApi,
 ) -> None:
-    owner = await sign_up(client)
-    created = await create(client, owner.headers)
+    client, headers = given(rolled_back_api)
+    created = await create(client, headers)
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["url"] == "postgresql://reporter:***@db.example.com:5433/sales"
     assert body["kind"] == "postgresql"
     assert created.headers["location"] == f"/api/v1/data-sources/{body['id']}"
 
-    async with engine.connect() as connection:
-        stored = await connection.scalar(
-            text("SELECT encrypted_connection_url FROM data_source_connections WHERE id = :id"),
-            {"id": body["id"]},
-        )
+    stored = await rolled_back_api.session.scalar(
+        text("SELECT encrypted_connection_url FROM data_source_connections WHERE id = :id"),
+        {"id": body["id"]},
+    )
     assert SECRET.encode() not in stored
     assert b"db.example.com" not in stored
 
-    listed = (await client.get("/api/v1/data-sources", headers=owner.headers)).json()
+    listed = (await client.get("/api/v1/data-sources", headers=headers)).json()
     assert [item["id"] for item in listed["items"]] == [body["id"]]
     changed = await client.patch(
         f"/api/v1/data-sources/{body['id']}",
         json={"name": "warehouse", "url": "mysql://bi:other-secret@maria.example.com/bi"},
-        headers=owner.headers,
+        headers=headers,
     )
     assert changed.status_code == 200
     assert changed.json()["name"] == "warehouse"
     assert changed.json()["kind"] == "mysql"
     assert changed.json()["url"] == "mysql://bi:***@maria.example.com/bi"
-    fetched = await client.get(f"/api/v1/data-sources/{body['id']}", headers=owner.headers)
+    fetched = await client.get(f"/api/v1/data-sources/{body['id']}", headers=headers)
     assert fetched.json()["url"] == "mysql://bi:***@maria.example.com/bi"
 
     everything = created.text + changed.text + fetched.text + str(listed)
     assert SECRET not in everything
     assert "other-secret" not in everything
 
-    deleted = await client.delete(f"/api/v1/data-sources/{body['id']}", headers=owner.headers)
+    deleted = await client.delete(f"/api/v1/data-sources/{body['id']}", headers=headers)
     assert deleted.status_code == 204
-    gone = await client.get(f"/api/v1/data-sources/{body['id']}", headers=owner.headers)
+    gone = await client.get(f"/api/v1/data-sources/{body['id']}", headers=headers)
     assert gone.status_code == 404
 
 
-async def test_bad_input_is_a_problem_naming_the_field(client: httpx.AsyncClient) -> None:
-    owner = await sign_up(client)
-    bad = await create(client, owner.headers, url=f"sqlite:///{SECRET}.db")
+async def test_bad_input_is_a_problem_naming_the_field(rolled_back_api: RolledBackApi) -> None:
+    client, headers = given(rolled_back_api)
+    bad = await create(client, headers, url=f"sqlite:///{SECRET}.db")
     assert bad.status_code == 422
     assert bad.headers["content-type"] == "application/problem+json"
     assert [e["field"] for e in bad.json()["errors"]] == ["body.url"]
     assert SECRET not in bad.text
 
-    assert (await create(client, owner.headers)).status_code == 201
-    twice = await create(client, owner.headers)
+    assert (await create(client, headers)).status_code == 201
+    twice = await create(client, headers)
     assert twice.status_code == 409
     assert "sales" in twice.json()["detail"]
 
     unknown = await client.patch(
-        f"/api/v1/data-sources/{uuid.uuid4()}", json={"name": "x"}, headers=owner.headers
+        f"/api/v1/data-sources/{uuid.uuid4()}", json={"name": "x"}, headers=headers
     )
     assert unknown.status_code == 404
 

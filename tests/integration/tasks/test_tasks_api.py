@@ -15,7 +15,7 @@ from switchyard.api.app import create_app
 from switchyard.db.models import RunState, TaskRun
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account, sign_up
-from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.gateway import RolledBackApi, SettingsFactory, running
 from tests.fixtures.tasks import published_at, unique
 
 PROBLEM = "application/problem+json"
@@ -137,15 +137,16 @@ async def test_gateway_without_broker_answers_503_for_runs(make_settings: Settin
     ],
 )
 async def test_invalid_definitions_are_422_naming_the_field(
-    tasks_api: httpx.AsyncClient, change: dict[str, object], field: str
+    rolled_back_api: RolledBackApi, change: dict[str, object], field: str
 ) -> None:
     body = {"name": unique("def"), "task": "system.sleep", "payload": {"seconds": 1}, **change}
-    response = await tasks_api.post("/api/v1/tasks/register", json=body)
+    response = await rolled_back_api.client.post("/api/v1/tasks/register", json=body)
     assert response.status_code == 422, response.text
     assert field in fields(response)
 
 
-async def test_definition_lifecycle_and_duplicate_names(tasks_api: httpx.AsyncClient) -> None:
+async def test_definition_lifecycle_and_duplicate_names(rolled_back_api: RolledBackApi) -> None:
+    tasks_api = rolled_back_api.client
     name = unique("nightly")
     body = {
         "name": name,
@@ -181,16 +182,14 @@ async def test_definition_lifecycle_and_duplicate_names(tasks_api: httpx.AsyncCl
 
 
 @pytest.fixture
-async def stored_runs(
-    engine: AsyncEngine, tasks_account: Account
-) -> AsyncIterator[list[uuid.UUID]]:
-    """Five finished runs of a task of their own, one second apart."""
+async def stored_runs(rolled_back_api: RolledBackApi) -> list[TaskRun]:
+    """Five finished runs of a task of their own, one second apart, newest first (in the
+    test's transaction: nothing to clean up)."""
     task = unique("test.page").replace("-", "_")
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
     start = datetime.now(UTC) - timedelta(hours=1)
     runs = [
         TaskRun(
-            tenant_id=tasks_account.tenant_id,
+            tenant_id=rolled_back_api.tenant_id,
             task=task,
             queue="default",
             payload={"i": i},
@@ -200,31 +199,31 @@ async def stored_runs(
         )
         for i in range(5)
     ]
-    async with sessions.begin() as session:
-        session.add_all(runs)
-    yield [run.id for run in reversed(runs)]
-    async with sessions.begin() as session:
-        for run in runs:
-            await session.delete(await session.get_one(TaskRun, run.id))
+    rolled_back_api.session.add_all(runs)
+    await rolled_back_api.session.commit()  # into the test's transaction, for every request
+    return list(reversed(runs))
 
 
 async def test_runs_are_listed_newest_first_in_cursor_pages(
-    tasks_api: httpx.AsyncClient, stored_runs: list[uuid.UUID], engine: AsyncEngine
+    rolled_back_api: RolledBackApi, stored_runs: list[TaskRun]
 ) -> None:
-    async with engine.connect() as connection:
-        task = await connection.scalar(select(TaskRun.task).where(TaskRun.id == stored_runs[0]))
+    tasks_api, task = rolled_back_api.client, stored_runs[0].task
     seen: list[str] = []
     cursor = None
     pages = 0
     while True:
-        params = {"task": task, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, str | int] = {
+            "task": task,
+            "limit": 2,
+            **({"cursor": cursor} if cursor else {}),
+        }
         page = (await tasks_api.get("/api/v1/tasks/", params=params)).json()
         seen += [item["task_id"] for item in page["items"]]
         pages += 1
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert seen == [str(run_id) for run_id in stored_runs]
+    assert seen == [str(run.id) for run in stored_runs]
     assert pages == 3
     failed = (
         await tasks_api.get("/api/v1/tasks/", params={"task": task, "state": "failed"})
@@ -232,7 +231,8 @@ async def test_runs_are_listed_newest_first_in_cursor_pages(
     assert [item["payload"]["i"] for item in failed["items"]] == [4, 2, 0]
 
 
-async def test_bad_cursor_and_page_size_are_422(tasks_api: httpx.AsyncClient) -> None:
+async def test_bad_cursor_and_page_size_are_422(rolled_back_api: RolledBackApi) -> None:
+    tasks_api = rolled_back_api.client
     assert fields(await tasks_api.get("/api/v1/tasks/", params={"cursor": "garbage"})) == {
         "query.cursor"
     }
@@ -243,17 +243,36 @@ async def test_bad_cursor_and_page_size_are_422(tasks_api: httpx.AsyncClient) ->
 
 
 async def test_cancel_of_a_final_run_is_409(
-    tasks_api: httpx.AsyncClient, stored_runs: list[uuid.UUID]
+    rolled_back_api: RolledBackApi, stored_runs: list[TaskRun]
 ) -> None:
-    response = await tasks_api.post(f"/api/v1/tasks/{stored_runs[0]}/cancel")
+    response = await rolled_back_api.client.post(f"/api/v1/tasks/{stored_runs[0].id}/cancel")
     assert response.status_code == 409
     assert "already" in response.json()["detail"]
 
 
+@pytest.fixture
+async def committed_run(engine: AsyncEngine, tasks_account: Account) -> AsyncIterator[uuid.UUID]:
+    """A succeeded run, committed: live events read the ledger on connections of their own."""
+    run = TaskRun(
+        tenant_id=tasks_account.tenant_id,
+        task=unique("test.events").replace("-", "_"),
+        queue="default",
+        payload={},
+        state=RunState.SUCCEEDED,
+        attempts=1,
+    )
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    async with sessions.begin() as session:
+        session.add(run)
+    yield run.id
+    async with sessions.begin() as session:
+        await session.delete(await session.get_one(TaskRun, run.id))
+
+
 async def test_events_of_a_final_run_are_its_state_then_the_end(
-    tasks_api: httpx.AsyncClient, stored_runs: list[uuid.UUID]
+    tasks_api: httpx.AsyncClient, committed_run: uuid.UUID
 ) -> None:
-    response = await tasks_api.get(f"/api/v1/tasks/{stored_runs[1]}/events")
+    response = await tasks_api.get(f"/api/v1/tasks/{committed_run}/events")
     data = [line for line in response.text.splitlines() if line.startswith("data:")]
     assert len(data) == 1
     assert '"state": "succeeded"' in data[0]

@@ -7,15 +7,19 @@ A route's service records its changes in the request's session and says what mus
     on_failure(session, delete_the_object)     # runs when the route, the commit or an
                                                # after-commit action fails
 
-`finish` is called by the one committer (the session dependency, `platform.dependencies`)."""
+`unit_of_work` is the one committer (the session dependency of `platform.dependencies` runs
+each request in it)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from switchyard.errors import SwitchyardError
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +77,33 @@ async def _undo(pending: _Pending) -> None:
             await undo()
         except Exception as exc:  # the request's own error is the one to answer with
             logger.warning("undo of a failed unit of work failed", extra={"error": repr(exc)})
+
+
+@asynccontextmanager
+async def unit_of_work(session: AsyncSession) -> AsyncIterator[AsyncSession]:
+    """Commit `session` when the block ends, roll it back when it raises (a SwitchyardError
+    with `persist_changes` commits first); then its after-commit actions, or its undos."""
+    try:
+        yield session
+    except SwitchyardError as exc:
+        if exc.persist_changes:
+            await _commit(session)
+        else:
+            await session.rollback()
+            await finish(session, committed=False)
+        raise
+    except BaseException:
+        await session.rollback()
+        await finish(session, committed=False)
+        raise
+    else:
+        await _commit(session)
+
+
+async def _commit(session: AsyncSession) -> None:
+    try:
+        await session.commit()
+    except BaseException:
+        await finish(session, committed=False)
+        raise
+    await finish(session, committed=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, LiteralString
+from typing import Any, Final, LiteralString, NamedTuple
 
 from switchyard.documents.schemas import DocumentGraph
 from switchyard.services.container import Services
@@ -117,15 +117,17 @@ class Mention:
         return f"{self.kind.casefold()}:{' '.join(self.name.casefold().split())}"
 
 
-@dataclass(frozen=True)
-class EntityCount:
+class EntityCount(NamedTuple):
+    """An entity of a tenant's graph and how many chunks mention it (a row of ENTITIES)."""
+
     name: str
     kind: str
     mentions: int
 
 
-@dataclass(frozen=True)
-class ChunkHit:
+class ChunkHit(NamedTuple):
+    """A chunk that mentions some of the entities asked for (a row of CHUNKS_MENTIONING)."""
+
     chunk_id: str
     document_id: uuid.UUID
     text: str

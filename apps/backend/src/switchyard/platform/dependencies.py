@@ -13,8 +13,8 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from switchyard.db.session import finish
-from switchyard.errors import ServiceUnavailableError, SwitchyardError
+from switchyard.db.session import unit_of_work
+from switchyard.errors import ServiceUnavailableError
 from switchyard.platform.broker import Broker
 from switchyard.platform.registry import TaskRegistry
 from switchyard.services.container import Services
@@ -64,34 +64,10 @@ HealthDep = Annotated[HealthMonitor, Depends(get_health)]
 
 
 async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
-    """The unit of work of one request: committed when the route returns, else rolled back;
-    the only place a request's changes are committed. What must follow the commit (a run's
-    publish) or undo a failure (a stored object) is registered with `db.session`."""
-    async with services.database_sessions() as session:
-        try:
-            yield session
-        except SwitchyardError as exc:
-            if exc.persist_changes:
-                await _commit(session)
-            else:
-                await session.rollback()
-                await finish(session, committed=False)
-            raise
-        except BaseException:
-            await session.rollback()
-            await finish(session, committed=False)
-            raise
-        else:
-            await _commit(session)
-
-
-async def _commit(session: AsyncSession) -> None:
-    try:
-        await session.commit()
-    except BaseException:
-        await finish(session, committed=False)
-        raise
-    await finish(session, committed=True)
+    """The unit of work of one request (`db.session.unit_of_work`): committed when the route
+    returns, else rolled back; the only place a request's changes are committed."""
+    async with services.database_sessions() as session, unit_of_work(session):
+        yield session
 
 
 # Committed before the response is sent (scope "function"): a 2xx means the change is stored.

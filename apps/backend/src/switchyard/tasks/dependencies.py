@@ -55,6 +55,7 @@ class RunSubmitter:
         )
         run, _ = await service.submit(
             self.session,
+            self.services.database_engine,
             self.publisher,
             cast(ledger.PublishedMarks, request.app.state.published_marks),
             self.registry,

@@ -171,6 +171,7 @@ def _request_hash(request: RunRequest) -> str:
 
 async def submit(
     session: AsyncSession,
+    database: AsyncEngine,
     publisher: RunPublisher,
     marks: ledger.PublishedMarks,
     registry: TaskRegistry,
@@ -185,8 +186,9 @@ async def submit(
 ) -> tuple[TaskRun, bool]:
     """Record the run in the request's unit of work and publish it once that has committed:
     (run, created). A run is in the ledger before the broker sees it; if the broker refuses,
-    the run is removed again and the caller gets 503 (with whatever else the unit of work
-    undoes on failure); if the gateway dies between the two, beat's outbox publishes it.
+    the run is removed again (through `database`) and the caller gets 503, with whatever else
+    the unit of work undoes on failure; if the gateway dies between the two, beat's outbox
+    publishes it.
 
     With fair share on (TENANT_MAX_RUNS_IN_FLIGHT > 0) a run is published only once it is
     admitted to its tenant's share (platform.admission); until then it waits, `queued`."""
@@ -256,9 +258,7 @@ async def submit(
             RUNS_SUBMITTED.labels(task=run.task, outcome="waiting").inc()
             return run, True  # waits for a slot; whoever frees one publishes it
         run.admitted_at = datetime.now(UTC)
-    engine = session.bind
-    assert isinstance(engine, AsyncEngine)
-    after_commit(session, lambda: publish(engine, publisher, marks, run))
+    after_commit(session, lambda: publish(database, publisher, marks, run))
     return run, True
 
 
