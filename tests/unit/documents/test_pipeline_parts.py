@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -156,6 +159,25 @@ def test_the_local_model_embeds_meaning() -> None:
     assert baby[:6] == pytest.approx(
         [-0.03631, -0.03565, -0.02722, 0.03832, 0.07078, -0.01658], abs=1e-4
     )
+
+
+def test_the_local_model_loads_silently_with_home_read_only() -> None:
+    """As in the image (read-only root): onnxruntime prints nothing that is not a log line
+    of ours, and sends no telemetry."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from switchyard.services.embeddings import MiniLM\nMiniLM.packaged().encode(['x'])",
+        ],
+        env={**os.environ, "HOME": "/proc"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert (loaded.stdout, loaded.stderr) == ("", "")
 
 
 def test_padding_does_not_change_a_vector() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import importlib.util
 import json
 import math
+import os
 import threading
 import uuid
 import zipfile
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from switchyard.settings import Settings
 
     Array = npt.NDArray[np.float32]
+
+# Read by onnxruntime when it loads: no telemetry (nothing leaves the machine), and so no
+# attempt to store a device id under HOME (a warning line, not JSON, on a read-only root).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 LOCAL_MODEL: Final = "all-MiniLM-L6-v2"
 LOCAL_PACKAGE: Final = "all_minilm_l6_v2"
@@ -233,7 +238,6 @@ class MiniLM:
             self.tokenizer = Tokenizer.from_str(files.read("tokenizer.json").decode())
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token name
-        onnxruntime.disable_telemetry_events()  # nothing leaves the machine
         onnxruntime.set_default_logger_severity(3)  # errors only: its notes are not JSON lines
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads  # one per CPU pool process: the pool is the scale
