@@ -97,3 +97,20 @@ def test_no_domain_builds_a_tenant_scoped_query_by_hand() -> None:
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "scoped":
                 callers.append(str(path.relative_to(PACKAGE)))
     assert callers == ["db/repository.py"]
+
+
+def test_no_domain_commits_a_session() -> None:
+    """The unit of work (`db.session.unit_of_work`, run by the session dependency) is the one
+    committer of a request: no module of a domain calls `commit()`."""
+    committers = []
+    for domain in DOMAINS:
+        for path in sorted((PACKAGE / domain.name).glob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            committers += [
+                f"{path.relative_to(PACKAGE)}:{node.lineno}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "commit"
+            ]
+    assert committers == []

@@ -113,10 +113,11 @@ def load_task_modules(
     return _load(task_modules(domains), extra, scopes=frozenset(SCOPES), system_tasks=system_tasks)
 
 
-def registry_for(settings: Settings) -> TaskRegistry:
-    """The registry of a role: every domain's tasks (DOMAIN_PACKAGES too), then TASK_MODULES."""
+def registry_for(settings: Settings, domains: Sequence[Domain] | None = None) -> TaskRegistry:
+    """The registry of a role: every domain's tasks (`domains`, or those of DOMAIN_PACKAGES
+    loaded now), then TASK_MODULES."""
     return load_task_modules(
         settings.task_modules,
         system_tasks=settings.system_tasks_on,
-        domains=load_domains(settings.domain_packages),
+        domains=load_domains(settings.domain_packages) if domains is None else domains,
     )

@@ -34,6 +34,8 @@ UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI:
+    domains = load_domains(settings.domain_packages)  # a bad DOMAIN_PACKAGES stops it here
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _announce_generated_secret(settings)
@@ -45,7 +47,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         app.state.dispatcher = (
             admission.install(services, broker.publisher) if broker is not None else None
         )
-        app.state.registry = registry_for(settings)
+        app.state.registry = registry_for(settings, domains)
         published_marks = (
             ledger.PublishedMarks(services.database) if services.database is not None else None
         )
@@ -91,7 +93,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     app.include_router(metrics.router)
     api = f"/api/{API_VERSION}"
     app.include_router(meta.router, prefix=api)
-    for router in routers(load_domains(settings.domain_packages)):
+    for router in routers(domains):
         app.include_router(router, prefix=api)
     app.include_router(objects.router)
     app.include_router(health.router, prefix=api, include_in_schema=False)

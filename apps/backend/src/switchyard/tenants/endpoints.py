@@ -12,7 +12,7 @@ from switchyard.auth.service import create_tenant
 from switchyard.db.models import TenantStatus
 from switchyard.platform.dependencies import ServicesDep, SessionDep
 from switchyard.tenants import service
-from switchyard.tenants.repository import TenantRepository
+from switchyard.tenants.repository import TenantsRepository
 from switchyard.tenants.schemas import TenantIn, TenantLimits, TenantPatch
 
 router = APIRouter(prefix="/tenants", tags=["tenants"])
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/tenants", tags=["tenants"])
 async def list_tenants(
     _: SuperuserDep, session: SessionDep, limit: int = Query(default=100, ge=1, le=500)
 ) -> list[TenantSummary]:
-    tenants = await TenantRepository(session).oldest_first(limit)
+    tenants = await TenantsRepository(session).oldest_first(limit)
     return [TenantSummary.of(tenant) for tenant in tenants]
 
 
@@ -33,7 +33,7 @@ async def add_tenant(body: TenantIn, _: SuperuserDep, session: SessionDep) -> Te
 
 @router.get("/current")
 async def current_tenant(principal: PrincipalDep, session: SessionDep) -> TenantSummary:
-    return TenantSummary.of(await TenantRepository(session).get_or_404(principal.tenant_id))
+    return TenantSummary.of(await TenantsRepository(session).get_or_404(principal.tenant_id))
 
 
 @router.patch("/current")

@@ -11,7 +11,9 @@ from switchyard.db.models import Tenant
 from switchyard.errors import NotFoundError
 
 
-class TenantRepository:
+class TenantsRepository:
+    """The tenants table itself (not one tenant's rows: see `db.repository.TenantRepository`)."""
+
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 

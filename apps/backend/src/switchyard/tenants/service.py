@@ -9,12 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from switchyard.db.models import Tenant, TenantStatus
 from switchyard.db.session import after_commit
 from switchyard.services.container import Services
-from switchyard.tenants.repository import TenantRepository
+from switchyard.tenants.repository import TenantsRepository
 from switchyard.tenants.schemas import TenantLimits
 
 
 async def rename(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> Tenant:
-    tenant = await TenantRepository(session).get_or_404(tenant_id)
+    tenant = await TenantsRepository(session).get_or_404(tenant_id)
     tenant.name = name
     await session.flush()
     return tenant
@@ -22,7 +22,7 @@ async def rename(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> Tena
 
 async def set_status(session: AsyncSession, tenant_id: uuid.UUID, status: TenantStatus) -> Tenant:
     """Suspended: its users' tokens and its API keys get 403 until it is activated again."""
-    tenant = await TenantRepository(session).get_or_404(tenant_id)
+    tenant = await TenantsRepository(session).get_or_404(tenant_id)
     tenant.status = status
     await session.flush()
     return tenant
@@ -32,7 +32,7 @@ async def set_limits(
     session: AsyncSession, services: Services, tenant_id: uuid.UUID, limits: TenantLimits
 ) -> Tenant:
     """A tenant's own fair-share cap; once committed, a raised cap admits its waiting runs."""
-    tenant = await TenantRepository(session).get_or_404(tenant_id)
+    tenant = await TenantsRepository(session).get_or_404(tenant_id)
     tenant.max_runs_in_flight = limits.max_runs_in_flight
     await session.flush()
     admission = services.admission
