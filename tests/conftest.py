@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.tasks",
     "tests.fixtures.backing",
     "tests.fixtures.containers",
+    "tests.fixtures.mail",
 ]

@@ -96,8 +96,10 @@ async def test_login_takes_the_oauth2_password_form(client: httpx.AsyncClient) -
     assert response.status_code == 200
     assert response.json()["token_type"] == "bearer"
     spec = (await client.get("/openapi.json")).json()
-    flows = spec["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
+    flows = spec["components"]["securitySchemes"]["OAuth2"]["flows"]
     assert flows["password"]["tokenUrl"] == "/api/v1/auth/login"
+    assert flows["clientCredentials"]["tokenUrl"] == "/api/v1/oauth/token"
+    assert "tasks:run" in flows["clientCredentials"]["scopes"]
 
 
 async def test_malformed_login_is_422(client: httpx.AsyncClient) -> None:

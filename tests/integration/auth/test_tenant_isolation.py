@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import cast
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -19,10 +19,25 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from switchyard.auth.dependencies import require_superuser, require_tenant_admin
+from switchyard.auth.dependencies import (
+    get_principal,
+    require_owner,
+    require_superuser,
+    require_tenant_admin,
+    require_user,
+)
 from switchyard.auth.scopes import SCOPES
 from switchyard.db.base import Base
-from switchyard.db.models import DeadLetter, KnowledgeDocument, RunState, TaskRun
+from switchyard.db.models import (
+    DeadLetter,
+    Invitation,
+    KnowledgeDocument,
+    Membership,
+    Role,
+    RunState,
+    TaskRun,
+    User,
+)
 from switchyard.db.tenancy import tenant_owned
 from tests.fixtures.accounts import Account, sign_up
 
@@ -37,6 +52,9 @@ class Owned:
     key_id: str
     source_id: str
     document_id: uuid.UUID
+    member_id: uuid.UUID
+    invitation_id: str
+    client_id: str
 
 
 # route -> (the id of A's resource it is called with, the status another tenant gets)
@@ -66,11 +84,17 @@ CASES: dict[tuple[str, str], tuple[str, int]] = {
     ("post", "/api/v1/tenants/{tenant_id}/suspend"): ("tenant_id", 403),
     ("post", "/api/v1/tenants/{tenant_id}/activate"): ("tenant_id", 403),
     ("patch", "/api/v1/tenants/{tenant_id}"): ("tenant_id", 403),
+    ("patch", "/api/v1/members/{user_id}"): ("member_id", 404),
+    ("delete", "/api/v1/members/{user_id}"): ("member_id", 404),
+    ("post", "/api/v1/invitations/{invitation_id}/resend"): ("invitation_id", 404),
+    ("delete", "/api/v1/invitations/{invitation_id}"): ("invitation_id", 404),
+    ("delete", "/api/v1/oauth-clients/{client_id}"): ("client_id", 404),
 }
 BODIES = {
     ("patch", "/api/v1/tasks/definitions/{name}"): {"enabled": False},
     ("patch", "/api/v1/data-sources/{source_id}"): {"name": "taken over"},
     ("patch", "/api/v1/tenants/{tenant_id}"): {"max_runs_in_flight": 5},
+    ("patch", "/api/v1/members/{user_id}"): {"role": "admin"},
 }
 
 
@@ -126,9 +150,37 @@ async def tenants(
         size_bytes=10,
         object_key="documents/x/original",
     )
+    member = User(email=f"member-{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
     async with async_sessionmaker(engine, expire_on_commit=False).begin() as session:
         session.add(document)
-    owned = Owned(name, run.id, letter.id, key.json()["id"], source.json()["id"], document.id)
+        session.add(member)
+        await session.flush()
+        session.add(Membership(user_id=member.id, tenant_id=a.tenant_id, role=Role.MEMBER))
+    invitation = Invitation(
+        tenant_id=a.tenant_id,
+        email="invitee@example.com",
+        role=Role.MEMBER,
+        secret_hash="0" * 64,
+        nonce="0" * 32,
+        expires_at=datetime.now(UTC) + timedelta(days=1),
+    )
+    async with async_sessionmaker(engine, expire_on_commit=False).begin() as session:
+        session.add(invitation)
+    client = await api_client.post(
+        "/api/v1/oauth-clients", json={"name": "etl", "scopes": ["tasks:read"]}, headers=a.headers
+    )
+    assert client.status_code == 201, client.text
+    owned = Owned(
+        name,
+        run.id,
+        letter.id,
+        key.json()["id"],
+        source.json()["id"],
+        document.id,
+        member.id,
+        str(invitation.id),
+        client.json()["id"],
+    )
     return a, b, owned
 
 
@@ -210,7 +262,31 @@ async def test_lists_show_only_the_callers_tenant(
 
 # The access matrix: for every route with an id, the guard it declares (read from the app, so
 # a new route is covered by construction) and what callers without it get.
-ADMIN, SUPERUSER = "tenant admin", "superuser"
+ADMIN, SUPERUSER, USER, OWNER = "tenant admin", "superuser", "signed-in user", "tenant owner"
+ROLE_GUARDS = {
+    require_tenant_admin: ADMIN,
+    require_superuser: SUPERUSER,
+    require_user: USER,
+    require_owner: OWNER,
+}
+# Routes anyone may call: sign-up and sign-in, the account links (their token is the
+# credential), the OAuth token endpoint (client credentials), health, docs and metrics.
+PUBLIC = {
+    ("post", "/api/v1/auth/register"),
+    ("post", "/api/v1/auth/login"),
+    ("post", "/api/v1/auth/refresh"),
+    ("post", "/api/v1/auth/logout"),
+    ("post", "/api/v1/auth/password-reset"),
+    ("post", "/api/v1/auth/password-reset/confirm"),
+    ("post", "/api/v1/auth/verify-email"),
+    ("post", "/api/v1/auth/verify-email/resend"),
+    ("post", "/api/v1/invitations/accept"),
+    ("post", "/api/v1/oauth/token"),
+    ("get", "/api/v1/"),
+    ("get", "/api/v1/health"),
+    ("get", "/api/v1/health/live"),
+    ("get", "/api/v1/health/ready"),
+}
 
 
 def guards(app: FastAPI, method: str, template: str) -> set[str]:
@@ -229,10 +305,8 @@ def guards(app: FastAPI, method: str, template: str) -> set[str]:
         scope = getattr(dependant.call, "required_scope", None)
         if scope is not None:
             found.add(scope)
-        if dependant.call is require_tenant_admin:
-            found.add(ADMIN)
-        if dependant.call is require_superuser:
-            found.add(SUPERUSER)
+        if dependant.call in ROLE_GUARDS:
+            found.add(ROLE_GUARDS[dependant.call])
         pending.extend(dependant.dependencies)
     return found
 
@@ -248,7 +322,39 @@ def app(api_client: httpx.AsyncClient) -> FastAPI:
 def test_every_route_with_an_id_is_guarded(app: FastAPI, method: str, template: str) -> None:
     found = guards(app, method, template)
     assert found, f"{method.upper()} {template} declares no scope or role"
-    assert found <= {*SCOPES, ADMIN, SUPERUSER}
+    assert found <= {*SCOPES, *ROLE_GUARDS.values()}
+
+
+def test_every_api_route_is_guarded_or_listed_as_public(app: FastAPI) -> None:
+    """The scope matrix of every /api/v1 route, ids or not: a new route declares a scope or a
+    role, or is added to PUBLIC on purpose."""
+    unguarded = set()
+    for context in iter_route_contexts(app.routes):
+        if not isinstance(context.original_route, APIRoute):
+            continue
+        template = context.path or ""
+        if not template.startswith("/api/v1/"):
+            continue
+        for method in context.methods or ():
+            key = (method.lower(), template)
+            if key in PUBLIC:
+                continue
+            required = guards(app, method.lower(), template)
+            if not required and not _needs_principal(context.dependant):
+                unguarded.add(key)
+    assert unguarded == set()
+
+
+def _needs_principal(dependant: Any) -> bool:
+    """A route open to any caller of the tenant (its own reads: /auth/me, /tenants/current,
+    data a scope does not gate) still needs credentials."""
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        if current.call is get_principal:
+            return True
+        pending.extend(current.dependencies)
+    return False
 
 
 @pytest.mark.parametrize(("method", "template"), sorted(CASES))
@@ -290,3 +396,26 @@ async def test_an_api_key_without_the_routes_scope_gets_403_on_its_own_tenants_i
     assert answer.json()["code"] == "forbidden"
     for scope in required & set(SCOPES):
         assert scope in answer.json()["detail"]
+
+
+async def test_without_credentials_every_guarded_route_answers_401(
+    api_client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Every /api/v1 route but the public ones, ids or not, new or old."""
+    answers = {}
+    for context in iter_route_contexts(app.routes):
+        if not isinstance(context.original_route, APIRoute):
+            continue
+        template = context.path or ""
+        if not template.startswith("/api/v1/"):
+            continue
+        for method in sorted(context.methods or ()):
+            if (method.lower(), template) in PUBLIC:
+                continue
+            path = template
+            while "{" in path:
+                path = url(path, str(uuid.uuid4()))
+            answer = await api_client.request(method, path)
+            answers[(method, template)] = answer.status_code
+    assert answers
+    assert set(answers.values()) == {401}, answers

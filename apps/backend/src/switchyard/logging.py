@@ -17,6 +17,8 @@ from typing import Any
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 tenant_id_var: ContextVar[str | None] = ContextVar("tenant_id", default=None)
 task_id_var: ContextVar[str | None] = ContextVar("task_id", default=None)
+# The client's address of the request being served (after trusted proxies), for audit events.
+client_address_var: ContextVar[str | None] = ContextVar("client_address", default=None)
 
 # Celery logs a run's outcome after its body returned (out of the run's context); the filter
 # finds the run's request and tenant here by the task id Celery passes in the log arguments.

@@ -19,6 +19,10 @@ EXTRA_DENYLIST = [
     "x_api_key",
     "api_key",
     "apikey",
+    "client_secret",
+    "smtp_password",
+    "password",
+    "token",
     "access_token",
     "refresh_token",
     "jwt_secret",
@@ -38,6 +42,8 @@ _SECRETS_IN_TEXT = [
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), FILTERED),
     # Switchyard API keys (sy_...) and refresh tokens (<uuid>.<secret>)
     (re.compile(r"\bsy_[A-Za-z0-9_-]{8,}"), FILTERED),
+    # OAuth client secrets (sycs_...)
+    (re.compile(r"\bsycs_[A-Za-z0-9_-]{8,}"), FILTERED),
     (
         re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.[\w-]{16,}"),
         FILTERED,

@@ -143,6 +143,28 @@ class Settings(BaseSettings):
     password_max_length: int = Field(default=128, ge=16, le=1024)
     first_superuser_email: str | None = None
     first_superuser_password: SecretStr | None = None
+    # Whether a user whose email address is not confirmed yet may sign in.
+    require_email_verification: bool = False
+    invitation_ttl_hours: int = Field(default=72, ge=1, le=30 * 24)
+    password_reset_ttl_minutes: int = Field(default=30, ge=5, le=24 * 60)
+    email_verification_ttl_hours: int = Field(default=48, ge=1, le=30 * 24)
+    # Where the links in account emails point (a product's own pages, which post the token to
+    # the API); unset: the gateway's public URL.
+    account_link_base_url: str | None = None
+    # Access tokens of the OAuth2 client-credentials grant.
+    oauth_token_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    # Audit events older than this are purged by beat.
+    audit_retention_days: int = Field(default=365, ge=1, le=10 * 365)
+
+    # Email: through this SMTP server; unset (outside production), written to the log instead.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    # starttls: upgrade a plain connection (port 587); tls: TLS from the start (465); none.
+    smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "Switchyard <no-reply@localhost>"
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
     rate_limits_enabled: bool = True
     rate_limit_auth: str = "5/minute"
@@ -151,6 +173,10 @@ class Settings(BaseSettings):
     rate_limit_uploads: str = "30/minute"
     # Failed sign-ins per account (email), from any address; then 429 until the window ends.
     rate_limit_login_failures: str = "10/15 minutes"
+    # Password-reset and verification emails asked for one address, from any client.
+    rate_limit_account_email: str = "3/hour"
+    # Failed client authentications at the OAuth2 token endpoint, per client id.
+    rate_limit_client_failures: str = "10/15 minutes"
     # Addresses or networks of reverse proxies whose X-Forwarded-For / -Proto are believed;
     # none by default, so a client can never choose the address its limits count against.
     trusted_proxies: CommaList = Field(default_factory=list)
@@ -300,6 +326,8 @@ class Settings(BaseSettings):
         "rate_limit_task_runs",
         "rate_limit_uploads",
         "rate_limit_login_failures",
+        "rate_limit_account_email",
+        "rate_limit_client_failures",
     )
     @classmethod
     def _rate_limit(cls, value: str) -> str:
@@ -369,6 +397,16 @@ class Settings(BaseSettings):
         return (self.public_base_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
+    def account_link_base(self) -> str:
+        return (self.account_link_base_url or self.public_url).rstrip("/")
+
+    @property
+    def email_logged(self) -> bool:
+        """Email written to the log instead of sent: no SMTP_HOST, in development (and so in
+        standalone). In test and production, email goes to an SMTP server or nowhere."""
+        return self.smtp_host is None and self.environment is Environment.DEVELOPMENT
+
+    @property
     def object_dir(self) -> Path:
         return self.object_store_dir or self.var_dir / "objects"
 
@@ -423,6 +461,7 @@ class Settings(BaseSettings):
             for value in (
                 self.jwt_secret,
                 self.first_superuser_password,
+                self.smtp_password,
                 self.neo4j_password,
                 self.minio_access_key,
                 self.minio_secret_key,
@@ -482,6 +521,10 @@ class Settings(BaseSettings):
             problems.append(
                 "METRICS_TOKEN: missing; in production every role's /metrics (and the full "
                 "/health report) needs it"
+            )
+        if self.require_email_verification and self.smtp_host is None:
+            problems.append(
+                "REQUIRE_EMAIL_VERIFICATION: needs SMTP_HOST (nobody could confirm an address)"
             )
         if not self.data_source_keys:
             problems.append(

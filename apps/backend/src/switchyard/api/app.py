@@ -23,6 +23,7 @@ from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.domains import load_domains, registry_for, routers
 from switchyard.platform import admission, ledger
 from switchyard.platform.broker import Broker, broker_check_name
+from switchyard.services import email
 from switchyard.services.container import Services
 from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
@@ -39,6 +40,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _announce_generated_secret(settings)
+        email.announce(settings)
         services = Services.create(settings, service_type)
         broker = Broker.create(settings)
         app.state.services = services

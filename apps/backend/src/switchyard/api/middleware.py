@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from switchyard.api.http_protocol import HEADERS_TOO_LARGE
 from switchyard.api.metrics import request_finished, request_started
 from switchyard.api.problems import problem_response
-from switchyard.logging import request_id_var, tenant_id_var
+from switchyard.logging import client_address_var, request_id_var, tenant_id_var
 from switchyard.services.outages import RETRY_AFTER_SECONDS, unreachable_dependency
 
 logger = logging.getLogger("switchyard.access")
@@ -130,6 +130,7 @@ class RequestContextMiddleware:
         headers = Headers(scope=scope)
         request_id = accepted_request_id(headers)
         token = request_id_var.set(request_id)
+        address_token = client_address_var.set((scope.get("client") or (None,))[0])
         tenant_token = tenant_id_var.set(None)  # set once the caller is known
         request_started()
         started = time.perf_counter()
@@ -177,4 +178,5 @@ class RequestContextMiddleware:
         finally:
             _finished(scope, status, time.perf_counter() - started)
             tenant_id_var.reset(tenant_token)
+            client_address_var.reset(address_token)
             request_id_var.reset(token)

@@ -8,13 +8,19 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
+from fastapi.openapi.models import (
+    OAuthFlowClientCredentials,
+    OAuthFlowPassword,
+    OAuthFlows,
+)
+from fastapi.security import APIKeyHeader, OAuth2
 
 from switchyard.auth import service as auth_service
 from switchyard.auth.principal import Principal
-from switchyard.auth.scopes import ADMIN_ROLES
+from switchyard.auth.scopes import ADMIN_ROLES, SCOPES
 from switchyard.auth.security import API_KEY_MARKER
 from switchyard.db.engine import once_more_if_dropped
+from switchyard.db.models import Role
 from switchyard.errors import ForbiddenError, UnauthorizedError
 from switchyard.logging import tenant_id_var
 from switchyard.platform.dependencies import (
@@ -42,8 +48,18 @@ def _credential(request: Request) -> str:
     raise UnauthorizedError("Authentication is required: a bearer token or an API key.")
 
 
-# Declared so that the OpenAPI page offers "Authorize"; the header is read below either way.
-_bearer = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
+# Declared so that the OpenAPI page offers "Authorize": a user's password sign-in, or an OAuth
+# client's credentials (client-credentials grant); the header is read below either way.
+_bearer = OAuth2(
+    flows=OAuthFlows(
+        password=OAuthFlowPassword(tokenUrl="/api/v1/auth/login"),
+        clientCredentials=OAuthFlowClientCredentials(
+            tokenUrl="/api/v1/oauth/token", scopes=dict(SCOPES)
+        ),
+    ),
+    scheme_name="OAuth2",
+    auto_error=False,
+)
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
@@ -106,6 +122,19 @@ async def require_tenant_admin(principal: PrincipalDep) -> Principal:
     return principal
 
 
+async def require_user(principal: PrincipalDep) -> Principal:
+    """A signed-in user (any role), not a machine."""
+    if principal.kind != "user":
+        raise ForbiddenError("This action needs a signed-in user, not an API key or client.")
+    return principal
+
+
+async def require_owner(principal: PrincipalDep) -> Principal:
+    if principal.kind != "user" or principal.role is not Role.OWNER:
+        raise ForbiddenError("This action needs the tenant's owner.")
+    return principal
+
+
 async def require_superuser(principal: PrincipalDep) -> Principal:
     if not principal.is_superuser:
         raise ForbiddenError("This action needs a platform superuser.")
@@ -113,4 +142,6 @@ async def require_superuser(principal: PrincipalDep) -> Principal:
 
 
 TenantAdminDep = Annotated[Principal, Depends(require_tenant_admin)]
+UserDep = Annotated[Principal, Depends(require_user)]
+OwnerDep = Annotated[Principal, Depends(require_owner)]
 SuperuserDep = Annotated[Principal, Depends(require_superuser)]

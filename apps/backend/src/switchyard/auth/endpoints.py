@@ -23,8 +23,15 @@ from switchyard.auth.schemas import (
     TokenPair,
 )
 from switchyard.db.models import ApiKey, Role, Tenant, User
-from switchyard.errors import InvalidInputError, UnauthorizedError, field_errors
-from switchyard.platform.dependencies import RateLimiterDep, SessionDep, SettingsDep
+from switchyard.errors import InvalidInputError, field_errors
+from switchyard.platform import audit
+from switchyard.platform.dependencies import (
+    OutboxDep,
+    RateLimiterDep,
+    ServicesDep,
+    SessionDep,
+    SettingsDep,
+)
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 keys_router = APIRouter(prefix="/api-keys", tags=["api keys"])
@@ -39,10 +46,18 @@ def key_out(api_key: ApiKey) -> ApiKeyOut:
 @router.post(
     "/register", status_code=status.HTTP_201_CREATED, dependencies=[Depends(limit_by_client_ip)]
 )
-async def register(body: RegisterIn, session: SessionDep, settings: SettingsDep) -> Registered:
-    user, tenant = await service.register(session, settings, body)
+async def register(
+    body: RegisterIn, session: SessionDep, settings: SettingsDep, outbox: OutboxDep
+) -> Registered:
+    """A new tenant and its owner. A link to confirm the address is emailed (with
+    REQUIRE_EMAIL_VERIFICATION, signing in waits for it)."""
+    user, tenant = await service.register(session, settings, outbox, body)
     return Registered(
-        user_id=user.id, email=user.email, tenant=TenantSummary.of(tenant), role=Role.OWNER
+        user_id=user.id,
+        email=user.email,
+        tenant=TenantSummary.of(tenant),
+        role=Role.OWNER,
+        email_verified=user.email_verified_at is not None,
     )
 
 
@@ -89,7 +104,11 @@ async def _login_body(request: Request) -> LoginIn:
     },
 )
 async def login(
-    request: Request, session: SessionDep, settings: SettingsDep, limiter: RateLimiterDep
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
+    services: ServicesDep,
 ) -> TokenPair:
     body = await _login_body(request)
     # Failed sign-ins are counted per account too, so no choice of address buys more guesses;
@@ -98,11 +117,22 @@ async def login(
     await limiter.enforce(settings.rate_limit_login_failures, *account, count=False)
     try:
         user, membership = await service.authenticate(
-            session, body.email, body.password, body.tenant
+            session, settings, body.email, body.password, body.tenant
         )
-    except UnauthorizedError:
+    except service.SignInFailedError as failed:
         await limiter.hit(settings.rate_limit_login_failures, *account)
+        if failed.tenant_id is not None:  # an account's: audited in its tenant
+            await audit.record_apart(
+                services.database_sessions,
+                failed.tenant_id,
+                "auth.sign_in_failed",
+                audit.ANONYMOUS,
+                ("user", failed.user_id),
+            )
         raise
+    audit.record(
+        session, membership.tenant_id, "auth.sign_in", f"user:{user.id}", ("user", user.id)
+    )
     return await service.issue_tokens(session, settings, user, membership)
 
 
@@ -122,6 +152,7 @@ async def me(principal: PrincipalDep, session: SessionDep) -> Me:
     user = await session.get(User, principal.user_id) if principal.user_id else None
     return Me(
         kind=principal.kind,
+        oauth_client_id=principal.oauth_client_id,
         user_id=principal.user_id,
         email=user.email if user else None,
         api_key_id=principal.api_key_id,
@@ -149,4 +180,4 @@ async def list_api_keys(admin: TenantAdminDep, session: SessionDep) -> list[ApiK
 async def revoke_api_key(
     key_id: uuid.UUID, admin: TenantAdminDep, session: SessionDep
 ) -> ApiKeyOut:
-    return key_out(await service.revoke_api_key(session, admin.tenant_id, key_id))
+    return key_out(await service.revoke_api_key(session, admin, key_id))

@@ -1,4 +1,5 @@
-"""Who is calling: a user with a role in a tenant, or a tenant's API key with scopes."""
+"""Who is calling: a user with a role in a tenant, or a tenant's machine (an API key, or an
+OAuth client's access token) with scopes."""
 
 from __future__ import annotations
 
@@ -8,22 +9,30 @@ from typing import Literal
 
 from switchyard.db.models import Role
 
+PrincipalKind = Literal["user", "api_key", "oauth_client"]
+
 
 @dataclass(frozen=True)
 class Principal:
-    kind: Literal["user", "api_key"]
+    kind: PrincipalKind
     tenant_id: uuid.UUID
     scopes: frozenset[str]
     user_id: uuid.UUID | None = None
     api_key_id: uuid.UUID | None = None
     role: Role | None = None
     is_superuser: bool = False
+    oauth_client_id: uuid.UUID | None = None
 
     @property
     def rate_limit_key(self) -> str:
-        return f"key:{self.api_key_id}" if self.kind == "api_key" else f"user:{self.user_id}"
+        return self.actor
 
     @property
     def actor(self) -> str:
-        """Who did it, as recorded (`submitted_by` of a run): `user:<id>` or `api_key:<id>`."""
-        return f"api_key:{self.api_key_id}" if self.kind == "api_key" else f"user:{self.user_id}"
+        """Who did it, as recorded (`submitted_by` of a run, an audit event's actor):
+        `user:<id>`, `api_key:<id>` or `oauth_client:<id>`."""
+        if self.kind == "api_key":
+            return f"api_key:{self.api_key_id}"
+        if self.kind == "oauth_client":
+            return f"oauth_client:{self.oauth_client_id}"
+        return f"user:{self.user_id}"

@@ -71,13 +71,15 @@ class Registered(BaseModel):
     email: str
     tenant: TenantSummary
     role: Role
+    email_verified: bool
 
 
 class Me(BaseModel):
-    kind: Literal["user", "api_key"]
+    kind: Literal["user", "api_key", "oauth_client"]
     user_id: uuid.UUID | None
     email: str | None
     api_key_id: uuid.UUID | None
+    oauth_client_id: uuid.UUID | None
     tenant: TenantSummary
     role: Role | None
     scopes: list[str]

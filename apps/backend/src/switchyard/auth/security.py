@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -28,7 +29,10 @@ def _dummy_hash() -> str:
 
 
 API_KEY_MARKER = "sy_"
+CLIENT_ID_MARKER = "syc_"
+CLIENT_SECRET_MARKER = "sycs_"  # noqa: S105 - a prefix, for secret scanners
 ACCESS = "access"
+CLIENT = "client"
 
 
 def hash_password(password: str) -> str:
@@ -84,12 +88,42 @@ def issue_access_token(settings: Settings, claims: AccessClaims) -> tuple[str, i
     return token, int(lifetime.total_seconds())
 
 
+@dataclass(frozen=True)
+class ClientClaims:
+    """What an access token of the client-credentials grant says: the OAuth client (its row's
+    id), its tenant and the scopes granted. The client's row is read on every request, so a
+    revoked client's tokens stop at once."""
+
+    client_id: uuid.UUID
+    tenant_id: uuid.UUID
+    scopes: frozenset[str]
+
+
+def issue_client_token(settings: Settings, claims: ClientClaims) -> tuple[str, int]:
+    now = datetime.now(UTC)
+    lifetime = timedelta(minutes=settings.oauth_token_minutes)
+    payload: dict[str, Any] = {
+        "sub": str(claims.client_id),
+        "tid": str(claims.tenant_id),
+        "scope": " ".join(sorted(claims.scopes)),
+        "typ": CLIENT,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": uuid.uuid4().hex,
+    }
+    token = jwt.encode(payload, settings.signing_secret(), settings.jwt_algorithm)
+    return token, int(lifetime.total_seconds())
+
+
 class InvalidTokenError(Exception):
     pass
 
 
-def read_access_token(settings: Settings, token: str) -> AccessClaims:
-    """Verify signature, algorithm (fixed by settings), expiry, issuer and audience."""
+def read_token(settings: Settings, token: str) -> AccessClaims | ClientClaims:
+    """Verify signature, algorithm (fixed by settings), expiry, issuer and audience; a user's
+    access token or an OAuth client's."""
     try:
         payload = jwt.decode(
             token,
@@ -97,8 +131,14 @@ def read_access_token(settings: Settings, token: str) -> AccessClaims:
             algorithms=[settings.jwt_algorithm],
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
-            options={"require": ["exp", "iat", "sub", "iss", "aud", "fam"]},
+            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
         )
+        if payload.get("typ") == CLIENT:
+            return ClientClaims(
+                client_id=uuid.UUID(payload["sub"]),
+                tenant_id=uuid.UUID(payload["tid"]),
+                scopes=frozenset(str(payload["scope"]).split()),
+            )
         if payload.get("typ") != ACCESS:
             raise InvalidTokenError("not an access token")
         return AccessClaims(
@@ -140,3 +180,42 @@ def split_api_key(key: str) -> tuple[str, str] | None:
     if len(prefix) != 10 or not secret:
         return None
     return prefix, secret
+
+
+def read_access_token(settings: Settings, token: str) -> AccessClaims:
+    """A user's access token (not a client's)."""
+    claims = read_token(settings, token)
+    if not isinstance(claims, AccessClaims):
+        raise InvalidTokenError("not a user's access token")
+    return claims
+
+
+def new_client_credentials() -> tuple[str, str, str]:
+    """(the public client id, the secret shown once, the digest stored)."""
+    secret = f"{CLIENT_SECRET_MARKER}{secrets.token_urlsafe(32)}"
+    return f"{CLIENT_ID_MARKER}{secrets.token_hex(8)}", secret, digest(secret)
+
+
+def link_token(settings: Settings, purpose: str, token_id: uuid.UUID, nonce: str = "") -> str:
+    """The token of a one-time link (`<id>.<secret>`). The secret is derived from the signing
+    secret, the purpose, the id and a nonce, so that the worker that sends the email can put it
+    in the link without the secret ever being in a task's payload; only its digest is stored."""
+    mac = hmac.new(
+        settings.signing_secret().encode(),
+        f"link:{purpose}:{token_id}:{nonce}".encode(),
+        hashlib.sha256,
+    ).digest()
+    secret = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    return f"{token_id}.{secret}"
+
+
+def link_digest(token: str) -> str:
+    return digest(token.partition(".")[2])
+
+
+def split_link_token(token: str) -> tuple[uuid.UUID, str] | None:
+    """(id, secret) of a link token, or None when it is not one."""
+    found = split_refresh_token(token)
+    if found is None or not 20 <= len(found[1]) <= 64:
+        return None
+    return found

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from switchyard.auth import security
+from switchyard.auth import security, tokens
 from switchyard.auth.principal import Principal
 from switchyard.auth.repository import ApiKeyRepository
 from switchyard.auth.schemas import ApiKeyIn, RegisterIn, TokenPair
@@ -20,10 +20,12 @@ from switchyard.auth.scopes import ROLE_SCOPES
 from switchyard.db.models import (
     ApiKey,
     Membership,
+    OAuthClient,
     RefreshToken,
     Role,
     Tenant,
     TenantStatus,
+    TokenPurpose,
     User,
 )
 from switchyard.errors import (
@@ -33,6 +35,8 @@ from switchyard.errors import (
     TokenReuseError,
     UnauthorizedError,
 )
+from switchyard.platform import audit
+from switchyard.platform.outbox import Outbox
 from switchyard.settings import Settings
 
 BAD_CREDENTIALS = "Incorrect email or password."
@@ -83,8 +87,11 @@ async def create_tenant(session: AsyncSession, name: str, slug: str | None = Non
 
 
 async def register(
-    session: AsyncSession, settings: Settings, body: RegisterIn
+    session: AsyncSession, settings: Settings, outbox: Outbox, body: RegisterIn
 ) -> tuple[User, Tenant]:
+    """A new user and the tenant they own; a verification link is emailed when email can be
+    sent at all (SMTP_HOST, or the log in development, and a broker); otherwise the user asks
+    for one later (POST /auth/verify-email/resend)."""
     check_password(settings, body.password)
     email = body.email.lower()
     if await session.scalar(select(User.id).where(User.email == email)) is not None:
@@ -98,6 +105,8 @@ async def register(
         raise ConflictError(EMAIL_TAKEN) from None
     session.add(Membership(user_id=user.id, tenant_id=tenant.id, role=Role.OWNER))
     await session.flush()
+    if (settings.smtp_host is not None or settings.email_logged) and outbox.ready:
+        await tokens.issue(session, settings, outbox, user.id, TokenPurpose.EMAIL_VERIFICATION)
     return user, tenant
 
 
@@ -110,36 +119,86 @@ async def ensure_superuser(session: AsyncSession, settings: Settings) -> User | 
     password = settings.first_superuser_password.get_secret_value()
     await session.execute(
         insert(User)
-        .values(email=email, password_hash=security.hash_password(password), is_superuser=True)
+        .values(
+            email=email,
+            password_hash=security.hash_password(password),
+            is_superuser=True,
+            email_verified_at=datetime.now(UTC),
+        )
         .on_conflict_do_nothing(index_elements=["email"])
     )
     user = await session.scalar(select(User).where(User.email == email))
     system = await session.scalar(select(Tenant).where(Tenant.slug == "default"))
     if user is not None and system is not None:
+        # The system tenant's owner, unless an earlier superuser owns it (one owner each).
+        owned = await session.scalar(
+            select(Membership.id).where(
+                Membership.tenant_id == system.id, Membership.role == Role.OWNER
+            )
+        )
         await session.execute(
             insert(Membership)
-            .values(user_id=user.id, tenant_id=system.id, role=Role.OWNER)
+            .values(
+                user_id=user.id,
+                tenant_id=system.id,
+                role=Role.ADMIN if owned is not None else Role.OWNER,
+            )
             .on_conflict_do_nothing(index_elements=["user_id", "tenant_id"])
         )
     return user
 
 
+class SignInFailedError(UnauthorizedError):
+    """A refused sign-in; `user_id`, `tenant_id`: whose account it was, when the email is one
+    (the failure is audited in that tenant)."""
+
+    def __init__(self, user_id: uuid.UUID | None = None, tenant_id: uuid.UUID | None = None):
+        super().__init__(BAD_CREDENTIALS)
+        self.user_id = user_id
+        self.tenant_id = tenant_id
+
+
 async def authenticate(
-    session: AsyncSession, email: str, password: str, tenant_slug: str | None
+    session: AsyncSession,
+    settings: Settings,
+    email: str,
+    password: str,
+    tenant_slug: str | None,
 ) -> tuple[User, Membership]:
-    """The same answer, in about the same time, whether or not the email exists."""
+    """The same answer, in about the same time, whether or not the email exists. The tenant:
+    the one named (`tenant`, its slug), or the user's only one; a user of several who names
+    none is asked to (422 on body.tenant, listing their slugs: they gave the right password)."""
     user = await session.scalar(select(User).where(User.email == email.lower()))
     valid = security.verify_password(password, user.password_hash if user else None)
-    if user is None or not valid or not user.is_active:
-        raise UnauthorizedError(BAD_CREDENTIALS)
-    statement = select(Membership).where(Membership.user_id == user.id)
-    if tenant_slug is not None:
-        statement = statement.join(Tenant, Tenant.id == Membership.tenant_id).where(
-            Tenant.slug == tenant_slug
+    rows = (
+        (
+            await session.execute(
+                select(Membership, Tenant.slug)
+                .join(Tenant, Tenant.id == Membership.tenant_id)
+                .where(Membership.user_id == user.id, Membership.is_active.is_(True))
+                .order_by(Membership.created_at)
+            )
+        ).all()
+        if user is not None
+        else []
+    )
+    chosen = [row for row in rows if tenant_slug is None or row.slug == tenant_slug]
+    audited_in = (chosen or rows)[0][0].tenant_id if rows else None
+    if user is None or not valid or not user.is_active or not chosen:
+        raise SignInFailedError(user.id if user else None, audited_in)
+    if len(chosen) > 1:
+        raise InvalidInputError.on(
+            "body.tenant",
+            "This account belongs to several tenants; name one (its slug) to sign in to.",
+            message="one of " + ", ".join(row.slug for row in chosen),
+            type="tenant_required",
         )
-    membership = await session.scalar(statement.order_by(Membership.created_at).limit(1))
-    if membership is None:
-        raise UnauthorizedError(BAD_CREDENTIALS)
+    if settings.require_email_verification and user.email_verified_at is None:
+        raise ForbiddenError(
+            "Confirm your email address first: follow the link emailed at sign-up "
+            "(POST /api/v1/auth/verify-email/resend sends another)."
+        )
+    membership = chosen[0][0]
     await _active_tenant(session, membership.tenant_id)
     return user, membership
 
@@ -235,6 +294,28 @@ async def refresh(session: AsyncSession, settings: Settings, token: str) -> Toke
 async def logout(session: AsyncSession, token: str) -> None:
     stored = await _presented(session, token)
     await _revoke_family(session, stored.family_id)
+    audit.record(
+        session,
+        stored.tenant_id,
+        "auth.sign_out",
+        f"user:{stored.user_id}",
+        ("user", stored.user_id),
+    )
+
+
+async def revoke_refresh_tokens(
+    session: AsyncSession, user_id: uuid.UUID, tenant_id: uuid.UUID | None = None
+) -> None:
+    """End the user's sign-ins (all, or in one tenant): their refresh tokens and the access
+    tokens those issued stop at the next request."""
+    statement = update(RefreshToken).where(
+        RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None)
+    )
+    if tenant_id is not None:
+        statement = statement.where(RefreshToken.tenant_id == tenant_id)
+    await session.execute(
+        statement.values(revoked_at=datetime.now(UTC)).execution_options(synchronize_session=False)
+    )
 
 
 # The token's user, membership and tenant as they stand now, and whether its refresh family
@@ -254,7 +335,9 @@ _TOKEN_HOLDER = (
     )
     .join(
         Membership,
-        (Membership.user_id == User.id) & (Membership.tenant_id == bindparam("token_tenant")),
+        (Membership.user_id == User.id)
+        & (Membership.tenant_id == bindparam("token_tenant"))
+        & Membership.is_active.is_(True),
     )
     .join(Tenant, Tenant.id == Membership.tenant_id)
     .where(User.id == bindparam("token_user"))
@@ -264,14 +347,17 @@ _TOKEN_HOLDER = (
 async def principal_from_token(
     connection: AsyncConnection, settings: Settings, token: str
 ) -> Principal:
-    """The caller of a valid access token whose user is active and still a member of an
-    existing, unsuspended tenant, and whose sign-in was not ended (logout, reuse). Role and
+    """The caller of a valid access token whose user is active and still an active member of
+    an existing, unsuspended tenant, and whose sign-in was not ended (logout, reuse, a
+    password reset); or of an OAuth client's token whose client is not revoked. Role and
     superuser come from the database, so a change applies at the next request. Read-only: one
     statement, no transaction needed around it."""
     try:
-        claims = security.read_access_token(settings, token)
+        claims = security.read_token(settings, token)
     except security.InvalidTokenError:
         raise UnauthorizedError(BAD_TOKEN) from None
+    if isinstance(claims, security.ClientClaims):
+        return await _principal_of_client(connection, claims)
     holder = (
         await connection.execute(
             _TOKEN_HOLDER,
@@ -297,6 +383,46 @@ async def principal_from_token(
     )
 
 
+# An OAuth client as it stands now: not revoked, its tenant's status, and the role its creator
+# has in the tenant today (no row for a revoked client; a NULL role for a creator gone).
+_CLIENT_HOLDER = (
+    select(OAuthClient.scopes, Tenant.status, Membership.role)
+    .join(Tenant, Tenant.id == OAuthClient.tenant_id)
+    .outerjoin(
+        Membership,
+        (Membership.user_id == OAuthClient.created_by)
+        & (Membership.tenant_id == OAuthClient.tenant_id)
+        & Membership.is_active.is_(True),
+    )
+    .where(
+        OAuthClient.id == bindparam("client"),
+        OAuthClient.tenant_id == bindparam("client_tenant"),
+        OAuthClient.revoked_at.is_(None),
+    )
+)
+
+
+async def _principal_of_client(
+    connection: AsyncConnection, claims: security.ClientClaims
+) -> Principal:
+    holder = (
+        await connection.execute(
+            _CLIENT_HOLDER, {"client": claims.client_id, "client_tenant": claims.tenant_id}
+        )
+    ).one_or_none()
+    if holder is None or holder.role is None:
+        raise UnauthorizedError(BAD_TOKEN)
+    if holder.status is TenantStatus.SUSPENDED:
+        raise ForbiddenError("This tenant is suspended.")
+    return Principal(
+        kind="oauth_client",
+        tenant_id=claims.tenant_id,
+        # The token's scopes, as far as the client and its creator may still use them.
+        scopes=claims.scopes & frozenset(holder.scopes) & ROLE_SCOPES[Role(holder.role)],
+        oauth_client_id=claims.client_id,
+    )
+
+
 async def principal_from_api_key(session: AsyncSession, key: str) -> Principal:
     parts = security.split_api_key(key)
     stored = (
@@ -316,6 +442,7 @@ async def principal_from_api_key(session: AsyncSession, key: str) -> Principal:
         .where(
             Membership.user_id == stored.created_by,
             Membership.tenant_id == stored.tenant_id,
+            Membership.is_active.is_(True),
             User.is_active.is_(True),
         )
     )
@@ -348,6 +475,14 @@ async def create_api_key(
     session.add(api_key)
     await session.flush()
     await session.refresh(api_key)
+    audit.record(
+        session,
+        principal.tenant_id,
+        "api_key.created",
+        principal.actor,
+        ("api_key", api_key.id),
+        {"name": api_key.name, "scopes": api_key.scopes, "prefix": prefix},
+    )
     return api_key, key
 
 
@@ -355,8 +490,11 @@ async def api_keys(session: AsyncSession, tenant_id: uuid.UUID) -> list[ApiKey]:
     return await ApiKeyRepository(session, tenant_id).oldest_first()
 
 
-async def revoke_api_key(session: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
-    api_key = await ApiKeyRepository(session, tenant_id).get_or_404(key_id)
+async def revoke_api_key(session: AsyncSession, principal: Principal, key_id: uuid.UUID) -> ApiKey:
+    api_key = await ApiKeyRepository(session, principal.tenant_id).get_or_404(key_id)
     if api_key.revoked_at is None:
         api_key.revoked_at = datetime.now(UTC)
+        audit.record(
+            session, principal.tenant_id, "api_key.revoked", principal.actor, ("api_key", key_id)
+        )
     return api_key

@@ -17,6 +17,7 @@ from switchyard.datasources.schemas import (
     DataSourceUpdate,
 )
 from switchyard.datasources.tasks import TEST_TASK
+from switchyard.platform import audit
 from switchyard.platform.dependencies import (
     RateLimiterDep,
     ServicesDep,
@@ -56,6 +57,14 @@ async def create_data_source(
     cipher: DataSourceCipher = CipherDep,
 ) -> DataSourceRead:
     source = await service.create(session, principal.tenant_id, body, cipher, principal.user_id)
+    audit.record(
+        session,
+        principal.tenant_id,
+        "data_source.created",
+        principal.actor,
+        ("data_source", source.id),
+        {"name": source.name, "kind": source.kind},
+    )
     response.headers["Location"] = request.url_for("get_data_source", source_id=source.id).path
     return service.read(source, cipher)
 
@@ -77,18 +86,36 @@ async def update_data_source(
     source_id: uuid.UUID,
     body: DataSourceUpdate,
     session: SessionDep,
-    tenant_id: TenantDep,
+    principal: PrincipalDep,
     cipher: DataSourceCipher = CipherDep,
 ) -> DataSourceRead:
-    source = await DataSourceRepository(session, tenant_id).get_or_404(source_id)
-    return service.read(await service.update(session, source, body, cipher), cipher)
+    source = await DataSourceRepository(session, principal.tenant_id).get_or_404(source_id)
+    updated = await service.update(session, source, body, cipher)
+    audit.record(
+        session,
+        principal.tenant_id,
+        "data_source.changed",
+        principal.actor,
+        ("data_source", source_id),
+        {"name": updated.name, "fields": sorted(body.model_dump(exclude_unset=True))},
+    )
+    return service.read(updated, cipher)
 
 
 @router.delete("/{source_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=WRITE)
 async def delete_data_source(
-    source_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
+    source_id: uuid.UUID, session: SessionDep, principal: PrincipalDep
 ) -> None:
-    await session.delete(await DataSourceRepository(session, tenant_id).get_or_404(source_id))
+    source = await DataSourceRepository(session, principal.tenant_id).get_or_404(source_id)
+    await session.delete(source)
+    audit.record(
+        session,
+        principal.tenant_id,
+        "data_source.deleted",
+        principal.actor,
+        ("data_source", source_id),
+        {"name": source.name},
+    )
 
 
 @router.post("/{source_id}/test", status_code=status.HTTP_202_ACCEPTED, dependencies=WRITE)
@@ -105,7 +132,13 @@ async def test_data_source(
     await DataSourceRepository(session, tenant_id).get_or_404(source_id)
     await limiter.enforce(services.settings.rate_limit_task_runs, "runs", str(tenant_id))
     body = RunRequest(task=TEST_TASK, payload={"data_source_id": str(source_id)})
-    _, accepted = await submit(
-        body,
+    run, accepted = await submit(body)
+    audit.record(
+        session,
+        tenant_id,
+        "data_source.tested",
+        principal.actor,
+        ("data_source", source_id),
+        {"run_id": str(run.id)},
     )
     return accepted

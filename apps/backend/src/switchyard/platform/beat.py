@@ -21,7 +21,7 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from switchyard.db.models import RunState, TaskDefinition, TaskRun, Tenant, TenantStatus
-from switchyard.platform import admission, ledger
+from switchyard.platform import admission, audit, ledger
 from switchyard.platform.heartbeat import write_heartbeat
 from switchyard.platform.metrics import BEAT_LAST_TICK, BEAT_LEADER, BEAT_PUBLISHED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 LEADER_LOCK_KEY = 0x5357_4254  # "SWBT"
 OUTBOX_EVERY_SECONDS = 5.0
+AUDIT_PURGE_EVERY_SECONDS = 3600.0
 
 
 class Beat:
@@ -54,6 +55,7 @@ class Beat:
         self.lock_connection: AsyncConnection | None = None
         self.leader_since: float | None = None
         self.last_outbox = 0.0
+        self.last_audit_purge: float | None = None  # the first tick as leader purges
         self.dispatcher = admission.install(services, publisher)
         self.failed_ticks = 0  # in a row; the healthcheck reads it from the heartbeat
 
@@ -101,8 +103,24 @@ class Beat:
                 await self.republish_stale(now)
             except Exception as exc:
                 failures.append(exc)
+        if (
+            self.last_audit_purge is None
+            or time.monotonic() - self.last_audit_purge >= AUDIT_PURGE_EVERY_SECONDS
+        ):
+            self.last_audit_purge = time.monotonic()
+            try:
+                await self.purge_audit_events()
+            except Exception as exc:
+                failures.append(exc)
         if failures:
             raise failures[0]
+
+    async def purge_audit_events(self) -> int:
+        """Audit events older than AUDIT_RETENTION_DAYS go (hourly, in batches)."""
+        deleted = await audit.purge(self.sessions, self.settings.audit_retention_days)
+        if deleted:
+            logger.info("audit events purged", extra={"count": deleted})
+        return deleted
 
     async def _lead(self) -> bool:
         if self.lock_connection is not None:

@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from switchyard.db.session import unit_of_work
 from switchyard.errors import ServiceUnavailableError
 from switchyard.platform.broker import Broker
+from switchyard.platform.ledger import PublishedMarks
+from switchyard.platform.outbox import Outbox
 from switchyard.platform.registry import TaskRegistry
 from switchyard.services.container import Services
 from switchyard.services.health import HealthMonitor
@@ -47,7 +49,16 @@ async def get_registry(request: Request) -> TaskRegistry:
     return cast(TaskRegistry, request.app.state.registry)
 
 
+async def get_outbox(request: Request) -> Outbox:
+    """Platform runs (account email): published after the commit if a broker is there, else
+    by beat's outbox; never a 503 for the broker."""
+    broker = cast(Broker | None, request.app.state.broker)
+    marks = cast(PublishedMarks | None, request.app.state.published_marks)
+    return Outbox(broker.publisher if broker is not None else None, marks)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
+OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 BrokerDep = Annotated[Broker, Depends(get_broker)]
 RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]
 

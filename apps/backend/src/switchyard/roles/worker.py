@@ -22,6 +22,7 @@ from types import FrameType
 from switchyard.errors import RoleConfigurationError
 from switchyard.platform.heartbeat import read_heartbeat, write_heartbeat
 from switchyard.platform.topology import WORK_QUEUES
+from switchyard.services import email
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def run(settings: Settings, service_type: str = "worker") -> int:
             "WORKER_POOL is ignored: a worker process runs WORKER_CONCURRENCY runs on one event "
             "loop; use WORKER_PROCESSES for more processes"
         )
+    email.announce(settings)
     return Supervisor(settings).run()
 
 

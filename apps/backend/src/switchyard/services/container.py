@@ -20,6 +20,7 @@ from switchyard.errors import ServiceUnavailableError
 from switchyard.services import redis
 from switchyard.services.cache import Cache
 from switchyard.services.cpu import CpuPool
+from switchyard.services.email import EmailNotConfiguredError, Mailer, create_mailer
 from switchyard.services.embeddings import Embedder, LocalEmbedder, create_embedder
 from switchyard.services.health import HealthCheck, HealthMonitor
 from switchyard.services.llm import LLMDisabledError, ZhipuClient, create_llm
@@ -61,6 +62,8 @@ class Services:
     embedder: Embedder = field(init=False)
     cpu: CpuPool = field(init=False)
     binds: dict[str, Bind] = field(init=False)
+    # None: production without SMTP_HOST (account email is refused).
+    mailer: Mailer | None = field(init=False)
     # Admits and publishes waiting runs when a slot of a tenant's share frees (fair share);
     # set by a role with a broker (admission.install).
     admission: Admission | None = field(init=False, default=None)
@@ -76,6 +79,7 @@ class Services:
         self.embedder = create_embedder(settings, self.llm, self.cpu)
         self.vectors = VectorStore.from_settings(settings, space=self.embedder.name)
         self.binds = create_binds(settings, f"switchyard-{self.service_type}")
+        self.mailer = create_mailer(settings)
 
     @classmethod
     def create(cls, settings: Settings, service_type: str) -> Services:
@@ -135,6 +139,11 @@ class Services:
         if self.database is None:
             raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
         return self.database
+
+    def require_mailer(self) -> Mailer:
+        if self.mailer is None:
+            raise EmailNotConfiguredError
+        return self.mailer
 
     def require_llm(self) -> ZhipuClient:
         if self.llm is None:

@@ -12,7 +12,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from switchyard.auth.dependencies import PrincipalDep, TenantDep, require_scope
 from switchyard.db.models import RunState
 from switchyard.errors import ConflictError
-from switchyard.platform import admission
+from switchyard.platform import admission, audit
 from switchyard.platform.dependencies import (
     RateLimiterDep,
     RegistryDep,
@@ -42,7 +42,11 @@ async def get_editor(
 ) -> service.Editor:
     """Who changes definitions in this request (its tenant, scopes and environment)."""
     return service.Editor(
-        principal.tenant_id, principal.scopes, services.settings.environment, registry
+        principal.tenant_id,
+        principal.scopes,
+        services.settings.environment,
+        registry,
+        principal.actor,
     )
 
 
@@ -94,8 +98,8 @@ async def update_definition(
     status_code=status.HTTP_204_NO_CONTENT,
     dependencies=[Depends(require_scope("tasks:admin"))],
 )
-async def delete_definition(name: str, session: SessionDep, tenant_id: TenantDep) -> None:
-    await service.delete_definition(session, tenant_id, name)
+async def delete_definition(name: str, session: SessionDep, principal: PrincipalDep) -> None:
+    await service.delete_definition(session, principal.tenant_id, name, principal.actor)
 
 
 @router.post(
@@ -183,6 +187,14 @@ async def replay_dead_letter(
         over_rest=True,
     )
     letter.replayed_run_id = run.id
+    audit.record(
+        session,
+        principal.tenant_id,
+        "dead_letter.replayed",
+        principal.actor,
+        ("dead_letter", letter.id),
+        {"task": letter.task, "run_id": str(run.id)},
+    )
     return accepted
 
 
@@ -192,9 +204,18 @@ async def replay_dead_letter(
     dependencies=[Depends(require_scope("tasks:admin"))],
 )
 async def delete_dead_letter(
-    letter_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
+    letter_id: uuid.UUID, session: SessionDep, principal: PrincipalDep
 ) -> None:
-    await session.delete(await service.get_dead_letter(session, tenant_id, letter_id))
+    letter = await service.get_dead_letter(session, principal.tenant_id, letter_id)
+    await session.delete(letter)
+    audit.record(
+        session,
+        principal.tenant_id,
+        "dead_letter.deleted",
+        principal.actor,
+        ("dead_letter", letter_id),
+        {"task": letter.task},
+    )
 
 
 @router.get("/{task_id}", dependencies=[Depends(require_scope("tasks:read"))])

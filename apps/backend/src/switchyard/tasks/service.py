@@ -24,7 +24,7 @@ from switchyard.errors import (
     ServiceUnavailableError,
     field_errors,
 )
-from switchyard.platform import admission, ledger, schedules
+from switchyard.platform import admission, audit, ledger, schedules
 from switchyard.platform.admission import Dispatcher
 from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
@@ -350,6 +350,7 @@ class Editor:
     scopes: frozenset[str]
     environment: str
     registry: TaskRegistry
+    actor: str = audit.ANONYMOUS
 
 
 def _definition_fields(
@@ -383,6 +384,14 @@ async def create_definition(
     except IntegrityError:
         raise ConflictError(f"A task definition named {body.name!r} exists.") from None
     await session.refresh(definition)
+    audit.record(
+        session,
+        tenant_id,
+        "definition.created",
+        editor.actor,
+        ("definition", definition.id),
+        {"name": definition.name, "task": definition.task},
+    )
     return definition
 
 
@@ -404,12 +413,30 @@ async def update_definition(
         definition.schedule = schedules.to_stored(patch.schedule)
     await session.flush()
     await session.refresh(definition)
+    audit.record(
+        session,
+        editor.tenant_id,
+        "definition.changed",
+        editor.actor,
+        ("definition", definition.id),
+        {"name": definition.name, "fields": sorted(changes)},
+    )
     return definition
 
 
-async def delete_definition(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> None:
+async def delete_definition(
+    session: AsyncSession, tenant_id: uuid.UUID, name: str, actor: str
+) -> None:
     definition = await get_definition(session, tenant_id, name)
     await session.delete(definition)
+    audit.record(
+        session,
+        tenant_id,
+        "definition.deleted",
+        actor,
+        ("definition", definition.id),
+        {"name": name},
+    )
 
 
 async def get_dead_letter(

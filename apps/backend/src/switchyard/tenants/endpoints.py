@@ -45,10 +45,13 @@ async def rename_current_tenant(
 
 @router.post("/{tenant_id}/suspend")
 async def suspend_tenant(
-    tenant_id: uuid.UUID, _: SuperuserDep, session: SessionDep
+    tenant_id: uuid.UUID, superuser: SuperuserDep, session: SessionDep
 ) -> TenantSummary:
     """Its users' tokens and its API keys get 403 until it is activated again."""
-    return TenantSummary.of(await service.set_status(session, tenant_id, TenantStatus.SUSPENDED))
+    suspended = await service.set_status(
+        session, tenant_id, TenantStatus.SUSPENDED, superuser.actor
+    )
+    return TenantSummary.of(suspended)
 
 
 @router.patch("/{tenant_id}")
@@ -65,6 +68,7 @@ async def set_tenant_limits(
 
 @router.post("/{tenant_id}/activate")
 async def activate_tenant(
-    tenant_id: uuid.UUID, _: SuperuserDep, session: SessionDep
+    tenant_id: uuid.UUID, superuser: SuperuserDep, session: SessionDep
 ) -> TenantSummary:
-    return TenantSummary.of(await service.set_status(session, tenant_id, TenantStatus.ACTIVE))
+    activated = await service.set_status(session, tenant_id, TenantStatus.ACTIVE, superuser.actor)
+    return TenantSummary.of(activated)

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.db.models import Tenant, TenantStatus
 from switchyard.db.session import after_commit
+from switchyard.platform import audit
 from switchyard.services.container import Services
 from switchyard.tenants.repository import TenantsRepository
 from switchyard.tenants.schemas import TenantLimits
@@ -20,10 +21,16 @@ async def rename(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> Tena
     return tenant
 
 
-async def set_status(session: AsyncSession, tenant_id: uuid.UUID, status: TenantStatus) -> Tenant:
-    """Suspended: its users' tokens and its API keys get 403 until it is activated again."""
+async def set_status(
+    session: AsyncSession, tenant_id: uuid.UUID, status: TenantStatus, actor: str
+) -> Tenant:
+    """Suspended: its users' tokens and its API keys get 403 until it is activated again.
+    Recorded in the tenant's own audit log (the superuser is the actor)."""
     tenant = await TenantsRepository(session).get_or_404(tenant_id)
-    tenant.status = status
+    if tenant.status is not status:
+        tenant.status = status
+        action = "tenant.suspended" if status is TenantStatus.SUSPENDED else "tenant.activated"
+        audit.record(session, tenant_id, action, actor, ("tenant", tenant_id))
     await session.flush()
     return tenant
 

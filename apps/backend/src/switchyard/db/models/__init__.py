@@ -1,22 +1,36 @@
 """Every model, imported so that `Base.metadata` is complete."""
 
+from switchyard.db.models.audit import AuditEvent
 from switchyard.db.models.datasource import DataSourceConnection
 from switchyard.db.models.dead_letter import DeadLetter
 from switchyard.db.models.document import DocumentStatus, KnowledgeDocument
 from switchyard.db.models.task_definition import TaskDefinition
 from switchyard.db.models.task_run import FINAL_STATES, RunState, TaskRun
 from switchyard.db.models.tenant import DEFAULT_TENANT_ID, Tenant, TenantStatus
-from switchyard.db.models.user import ApiKey, Membership, RefreshToken, Role, User
+from switchyard.db.models.user import (
+    ApiKey,
+    Invitation,
+    Membership,
+    OAuthClient,
+    RefreshToken,
+    Role,
+    TokenPurpose,
+    User,
+    UserToken,
+)
 
 __all__ = [
     "DEFAULT_TENANT_ID",
     "FINAL_STATES",
     "ApiKey",
+    "AuditEvent",
     "DataSourceConnection",
     "DeadLetter",
     "DocumentStatus",
+    "Invitation",
     "KnowledgeDocument",
     "Membership",
+    "OAuthClient",
     "RefreshToken",
     "Role",
     "RunState",
@@ -24,5 +38,7 @@ __all__ = [
     "TaskRun",
     "Tenant",
     "TenantStatus",
+    "TokenPurpose",
     "User",
+    "UserToken",
 ]

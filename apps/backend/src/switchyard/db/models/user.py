@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import DateTime, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -26,17 +26,34 @@ class User(UUIDPrimaryKey, Timestamps, Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     is_superuser: Mapped[bool] = mapped_column(default=False, server_default="false")
     is_active: Mapped[bool] = mapped_column(default=True, server_default="true")
+    # NULL until the address is confirmed (a link by email, or accepting an invitation sent
+    # to it); REQUIRE_EMAIL_VERIFICATION decides whether an unconfirmed user may sign in.
+    email_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# At most one owner per tenant, kept by the database (ownership moves by a transfer).
+ONE_OWNER = "role = 'owner'"
 
 
 class Membership(UUIDPrimaryKey, Timestamps, Base):
     __tablename__ = "memberships"
-    __table_args__ = (UniqueConstraint("user_id", "tenant_id"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "tenant_id"),
+        Index(
+            "ix_memberships_one_owner",
+            "tenant_id",
+            unique=True,
+            postgresql_where=text(ONE_OWNER),
+        ),
+    )
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), index=True
     )
     role: Mapped[Role] = mapped_column(string_enum(Role, "membership_role"))
+    # A deactivated member keeps the membership but cannot sign in to, or act in, the tenant.
+    is_active: Mapped[bool] = mapped_column(default=True, server_default="true")
 
 
 class RefreshToken(UUIDPrimaryKey, Timestamps, Base):
@@ -70,4 +87,79 @@ class ApiKey(UUIDPrimaryKey, Timestamps, Base):
         ForeignKey("users.id", ondelete="SET NULL")
     )
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OAuthClient(UUIDPrimaryKey, Timestamps, Base):
+    """A tenant's machine client of the OAuth2 client-credentials grant: a public client id and
+    a hash of its secret, never the secret."""
+
+    __tablename__ = "oauth_clients"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    client_id: Mapped[str] = mapped_column(String(40), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TokenPurpose(StrEnum):
+    PASSWORD_RESET = "password_reset"  # noqa: S105 - a purpose, not a password
+    EMAIL_VERIFICATION = "verify_email"
+
+
+class UserToken(UUIDPrimaryKey, Timestamps, Base):
+    """A one-time link's token for a user (password reset, email verification): a hash of the
+    secret, an expiry, spent once."""
+
+    __tablename__ = "user_tokens"
+    __table_args__ = (Index("ix_user_tokens_user_id_purpose", "user_id", "purpose"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    purpose: Mapped[TokenPurpose] = mapped_column(string_enum(TokenPurpose, "token_purpose"))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Invitation(UUIDPrimaryKey, Timestamps, Base):
+    """An invitation of an email address into a tenant with a role: its link's token is kept
+    as a hash; resending replaces it (the old link stops working)."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        # One pending invitation per address and tenant.
+        Index(
+            "ix_invitations_pending_email",
+            "tenant_id",
+            "email",
+            unique=True,
+            postgresql_where=text("accepted_at IS NULL AND revoked_at IS NULL"),
+        ),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[Role] = mapped_column(string_enum(Role, "invitation_role"))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    # Part of what the link's secret is derived from: a new one on each resend.
+    nonce: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    sent_count: Mapped[int] = mapped_column(default=1, server_default="1")
+    accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    accepted_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

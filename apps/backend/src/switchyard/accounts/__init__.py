@@ -1,0 +1,1 @@
+"""Teams: members, invitations, password reset and email verification, and the email they send."""
