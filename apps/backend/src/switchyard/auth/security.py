@@ -67,17 +67,13 @@ class AccessClaims:
     family_id: uuid.UUID  # the refresh family: revoking it ends the access tokens it issued
 
 
-def issue_access_token(settings: Settings, claims: AccessClaims) -> tuple[str, int]:
-    """A signed token and its lifetime in seconds."""
+def _signed(settings: Settings, claims: dict[str, Any], minutes: int) -> tuple[str, int]:
+    """`claims` signed with the registered ones (issuer, audience, times, a unique id), and
+    the token's lifetime in seconds."""
     now = datetime.now(UTC)
-    lifetime = timedelta(minutes=settings.access_token_minutes)
+    lifetime = timedelta(minutes=minutes)
     payload: dict[str, Any] = {
-        "sub": str(claims.user_id),
-        "tid": str(claims.tenant_id),
-        "role": claims.role,
-        "su": claims.superuser,
-        "fam": str(claims.family_id),
-        "typ": ACCESS,
+        **claims,
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
         "iat": now,
@@ -86,6 +82,22 @@ def issue_access_token(settings: Settings, claims: AccessClaims) -> tuple[str, i
     }
     token = jwt.encode(payload, settings.signing_secret(), settings.jwt_algorithm)
     return token, int(lifetime.total_seconds())
+
+
+def issue_access_token(settings: Settings, claims: AccessClaims) -> tuple[str, int]:
+    """A signed token and its lifetime in seconds."""
+    return _signed(
+        settings,
+        {
+            "sub": str(claims.user_id),
+            "tid": str(claims.tenant_id),
+            "role": claims.role,
+            "su": claims.superuser,
+            "fam": str(claims.family_id),
+            "typ": ACCESS,
+        },
+        settings.access_token_minutes,
+    )
 
 
 @dataclass(frozen=True)
@@ -100,21 +112,16 @@ class ClientClaims:
 
 
 def issue_client_token(settings: Settings, claims: ClientClaims) -> tuple[str, int]:
-    now = datetime.now(UTC)
-    lifetime = timedelta(minutes=settings.oauth_token_minutes)
-    payload: dict[str, Any] = {
-        "sub": str(claims.client_id),
-        "tid": str(claims.tenant_id),
-        "scope": " ".join(sorted(claims.scopes)),
-        "typ": CLIENT,
-        "iss": settings.jwt_issuer,
-        "aud": settings.jwt_audience,
-        "iat": now,
-        "exp": now + lifetime,
-        "jti": uuid.uuid4().hex,
-    }
-    token = jwt.encode(payload, settings.signing_secret(), settings.jwt_algorithm)
-    return token, int(lifetime.total_seconds())
+    return _signed(
+        settings,
+        {
+            "sub": str(claims.client_id),
+            "tid": str(claims.tenant_id),
+            "scope": " ".join(sorted(claims.scopes)),
+            "typ": CLIENT,
+        },
+        settings.oauth_token_minutes,
+    )
 
 
 class InvalidTokenError(Exception):

@@ -71,43 +71,38 @@ class RefreshToken(UUIDPrimaryKey, Timestamps, Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class ApiKey(UUIDPrimaryKey, Timestamps, Base):
-    """A tenant's machine credential: a lookup prefix and a hash of the secret, never the secret."""
+class MachineCredential:
+    """What a tenant's machine credential keeps: a name, a hash of the secret (never the
+    secret), its scopes, who made it (it works only while they are an active member, and never
+    with more than their role), its last use and its revocation."""
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(UUIDPrimaryKey, Timestamps, MachineCredential, Base):
+    """An API key: found by its lookup prefix."""
 
     __tablename__ = "api_keys"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
-    )
-    name: Mapped[str] = mapped_column(String(200))
     prefix: Mapped[str] = mapped_column(String(16), unique=True)
-    secret_hash: Mapped[str] = mapped_column(String(64))
-    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
-    created_by: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL")
-    )
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class OAuthClient(UUIDPrimaryKey, Timestamps, Base):
-    """A tenant's machine client of the OAuth2 client-credentials grant: a public client id and
-    a hash of its secret, never the secret."""
+class OAuthClient(UUIDPrimaryKey, Timestamps, MachineCredential, Base):
+    """A client of the OAuth2 client-credentials grant: found by its public client id."""
 
     __tablename__ = "oauth_clients"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
-    )
-    name: Mapped[str] = mapped_column(String(200))
     client_id: Mapped[str] = mapped_column(String(40), unique=True)
-    secret_hash: Mapped[str] = mapped_column(String(64))
-    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
-    created_by: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL")
-    )
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class TokenPurpose(StrEnum):
