@@ -4,12 +4,14 @@ gateway itself and lists the operations."""
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy.engine import URL
 
+from tests.fixtures.accounts import PASSWORD
 from tests.fixtures.processes import RunningRole
 from tests.fixtures.servers import free_port, unavailable
 
@@ -61,3 +63,52 @@ def test_swagger_ui_lists_the_operations_without_any_outside_request(
     outside = [url for url in requested if urlsplit(url).netloc not in (local, "")]
     assert outside == []
     assert failed == []
+
+
+def test_the_authorize_dialog_gets_a_client_credentials_token(
+    start_role: Callable[..., RunningRole], database_url: URL
+) -> None:
+    """/docs → Authorize → the clientCredentials flow with an OAuth client's id and secret: the
+    browser asks /api/v1/oauth/token itself, and the dialog says authorized."""
+    if shutil.which("chromium") is None:
+        unavailable("Chromium", "Debian's `chromium` is not installed (.ci/run installs it)")
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    gateway = start_role(
+        "api-gateway", free_port(), DATABASE_URL=database_url.render_as_string(hide_password=False)
+    )
+    gateway.wait_healthy()
+    with httpx.Client(base_url=gateway.base_url) as api:
+        email = f"docs-{uuid.uuid4().hex[:8]}@example.com"
+        registered = api.post(
+            "/api/v1/auth/register",
+            json={"email": email, "password": PASSWORD, "tenant_name": "Docs"},
+        )
+        assert registered.status_code == 201, registered.text
+        tokens = api.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+        headers = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+        client = api.post(
+            "/api/v1/oauth-clients",
+            json={"name": "docs", "scopes": ["tasks:read"]},
+            headers=headers,
+        ).json()
+    answers: list[tuple[str, int]] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.on("response", lambda response: answers.append((response.url, response.status)))
+            page.goto(f"{gateway.base_url}/docs", wait_until="networkidle")
+            page.click("button.btn.authorize")
+            # The flow's block (once authorized, its inputs give way to "******").
+            flow = page.locator(".auth-container", has_text="clientCredentials")
+            flow.locator("#client_id_clientCredentials").fill(client["client_id"])
+            flow.locator("#client_secret_clientCredentials").fill(client["client_secret"])
+            flow.locator("button.authorize").click()
+            flow.locator("button", has_text="Logout").wait_for(timeout=20_000)
+            authorized = flow.inner_text()
+        finally:
+            browser.close()
+    assert "Authorized" in authorized
+    assert (f"{gateway.base_url}/api/v1/oauth/token", 200) in answers

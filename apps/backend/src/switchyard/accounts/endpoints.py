@@ -4,6 +4,7 @@ verification). Answers about an address never say whether it has an account."""
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
@@ -32,11 +33,23 @@ from switchyard.platform.dependencies import (
     SessionDep,
     SettingsDep,
 )
+from switchyard.platform.outbox import Outbox
 
 members_router = APIRouter(prefix="/members", tags=["members"])
 invitations_router = APIRouter(prefix="/invitations", tags=["members"])
 router = APIRouter(prefix="/auth", tags=["auth"])
 LIMITED = [Depends(limit_by_client_ip)]
+
+
+async def email_outbox(services: ServicesDep, outbox: OutboxDep) -> Outbox:
+    """The outbox of a route that emails: 503 naming SMTP_HOST without a mailer, or
+    CELERY_BROKER_URL without a broker, before anything is written."""
+    services.require_mailer()
+    outbox.require()
+    return outbox
+
+
+EmailOutboxDep = Annotated[Outbox, Depends(email_outbox)]
 QUEUED = EmailQueued(detail="If the address has an account, an email is on its way.")
 
 
@@ -82,12 +95,9 @@ async def invite(
     admin: TenantAdminDep,
     session: SessionDep,
     settings: SettingsDep,
-    services: ServicesDep,
-    outbox: OutboxDep,
+    outbox: EmailOutboxDep,
 ) -> InvitationOut:
     """Invite an address with a role: a one-time link is emailed (valid INVITATION_TTL_HOURS)."""
-    services.require_mailer()
-    outbox.require()
     invitation = await service.invite(session, settings, outbox, admin, body)
     return service.invitation_out(invitation)
 
@@ -127,8 +137,7 @@ async def resend_invitation(
 ) -> InvitationOut:
     """Email a new link (the earlier one stops working) with a new expiry."""
     await InvitationRepository(session, admin.tenant_id).get_or_404(invitation_id)
-    services.require_mailer()
-    outbox.require()
+    await email_outbox(services, outbox)  # after the 404: another tenant's id says nothing
     invitation = await service.resend(session, settings, outbox, admin, invitation_id)
     return service.invitation_out(invitation)
 
@@ -149,14 +158,11 @@ async def request_password_reset(
     body: EmailIn,
     session: SessionDep,
     settings: SettingsDep,
-    services: ServicesDep,
-    outbox: OutboxDep,
+    outbox: EmailOutboxDep,
     limiter: RateLimiterDep,
 ) -> EmailQueued:
     """Email a reset link (valid PASSWORD_RESET_TTL_MINUTES). The same answer whether or not
     the address has an account; limited per client address and per email address."""
-    services.require_mailer()
-    outbox.require()
     await _limit_address(body.email, settings, limiter)
     await service.request_reset(session, settings, outbox, body.email)
     return QUEUED
@@ -181,13 +187,10 @@ async def resend_verification(
     body: EmailIn,
     session: SessionDep,
     settings: SettingsDep,
-    services: ServicesDep,
-    outbox: OutboxDep,
+    outbox: EmailOutboxDep,
     limiter: RateLimiterDep,
 ) -> EmailQueued:
     """Email another confirmation link to an unconfirmed account; the same answer otherwise."""
-    services.require_mailer()
-    outbox.require()
     await _limit_address(body.email, settings, limiter)
     await service.request_verification(session, settings, outbox, body.email)
     return QUEUED

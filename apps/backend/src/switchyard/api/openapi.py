@@ -50,11 +50,17 @@ def _add_problems(schema: dict[str, Any]) -> None:
             responses = operation.setdefault("responses", {})
             for status, description in ERROR_RESPONSES.items():
                 documented = responses.get(status, {}).get("content", {})
-                if PROBLEM_MEDIA_TYPE not in documented:
-                    responses[status] = {
-                        "description": responses.get(status, {}).get("description", description),
-                        "content": {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM}},
-                    }
+                # A route's own error bodies stay (the OAuth token endpoint's RFC 6749 JSON);
+                # a 422 FastAPI documented itself is replaced by the problem it really is.
+                kept = {
+                    media: body
+                    for media, body in documented.items()
+                    if "HTTPValidationError" not in str(body)
+                }
+                responses[status] = {
+                    "description": responses.get(status, {}).get("description", description),
+                    "content": {**kept, PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM}},
+                }
     for unused in ("HTTPValidationError", "ValidationError"):
         if unused not in str(schema.get("paths")):
             components.pop(unused, None)
