@@ -1,8 +1,8 @@
 """One worker process, many runs in flight on its one event loop: real worker processes on the
 machine's RabbitMQ, PostgreSQL and Redis, driven through the REST API.
 
-- 200 awaiting runs overlap on one process at WORKER_CONCURRENCY=200, and its PostgreSQL
-  connections stay within its pool (size + overflow) the whole time;
+- 200 runs await together on one process at WORKER_CONCURRENCY=200 (each waits until all 200
+  have arrived), and its PostgreSQL connections stay within its pool (size + overflow);
 - soft and hard limits end a run that awaits, a run that swallows cancellation and a run that
   blocks the loop (the process is replaced, the run fails, its dead letter is archived);
 - cancelling a started run stops its coroutine;
@@ -110,6 +110,7 @@ async def roomy_gateway(
         celery_broker_url=own_broker,
         task_delivery_limit=DELIVERY_LIMIT,
         tenant_max_runs_in_flight=ROOMY_SHARE,
+        task_modules=[LIMITS],
     )
     async with running(create_app(settings)) as client:
         client.headers.update((await sign_up(client)).headers)
@@ -120,6 +121,7 @@ async def test_two_hundred_awaiting_runs_overlap_on_one_process_within_its_pool(
     roomy_gateway: httpx.AsyncClient,
     own_broker: str,
     engine: AsyncEngine,
+    redis_url: str,
     start_role: Callable[..., RunningRole],
     task_env: dict[str, str],
     tmp_path: Path,
@@ -130,6 +132,8 @@ async def test_two_hundred_awaiting_runs_overlap_on_one_process_within_its_pool(
         task_env,
         own_broker,
         tmp_path / "worker",
+        TASK_MODULES=LIMITS,
+        PYTHONPATH=str(REPO),
         TENANT_MAX_RUNS_IN_FLIGHT=str(ROOMY_SHARE),
         WORKER_CONCURRENCY="200",
         DATABASE_POOL_SIZE=str(POOL_SIZE),
@@ -137,8 +141,11 @@ async def test_two_hundred_awaiting_runs_overlap_on_one_process_within_its_pool(
     )
     process = worker_process(worker)
     port = engine.url.port or 5432
+    # Each run arrives at a counter and awaits until all 200 have: they can only succeed if
+    # the one process holds all 200 at once (with fewer slots, those held time out and fail).
+    meeting = {"key": f"switchyard-test:rendezvous:{uuid.uuid4().hex}", "expected": 200}
     run_ids = await asyncio.gather(
-        *(submit(client, "system.sleep", {"seconds": 2}) for _ in range(200))
+        *(submit(client, "testing.rendezvous", {**meeting, "seconds": 90}) for _ in range(200))
     )
     most_connections = 0
     deadline = time.monotonic() + 120
@@ -149,6 +156,11 @@ async def test_two_hundred_awaiting_runs_overlap_on_one_process_within_its_pool(
             break
         assert time.monotonic() < deadline, "the 200 runs did not finish"
         await asyncio.sleep(0.05)
+    store = redis.Redis.from_url(redis_url)
+    try:
+        await store.delete(meeting["key"])
+    finally:
+        await store.aclose()
 
     assert {r.state for r in runs.values()} == {"succeeded"}
     assert {r.attempts for r in runs.values()} == {1}
@@ -157,8 +169,9 @@ async def test_two_hundred_awaiting_runs_overlap_on_one_process_within_its_pool(
         for r in runs.values()
         if r.started_at and r.finished_at
     ]
-    # Serially these would take 400 s; on one loop nearly all of them wait at the same time.
-    assert max_overlap(intervals) >= 150
+    assert sorted(r.result["arrived"] for r in runs.values()) == list(range(1, 201))
+    # Each started before it arrived and finished after the last arrival.
+    assert max_overlap(intervals) == 200
     assert 1 <= most_connections <= POOL_SIZE + MAX_OVERFLOW
     assert worker.process.poll() is None
 

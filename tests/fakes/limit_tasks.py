@@ -1,5 +1,6 @@
-"""Tasks that misbehave on purpose, loaded through TASK_MODULES by the worker-limit tests:
-one awaits past its soft limit, one swallows every cancellation, one blocks the event loop."""
+"""Tasks for the worker tests, loaded through TASK_MODULES: some misbehave on purpose (one
+awaits past its soft limit, one swallows every cancellation, one blocks the event loop); others
+count completions or meet at a rendezvous."""
 
 from __future__ import annotations
 
@@ -78,3 +79,28 @@ async def finish_record(payload: FinishInput, ctx: TaskContext) -> dict[str, Any
     assert ctx.services.redis is not None
     completions = await ctx.services.redis.hincrby(payload.ledger, str(ctx.run_id), 1)
     return {"completion": int(completions)}
+
+
+class RendezvousInput(BaseModel):
+    key: str = Field(max_length=100, description="The Redis counter the runs meet at")
+    expected: int = Field(ge=1, le=10_000, description="How many runs must arrive")
+    seconds: float = Field(default=60.0, gt=0, le=300, description="How long to wait for them")
+
+
+@task(
+    "testing.rendezvous",
+    input=RendezvousInput,
+    description="Arrive, then await until every expected run has arrived (or time out)",
+    retry=RetryPolicy(max_retries=0),
+    soft_time_limit=300,
+    time_limit=320,
+)
+async def rendezvous(payload: RendezvousInput, ctx: TaskContext) -> dict[str, Any]:
+    """Succeeds only if `expected` runs were awaiting at the same time: proof of overlap that
+    no timing on a loaded machine can fake or break."""
+    assert ctx.services.redis is not None
+    arrived = int(await ctx.services.redis.incr(payload.key))
+    async with asyncio.timeout(payload.seconds):
+        while int(await ctx.services.redis.get(payload.key) or 0) < payload.expected:
+            await asyncio.sleep(0.25)
+    return {"arrived": arrived}
