@@ -161,15 +161,33 @@ async def _key(client: httpx.AsyncClient, owner: Account) -> str:
     return str(created.json()["key"])
 
 
-async def test_a_key_stops_working_when_its_creator_is_deactivated(
+async def _client_token(client: httpx.AsyncClient, owner: Account) -> str:
+    created = await client.post(
+        "/api/v1/oauth-clients",
+        json={"name": "etl", "scopes": ["tasks:read"]},
+        headers=owner.headers,
+    )
+    assert created.status_code == 201, created.text
+    granted = await client.post(
+        "/api/v1/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(created.json()["client_id"], created.json()["client_secret"]),
+    )
+    assert granted.status_code == 200, granted.text
+    return str(granted.json()["access_token"])
+
+
+async def test_keys_and_client_tokens_stop_working_when_their_creator_is_deactivated(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     owner = await sign_up(client)
-    key = await _key(client, owner)
-    assert (await client.get("/api/v1/tasks/", headers={"X-API-Key": key})).status_code == 200
+    key = {"X-API-Key": await _key(client, owner)}
+    token = bearer(await _client_token(client, owner))
+    assert (await client.get("/api/v1/tasks/", headers=key)).status_code == 200
+    assert (await client.get("/api/v1/tasks/", headers=token)).status_code == 200
     await sql(engine, "UPDATE users SET is_active = false WHERE id = :user", user=owner.user_id)
-    refused = await client.get("/api/v1/tasks/", headers={"X-API-Key": key})
-    assert refused.status_code == 401
+    assert (await client.get("/api/v1/tasks/", headers=key)).status_code == 401
+    assert (await client.get("/api/v1/tasks/", headers=token)).status_code == 401
 
 
 async def test_a_keys_scopes_shrink_with_its_creators_role(

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.db.models import Invitation, Membership, User
 from switchyard.db.repository import TenantRepository
@@ -58,10 +59,11 @@ class InvitationRepository(TenantRepository[Invitation]):
             Invitation.revoked_at.is_(None),
         )
 
-
-async def invitation_by_id(session: Any, invitation_id: uuid.UUID) -> Invitation | None:
-    """Any tenant's invitation: the link's token names it (accepting needs no sign-in)."""
-    found: Invitation | None = await session.scalar(
-        select(Invitation).where(Invitation.id == invitation_id).with_for_update()
-    )
-    return found
+    @staticmethod
+    async def by_token_id(session: AsyncSession, invitation_id: uuid.UUID) -> Invitation | None:
+        """Any tenant's invitation, locked: the link's token names it (accepting needs no
+        sign-in, so there is no tenant to scope the query by)."""
+        found: Invitation | None = await session.scalar(
+            select(Invitation).where(Invitation.id == invitation_id).with_for_update()
+        )
+        return found

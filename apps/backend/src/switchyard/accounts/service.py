@@ -11,11 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from switchyard.accounts.repository import (
-    InvitationRepository,
-    MemberRepository,
-    invitation_by_id,
-)
+from switchyard.accounts.repository import InvitationRepository, MemberRepository
 from switchyard.accounts.schemas import (
     InvitationAccept,
     InvitationIn,
@@ -258,7 +254,7 @@ async def accept(session: AsyncSession, settings: Settings, body: InvitationAcce
     """Join the tenant with the invited role: a new account (with `password`) or the existing
     one of the address. The link works once, until it expires; a resend or a revoke ends it."""
     parts = security.split_link_token(body.token)
-    invitation = await invitation_by_id(session, parts[0]) if parts else None
+    invitation = await InvitationRepository.by_token_id(session, parts[0]) if parts else None
     if (
         parts is None
         or invitation is None

@@ -7,7 +7,7 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy import ColumnElement, bindparam, exists, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -383,17 +383,35 @@ async def principal_from_token(
     )
 
 
+def _active_membership(user_id: object, tenant_id: object) -> ColumnElement[bool]:
+    """An active user's active membership: what a machine credential's creator must still have."""
+    return (
+        (Membership.user_id == user_id)
+        & (Membership.tenant_id == tenant_id)
+        & Membership.is_active.is_(True)
+        & User.is_active.is_(True)
+    )
+
+
+async def creator_role(
+    session: AsyncSession, created_by: uuid.UUID | None, tenant_id: uuid.UUID
+) -> Role | None:
+    """The role the creator of an API key or OAuth client has in its tenant today; None once
+    they were deactivated, removed or deleted."""
+    return await session.scalar(
+        select(Membership.role)
+        .join(User, User.id == Membership.user_id)
+        .where(_active_membership(created_by, tenant_id))
+    )
+
+
 # An OAuth client as it stands now: not revoked, its tenant's status, and the role its creator
 # has in the tenant today (no row for a revoked client; a NULL role for a creator gone).
 _CLIENT_HOLDER = (
     select(OAuthClient.scopes, Tenant.status, Membership.role)
     .join(Tenant, Tenant.id == OAuthClient.tenant_id)
-    .outerjoin(
-        Membership,
-        (Membership.user_id == OAuthClient.created_by)
-        & (Membership.tenant_id == OAuthClient.tenant_id)
-        & Membership.is_active.is_(True),
-    )
+    .outerjoin(User, User.id == OAuthClient.created_by)
+    .outerjoin(Membership, _active_membership(OAuthClient.created_by, OAuthClient.tenant_id))
     .where(
         OAuthClient.id == bindparam("client"),
         OAuthClient.tenant_id == bindparam("client_tenant"),
@@ -436,17 +454,8 @@ async def principal_from_api_key(session: AsyncSession, key: str) -> Principal:
     ):
         raise UnauthorizedError(BAD_TOKEN)
     await _active_tenant(session, stored.tenant_id)
-    creator_role = await session.scalar(
-        select(Membership.role)
-        .join(User, User.id == Membership.user_id)
-        .where(
-            Membership.user_id == stored.created_by,
-            Membership.tenant_id == stored.tenant_id,
-            Membership.is_active.is_(True),
-            User.is_active.is_(True),
-        )
-    )
-    if creator_role is None:  # its creator was deactivated, removed or deleted
+    role = await creator_role(session, stored.created_by, stored.tenant_id)
+    if role is None:  # its creator was deactivated, removed or deleted
         raise UnauthorizedError(BAD_TOKEN)
     now = datetime.now(UTC)
     if stored.last_used_at is None or now - stored.last_used_at > LAST_USED_GRANULARITY:
@@ -455,7 +464,7 @@ async def principal_from_api_key(session: AsyncSession, key: str) -> Principal:
         kind="api_key",
         tenant_id=stored.tenant_id,
         # Never more than its creator may do today (a demoted admin's keys shrink with them).
-        scopes=frozenset(stored.scopes) & ROLE_SCOPES[creator_role],
+        scopes=frozenset(stored.scopes) & ROLE_SCOPES[role],
         api_key_id=stored.id,
     )
 

@@ -17,7 +17,6 @@ from switchyard.datasources.schemas import (
     DataSourceUpdate,
 )
 from switchyard.datasources.tasks import TEST_TASK
-from switchyard.platform import audit
 from switchyard.platform.dependencies import (
     RateLimiterDep,
     ServicesDep,
@@ -56,15 +55,7 @@ async def create_data_source(
     principal: PrincipalDep,
     cipher: DataSourceCipher = CipherDep,
 ) -> DataSourceRead:
-    source = await service.create(session, principal.tenant_id, body, cipher, principal.user_id)
-    audit.record(
-        session,
-        principal.tenant_id,
-        "data_source.created",
-        principal.actor,
-        ("data_source", source.id),
-        {"name": source.name, "kind": source.kind},
-    )
+    source = await service.create(session, principal, body, cipher)
     response.headers["Location"] = request.url_for("get_data_source", source_id=source.id).path
     return service.read(source, cipher)
 
@@ -89,33 +80,14 @@ async def update_data_source(
     principal: PrincipalDep,
     cipher: DataSourceCipher = CipherDep,
 ) -> DataSourceRead:
-    source = await DataSourceRepository(session, principal.tenant_id).get_or_404(source_id)
-    updated = await service.update(session, source, body, cipher)
-    audit.record(
-        session,
-        principal.tenant_id,
-        "data_source.changed",
-        principal.actor,
-        ("data_source", source_id),
-        {"name": updated.name, "fields": sorted(body.model_dump(exclude_unset=True))},
-    )
-    return service.read(updated, cipher)
+    return service.read(await service.update(session, principal, source_id, body, cipher), cipher)
 
 
 @router.delete("/{source_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=WRITE)
 async def delete_data_source(
     source_id: uuid.UUID, session: SessionDep, principal: PrincipalDep
 ) -> None:
-    source = await DataSourceRepository(session, principal.tenant_id).get_or_404(source_id)
-    await session.delete(source)
-    audit.record(
-        session,
-        principal.tenant_id,
-        "data_source.deleted",
-        principal.actor,
-        ("data_source", source_id),
-        {"name": source.name},
-    )
+    await service.delete(session, principal, source_id)
 
 
 @router.post("/{source_id}/test", status_code=status.HTTP_202_ACCEPTED, dependencies=WRITE)
@@ -133,12 +105,5 @@ async def test_data_source(
     await limiter.enforce(services.settings.rate_limit_task_runs, "runs", str(tenant_id))
     body = RunRequest(task=TEST_TASK, payload={"data_source_id": str(source_id)})
     run, accepted = await submit(body)
-    audit.record(
-        session,
-        tenant_id,
-        "data_source.tested",
-        principal.actor,
-        ("data_source", source_id),
-        {"run_id": str(run.id)},
-    )
+    service.tested(session, principal, source_id, run.id)
     return accepted

@@ -1,4 +1,5 @@
-"""Data source rows: every query scoped to the tenant; URLs encrypted before they are stored."""
+"""Data source rows: every query scoped to the tenant; URLs encrypted before they are stored;
+every change audited in its tenant."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from switchyard.auth.principal import Principal
 from switchyard.datasources.connect import parse
 from switchyard.datasources.crypto import DataSourceCipher
+from switchyard.datasources.repository import DataSourceRepository
 from switchyard.datasources.schemas import DataSourceCreate, DataSourceRead, DataSourceUpdate
 from switchyard.db.models import DataSourceConnection
 from switchyard.errors import ConflictError
+from switchyard.platform import audit
 from switchyard.settings import Settings
 
 
@@ -35,32 +39,48 @@ async def _flush(session: AsyncSession, name: str) -> None:
         raise ConflictError(f"A data source named {name!r} exists already.") from None
 
 
-async def create(
+def _audit(
     session: AsyncSession,
-    tenant_id: uuid.UUID,
-    body: DataSourceCreate,
-    cipher: DataSourceCipher,
-    created_by: uuid.UUID | None,
+    principal: Principal,
+    action: str,
+    source_id: uuid.UUID,
+    details: dict[str, str | list[str]],
+) -> None:
+    target = ("data_source", source_id)
+    audit.record(session, principal.tenant_id, action, principal.actor, target, details)
+
+
+async def create(
+    session: AsyncSession, principal: Principal, body: DataSourceCreate, cipher: DataSourceCipher
 ) -> DataSourceConnection:
     source = DataSourceConnection(
-        tenant_id=tenant_id,
+        tenant_id=principal.tenant_id,
         name=body.name,
         kind=parse(body.url).kind,
         encrypted_connection_url=cipher.encrypt(body.url),
-        created_by=created_by,
+        created_by=principal.user_id,
     )
     session.add(source)
     await _flush(session, body.name)
     await session.refresh(source)
+    _audit(
+        session,
+        principal,
+        "data_source.created",
+        source.id,
+        {"name": source.name, "kind": source.kind},
+    )
     return source
 
 
 async def update(
     session: AsyncSession,
-    source: DataSourceConnection,
+    principal: Principal,
+    source_id: uuid.UUID,
     body: DataSourceUpdate,
     cipher: DataSourceCipher,
 ) -> DataSourceConnection:
+    source = await DataSourceRepository(session, principal.tenant_id).get_or_404(source_id)
     if body.name is not None:
         source.name = body.name
     if body.url is not None:
@@ -68,7 +88,28 @@ async def update(
         source.encrypted_connection_url = cipher.encrypt(body.url)
     await _flush(session, source.name)
     await session.refresh(source)
+    fields = sorted(body.model_dump(exclude_unset=True))
+    _audit(
+        session,
+        principal,
+        "data_source.changed",
+        source_id,
+        {"name": source.name, "fields": fields},
+    )
     return source
+
+
+async def delete(session: AsyncSession, principal: Principal, source_id: uuid.UUID) -> None:
+    source = await DataSourceRepository(session, principal.tenant_id).get_or_404(source_id)
+    await session.delete(source)
+    _audit(session, principal, "data_source.deleted", source_id, {"name": source.name})
+
+
+def tested(
+    session: AsyncSession, principal: Principal, source_id: uuid.UUID, run_id: uuid.UUID
+) -> None:
+    """Record that a connectivity test of the source was queued as run `run_id`."""
+    _audit(session, principal, "data_source.tested", source_id, {"run_id": str(run_id)})
 
 
 async def rotate_keys(session: AsyncSession, cipher: DataSourceCipher) -> int:

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from switchyard.auth import security
 from switchyard.auth.principal import Principal
 from switchyard.auth.scopes import ROLE_SCOPES
-from switchyard.db.models import Membership, OAuthClient, Tenant, TenantStatus, User
+from switchyard.auth.service import creator_role
+from switchyard.db.models import OAuthClient, Tenant, TenantStatus
 from switchyard.oauth.repository import ClientRepository
 from switchyard.oauth.schemas import AccessToken, ClientIn
 from switchyard.platform import audit
@@ -131,16 +132,7 @@ async def grant(
     valid = client is not None and security.same_digest(presented.client_secret, client.secret_hash)
     if client is None or not valid or client.revoked_at is not None:
         raise TokenRequestError("invalid_client", "Unknown client or wrong secret.", 401)
-    role = await session.scalar(
-        select(Membership.role)
-        .join(User, User.id == Membership.user_id)
-        .where(
-            Membership.user_id == client.created_by,
-            Membership.tenant_id == client.tenant_id,
-            Membership.is_active.is_(True),
-            User.is_active.is_(True),
-        )
-    )
+    role = await creator_role(session, client.created_by, client.tenant_id)
     status = await session.scalar(select(Tenant.status).where(Tenant.id == client.tenant_id))
     if role is None or status is not TenantStatus.ACTIVE:
         raise TokenRequestError(

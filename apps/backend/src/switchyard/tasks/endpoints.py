@@ -11,8 +11,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from switchyard.auth.dependencies import PrincipalDep, TenantDep, require_scope
 from switchyard.db.models import RunState
-from switchyard.errors import ConflictError
-from switchyard.platform import admission, audit
+from switchyard.platform import admission
 from switchyard.platform.dependencies import (
     RateLimiterDep,
     RegistryDep,
@@ -177,24 +176,14 @@ async def replay_dead_letter(
 ) -> RunAccepted:
     """One replay per dead letter: replaying again (even at the same moment) answers with the
     run the first replay made (the letter's id is the run's idempotency key)."""
-    letter = await service.get_dead_letter(session, principal.tenant_id, letter_id)
-    if letter.payload is None:
-        raise ConflictError("This dead letter has no stored payload to replay.")
+    letter = await service.replayable_dead_letter(session, principal.tenant_id, letter_id)
     run, accepted = await submit(
         RunRequest(task=letter.task, payload=letter.payload, queue=letter.queue),
         idempotency_key=service.replay_key(letter.id),
         replay_of=letter.run_id,
         over_rest=True,
     )
-    letter.replayed_run_id = run.id
-    audit.record(
-        session,
-        principal.tenant_id,
-        "dead_letter.replayed",
-        principal.actor,
-        ("dead_letter", letter.id),
-        {"task": letter.task, "run_id": str(run.id)},
-    )
+    service.replayed(session, letter, run.id, principal.actor)
     return accepted
 
 
@@ -206,16 +195,7 @@ async def replay_dead_letter(
 async def delete_dead_letter(
     letter_id: uuid.UUID, session: SessionDep, principal: PrincipalDep
 ) -> None:
-    letter = await service.get_dead_letter(session, principal.tenant_id, letter_id)
-    await session.delete(letter)
-    audit.record(
-        session,
-        principal.tenant_id,
-        "dead_letter.deleted",
-        principal.actor,
-        ("dead_letter", letter_id),
-        {"task": letter.task},
-    )
+    await service.delete_dead_letter(session, principal.tenant_id, letter_id, principal.actor)
 
 
 @router.get("/{task_id}", dependencies=[Depends(require_scope("tasks:read"))])

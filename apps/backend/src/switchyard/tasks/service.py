@@ -443,3 +443,34 @@ async def get_dead_letter(
     session: AsyncSession, tenant_id: uuid.UUID, letter_id: uuid.UUID
 ) -> DeadLetter:
     return await repository.DeadLetterRepository(session, tenant_id).get_or_404(letter_id)
+
+
+async def replayable_dead_letter(
+    session: AsyncSession, tenant_id: uuid.UUID, letter_id: uuid.UUID
+) -> DeadLetter:
+    letter = await get_dead_letter(session, tenant_id, letter_id)
+    if letter.payload is None:
+        raise ConflictError("This dead letter has no stored payload to replay.")
+    return letter
+
+
+def replayed(session: AsyncSession, letter: DeadLetter, run_id: uuid.UUID, actor: str) -> None:
+    """Link the dead letter to the run that replays it, and audit the replay."""
+    letter.replayed_run_id = run_id
+    audit.record(
+        session,
+        letter.tenant_id,
+        "dead_letter.replayed",
+        actor,
+        ("dead_letter", letter.id),
+        {"task": letter.task, "run_id": str(run_id)},
+    )
+
+
+async def delete_dead_letter(
+    session: AsyncSession, tenant_id: uuid.UUID, letter_id: uuid.UUID, actor: str
+) -> None:
+    letter = await get_dead_letter(session, tenant_id, letter_id)
+    await session.delete(letter)
+    target = ("dead_letter", letter_id)
+    audit.record(session, tenant_id, "dead_letter.deleted", actor, target, {"task": letter.task})
