@@ -20,13 +20,13 @@ from switchyard.services.objects import MinioObjectStore
 from switchyard.services.vectors import VectorStore
 from switchyard.settings import Settings
 from tests.fakes.pdf import make_pdf, make_slow_pdf
-from tests.fakes.zhipu import API_KEY, FakeZhipu
+from tests.fakes.zhipu import FakeZhipu
 from tests.fixtures.accounts import PASSWORD
 from tests.fixtures.backing import S3_ACCESS_KEY, S3_SECRET_KEY
-from tests.fixtures.gateway import DATA_SOURCE_KEY
 from tests.fixtures.messaging import own_vhost
 from tests.fixtures.processes import RunningRole
 from tests.fixtures.servers import free_port
+from tests.fixtures.stack import product_env
 
 pytestmark = pytest.mark.e2e
 
@@ -63,36 +63,20 @@ def stack(
     chroma_server: tuple[str, int],
     zhipu: FakeZhipu,
 ) -> dict[str, Any]:
-    bucket = f"pipeline-{uuid.uuid4().hex[:8]}"
-    env = {
-        "DATABASE_URL": database_url.render_as_string(hide_password=False),
-        "REDIS_URL": redis_url,
-        "CACHE_NAMESPACE": f"pipeline-{uuid.uuid4().hex[:6]}",
-        "CELERY_BROKER_URL": pipeline_broker,
-        "TASK_DELIVERY_LIMIT": "3",
-        "MINIO_ENDPOINT": s3_endpoint,
-        "MINIO_ACCESS_KEY": S3_ACCESS_KEY,
-        "MINIO_SECRET_KEY": S3_SECRET_KEY,
-        "MINIO_REGION": "us-east-1",
-        "MINIO_BUCKET": bucket,
-        "CHROMA_HOST": chroma_server[0],
-        "CHROMA_PORT": str(chroma_server[1]),
-        "ZHIPUAI_API_KEY": API_KEY,
-        "ZHIPUAI_BASE_URL": zhipu.base_url,
-        "ZHIPUAI_RETRY_BACKOFF_SECONDS": "0.05",
-        "EMBEDDING_PROVIDER": "zhipu",
-        "DOCUMENT_MAX_BYTES": str(MAX_BYTES),
-        "DOCUMENT_EXTRACT_TIMEOUT_SECONDS": str(EXTRACT_LIMIT),
-        "CHUNK_SIZE_CHARS": "120",
-        "CHUNK_OVERLAP_CHARS": "20",
-        "DATA_SOURCE_KEYS": DATA_SOURCE_KEY,
-        "JWT_SECRET": "pipeline-signing-secret-" + "y" * 40,
-        "RATE_LIMIT_AUTH": "10000/minute",
-        "WORKER_QUEUES": "default,llm",
-        "WORKER_CONCURRENCY": "2",
-        "BEAT_TICK_SECONDS": "0.5",
-        "LOG_LEVEL": "INFO",
-    }
+    env = product_env(
+        database_url=database_url,
+        redis_url=redis_url,
+        broker=pipeline_broker,
+        s3_endpoint=s3_endpoint,
+        chroma_server=chroma_server,
+        zhipu=zhipu,
+        name="pipeline",
+        DOCUMENT_MAX_BYTES=str(MAX_BYTES),
+        DOCUMENT_EXTRACT_TIMEOUT_SECONDS=str(EXTRACT_LIMIT),
+        CHUNK_SIZE_CHARS="120",
+        CHUNK_OVERLAP_CHARS="20",
+    )
+    bucket = env["MINIO_BUCKET"]
     port = free_port()
     gateway = start_role("api-gateway", port, **env)
     worker = start_role("worker", **env, VAR_DIR=str(tmp_path / "worker"))

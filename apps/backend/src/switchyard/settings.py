@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     oauth_token_minutes: int = Field(default=10, ge=1, le=24 * 60)
     # Audit events older than this are purged by beat.
     audit_retention_days: int = Field(default=365, ge=1, le=10 * 365)
+    # The operator console under /console (a cookie session beside the bearer tokens).
+    console_enabled: bool = True
+    console_session_hours: int = Field(default=8, ge=1, le=7 * 24)
 
     # Email: through this SMTP server; unset (outside production), written to the log instead.
     smtp_host: str | None = None
@@ -424,6 +427,11 @@ class Settings(BaseSettings):
         if self.system_tasks_enabled is not None:
             return self.system_tasks_enabled
         return self.environment is not Environment.PRODUCTION
+
+    @property
+    def secure_cookies(self) -> bool:
+        """The console's cookies are `Secure` (HTTPS only) outside development."""
+        return self.environment is not Environment.DEVELOPMENT
 
     @property
     def docs_enabled(self) -> bool:

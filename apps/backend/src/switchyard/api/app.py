@@ -14,6 +14,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from switchyard import API_VERSION, __version__
+from switchyard.api.console import pages as console_pages
+from switchyard.api.console import session as console_session
 from switchyard.api.errors import install_exception_handlers
 from switchyard.api.input_guard import InputGuard
 from switchyard.api.metrics import POOLS, RouteTemplates
@@ -98,6 +100,10 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     for router in routers(domains):
         app.include_router(router, prefix=api)
     app.include_router(objects.router)
+    if settings.console_enabled:
+        app.include_router(console_session.router)
+        app.mount("/console/assets", console_pages.assets, name="console-assets")
+        app.include_router(console_pages.router)
     app.include_router(health.router, prefix=api, include_in_schema=False)
     app.state.route_templates = RouteTemplates(app.routes)
     return app

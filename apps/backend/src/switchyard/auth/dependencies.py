@@ -1,11 +1,14 @@
-"""Who is calling: the principal of a request (bearer token or API key), its tenant, and the
-checks routes declare (scopes, tenant admin, superuser); rate limited per caller."""
+"""Who is calling: the principal of a request (bearer token or API key, else the console's
+session cookie, checked against forgery), its tenant, and the checks routes declare (scopes,
+tenant admin, superuser); rate limited per caller."""
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from fastapi.openapi.models import (
@@ -15,10 +18,11 @@ from fastapi.openapi.models import (
 )
 from fastapi.security import APIKeyHeader, OAuth2
 
+from switchyard.auth import security
 from switchyard.auth import service as auth_service
 from switchyard.auth.principal import Principal
 from switchyard.auth.scopes import ADMIN_ROLES, SCOPES
-from switchyard.auth.security import API_KEY_MARKER
+from switchyard.auth.security import API_KEY_MARKER, CONSOLE_COOKIE, CSRF_HEADER
 from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import Role
 from switchyard.errors import ForbiddenError, UnauthorizedError
@@ -28,6 +32,8 @@ from switchyard.platform.dependencies import (
     ServicesDep,
     SettingsDep,
 )
+from switchyard.services.container import Services
+from switchyard.settings import Settings
 
 
 async def limit_by_client_ip(
@@ -38,14 +44,31 @@ async def limit_by_client_ip(
     await limiter.enforce(settings.rate_limit_auth, "auth", client)
 
 
-def _credential(request: Request) -> str:
+def _credential(request: Request) -> str | None:
     api_key = request.headers.get("X-API-Key")
     if api_key:
         return api_key
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    raise UnauthorizedError("Authentication is required: a bearer token or an API key.")
+    return None
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def refuse_forgery(request: Request, settings: Settings, family_id: uuid.UUID) -> None:
+    """A console session changes state only from the console's own pages: the request's
+    Origin, when sent, is this host, and it carries the session's CSRF token in a header (which
+    no cross-site form or link can set). The session cookie is SameSite=Lax besides."""
+    if request.method in SAFE_METHODS:
+        return
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise ForbiddenError("Refused: a console session accepts changes from its own pages only.")
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(sent.encode(), security.csrf_token(settings, family_id).encode()):
+        raise ForbiddenError(f"Refused: the console's {CSRF_HEADER} header is missing or wrong.")
 
 
 # Declared so that the OpenAPI page offers "Authorize": a user's password sign-in, or an OAuth
@@ -79,7 +102,9 @@ async def get_principal(
     (`last_used_at`)."""
     credential = _credential(request)
     sessions, engine = services.database_sessions, services.database_engine
-    if credential.startswith(API_KEY_MARKER):
+    if credential is None:
+        principal = await _console_principal(request, services, settings)
+    elif credential.startswith(API_KEY_MARKER):
         async with sessions.begin() as session:
             principal = await auth_service.principal_from_api_key(session, credential)
     else:
@@ -91,6 +116,21 @@ async def get_principal(
         )
     tenant_id_var.set(str(principal.tenant_id))  # on every log line of this request
     await limiter.enforce(settings.rate_limit_api, "api", principal.rate_limit_key)
+    return principal
+
+
+async def _console_principal(request: Request, services: Services, settings: Settings) -> Principal:
+    cookie = request.cookies.get(CONSOLE_COOKIE) if settings.console_enabled else None
+    if not cookie:
+        raise UnauthorizedError("Authentication is required: a bearer token or an API key.")
+    principal = await once_more_if_dropped(
+        services.database_engine,
+        lambda connection, _: auth_service.principal_from_token(
+            connection, settings, cookie, console=True
+        ),
+    )
+    assert principal.console_family is not None
+    refuse_forgery(request, settings, principal.console_family)
     return principal
 
 

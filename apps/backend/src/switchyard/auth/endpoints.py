@@ -24,7 +24,6 @@ from switchyard.auth.schemas import (
 )
 from switchyard.db.models import ApiKey, Role, Tenant, User
 from switchyard.errors import InvalidInputError, field_errors
-from switchyard.platform import audit
 from switchyard.platform.dependencies import (
     OutboxDep,
     RateLimiterDep,
@@ -111,28 +110,8 @@ async def login(
     services: ServicesDep,
 ) -> TokenPair:
     body = await _login_body(request)
-    # Failed sign-ins are counted per account too, so no choice of address buys more guesses;
-    # once used up, even the right password waits for the window to end.
-    account = ("login_failures", body.email.lower())
-    await limiter.enforce(settings.rate_limit_login_failures, *account, count=False)
-    try:
-        user, membership = await service.authenticate(
-            session, settings, body.email, body.password, body.tenant
-        )
-    except service.SignInFailedError as failed:
-        await limiter.hit(settings.rate_limit_login_failures, *account)
-        if failed.tenant_id is not None:  # an account's: audited in its tenant
-            await audit.record_apart(
-                services.database_sessions,
-                failed.tenant_id,
-                "auth.sign_in_failed",
-                audit.ANONYMOUS,
-                ("user", failed.user_id),
-            )
-        raise
-    audit.record(
-        session, membership.tenant_id, "auth.sign_in", f"user:{user.id}", ("user", user.id)
-    )
+    sessions = services.database_sessions
+    user, membership = await service.sign_in(session, sessions, settings, limiter, body)
     return await service.issue_tokens(session, settings, user, membership)
 
 

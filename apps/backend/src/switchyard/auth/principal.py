@@ -22,6 +22,9 @@ class Principal:
     role: Role | None = None
     is_superuser: bool = False
     oauth_client_id: uuid.UUID | None = None
+    # Set when the caller is a console session (its cookie): the sign-in the CSRF token of its
+    # state-changing requests is derived from.
+    console_family: uuid.UUID | None = None
 
     @property
     def rate_limit_key(self) -> str:

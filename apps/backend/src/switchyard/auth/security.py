@@ -33,6 +33,9 @@ CLIENT_ID_MARKER = "syc_"
 CLIENT_SECRET_MARKER = "sycs_"  # noqa: S105 - a prefix, for secret scanners
 ACCESS = "access"
 CLIENT = "client"
+CONSOLE = "console"
+CONSOLE_COOKIE = "switchyard_console"
+CSRF_HEADER = "X-CSRF-Token"
 
 
 def hash_password(password: str) -> str:
@@ -84,20 +87,35 @@ def _signed(settings: Settings, claims: dict[str, Any], minutes: int) -> tuple[s
     return token, int(lifetime.total_seconds())
 
 
+def _user_claims(claims: AccessClaims, typ: str) -> dict[str, Any]:
+    return {
+        "sub": str(claims.user_id),
+        "tid": str(claims.tenant_id),
+        "role": claims.role,
+        "su": claims.superuser,
+        "fam": str(claims.family_id),
+        "typ": typ,
+    }
+
+
 def issue_access_token(settings: Settings, claims: AccessClaims) -> tuple[str, int]:
     """A signed token and its lifetime in seconds."""
-    return _signed(
-        settings,
-        {
-            "sub": str(claims.user_id),
-            "tid": str(claims.tenant_id),
-            "role": claims.role,
-            "su": claims.superuser,
-            "fam": str(claims.family_id),
-            "typ": ACCESS,
-        },
-        settings.access_token_minutes,
-    )
+    return _signed(settings, _user_claims(claims, ACCESS), settings.access_token_minutes)
+
+
+def issue_console_token(settings: Settings, claims: AccessClaims) -> tuple[str, int]:
+    """The console's session cookie: a user's claims for CONSOLE_SESSION_HOURS, of a type
+    accepted only from that cookie (never as a bearer token, nor a bearer token from it)."""
+    return _signed(settings, _user_claims(claims, CONSOLE), settings.console_session_hours * 60)
+
+
+def csrf_token(settings: Settings, family_id: uuid.UUID) -> str:
+    """The console session's anti-forgery token: derived from its sign-in, so only a page that
+    could read the session's own answers knows it (never stored, never in a cookie)."""
+    mac = hmac.new(
+        settings.signing_secret().encode(), f"csrf:{family_id}".encode(), hashlib.sha256
+    ).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 @dataclass(frozen=True)
@@ -128,9 +146,11 @@ class InvalidTokenError(Exception):
     pass
 
 
-def read_token(settings: Settings, token: str) -> AccessClaims | ClientClaims:
+def read_token(
+    settings: Settings, token: str, *, console: bool = False
+) -> AccessClaims | ClientClaims:
     """Verify signature, algorithm (fixed by settings), expiry, issuer and audience; a user's
-    access token or an OAuth client's."""
+    access token or an OAuth client's, or with `console` only a console session's."""
     try:
         payload = jwt.decode(
             token,
@@ -140,13 +160,15 @@ def read_token(settings: Settings, token: str) -> AccessClaims | ClientClaims:
             audience=settings.jwt_audience,
             options={"require": ["exp", "iat", "sub", "iss", "aud"]},
         )
+        if console != (payload.get("typ") == CONSOLE):
+            raise InvalidTokenError("a console session is read from its cookie alone")
         if payload.get("typ") == CLIENT:
             return ClientClaims(
                 client_id=uuid.UUID(payload["sub"]),
                 tenant_id=uuid.UUID(payload["tid"]),
                 scopes=frozenset(str(payload["scope"]).split()),
             )
-        if payload.get("typ") != ACCESS:
+        if payload.get("typ") not in (ACCESS, CONSOLE):
             raise InvalidTokenError("not an access token")
         return AccessClaims(
             user_id=uuid.UUID(payload["sub"]),

@@ -5,17 +5,18 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, bindparam, exists, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from switchyard.auth import security, tokens
 from switchyard.auth.principal import Principal
 from switchyard.auth.repository import ApiKeyRepository
-from switchyard.auth.schemas import ApiKeyIn, RegisterIn, TokenPair
+from switchyard.auth.schemas import ApiKeyIn, LoginIn, RegisterIn, TokenPair
 from switchyard.auth.scopes import ROLE_SCOPES
 from switchyard.db.models import (
     ApiKey,
@@ -32,11 +33,13 @@ from switchyard.errors import (
     ConflictError,
     ForbiddenError,
     InvalidInputError,
+    NotFoundError,
     TokenReuseError,
     UnauthorizedError,
 )
 from switchyard.platform import audit
 from switchyard.platform.outbox import Outbox
+from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 
 BAD_CREDENTIALS = "Incorrect email or password."
@@ -203,6 +206,36 @@ async def authenticate(
     return user, membership
 
 
+async def sign_in(
+    session: AsyncSession,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    limiter: RateLimiter,
+    body: LoginIn,
+) -> tuple[User, Membership]:
+    """`authenticate`, with failed sign-ins counted per account (so no choice of client
+    address buys more guesses; once used up, even the right password waits for the window to
+    end) and audited in the account's tenant (apart: the request fails), and success audited."""
+    account = ("login_failures", body.email.lower())
+    await limiter.enforce(settings.rate_limit_login_failures, *account, count=False)
+    try:
+        user, membership = await authenticate(
+            session, settings, body.email, body.password, body.tenant
+        )
+    except SignInFailedError as failed:
+        await limiter.hit(settings.rate_limit_login_failures, *account)
+        if failed.tenant_id is not None:
+            target = ("user", failed.user_id)
+            await audit.record_apart(
+                sessions, failed.tenant_id, "auth.sign_in_failed", audit.ANONYMOUS, target
+            )
+        raise
+    audit.record(
+        session, membership.tenant_id, "auth.sign_in", f"user:{user.id}", ("user", user.id)
+    )
+    return user, membership
+
+
 async def _active_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
     tenant = await session.get(Tenant, tenant_id)
     if tenant is None:
@@ -238,6 +271,91 @@ async def issue_tokens(
     )
     await session.flush()
     return TokenPair(access_token=access, expires_in=lifetime, refresh_token=refresh)
+
+
+@dataclass(frozen=True)
+class ConsoleSignIn:
+    """A console session begun: the cookie's token, its lifetime in seconds, its caller."""
+
+    token: str
+    lifetime: int
+    principal: Principal
+
+
+async def start_console_session(
+    session: AsyncSession, settings: Settings, user: User, membership: Membership
+) -> ConsoleSignIn:
+    """A console sign-in: a refresh family of its own (so that sign-out, a password reset or
+    a removal ends it as it ends the user's tokens) with no refresh token anybody holds, and the
+    cookie's token."""
+    family_id = uuid.uuid4()
+    session.add(
+        RefreshToken(
+            id=uuid.uuid4(),
+            user_id=user.id,
+            tenant_id=membership.tenant_id,
+            family_id=family_id,
+            secret_hash=security.digest(secrets.token_urlsafe(32)),  # spent by nobody
+            expires_at=datetime.now(UTC) + timedelta(hours=settings.console_session_hours),
+        )
+    )
+    await session.flush()
+    claims = security.AccessClaims(
+        user.id, membership.tenant_id, membership.role.value, user.is_superuser, family_id
+    )
+    token, lifetime = security.issue_console_token(settings, claims)
+    principal = Principal(
+        kind="user",
+        tenant_id=membership.tenant_id,
+        scopes=ROLE_SCOPES[membership.role],
+        user_id=user.id,
+        role=membership.role,
+        is_superuser=user.is_superuser,
+        console_family=family_id,
+    )
+    return ConsoleSignIn(token, lifetime, principal)
+
+
+async def end_console_session(session: AsyncSession, principal: Principal) -> None:
+    assert principal.console_family is not None
+    await _revoke_family(session, principal.console_family)
+    target = ("user", principal.user_id)
+    audit.record(session, principal.tenant_id, "auth.sign_out", principal.actor, target)
+
+
+async def memberships_of(
+    session: AsyncSession, user_id: uuid.UUID
+) -> list[tuple[Membership, Tenant]]:
+    """The user's active memberships and their tenants, oldest first (the tenant switcher)."""
+    rows = await session.execute(
+        select(Membership, Tenant)
+        .join(Tenant, Tenant.id == Membership.tenant_id)
+        .where(Membership.user_id == user_id, Membership.is_active.is_(True))
+        .order_by(Membership.created_at)
+    )
+    return [(membership, tenant) for membership, tenant in rows]
+
+
+async def switch_console_tenant(
+    session: AsyncSession, settings: Settings, principal: Principal, slug: str
+) -> ConsoleSignIn:
+    """End this console session and start one in the user's tenant `slug` (404 for a tenant
+    they are not an active member of, as for one that does not exist)."""
+    assert principal.user_id is not None
+    found = [
+        (membership, tenant)
+        for membership, tenant in await memberships_of(session, principal.user_id)
+        if tenant.slug == slug
+    ]
+    if not found:
+        raise NotFoundError(f"You are not a member of a tenant {slug!r}.")
+    membership, tenant = found[0]
+    if tenant.status is TenantStatus.SUSPENDED:
+        raise ForbiddenError("This tenant is suspended.")
+    user = await session.get_one(User, principal.user_id)
+    await end_console_session(session, principal)
+    audit.record(session, tenant.id, "auth.sign_in", f"user:{user.id}", ("user", user.id))
+    return await start_console_session(session, settings, user, membership)
 
 
 async def _revoke_family(session: AsyncSession, family_id: uuid.UUID) -> None:
@@ -345,7 +463,7 @@ _TOKEN_HOLDER = (
 
 
 async def principal_from_token(
-    connection: AsyncConnection, settings: Settings, token: str
+    connection: AsyncConnection, settings: Settings, token: str, *, console: bool = False
 ) -> Principal:
     """The caller of a valid access token whose user is active and still an active member of
     an existing, unsuspended tenant, and whose sign-in was not ended (logout, reuse, a
@@ -353,7 +471,7 @@ async def principal_from_token(
     superuser come from the database, so a change applies at the next request. Read-only: one
     statement, no transaction needed around it."""
     try:
-        claims = security.read_token(settings, token)
+        claims = security.read_token(settings, token, console=console)
     except security.InvalidTokenError:
         raise UnauthorizedError(BAD_TOKEN) from None
     if isinstance(claims, security.ClientClaims):
@@ -380,6 +498,7 @@ async def principal_from_token(
         user_id=claims.user_id,
         role=role,
         is_superuser=holder.is_superuser,
+        console_family=claims.family_id if console else None,
     )
 
 

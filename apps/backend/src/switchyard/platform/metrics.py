@@ -108,6 +108,37 @@ TENANT_STATES = {
 }
 
 
+def queue_names(settings: Settings) -> list[str]:
+    assert settings.celery_broker_url is not None
+    names = list(WORK_QUEUES)
+    if broker_is_amqp(settings.celery_broker_url.get_secret_value()):
+        names.append(str(DEAD_LETTER_QUEUE.name))
+    return names
+
+
+def queue_depths(settings: Settings) -> dict[str, int]:
+    """Messages ready in each work queue and the dead-letter queue, asked of the broker
+    (blocking: call it from a thread)."""
+    assert settings.celery_broker_url is not None
+    depths: dict[str, int] = {}
+    timeout = settings.broker_publish_timeout_seconds
+    with Connection(
+        settings.celery_broker_url.get_secret_value(), connect_timeout=timeout
+    ) as connection:
+        connection.ensure_connection(max_retries=1, timeout=timeout)
+        for name in queue_names(settings):
+            channel = connection.channel()
+            try:
+                _, count, _ = channel.queue_declare(queue=name, passive=True)
+                depths[name] = int(count)
+            except ChannelError:
+                depths[name] = 0  # not declared yet (Redis drops empty lists): nothing queued
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+    return depths
+
+
 class BacklogSampler(threading.Thread):
     """Samples the depth of each work queue, the dead-letter queue and the archive."""
 
@@ -123,32 +154,8 @@ class BacklogSampler(threading.Thread):
         self.sampled_at: float | None = None
         self.engine: AsyncEngine | None = None
 
-    def queue_names(self) -> list[str]:
-        assert self.settings.celery_broker_url is not None
-        names = list(WORK_QUEUES)
-        if broker_is_amqp(self.settings.celery_broker_url.get_secret_value()):
-            names.append(str(DEAD_LETTER_QUEUE.name))
-        return names
-
     def sample_queues(self) -> dict[str, float]:
-        assert self.settings.celery_broker_url is not None
-        depths: dict[str, float] = {}
-        timeout = self.settings.broker_publish_timeout_seconds
-        with Connection(
-            self.settings.celery_broker_url.get_secret_value(), connect_timeout=timeout
-        ) as connection:
-            connection.ensure_connection(max_retries=1, timeout=timeout)
-            for name in self.queue_names():
-                channel = connection.channel()
-                try:
-                    _, count, _ = channel.queue_declare(queue=name, passive=True)
-                    depths[name] = float(count)
-                except ChannelError:
-                    depths[name] = 0.0  # not declared yet (Redis drops empty lists): nothing queued
-                finally:
-                    with contextlib.suppress(Exception):
-                        channel.close()
-        return depths
+        return {name: float(depth) for name, depth in queue_depths(self.settings).items()}
 
     async def sample_archive(self, engine: AsyncEngine) -> float:
         async with engine.connect() as connection:

@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 
 from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, run_log_context
-from switchyard.platform import ledger
+from switchyard.platform import ledger, workers
 from switchyard.platform.dead_letters import DeadLetterRecord, store
 from switchyard.platform.execution import Outcome, hand_back, record_outcome
 from switchyard.platform.metrics import (
@@ -128,6 +128,7 @@ class WorkerLoop:
             asyncio.create_task(self._tick(), name="loop-tick"),
             asyncio.create_task(self._poll_cancelled(services), name="cancel-poll"),
             asyncio.create_task(self._sweep_admissions(services), name="admission-sweep"),
+            asyncio.create_task(self._report(services), name="worker-report"),
         ]
         return services
 
@@ -148,6 +149,7 @@ class WorkerLoop:
             for task in self._background:
                 task.cancel()
             if self._services is not None:
+                await workers.forget(self._services.cache)
                 await self._services.close()
 
         try:
@@ -280,6 +282,19 @@ class WorkerLoop:
                 await dispatcher.sweep()
             except Exception as exc:
                 logger.warning("admission sweep failed", extra={"error": repr(exc)})
+
+    async def _report(self, services: Services) -> None:
+        """This process is online (platform.workers): its runs in flight, slots and loop lag."""
+        settings = self.settings
+        while True:
+            await workers.report(
+                services.cache,
+                settings.worker_concurrency,
+                len(self.flights),
+                self.lag,
+                list(settings.worker_queues),
+            )
+            await asyncio.sleep(workers.REPORT_SECONDS)
 
     async def _poll_cancelled(self, services: Services) -> None:
         """Runs cancelled through the API while they run here stop within one poll."""

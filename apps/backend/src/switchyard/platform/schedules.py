@@ -67,3 +67,14 @@ def latest_due(schedule: Schedule, anchor: datetime, now: datetime) -> datetime 
     zone = ZoneInfo(schedule.timezone)
     previous: datetime = croniter(schedule.cron, now.astimezone(zone)).get_prev(datetime)
     return previous if previous > anchor else None
+
+
+def next_due(schedule: Schedule, anchor: datetime, now: datetime) -> datetime:
+    """The first tick after `now` (the next time beat publishes the definition)."""
+    if isinstance(schedule, IntervalSchedule):
+        every = float(schedule.every_seconds)
+        ticks = max(math.floor((now - anchor).total_seconds() / every), 0) + 1
+        return anchor + timedelta(seconds=ticks * every)
+    zone = ZoneInfo(schedule.timezone)
+    following: datetime = croniter(schedule.cron, now.astimezone(zone)).get_next(datetime)
+    return following

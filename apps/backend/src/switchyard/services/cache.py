@@ -98,3 +98,33 @@ class Cache:
             return bool(await client.pexpire(self.key(key), int(ttl_seconds * 1000)))
 
         return await self._attempt("expire", call, False)
+
+    async def put_field(self, key: str, field: str, value: bytes | str) -> bool:
+        async def call(client: Redis) -> bool:
+            await client.hset(self.key(key), field, value)
+            return True
+
+        return await self._attempt("hset", call, False)
+
+    async def fields(self, key: str) -> dict[str, bytes]:
+        """Every field of the hash `key` (empty when Redis failed)."""
+
+        async def call(client: Redis) -> dict[str, bytes]:
+            found = await client.hgetall(self.key(key))
+            return {_text(name): _bytes(value) for name, value in found.items()}
+
+        return await self._attempt("hgetall", call, {})
+
+    async def drop_fields(self, key: str, *names: str) -> bool:
+        async def call(client: Redis) -> bool:
+            return bool(await client.hdel(self.key(key), *names))
+
+        return await self._attempt("hdel", call, False)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
+from pydantic import AwareDatetime
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from switchyard.auth.dependencies import PrincipalDep, TenantDep, require_scope
 from switchyard.db.models import RunState
-from switchyard.platform import admission
+from switchyard.platform import admission, workers
 from switchyard.platform.dependencies import (
     RateLimiterDep,
     RegistryDep,
@@ -31,6 +32,7 @@ from switchyard.tasks.schemas import (
     RunPage,
     RunRequest,
     ShareOut,
+    WorkersOverview,
 )
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -129,26 +131,45 @@ async def list_runs(
     services: ServicesDep,
     state: RunState | None = None,
     task: str | None = Query(default=None, max_length=200),
+    since: Annotated[AwareDatetime | None, Query(description="Submitted at or after")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="Submitted before")] = None,
     cursor: str | None = Query(default=None, max_length=200),
     limit: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
 ) -> RunPage:
     page, next_cursor = await repository.RunRepository(session, tenant_id).page_of(
-        state=state, task=task, cursor=cursor, limit=limit
-    )
-    connection = await session.connection()
-    share = await admission.share(
-        connection, tenant_id, services.settings.tenant_max_runs_in_flight
+        state=state, task=task, cursor=cursor, limit=limit, since=since, until=until
     )
     return RunPage(
         items=[RunOut.of(run) for run in page],
         next_cursor=next_cursor,
-        share=ShareOut(
-            limit=share.limit,
-            in_flight=share.in_flight,
-            started=share.started,
-            waiting_for_capacity=share.waiting_for_capacity,
-        ),
+        share=await _share(session, services, tenant_id),
     )
+
+
+async def _share(session: SessionDep, services: ServicesDep, tenant_id: uuid.UUID) -> ShareOut:
+    connection = await session.connection()
+    share = await admission.share(
+        connection, tenant_id, services.settings.tenant_max_runs_in_flight
+    )
+    return ShareOut(
+        limit=share.limit,
+        in_flight=share.in_flight,
+        started=share.started,
+        waiting_for_capacity=share.waiting_for_capacity,
+    )
+
+
+@router.get("/workers", dependencies=[Depends(require_scope("tasks:read"))])
+async def workers_overview(
+    session: SessionDep, services: ServicesDep, principal: PrincipalDep
+) -> WorkersOverview:
+    """The tenant's runs in flight against its share; a superuser also sees the queue depths
+    and every worker process online (runs in flight, slots, loop lag)."""
+    overview = WorkersOverview(share=await _share(session, services, principal.tenant_id))
+    if principal.is_superuser:
+        overview.queues = await service.queue_depths(services.settings)
+        overview.workers = await workers.online(services.cache)
+    return overview
 
 
 @router.get("/dead-letters", dependencies=[Depends(require_scope("tasks:read"))])
@@ -156,11 +177,10 @@ async def list_dead_letters(
     session: SessionDep,
     tenant_id: TenantDep,
     limit: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
+    task_id: Annotated[uuid.UUID | None, Query(description="Only this run's")] = None,
 ) -> list[DeadLetterOut]:
-    return [
-        DeadLetterOut.of(letter)
-        for letter in await repository.DeadLetterRepository(session, tenant_id).newest(limit)
-    ]
+    letters = repository.DeadLetterRepository(session, tenant_id)
+    return [DeadLetterOut.of(letter) for letter in await letters.newest(limit, task_id)]
 
 
 @router.post(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+
 from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
 from switchyard.db.repository import TenantRepository
 from switchyard.errors import NotFoundError
@@ -32,14 +35,26 @@ class RunRepository(TenantRepository[TaskRun]):
         return await self.first(TaskRun.idempotency_key == key)
 
     async def page_of(
-        self, *, state: RunState | None, task: str | None, cursor: str | None, limit: int
+        self,
+        *,
+        state: RunState | None,
+        task: str | None,
+        cursor: str | None,
+        limit: int,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> tuple[list[TaskRun], str | None]:
-        """Newest first, filtered by state and task."""
+        """Newest first, filtered by state, task and submission time (`since` inclusive,
+        `until` exclusive)."""
         statement = self.select()
         if state is not None:
             statement = statement.where(TaskRun.state == state)
         if task is not None:
             statement = statement.where(TaskRun.task == task)
+        if since is not None:
+            statement = statement.where(TaskRun.created_at >= since)
+        if until is not None:
+            statement = statement.where(TaskRun.created_at < until)
         return await self.page(statement, cursor, limit)
 
 
@@ -47,5 +62,6 @@ class DeadLetterRepository(TenantRepository[DeadLetter]):
     model = DeadLetter
     not_found = "No dead letter {id}."
 
-    async def newest(self, limit: int) -> list[DeadLetter]:
-        return await self.all(self.select().order_by(DeadLetter.created_at.desc()).limit(limit))
+    async def newest(self, limit: int, run_id: uuid.UUID | None = None) -> list[DeadLetter]:
+        statement = self.select() if run_id is None else self.select(DeadLetter.run_id == run_id)
+        return await self.all(statement.order_by(DeadLetter.created_at.desc()).limit(limit))

@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
+from switchyard.platform import schedules
 from switchyard.platform.schedules import Schedule
+from switchyard.platform.workers import WorkerReport
 
 DefinitionName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,199}$")]
 TaskName = Annotated[str, Field(min_length=3, max_length=200)]
@@ -75,12 +77,19 @@ class DefinitionOut(BaseModel):
     enabled: bool
     description: str | None
     last_scheduled_for: datetime | None
+    next_fire_at: datetime | None = Field(
+        default=None, description="When beat publishes it next (enabled and scheduled ones)"
+    )
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def of(cls, definition: TaskDefinition) -> DefinitionOut:
-        return cls.model_validate(definition, from_attributes=True)
+        out = cls.model_validate(definition, from_attributes=True)
+        if definition.enabled and out.schedule is not None:
+            anchor = definition.last_scheduled_for or definition.created_at
+            out.next_fire_at = schedules.next_due(out.schedule, anchor, datetime.now(UTC))
+        return out
 
 
 class RegisteredTasks(BaseModel):
@@ -189,6 +198,19 @@ class ShareOut(BaseModel):
     )
     started: int
     waiting_for_capacity: int = Field(description="Queued runs waiting for a free slot")
+
+
+class WorkersOverview(BaseModel):
+    """The caller's tenant's share; for platform superusers also the broker's queues and the
+    worker processes online (the deployment's, across tenants)."""
+
+    share: ShareOut
+    queues: dict[str, int] | None = Field(
+        default=None, description="Messages ready per queue (superusers; null: not shown)"
+    )
+    workers: list[WorkerReport] | None = Field(
+        default=None, description="Worker processes that reported lately (superusers)"
+    )
 
 
 class RunPage(BaseModel):

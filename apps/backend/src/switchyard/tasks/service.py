@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,7 @@ from switchyard.errors import (
     ServiceUnavailableError,
     field_errors,
 )
-from switchyard.platform import admission, audit, ledger, schedules
+from switchyard.platform import admission, audit, ledger, metrics, schedules
 from switchyard.platform.admission import Dispatcher
 from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
@@ -43,6 +45,8 @@ from switchyard.tasks.schemas import (
     RunOut,
     RunRequest,
 )
+
+logger = logging.getLogger(__name__)
 
 RUN_VIEW_CACHE_SECONDS = 300
 RUN_VIEW_CACHE_MAX_BYTES = 64 * 1024
@@ -474,3 +478,15 @@ async def delete_dead_letter(
     await session.delete(letter)
     target = ("dead_letter", letter_id)
     audit.record(session, tenant_id, "dead_letter.deleted", actor, target, {"task": letter.task})
+
+
+async def queue_depths(settings: Settings) -> dict[str, int] | None:
+    """Messages ready per queue, asked of the broker (None without one, or when it does not
+    answer within its publish timeout)."""
+    if settings.celery_broker_url is None:
+        return None
+    try:
+        return await asyncio.to_thread(metrics.queue_depths, settings)
+    except Exception as exc:  # the page shows the rest; the broker's own health check says why
+        logger.warning("queue depths unavailable", extra={"error": repr(exc)})
+        return None

@@ -1,0 +1,352 @@
+"""The operator console in a real browser (headless Chromium driven by Playwright) against the
+real processes: a gateway and a worker as `switchyard run`, on the session's PostgreSQL, Redis
+and RabbitMQ, with MinIO (moto), a Chroma server and the Zhipu fake for documents.
+
+One operator's day: sign in, watch a run go from scheduled to succeeded without reloading,
+cancel a delayed run, replay a dead letter, pause a schedule, upload a document and find it,
+see workers and health; another tenant's browser sees none of it; a forged form from another
+origin on the same site changes nothing. Screenshots of each page go to CONSOLE_SCREENSHOTS
+(default var/screenshots/console; `make console-screenshots` writes the README's)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+from tests.fakes.zhipu import FakeZhipu
+from tests.fixtures.accounts import PASSWORD
+from tests.fixtures.messaging import own_vhost
+from tests.fixtures.processes import RunningRole, reap, spawn_role
+from tests.fixtures.servers import free_port, unavailable
+from tests.fixtures.stack import product_env
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+HANDBOOK = b"""# Porto office handbook
+
+The Porto office kitchen serves lunch from noon until two.
+
+Bicycles are parked in the courtyard behind the building.
+"""
+
+
+@dataclass(frozen=True)
+class Operator:
+    email: str
+    tenant_id: str
+    api: httpx.Client  # the REST API with this operator's bearer token, to set up and check
+
+
+@dataclass(frozen=True)
+class Stack:
+    base_url: str
+    worker: RunningRole
+
+    def operator(self, tenant_name: str) -> Operator:
+        email = f"console-{uuid.uuid4().hex[:10]}@example.com"
+        api = httpx.Client(base_url=f"{self.base_url}/api/v1", timeout=30)
+        registered = api.post(
+            "/auth/register",
+            json={"email": email, "password": PASSWORD, "tenant_name": tenant_name},
+        )
+        assert registered.status_code == 201, registered.text
+        tokens = api.post("/auth/login", json={"email": email, "password": PASSWORD}).json()
+        api.headers["Authorization"] = f"Bearer {tokens['access_token']}"
+        return Operator(email, registered.json()["tenant"]["id"], api)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    database_url: URL,
+    redis_url: str,
+    s3_endpoint: str,
+    chroma_server: tuple[str, int],
+    zhipu_server: FakeZhipu,
+) -> Iterator[Stack]:
+    if shutil.which("chromium") is None:
+        unavailable("Chromium", "Debian's `chromium` is not installed (.ci/run installs it)")
+    workdir = tmp_path_factory.mktemp("console")
+    with own_vhost() as broker:
+        env = product_env(
+            database_url=database_url,
+            redis_url=redis_url,
+            broker=broker,
+            s3_endpoint=s3_endpoint,
+            chroma_server=chroma_server,
+            zhipu=zhipu_server,
+            name="console",
+            WORKER_CONCURRENCY="10",
+            TASK_DELIVERY_LIMIT="2",
+        )
+        port = free_port()
+        gateway = spawn_role("api-gateway", workdir, env, port)
+        worker = spawn_role("worker", workdir, {**env, "VAR_DIR": str(workdir / "worker")})
+        try:
+            gateway.wait_healthy()
+            worker.wait_heartbeat(workdir / "worker" / "worker.heartbeat")
+            yield Stack(gateway.base_url, worker)
+        finally:
+            reap(worker)
+            reap(gateway)
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots() -> Path:
+    folder = Path(os.environ.get("CONSOLE_SCREENSHOTS", REPO / "var" / "screenshots" / "console"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def signed_in(browser: Any, stack: Stack, operator: Operator, errors: list[str]) -> Any:
+    """A browser context of its own (its own cookies) with the console signed in."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{stack.base_url}/console/runs")
+    page.wait_for_url("**/console/sign-in**")
+    page.get_by_label("Email").fill(operator.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/console/runs")
+    return page
+
+
+def submit(operator: Operator, task: str, payload: dict[str, Any], **extra: Any) -> str:
+    accepted = operator.api.post("/tasks/run", json={"task": task, "payload": payload, **extra})
+    assert accepted.status_code == 202, accepted.text
+    return str(accepted.json()["task_id"])
+
+
+def eventually(check: Any, within: float = 30.0) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.2)
+
+
+def test_an_operator_works_the_console_in_a_real_browser(
+    stack: Stack, browser: Any, screenshots: Path
+) -> None:
+    alice = stack.operator("Acme")
+    errors: list[str] = []
+    page = signed_in(browser, stack, alice, errors)
+    loads: list[str] = []
+    page.on("load", lambda: loads.append(page.url))
+
+    # A run watched from scheduled to succeeded: the page follows it without reloading.
+    watched = submit(alice, "system.sleep", {"seconds": 1}, countdown=2)
+    page.goto(f"{stack.base_url}/console/runs/{watched}")
+    page.locator("#run-state").wait_for()
+    first_state = page.locator("#run-state").inner_text()
+    assert first_state in ("scheduled", "queued", "started")
+    loaded = len(loads)
+    page.locator("#run-state", has_text="succeeded").wait_for(timeout=30_000)
+    assert len(loads) == loaded  # no reload
+    timeline = page.get_by_label("Timeline").inner_text()
+    assert "started" in timeline
+    assert "seen live" in timeline
+    page.screenshot(path=str(screenshots / "run.png"), full_page=True)
+
+    # The runs list shows it, and follows a new run's state without reloading.
+    echo = submit(alice, "system.echo", {"message": "listed"}, countdown=2)
+    page.goto(f"{stack.base_url}/console/runs")
+    row = page.locator("tr", has=page.locator(f'a[href="/console/runs/{echo}"]'))
+    row.wait_for()
+    loaded = len(loads)
+    row.locator(".badge", has_text="succeeded").wait_for(timeout=30_000)
+    assert len(loads) == loaded
+    page.screenshot(path=str(screenshots / "runs.png"))
+    filtered = page.goto(f"{stack.base_url}/console/runs?state=succeeded&task=system.sleep")
+    assert filtered is not None
+    page.locator(f'a[href="/console/runs/{watched}"]').wait_for()
+    assert page.locator(f'a[href="/console/runs/{echo}"]').count() == 0
+
+    # Cancel a delayed run, with confirmation.
+    delayed = submit(alice, "system.echo", {"message": "later"}, countdown=600)
+    page.goto(f"{stack.base_url}/console/runs/{delayed}")
+    page.get_by_role("button", name="Cancel run").click()
+    page.get_by_role("button", name="Confirm").click()
+    page.locator("#run-state", has_text="cancelled").wait_for()
+    assert alice.api.get(f"/tasks/{delayed}").json()["state"] == "cancelled"
+
+    # Replay a dead letter from the archive.
+    broken = submit(alice, "system.fail", {"retryable": False})
+    letter = eventually(
+        lambda: next(
+            iter(alice.api.get("/tasks/dead-letters", params={"task_id": broken}).json()), None
+        )
+    )
+    page.goto(f"{stack.base_url}/console/dead-letters")
+    letter_row = page.locator(f"#letter-{letter['id']}")
+    letter_row.get_by_text("Inspect").click()
+    assert "system.fail was asked to fail" in letter_row.inner_text()
+    page.screenshot(path=str(screenshots / "dead-letters.png"))
+    letter_row.get_by_role("button", name="Replay").click()
+    page.get_by_role("button", name="Confirm").click()
+    page.wait_for_url("**/console/runs/*")
+    replay_id = page.url.rsplit("/", 1)[1]
+    assert replay_id != broken
+    replayed = alice.api.get("/tasks/dead-letters", params={"task_id": broken}).json()
+    assert replayed[0]["replayed_task_id"] == replay_id
+    assert alice.api.get(f"/tasks/{replay_id}").json()["replay_of"] == broken
+
+    # Pause a schedule, and run a definition now.
+    registered = alice.api.post(
+        "/tasks/register",
+        json={
+            "name": "hourly-digest",
+            "task": "system.echo",
+            "payload": {"message": "digest"},
+            "schedule": {"every_seconds": 3600},
+        },
+    )
+    assert registered.status_code == 201, registered.text
+    page.goto(f"{stack.base_url}/console/definitions")
+    toggle = page.get_by_label("enabled")
+    assert toggle.is_checked()
+    row = page.locator("tr", has_text="hourly-digest")
+    assert row.locator("time").count() == 1  # its next fire time
+    page.screenshot(path=str(screenshots / "definitions.png"))
+    toggle.uncheck()
+    row.get_by_text("paused").wait_for()
+    assert alice.api.get("/tasks/definitions/hourly-digest").json()["enabled"] is False
+    page.get_by_role("button", name="Run now").click()
+    page.wait_for_url("**/console/runs/*")
+    now_run = alice.api.get(f"/tasks/{page.url.rsplit('/', 1)[1]}").json()
+    assert now_run["definition_id"] == registered.json()["id"]
+
+    # Upload a document and find it by search, with its citation.
+    page.goto(f"{stack.base_url}/console/documents")
+    page.get_by_label("File (text, Markdown, HTML or PDF)").set_input_files(
+        files=[{"name": "porto.md", "mimeType": "text/markdown", "buffer": HANDBOOK}]
+    )
+    page.get_by_label("Title").fill("Porto handbook")
+    page.get_by_role("button", name="Upload").click()
+    page.locator("tr", has_text="Porto handbook").locator(".badge", has_text="ready").wait_for(
+        timeout=60_000
+    )
+    page.get_by_label("Search your documents").fill("where is lunch served?")
+    page.get_by_role("button", name="Search").click()
+    hit = page.locator("ol.hits li").first
+    hit.wait_for()
+    assert "Porto handbook" in hit.locator("cite").inner_text()
+    assert "lunch" in page.locator("ol.hits").inner_text()
+    page.screenshot(path=str(screenshots / "documents.png"), full_page=True)
+
+    # Workers and health: what a tenant may see; every check named.
+    page.goto(f"{stack.base_url}/console/workers")
+    page.get_by_role("rowheader", name="Runs in flight", exact=True).wait_for()
+    assert "superusers" in page.locator("main").inner_text()
+    page.goto(f"{stack.base_url}/console/health")
+    checks = page.get_by_label("Health checks")
+    checks.wait_for()
+    for name in ("postgres", "redis", "rabbitmq", "minio", "chroma"):
+        assert checks.locator("td", has_text=name).count() >= 1
+    page.screenshot(path=str(screenshots / "health.png"))
+
+    # A phone's width: the page still reads (no horizontal scroll of the whole page).
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{stack.base_url}/console/runs")
+    page.locator("tbody tr").first.wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(screenshots / "runs-phone.png"), full_page=True)
+
+    # Another tenant's browser sees none of Alice's runs, even by their address.
+    bob = stack.operator("Bobco")
+    other = signed_in(browser, stack, bob, errors)
+    other.get_by_text("No runs match").wait_for()
+    for run_id in (watched, echo, delayed, broken, replay_id):
+        assert other.locator(f'a[href="/console/runs/{run_id}"]').count() == 0
+    other.goto(f"{stack.base_url}/console/runs/{watched}")
+    other.get_by_text("No such run in this tenant.").wait_for()
+    other.goto(f"{stack.base_url}/console/dead-letters")
+    other.get_by_text("No dead letters").wait_for()
+
+    # Sign-out ends it: the next page asks to sign in again.
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/console/sign-in")
+    page.goto(f"{stack.base_url}/console/runs")
+    page.wait_for_url("**/console/sign-in**")
+    assert errors == []
+
+
+class _Attacker(BaseHTTPRequestHandler):
+    """A page on another origin of the same site (127.0.0.1, another port) whose form posts to
+    the console's API by itself when a signed-in victim opens it."""
+
+    target = ""
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        body = (
+            "<!doctype html><title>Win a prize</title>"
+            f'<form id="f" method="post" action="{self.target}"></form>'
+            "<script>document.getElementById('f').submit()</script>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def test_a_forged_form_from_another_origin_changes_nothing(stack: Stack, browser: Any) -> None:
+    victim = stack.operator("Victim")
+    errors: list[str] = []
+    page = signed_in(browser, stack, victim, errors)
+    delayed = submit(victim, "system.echo", {"message": "keep me"}, countdown=600)
+    handler = type(
+        "Attacker", (_Attacker,), {"target": f"{stack.base_url}/api/v1/tasks/{delayed}/cancel"}
+    )
+    attacker = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    serving = threading.Thread(target=attacker.serve_forever, daemon=True)
+    serving.start()
+    answers: list[tuple[str, int]] = []
+    page.on("response", lambda response: answers.append((response.url, response.status)))
+    try:
+        page.goto(f"http://127.0.0.1:{attacker.server_address[1]}/")
+        eventually(lambda: any(url.endswith("/cancel") for url, _ in answers))
+    finally:
+        attacker.shutdown()
+    # The session cookie went along (same site), and the gateway refused the request.
+    assert [status for url, status in answers if url.endswith("/cancel")] == [403]
+    assert victim.api.get(f"/tasks/{delayed}").json()["state"] == "scheduled"
