@@ -8,7 +8,7 @@ unexport PYTHONDONTWRITEBYTECODE
 .DEFAULT_GOAL := help
 ARGS ?=
 
-.PHONY: help run test lint format pytest switchyard uv
+.PHONY: help run test lint format pytest switchyard uv console-screenshots
 
 ## List the targets
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make pytest ARGS='...'      pytest with your arguments, e.g. ARGS='tests/unit -k settings'"
 	@echo "make switchyard ARGS='...'  the switchyard command, e.g. ARGS='run migrate'"
 	@echo "make uv ARGS='...'          any uv command, e.g. ARGS='run alembic current'"
+	@echo "make console-screenshots    the README's console screenshots (docs/images/console)"
 	@echo "uv itself: $(UV)"
 
 ## Run the whole product on embedded backends (http://127.0.0.1:8000)
@@ -39,6 +40,11 @@ lint: $(UV)
 format: $(UV)
 	$(UV) run --frozen ruff format
 	$(UV) run --frozen ruff check --fix
+
+## The console's screenshots in the README, from its browser test (needs Chromium and the servers)
+console-screenshots: $(UV)
+	CONSOLE_SCREENSHOTS=$(CURDIR)/docs/images/console $(UV) run --frozen pytest -p no:cacheprovider \
+		tests/e2e/test_console_in_browser.py -k operator
 
 pytest: $(UV)
 	$(UV) run --frozen pytest $(ARGS)

@@ -141,3 +141,10 @@ def test_image_measures_the_image_and_its_roles(repo_root: Path, image: str) -> 
     for role in ("api-gateway", "worker", "beat"):
         assert re.search(rf"^{role}\s+\d+\s+\d+\s+\d+", out, re.M), out
     assert "image <= 700 MB" in out
+
+
+def test_console_runs_page_compares_with_and_without_the_filter_indexes(repo_root: Path) -> None:
+    out = bench(repo_root, "console_runs", "--runs=3000", "--requests=2", "--rounds=1")
+    for row in ("newest 50", "state=dead_lettered", "task=reports.rare", "page 40 (cursor)"):
+        assert row in out
+    assert "every page p95 <= 300 ms at 3,000 runs" in out

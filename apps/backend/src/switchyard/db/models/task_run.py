@@ -40,6 +40,9 @@ class TaskRun(UUIDPrimaryKey, Timestamps, Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         UniqueConstraint("definition_id", "scheduled_for"),
         Index("ix_task_runs_tenant_id_created_at", "tenant_id", "created_at"),
+        # The runs list's filters, newest first (the console's runs page).
+        Index("ix_task_runs_tenant_id_state_created_at", "tenant_id", "state", "created_at"),
+        Index("ix_task_runs_tenant_id_task_created_at", "tenant_id", "task", "created_at"),
         Index(
             "ix_task_runs_unpublished",
             "created_at",
