@@ -44,7 +44,7 @@ format: $(UV)
 ## The console's screenshots in the README, from its browser test (needs Chromium and the servers)
 console-screenshots: $(UV)
 	CONSOLE_SCREENSHOTS=$(CURDIR)/docs/images/console $(UV) run --frozen pytest -p no:cacheprovider \
-		tests/e2e/test_console_in_browser.py -k operator
+		tests/e2e/test_console_in_browser.py -k 'operator or superuser'
 
 pytest: $(UV)
 	$(UV) run --frozen pytest $(ARGS)

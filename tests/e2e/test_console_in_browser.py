@@ -10,6 +10,7 @@ origin on the same site changes nothing. Screenshots of each page go to CONSOLE_
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -17,15 +18,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.fakes.zhipu import FakeZhipu
 from tests.fixtures.accounts import PASSWORD
@@ -198,6 +204,8 @@ def test_an_operator_works_the_console_in_a_real_browser(
     page = signed_in(browser, stack, alice, errors)
     loads: list[str] = []
     page.on("load", lambda: loads.append(page.url))
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
 
     # A run watched from scheduled to succeeded: the page follows it without reloading.
     watched = submit(alice, "system.sleep", {"seconds": 1}, countdown=2)
@@ -256,6 +264,15 @@ def test_an_operator_works_the_console_in_a_real_browser(
     replayed = alice.api.get("/tasks/dead-letters", params={"task_id": broken}).json()
     assert replayed[0]["replayed_task_id"] == replay_id
     assert alice.api.get(f"/tasks/{replay_id}").json()["replay_of"] == broken
+    # ... and delete it from the archive (the dialog's Cancel first: nothing happens).
+    page.goto(f"{stack.base_url}/console/dead-letters")
+    letter_row.get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Cancel").click()
+    assert alice.api.get("/tasks/dead-letters", params={"task_id": broken}).json() != []
+    letter_row.get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Confirm").click()
+    letter_row.wait_for(state="detached")
+    assert alice.api.get("/tasks/dead-letters", params={"task_id": broken}).json() == []
 
     # Pause a schedule, and run a definition now.
     registered = alice.api.post(
@@ -329,12 +346,67 @@ def test_an_operator_works_the_console_in_a_real_browser(
     other.goto(f"{stack.base_url}/console/dead-letters")
     other.get_by_text("No dead letters").wait_for()
 
+    # Nothing was asked of any other host: no CDN, no font, no analytics.
+    assert {urlsplit(url).netloc for url in requested} == {urlsplit(stack.base_url).netloc}
+
     # Sign-out ends it: the next page asks to sign in again.
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/console/sign-in")
     page.goto(f"{stack.base_url}/console/runs")
     page.wait_for_url("**/console/sign-in**")
     assert errors == []
+
+
+def test_a_superuser_sees_the_workers_and_suspends_a_tenant(
+    stack: Stack, browser: Any, database_url: URL, screenshots: Path
+) -> None:
+    root = stack.operator("Platform")
+    make_superuser(database_url, root.email)
+    tenant = stack.operator("Noisy")
+    errors: list[str] = []
+    page = signed_in(browser, stack, root, errors)
+
+    page.goto(f"{stack.base_url}/console/workers")
+    workers = page.get_by_label("Workers", exact=True)
+    workers.wait_for()
+    [child] = psutil.Process(stack.worker.process.pid).children()
+    assert workers.locator("td", has_text=f"(pid {child.pid})").count() == 1
+    assert page.get_by_label("Queue depths").locator("td", has_text="default").count() == 1
+    page.screenshot(path=str(screenshots / "workers.png"))
+
+    slug = tenant.api.get("/tenants/current").json()["slug"]
+    page.goto(f"{stack.base_url}/console/tenants")
+    page.get_by_label("Find a tenant (name or slug)").fill(slug)
+    page.get_by_role("button", name="Find").click()
+    row = page.locator("tr", has_text=slug)
+    row.wait_for()
+    assert page.locator("tbody tr").count() == 1
+    row.get_by_role("button", name="Suspend").click()
+    page.get_by_role("button", name="Confirm").click()
+    row.locator(".badge", has_text="suspended").wait_for()
+    assert tenant.api.get("/tasks/").status_code == 403
+    row.get_by_role("button", name="Activate").click()
+    page.get_by_role("button", name="Confirm").click()
+    row.locator(".badge", has_text="active").wait_for()
+    assert tenant.api.get("/tasks/").status_code == 200
+    assert errors == []
+
+
+def make_superuser(database_url: URL, email: str) -> None:
+    async def promote() -> None:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text("UPDATE users SET is_superuser = true WHERE email = :email"),
+                    {"email": email},
+                )
+        finally:
+            await engine.dispose()
+
+    # Playwright's synchronous API keeps an event loop of its own in this thread.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, promote()).result()
 
 
 class _Attacker(BaseHTTPRequestHandler):

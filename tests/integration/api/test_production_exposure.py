@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from http.cookies import SimpleCookie
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import SecretStr
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.api.app import create_app
+from switchyard.auth.security import CONSOLE_COOKIE
 from switchyard.platform.metrics import MetricsServer
 from switchyard.settings import Settings
-from tests.fixtures.accounts import sign_up
+from tests.fixtures.accounts import PASSWORD, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
 from tests.fixtures.servers import free_port
 
@@ -108,3 +112,26 @@ async def test_worker_and_beat_metrics_need_the_token() -> None:
     assert "switchyard_probe_total" not in refused.text
     assert served.status_code == 200
     assert "switchyard_probe_total 1.0" in served.text
+
+
+async def test_production_health_shows_a_superusers_console_every_check(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The console's health page: the whole report for a platform superuser's session, the
+    status alone for anybody else's."""
+    operator = await sign_up(client)
+    member = await sign_up(client)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE users SET is_superuser = true WHERE id = :id"), {"id": operator.user_id}
+        )
+    for account, sees_checks in ((operator, True), (member, False)):
+        signed = await client.post(
+            "/console/session", json={"email": account.email, "password": PASSWORD}
+        )
+        assert signed.status_code == 200, signed.text
+        jar = SimpleCookie(signed.headers["set-cookie"])
+        cookie = f"{CONSOLE_COOKIE}={jar[CONSOLE_COOKIE].value}"
+        report = (await client.get("/health", headers={"Cookie": cookie})).json()
+        assert ("checks" in report) is sees_checks
+        assert report["status"] in ("ok", "degraded", "error")

@@ -147,6 +147,14 @@ async def test_superuser_lists_creates_and_suspends_tenants(
     )
     assert made.status_code == 201
     assert made.json()["slug"] == slug
+    found = await client.get(
+        "/api/v1/tenants", headers=superuser_headers, params={"search": slug.upper()}
+    )
+    assert [tenant["slug"] for tenant in found.json()] == [slug]
+    wildcard = await client.get(
+        "/api/v1/tenants", headers=superuser_headers, params={"search": "%"}
+    )
+    assert wildcard.json() == []  # a literal percent sign, not "anything"
     taken = await client.post(
         "/api/v1/tenants", json={"name": "Again", "slug": slug}, headers=superuser_headers
     )

@@ -33,7 +33,7 @@ from switchyard.platform.dependencies import (
     SettingsDep,
 )
 from switchyard.services.container import Services
-from switchyard.settings import Settings
+from switchyard.settings import Environment, Settings
 
 
 async def limit_by_client_ip(
@@ -134,7 +134,22 @@ async def _console_principal(request: Request, services: Services, settings: Set
     return principal
 
 
+async def console_superuser(request: Request, services: ServicesDep, settings: SettingsDep) -> bool:
+    """Whether the request comes from a platform superuser's console session (its cookie; a
+    read, so no CSRF token): /health shows them the whole report in production."""
+    if settings.environment is not Environment.PRODUCTION or not request.cookies.get(
+        CONSOLE_COOKIE
+    ):
+        return False  # outside production /health shows everything anyway
+    try:
+        principal = await _console_principal(request, services, settings)
+    except (UnauthorizedError, ForbiddenError):
+        return False
+    return principal.is_superuser
+
+
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+ConsoleSuperuserDep = Annotated[bool, Depends(console_superuser)]
 
 
 async def get_tenant_id(principal: PrincipalDep) -> uuid.UUID:

@@ -20,9 +20,12 @@ router = APIRouter(prefix="/tenants", tags=["tenants"])
 
 @router.get("")
 async def list_tenants(
-    _: SuperuserDep, session: SessionDep, limit: int = Query(default=100, ge=1, le=500)
+    _: SuperuserDep,
+    session: SessionDep,
+    limit: int = Query(default=100, ge=1, le=500),
+    search: str | None = Query(default=None, max_length=100, description="In name or slug"),
 ) -> list[TenantSummary]:
-    tenants = await TenantsRepository(session).oldest_first(limit)
+    tenants = await TenantsRepository(session).oldest_first(limit, search)
     return [TenantSummary.of(tenant) for tenant in tenants]
 
 

@@ -23,6 +23,14 @@ class TenantsRepository:
             raise NotFoundError(f"No tenant {tenant_id}.")
         return tenant
 
-    async def oldest_first(self, limit: int) -> list[Tenant]:
-        rows = await self.session.scalars(select(Tenant).order_by(Tenant.created_at).limit(limit))
-        return list(rows)
+    async def oldest_first(self, limit: int, search: str | None = None) -> list[Tenant]:
+        """The oldest `limit` tenants, or those whose name or slug contains `search`."""
+        statement = select(Tenant).order_by(Tenant.created_at).limit(limit)
+        if search:
+            pattern = (
+                "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            )
+            statement = statement.where(
+                Tenant.name.ilike(pattern, escape="\\") | Tenant.slug.ilike(pattern, escape="\\")
+            )
+        return list(await self.session.scalars(statement))

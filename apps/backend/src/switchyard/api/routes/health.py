@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from switchyard.auth.dependencies import ConsoleSuperuserDep
 from switchyard.platform.dependencies import HealthDep, SettingsDep
 from switchyard.platform.metrics import bearer_matches
 from switchyard.services.health import HealthReport
@@ -28,11 +29,19 @@ _REPORT_RESPONSES: dict[int | str, dict[str, object]] = {
 Authorization = Annotated[str | None, Header(include_in_schema=False)]
 
 
-def _answer(report: HealthReport, settings: Settings, authorization: str | None) -> JSONResponse:
-    """The whole report, or in production without the operator's token only its status:
-    dependency names, latencies and errors are a map of the deployment."""
-    if settings.environment is Environment.PRODUCTION and (
-        settings.metrics_token is None or not bearer_matches(settings.metrics_token, authorization)
+def _answer(
+    report: HealthReport, settings: Settings, authorization: str | None, operator: bool = False
+) -> JSONResponse:
+    """The whole report, or in production without the operator's token (or a superuser's
+    console session, `operator`) only its status: dependency names, latencies and errors are a
+    map of the deployment."""
+    if (
+        settings.environment is Environment.PRODUCTION
+        and not operator
+        and (
+            settings.metrics_token is None
+            or not bearer_matches(settings.metrics_token, authorization)
+        )
     ):
         body = {"status": report.status}
     else:
@@ -58,7 +67,10 @@ async def ready(
 
 @router.get("/health", response_model=HealthReport | HealthStatus, responses=_REPORT_RESPONSES)
 async def full_report(
-    health: HealthDep, settings: SettingsDep, authorization: Authorization = None
+    health: HealthDep,
+    settings: SettingsDep,
+    superuser: ConsoleSuperuserDep,
+    authorization: Authorization = None,
 ) -> JSONResponse:
     """Every dependency; `degraded` when only a non-critical one is down."""
-    return _answer(await health.report(), settings, authorization)
+    return _answer(await health.report(), settings, authorization, operator=superuser)

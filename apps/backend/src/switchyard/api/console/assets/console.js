@@ -514,15 +514,20 @@ async function healthPage() {
 // ---- tenants (superusers)
 
 async function tenantsPage() {
-  show(h("h1", {}, "Tenants"), stateBox("loading", "Loading tenants…"));
+  const search = new URLSearchParams(location.search).get("search") || "";
+  const form = h("form", { class: "filters card", method: "get", action: "/console/tenants", role: "search" },
+    h("label", { for: "tenant-search" }, "Find a tenant (name or slug)", h("input", { id: "tenant-search", name: "search", value: search, maxlength: 100 })),
+    h("button", { type: "submit" }, "Find"));
+  show(h("h1", {}, "Tenants"), form, stateBox("loading", "Loading tenants…"));
   let tenants;
   try {
-    tenants = await call("GET", "/api/v1/tenants");
+    tenants = await call("GET", `/api/v1/tenants${query({ limit: "500", search })}`);
   } catch (error) {
-    show(h("h1", {}, "Tenants"), stateBox("error", error.message));
+    show(h("h1", {}, "Tenants"), form, stateBox("error", error.message));
     return;
   }
-  show(h("h1", {}, "Tenants"), h("div", { class: "table-wrap" }, h("table", { "aria-label": "Tenants" },
+  if (!tenants.length) { show(h("h1", {}, "Tenants"), form, stateBox("empty", "No tenant matches.")); return; }
+  show(h("h1", {}, "Tenants"), form, h("div", { class: "table-wrap" }, h("table", { "aria-label": "Tenants" },
     h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Slug"), h("th", {}, "Status"), h("th", {}, "Action"))),
     h("tbody", {}, tenants.map((t) => h("tr", {},
       h("td", {}, t.name), h("td", {}, t.slug), h("td", {}, badge(t.status)),
