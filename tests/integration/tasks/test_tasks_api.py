@@ -231,6 +231,22 @@ async def test_runs_are_listed_newest_first_in_cursor_pages(
     assert [item["payload"]["i"] for item in failed["items"]] == [4, 2, 0]
 
 
+async def test_runs_are_filtered_by_submission_time(
+    rolled_back_api: RolledBackApi, stored_runs: list[TaskRun]
+) -> None:
+    tasks_api, task = rolled_back_api.client, stored_runs[0].task
+    oldest = stored_runs[-1].created_at
+    window = {
+        "task": task,
+        "since": (oldest + timedelta(seconds=1)).isoformat(),  # inclusive
+        "until": (oldest + timedelta(seconds=3)).isoformat(),  # exclusive
+    }
+    page = (await tasks_api.get("/api/v1/tasks/", params=window)).json()
+    assert [item["payload"]["i"] for item in page["items"]] == [2, 1]
+    naive = await tasks_api.get("/api/v1/tasks/", params={"since": "2026-12-01T10:00:00"})
+    assert fields(naive) == {"query.since"}  # a time without its zone is ambiguous
+
+
 async def test_bad_cursor_and_page_size_are_422(rolled_back_api: RolledBackApi) -> None:
     tasks_api = rolled_back_api.client
     assert fields(await tasks_api.get("/api/v1/tasks/", params={"cursor": "garbage"})) == {
