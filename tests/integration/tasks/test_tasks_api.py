@@ -245,6 +245,10 @@ async def test_runs_are_filtered_by_submission_time(
     assert [item["payload"]["i"] for item in page["items"]] == [2, 1]
     naive = await tasks_api.get("/api/v1/tasks/", params={"since": "2026-12-01T10:00:00"})
     assert fields(naive) == {"query.since"}  # a time without its zone is ambiguous
+    before_year_one = await tasks_api.get(
+        "/api/v1/tasks/", params={"until": "0001-01-01T00:00:00+14:00"}
+    )
+    assert fields(before_year_one) == {"query.until"}
 
 
 async def test_bad_cursor_and_page_size_are_422(rolled_back_api: RolledBackApi) -> None:

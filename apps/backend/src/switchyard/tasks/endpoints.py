@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
-from pydantic import AwareDatetime
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from switchyard.auth.dependencies import PrincipalDep, TenantDep, require_scope
@@ -32,6 +31,7 @@ from switchyard.tasks.schemas import (
     RunPage,
     RunRequest,
     ShareOut,
+    UtcDatetime,
     WorkersOverview,
 )
 
@@ -131,8 +131,8 @@ async def list_runs(
     services: ServicesDep,
     state: RunState | None = None,
     task: str | None = Query(default=None, max_length=200),
-    since: Annotated[AwareDatetime | None, Query(description="Submitted at or after")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="Submitted before")] = None,
+    since: Annotated[UtcDatetime | None, Query(description="Submitted at or after")] = None,
+    until: Annotated[UtcDatetime | None, Query(description="Submitted before")] = None,
     cursor: str | None = Query(default=None, max_length=200),
     limit: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
 ) -> RunPage:

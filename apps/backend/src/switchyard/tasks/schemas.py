@@ -6,7 +6,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
 from switchyard.platform import schedules
@@ -97,6 +104,18 @@ class RegisteredTasks(BaseModel):
     definitions: list[DefinitionOut]
 
 
+def _in_utc(value: datetime) -> datetime:
+    """In UTC, and in range there (`0001-01-01T00:00+14:00` is before year 1 in UTC)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+# A time with its zone, as UTC.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -104,19 +123,8 @@ class RunRequest(BaseModel):
     definition: DefinitionName | None = None
     payload: Payload | None = None
     countdown: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    eta: AwareDatetime | None = None
+    eta: UtcDatetime | None = None
     queue: str | None = None
-
-    @field_validator("eta")
-    @classmethod
-    def _eta_in_range(cls, value: datetime | None) -> datetime | None:
-        """In UTC, and in range there (`0001-01-01T00:00+14:00` is before year 1 in UTC)."""
-        if value is None:
-            return None
-        try:
-            return value.astimezone(UTC)
-        except OverflowError:
-            raise ValueError("is out of range once converted to UTC") from None
 
     @model_validator(mode="after")
     def _one_target_one_delay(self) -> Self:
