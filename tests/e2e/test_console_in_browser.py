@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import threading
 import time
 import uuid
@@ -35,24 +34,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.fakes.zhipu import FakeZhipu
 from tests.fixtures.accounts import PASSWORD
+from tests.fixtures.browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
 from tests.fixtures.messaging import own_vhost
 from tests.fixtures.processes import RunningRole, reap, spawn_role
-from tests.fixtures.servers import free_port, unavailable
+from tests.fixtures.servers import free_port
 from tests.fixtures.stack import product_env
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HANDBOOK = b"""# Porto office handbook
 
 The Porto office kitchen serves lunch from noon until two.
@@ -95,8 +85,7 @@ def stack(
     chroma_server: tuple[str, int],
     zhipu_server: FakeZhipu,
 ) -> Iterator[Stack]:
-    if shutil.which("chromium") is None:
-        unavailable("Chromium", "Debian's `chromium` is not installed (.ci/run installs it)")
+    require_chromium()
     workdir = tmp_path_factory.mktemp("console")
     with own_vhost() as broker:
         env = product_env(

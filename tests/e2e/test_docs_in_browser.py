@@ -3,7 +3,6 @@ gateway itself and lists the operations."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -12,28 +11,17 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.fixtures.accounts import PASSWORD
+from tests.fixtures.browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
 from tests.fixtures.processes import RunningRole
-from tests.fixtures.servers import free_port, unavailable
+from tests.fixtures.servers import free_port
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def test_swagger_ui_lists_the_operations_without_any_outside_request(
     start_role: Callable[..., RunningRole], database_url: URL
 ) -> None:
-    if shutil.which("chromium") is None:
-        unavailable("Chromium", "Debian's `chromium` is not installed (.ci/run installs it)")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     gateway = start_role(
@@ -70,8 +58,7 @@ def test_the_authorize_dialog_gets_a_client_credentials_token(
 ) -> None:
     """/docs → Authorize → the clientCredentials flow with an OAuth client's id and secret: the
     browser asks /api/v1/oauth/token itself, and the dialog says authorized."""
-    if shutil.which("chromium") is None:
-        unavailable("Chromium", "Debian's `chromium` is not installed (.ci/run installs it)")
+    require_chromium()
     import httpx
     from playwright.sync_api import sync_playwright
 
