@@ -240,6 +240,11 @@ def test_gateway_is_healthy_by_the_images_healthcheck_and_serves_health(stack: S
     assert health.json()["service_type"] == "api-gateway"
     ready = httpx.get(f"{stack.base}/health/ready", timeout=10).json()
     assert ready["checks"]["postgres"]["status"] == "up"
+    # The console's pages and script ship in the package (no CDN, no build step).
+    assert "/console/assets/console.js" in httpx.get(f"{stack.base}/console", timeout=10).text
+    script = httpx.get(f"{stack.base}/console/assets/console.js", timeout=10)
+    assert script.status_code == 200
+    assert "X-CSRF-Token" in script.text
 
 
 def test_worker_containers_on_one_host_have_their_own_node_names(stack: Stack) -> None:

@@ -350,8 +350,13 @@ def test_a_superuser_sees_the_workers_and_suspends_a_tenant(
     stack: Stack, browser: Any, database_url: URL, screenshots: Path
 ) -> None:
     root = stack.operator("Platform")
-    make_superuser(database_url, root.email)
+    run_sql(
+        database_url, "UPDATE users SET is_superuser = true WHERE email = :email", email=root.email
+    )
     tenant = stack.operator("Noisy")
+    slug = tenant.api.get("/tenants/current").json()["slug"]
+    busy = submit(tenant, "system.sleep", {"seconds": 60})
+    eventually(lambda: tenant.api.get(f"/tasks/{busy}").json()["state"] == "started")
     errors: list[str] = []
     page = signed_in(browser, stack, root, errors)
 
@@ -361,9 +366,10 @@ def test_a_superuser_sees_the_workers_and_suspends_a_tenant(
     [child] = psutil.Process(stack.worker.process.pid).children()
     assert workers.locator("td", has_text=f"(pid {child.pid})").count() == 1
     assert page.get_by_label("Queue depths").locator("td", has_text="default").count() == 1
-    page.screenshot(path=str(screenshots / "workers.png"))
+    noisy = page.get_by_label("Runs per tenant").locator("tr", has_text=slug)
+    assert noisy.locator("td").nth(1).inner_text() == "1"  # its sleeping run, in flight
+    page.screenshot(path=str(screenshots / "workers.png"), full_page=True)
 
-    slug = tenant.api.get("/tenants/current").json()["slug"]
     page.goto(f"{stack.base_url}/console/tenants")
     page.get_by_label("Find a tenant (name or slug)").fill(slug)
     page.get_by_role("button", name="Find").click()
@@ -378,24 +384,38 @@ def test_a_superuser_sees_the_workers_and_suspends_a_tenant(
     page.get_by_role("button", name="Confirm").click()
     row.locator(".badge", has_text="active").wait_for()
     assert tenant.api.get("/tasks/").status_code == 200
+
+    # A member of two tenants switches between them; each shows its own runs.
+    run_sql(
+        database_url,
+        "INSERT INTO memberships (id, user_id, tenant_id, role) SELECT gen_random_uuid(), id, "
+        ":tenant, 'member' FROM users WHERE email = :email",
+        tenant=tenant.tenant_id,
+        email=root.email,
+    )
+    page.goto(f"{stack.base_url}/console/runs")
+    switcher = page.get_by_label("Tenant", exact=True)
+    switcher.select_option(slug)
+    page.wait_for_url("**/console/runs")
+    page.locator(f'a[href="/console/runs/{busy}"]').wait_for()
+    assert switcher.input_value() == slug
+    assert "(member)" in page.locator("header").inner_text()
+    assert tenant.api.post(f"/tasks/{busy}/cancel").status_code == 200
     assert errors == []
 
 
-def make_superuser(database_url: URL, email: str) -> None:
-    async def promote() -> None:
+def run_sql(database_url: URL, statement: str, **values: object) -> None:
+    async def execute() -> None:
         engine = create_async_engine(database_url)
         try:
             async with engine.begin() as connection:
-                await connection.execute(
-                    text("UPDATE users SET is_superuser = true WHERE email = :email"),
-                    {"email": email},
-                )
+                await connection.execute(text(statement), values)
         finally:
             await engine.dispose()
 
     # Playwright's synchronous API keeps an event loop of its own in this thread.
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, promote()).result()
+        pool.submit(asyncio.run, execute()).result()
 
 
 class _Attacker(BaseHTTPRequestHandler):

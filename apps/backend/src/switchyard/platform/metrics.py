@@ -26,7 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from pydantic import SecretStr
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.db.models import DeadLetter
 from switchyard.platform.celery_app import broker_is_amqp
@@ -108,6 +108,24 @@ TENANT_STATES = {
 }
 
 
+async def busiest_tenants(connection: AsyncConnection, limit: int) -> dict[tuple[str, str], int]:
+    """(tenant id, waiting_for_capacity | in_flight) of the `limit` busiest tenants in each:
+    two scans of small partial indexes (ix_task_runs_waiting, ix_task_runs_in_flight),
+    whatever the ledger's size."""
+    counts: dict[tuple[str, str], int] = {}
+    for state, condition in TENANT_STATES.items():
+        rows = await connection.execute(
+            text(
+                "SELECT tenant_id, count(*) AS n FROM task_runs WHERE "  # noqa: S608 - constants
+                f"{condition} GROUP BY tenant_id ORDER BY n DESC LIMIT :limit"
+            ),
+            {"limit": limit},
+        )
+        for tenant_id, n in rows:
+            counts[(str(tenant_id), state)] = int(n)
+    return counts
+
+
 def queue_names(settings: Settings) -> list[str]:
     assert settings.celery_broker_url is not None
     names = list(WORK_QUEUES)
@@ -167,21 +185,9 @@ class BacklogSampler(threading.Thread):
         return float(count or 0)
 
     async def sample_tenants(self, engine: AsyncEngine) -> dict[tuple[str, str], float]:
-        """Two scans of small partial indexes (ix_task_runs_waiting, ix_task_runs_in_flight),
-        whatever the ledger's size."""
-        counts: dict[tuple[str, str], float] = {}
         async with engine.connect() as connection:
-            for state, condition in TENANT_STATES.items():
-                rows = await connection.execute(
-                    text(
-                        "SELECT tenant_id, count(*) AS n FROM task_runs WHERE "  # noqa: S608 - constants
-                        f"{condition} GROUP BY tenant_id ORDER BY n DESC LIMIT :limit"
-                    ),
-                    {"limit": TENANT_METRICS_MAX},
-                )
-                for tenant_id, n in rows:
-                    counts[(str(tenant_id), state)] = float(n)
-        return counts
+            counts = await busiest_tenants(connection, TENANT_METRICS_MAX)
+        return {key: float(n) for key, n in counts.items()}
 
     def sample(self, runner: asyncio.Runner, engine: AsyncEngine) -> None:
         try:

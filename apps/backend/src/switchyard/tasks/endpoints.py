@@ -169,6 +169,7 @@ async def workers_overview(
     if principal.is_superuser:
         overview.queues = await service.queue_depths(services.settings)
         overview.workers = await workers.online(services.cache)
+        overview.tenants = await service.busiest_tenants(session)
     return overview
 
 

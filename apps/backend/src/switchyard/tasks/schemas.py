@@ -208,6 +208,14 @@ class ShareOut(BaseModel):
     waiting_for_capacity: int = Field(description="Queued runs waiting for a free slot")
 
 
+class TenantLoad(BaseModel):
+    tenant_id: uuid.UUID
+    name: str
+    slug: str
+    in_flight: int
+    waiting_for_capacity: int
+
+
 class WorkersOverview(BaseModel):
     """The caller's tenant's share; for platform superusers also the broker's queues and the
     worker processes online (the deployment's, across tenants)."""
@@ -218,6 +226,9 @@ class WorkersOverview(BaseModel):
     )
     workers: list[WorkerReport] | None = Field(
         default=None, description="Worker processes that reported lately (superusers)"
+    )
+    tenants: list[TenantLoad] | None = Field(
+        default=None, description="The busiest tenants' runs in flight and waiting (superusers)"
     )
 
 

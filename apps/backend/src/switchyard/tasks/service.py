@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun
+from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun, Tenant
 from switchyard.db.session import after_commit
 from switchyard.errors import (
     ConflictError,
@@ -44,6 +44,7 @@ from switchyard.tasks.schemas import (
     RetryPolicyOut,
     RunOut,
     RunRequest,
+    TenantLoad,
 )
 
 logger = logging.getLogger(__name__)
@@ -490,3 +491,27 @@ async def queue_depths(settings: Settings) -> dict[str, int] | None:
     except Exception as exc:  # the page shows the rest; the broker's own health check says why
         logger.warning("queue depths unavailable", extra={"error": repr(exc)})
         return None
+
+
+BUSIEST_TENANTS = 20
+
+
+async def busiest_tenants(session: AsyncSession) -> list[TenantLoad]:
+    """The tenants with the most runs in flight or waiting for capacity, busiest first."""
+    counts = await metrics.busiest_tenants(await session.connection(), BUSIEST_TENANTS)
+    ids = {uuid.UUID(tenant_id) for tenant_id, _ in counts}
+    tenants = {
+        tenant.id: tenant
+        for tenant in await session.scalars(select(Tenant).where(Tenant.id.in_(ids)))
+    }
+    loads = [
+        TenantLoad(
+            tenant_id=tenant.id,
+            name=tenant.name,
+            slug=tenant.slug,
+            in_flight=counts.get((str(tenant.id), "in_flight"), 0),
+            waiting_for_capacity=counts.get((str(tenant.id), "waiting_for_capacity"), 0),
+        )
+        for tenant in tenants.values()
+    ]
+    return sorted(loads, key=lambda load: (-load.in_flight - load.waiting_for_capacity, load.slug))

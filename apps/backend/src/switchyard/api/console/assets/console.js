@@ -486,9 +486,19 @@ async function workersPage() {
             h("td", {}, `${w.hostname} (pid ${w.pid})`), h("td", { class: "num" }, w.in_flight), h("td", { class: "num" }, w.concurrency),
             h("td", { class: "num" }, w.loop_lag_seconds === null ? "—" : `${(w.loop_lag_seconds * 1000).toFixed(1)} ms`),
             h("td", { class: "optional" }, when(w.seen_at)))))))
-        : stateBox("empty", "No worker has reported in the last minute.")));
-  } else {
-    parts.push(h("p", { class: "muted" }, "Queue depths and workers are shown to the platform's superusers."));
+        : stateBox("empty", "No worker has reported in the last 15 seconds.")));
+  }
+  if (report.tenants) {
+    parts.push(h("section", { class: "card" }, h("h2", {}, "Busiest tenants"),
+      report.tenants.length
+        ? h("div", { class: "table-wrap" }, h("table", { "aria-label": "Runs per tenant" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Tenant"), h("th", {}, "Runs in flight"), h("th", {}, "Waiting for capacity"))),
+          h("tbody", {}, report.tenants.map((t) => h("tr", {},
+            h("td", {}, `${t.name} (${t.slug})`), h("td", { class: "num" }, t.in_flight), h("td", { class: "num" }, t.waiting_for_capacity))))))
+        : stateBox("empty", "No tenant has runs in flight.")));
+  }
+  if (!report.workers) {
+    parts.push(h("p", { class: "muted" }, "Queue depths, workers and other tenants' load are shown to the platform's superusers."));
   }
   show(...parts);
 }
