@@ -283,7 +283,7 @@ def test_an_operator_works_the_console_in_a_real_browser(
     toggle.uncheck()
     row.get_by_text("paused").wait_for()
     assert alice.api.get("/tasks/definitions/hourly-digest").json()["enabled"] is False
-    page.get_by_role("button", name="Run now").click()
+    page.get_by_role("button", name="Run hourly-digest now").click()
     page.wait_for_url("**/console/runs/*")
     now_run = alice.api.get(f"/tasks/{page.url.rsplit('/', 1)[1]}").json()
     assert now_run["definition_id"] == registered.json()["id"]

@@ -343,8 +343,8 @@ async function deadLettersPage() {
     h("td", {}, h("div", { class: "actions" },
       letter.replayed_task_id
         ? h("a", { href: `/console/runs/${letter.replayed_task_id}` }, "replayed")
-        : h("button", { type: "button", disabled: letter.payload === null, onclick: () => replay(letter) }, "Replay"),
-      h("button", { type: "button", class: "danger", onclick: async () => {
+        : h("button", { type: "button", disabled: letter.payload === null, "aria-label": `Replay the dead letter of ${letter.task}`, onclick: () => replay(letter) }, "Replay"),
+      h("button", { type: "button", class: "danger", "aria-label": `Delete the dead letter of ${letter.task}`, onclick: async () => {
         if (!(await confirmAction("Delete this dead letter?", "It is removed from the archive for good."))) return;
         try { await call("DELETE", `/api/v1/tasks/dead-letters/${letter.id}`); say("Deleted."); deadLettersPage(); } catch (error) { say(error.message); }
       } }, "Delete")))));
@@ -376,7 +376,7 @@ async function definitionsPage() {
     return;
   }
   const rows = definitions.map((d) => {
-    const toggle = h("input", { type: "checkbox", id: `enabled-${d.name}`, checked: d.enabled });
+    const toggle = h("input", { type: "checkbox", id: `enabled-${d.name}`, checked: d.enabled, "aria-label": `Enabled: ${d.name}` });
     toggle.addEventListener("change", async () => {
       toggle.disabled = true;
       try {
@@ -391,7 +391,7 @@ async function definitionsPage() {
       h("td", { class: "optional" }, scheduleText(d.schedule)),
       h("td", {}, d.next_fire_at ? when(d.next_fire_at) : h("span", { class: "muted" }, d.schedule ? "paused" : "on demand")),
       h("td", {}, h("label", { for: `enabled-${d.name}`, class: "inline" }, toggle, "enabled")),
-      h("td", {}, h("button", { type: "button", onclick: async () => {
+      h("td", {}, h("button", { type: "button", "aria-label": `Run ${d.name} now`, onclick: async () => {
         try {
           const accepted = await call("POST", "/api/v1/tasks/run", { definition: d.name });
           location.assign(`/console/runs/${accepted.task_id}`);
@@ -541,7 +541,7 @@ async function tenantsPage() {
     h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Slug"), h("th", {}, "Status"), h("th", {}, "Action"))),
     h("tbody", {}, tenants.map((t) => h("tr", {},
       h("td", {}, t.name), h("td", {}, t.slug), h("td", {}, badge(t.status)),
-      h("td", {}, h("button", { type: "button", class: t.status === "active" ? "danger" : "", onclick: async () => {
+      h("td", {}, h("button", { type: "button", class: t.status === "active" ? "danger" : "", "aria-label": `${t.status === "active" ? "Suspend" : "Activate"} ${t.name}`, onclick: async () => {
         const verb = t.status === "active" ? "suspend" : "activate";
         if (!(await confirmAction(`${verb[0].toUpperCase()}${verb.slice(1)} ${t.name}?`, verb === "suspend" ? "Its members and keys are refused until it is activated." : "Its members may sign in again."))) return;
         try { await call("POST", `/api/v1/tenants/${t.id}/${verb}`); say(`${t.name}: ${verb}d.`); tenantsPage(); } catch (error) { say(error.message); }
