@@ -57,15 +57,22 @@ def _credential(request: Request) -> str | None:
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def refuse_other_origins(request: Request, refusal: str) -> None:
+    """403 when the browser says (Origin) that another site's or port's page sent this."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise ForbiddenError(refusal)
+
+
 def refuse_forgery(request: Request, settings: Settings, family_id: uuid.UUID) -> None:
     """A console session changes state only from the console's own pages: the request's
     Origin, when sent, is this host, and it carries the session's CSRF token in a header (which
     no cross-site form or link can set). The session cookie is SameSite=Lax besides."""
     if request.method in SAFE_METHODS:
         return
-    origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-        raise ForbiddenError("Refused: a console session accepts changes from its own pages only.")
+    refuse_other_origins(
+        request, "Refused: a console session accepts changes from its own pages only."
+    )
     sent = request.headers.get(CSRF_HEADER, "")
     if not hmac.compare_digest(sent.encode(), security.csrf_token(settings, family_id).encode()):
         raise ForbiddenError(f"Refused: the console's {CSRF_HEADER} header is missing or wrong.")

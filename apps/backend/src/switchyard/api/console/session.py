@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import uuid
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from switchyard.auth import security
 from switchyard.auth import service as auth_service
-from switchyard.auth.dependencies import PrincipalDep, limit_by_client_ip
+from switchyard.auth.dependencies import PrincipalDep, limit_by_client_ip, refuse_other_origins
 from switchyard.auth.principal import Principal
 from switchyard.auth.schemas import LoginIn, TenantSummary
 from switchyard.auth.service import ConsoleSignIn
-from switchyard.db.models import Role, User
+from switchyard.db.models import Role, Tenant, User
 from switchyard.errors import ForbiddenError, InvalidInputError
 from switchyard.platform.dependencies import (
     RateLimiterDep,
@@ -68,9 +67,7 @@ ConsolePrincipal = Annotated[Principal, Depends(console_principal)]
 def _same_origin(request: Request) -> None:
     """Sign-in is refused from another origin's page (login CSRF); JSON only, which no
     cross-site form can send."""
-    origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-        raise ForbiddenError("Refused: sign in to the console from its own page.")
+    refuse_other_origins(request, "Refused: sign in to the console from its own page.")
     if not request.headers.get("content-type", "").startswith("application/json"):
         raise InvalidInputError.on(
             "body", "Send the sign-in as JSON.", message="application/json", type="content_type"
@@ -94,11 +91,10 @@ async def _view(session: SessionDep, settings: Settings, principal: Principal) -
     assert principal.console_family is not None
     user = await session.get_one(User, principal.user_id)
     rows = await auth_service.memberships_of(session, principal.user_id)
-    current = next(tenant for _, tenant in rows if tenant.id == principal.tenant_id)
     return ConsoleSession(
         user_id=user.id,
         email=user.email,
-        tenant=TenantSummary.of(current),
+        tenant=TenantSummary.of(await session.get_one(Tenant, principal.tenant_id)),
         role=principal.role,
         scopes=sorted(principal.scopes),
         is_superuser=principal.is_superuser,
