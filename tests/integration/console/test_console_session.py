@@ -26,8 +26,9 @@ ORIGIN = "http://testserver"
 
 
 @pytest.fixture
-def settings(make_settings: SettingsFactory, broker_url: str) -> Settings:
-    return make_settings(celery_broker_url=broker_url)
+def settings(task_settings: Settings) -> Settings:
+    """With the session's broker, declaring its queues as every process of the session does."""
+    return task_settings
 
 
 @pytest.fixture
