@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from switchyard.auth.dependencies import PrincipalDep, TenantDep, require_scope
 from switchyard.db.models import RunState
-from switchyard.platform import admission, workers
+from switchyard.platform import workers
 from switchyard.platform.dependencies import (
     RateLimiterDep,
     RegistryDep,
@@ -30,7 +30,6 @@ from switchyard.tasks.schemas import (
     RunOut,
     RunPage,
     RunRequest,
-    ShareOut,
     UtcDatetime,
     WorkersOverview,
 )
@@ -142,20 +141,7 @@ async def list_runs(
     return RunPage(
         items=[RunOut.of(run) for run in page],
         next_cursor=next_cursor,
-        share=await _share(session, services, tenant_id),
-    )
-
-
-async def _share(session: SessionDep, services: ServicesDep, tenant_id: uuid.UUID) -> ShareOut:
-    connection = await session.connection()
-    share = await admission.share(
-        connection, tenant_id, services.settings.tenant_max_runs_in_flight
-    )
-    return ShareOut(
-        limit=share.limit,
-        in_flight=share.in_flight,
-        started=share.started,
-        waiting_for_capacity=share.waiting_for_capacity,
+        share=await service.share(session, services.settings, tenant_id),
     )
 
 
@@ -165,7 +151,8 @@ async def workers_overview(
 ) -> WorkersOverview:
     """The tenant's runs in flight against its share; a superuser also sees the queue depths
     and every worker process online (runs in flight, slots, loop lag)."""
-    overview = WorkersOverview(share=await _share(session, services, principal.tenant_id))
+    share = await service.share(session, services.settings, principal.tenant_id)
+    overview = WorkersOverview(share=share)
     if principal.is_superuser:
         overview.queues = await service.queue_depths(services.settings)
         overview.workers = await workers.online(services.cache)

@@ -44,6 +44,7 @@ from switchyard.tasks.schemas import (
     RetryPolicyOut,
     RunOut,
     RunRequest,
+    ShareOut,
     TenantLoad,
 )
 
@@ -515,3 +516,16 @@ async def busiest_tenants(session: AsyncSession) -> list[TenantLoad]:
         for tenant in tenants.values()
     ]
     return sorted(loads, key=lambda load: (-load.in_flight - load.waiting_for_capacity, load.slug))
+
+
+async def share(session: AsyncSession, settings: Settings, tenant_id: uuid.UUID) -> ShareOut:
+    """The tenant's share of the workers now: its cap, runs in flight, started and waiting."""
+    found = await admission.share(
+        await session.connection(), tenant_id, settings.tenant_max_runs_in_flight
+    )
+    return ShareOut(
+        limit=found.limit,
+        in_flight=found.in_flight,
+        started=found.started,
+        waiting_for_capacity=found.waiting_for_capacity,
+    )
