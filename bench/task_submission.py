@@ -8,18 +8,31 @@ route doing the least the contract needs straight on the drivers (token and hold
 limits counted, ledger row before and `published_at` after the publish): the floor for any
 implementation of it on this machine.
 
-Targets: >= 2x Flower's requests per second; >= 0.5x the plain publish loop.
+Bulk: `POST /api/v1/tasks/runs`, 10,000 runs in requests of 1,000 (one connection, one
+request after the other), each run with the whole contract (validated, in the ledger,
+confirmed by the broker), by a tenant with no fair-share cap (every run is published).
+
+Targets: >= 2x Flower's requests per second; >= 0.5x the plain publish loop (issue 23:
+single >= 1.0x Flower; bulk >= 3x the plain loop's runs/s).
 Usage: uv run python -m bench.task_submission [--rounds 3] [--seconds 8] [--connections 16]
-       [--tenant-cap 1000]
+       [--tenant-cap 1000] [--bulk-runs 10000] [--batch 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
+import uuid
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.gateway_overhead import account, uvicorn
 from bench.harness import (
@@ -44,8 +57,6 @@ RUN = json.dumps({"task": "system.echo", "payload": {"message": "bench"}})
 
 def publish_loop(broker: str, seconds: float) -> float:
     """Messages per second of a plain apply_async loop (confirmed), in a child process."""
-    import subprocess
-
     code = (
         "import time,sys\n"
         "from bench.celery_baseline import noop\n"
@@ -66,6 +77,63 @@ def publish_loop(broker: str, seconds: float) -> float:
     return float(output.strip().splitlines()[-1])
 
 
+def uncap(database: str, tenant_id: uuid.UUID) -> None:
+    """A cap no run reaches for one tenant: every run it submits is admitted and published
+    (admission still counts its runs in flight, as it would for any tenant)."""
+
+    async def update() -> None:
+        engine = create_async_engine(database)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text("UPDATE tenants SET max_runs_in_flight = 1000000000 WHERE id = :id"),
+                    {"id": tenant_id},
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(update())
+
+
+def drain(database: str, tenant_id: uuid.UUID, broker: str) -> None:
+    """What a worker would have done with the bulk tenant's runs so far (no worker runs
+    here): final in the ledger, gone from the queue. Each bulk round then starts as the
+    first did, not behind the runs in flight of the rounds before (admission counts them)."""
+
+    async def finish() -> None:
+        engine = create_async_engine(database)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text(
+                        "UPDATE task_runs SET state = 'succeeded', finished_at = now() "
+                        "WHERE tenant_id = :id AND state = 'queued'"
+                    ),
+                    {"id": tenant_id},
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(finish())
+    vhost = urlsplit(broker).path.lstrip("/") or "/"
+    subprocess.run(
+        ["rabbitmqctl", "purge_queue", "-q", "-p", vhost, "default"], check=False, timeout=60
+    )
+
+
+def bulk(url: str, token: str, runs: int, batch: int) -> float:
+    """Runs per second of `runs` runs submitted in requests of `batch`, one after another."""
+    body = {"runs": [{"task": "system.echo", "payload": {"message": "bench"}}] * batch}
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(timeout=120) as client:
+        started = time.perf_counter()
+        for _ in range(runs // batch):
+            answer = client.post(f"{url}/api/v1/tasks/runs", json=body, headers=headers)
+            if answer.status_code != 202:
+                raise RuntimeError(f"bulk answered {answer.status_code}: {answer.text[:300]}")
+        return (runs // batch) * batch / (time.perf_counter() - started)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -74,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tenant-cap", type=int, default=1000, help="TENANT_MAX_RUNS_IN_FLIGHT of the gateway"
     )
+    parser.add_argument("--bulk-runs", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args(argv)
 
     gateway_port, flower_port, bare_port = free_port(), free_port(), free_port()
@@ -86,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "bare": [],
         "floor": [],
         "loop": [],
+        "bulk": [],
     }
     latency: dict[str, list[Load]] = {"gateway": [], "flower": [], "bare": [], "floor": []}
     with scratch_database() as database, scratch_vhost() as broker:
@@ -125,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             wait_http(f"{flower_url}/healthcheck", flower)
             wait_http(f"{bare_url}/docs", bare)
             token, _ = account(gateway_url)
+            bulk_token, bulk_tenant = account(gateway_url)
+            uncap(database, bulk_tenant)
+            bulk(gateway_url, bulk_token, args.batch, args.batch)  # warm-up
             json_headers = {"Content-Type": "application/json"}
             targets = {
                 "gateway": (
@@ -152,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[name].append(measured.requests_per_second)
                     latency[name].append(measured)
                 results["loop"].append(publish_loop(broker, args.seconds))
+                drain(database, bulk_tenant, broker)
+                results["bulk"].append(bulk(gateway_url, bulk_token, args.bulk_runs, args.batch))
                 time.sleep(0.5)
 
     gateway_rps = Figures(tuple(results["gateway"]))
@@ -159,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     loop_rate = Figures(tuple(results["loop"]))
     bare_rps = Figures(tuple(results["bare"]))
     floor_rps = Figures(tuple(results["floor"]))
+    bulk_rps = Figures(tuple(results["bulk"]))
 
     def p99(name: str) -> Figures:
         return Figures(tuple(item.p99_ms for item in latency[name]))
@@ -197,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
                 ratio(gateway_rps.median, flower_rps.median),
                 ratio(gateway_rps.median, loop_rate.median),
             ],
+            [
+                f"gateway POST /api/v1/tasks/runs ({args.bulk_runs:,} in {args.batch:,}s)",
+                bulk_rps,
+                "",
+                ratio(bulk_rps.median, flower_rps.median),
+                ratio(bulk_rps.median, loop_rate.median),
+            ],
         ],
     )
     print_targets(
@@ -210,6 +294,16 @@ def main(argv: list[str] | None = None) -> int:
                 "gateway >= 0.5x plain publish loop",
                 ratio(gateway_rps.median, loop_rate.median),
                 gateway_rps.median >= 0.5 * loop_rate.median,
+            ],
+            [
+                "gateway >= 1.0x Flower (issue 23)",
+                ratio(gateway_rps.median, flower_rps.median),
+                gateway_rps.median >= flower_rps.median,
+            ],
+            [
+                "bulk >= 3x plain publish loop (issue 23)",
+                ratio(bulk_rps.median, loop_rate.median),
+                bulk_rps.median >= 3 * loop_rate.median,
             ],
         ],
     )

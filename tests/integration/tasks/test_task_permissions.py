@@ -94,6 +94,15 @@ async def test_an_internal_task_is_unknown_over_rest(
         )
         assert ran.status_code == 404, ran.text
         assert ran.json()["detail"] == f"No task named {spec.name!r} is registered."
+        in_bulk = await client.post(
+            "/api/v1/tasks/runs",
+            json={
+                "runs": [{"task": "system.echo", "payload": {"message": "x"}}, {"task": spec.name}]
+            },
+            headers=account.headers,
+        )
+        assert in_bulk.status_code == 422, in_bulk.text
+        assert [error["field"] for error in in_bulk.json()["errors"]] == ["body.runs.1.task"]
         listed = await client.get("/api/v1/tasks/registered", headers=account.headers)
         assert spec.name not in {task["name"] for task in listed.json()["tasks"]}
     defined = await client.post(
@@ -115,6 +124,10 @@ async def test_a_public_task_needs_its_scope(
     refused = await client.post("/api/v1/tasks/run", json=body, headers=without)
     assert refused.status_code == 403, refused.text
     assert repr(spec.scope) in refused.json()["detail"]
+    if spec.scope != "tasks:run":  # bulk needs tasks:run itself
+        in_bulk = await client.post("/api/v1/tasks/runs", json={"runs": [body]}, headers=without)
+        assert in_bulk.status_code == 403, in_bulk.text
+        assert repr(spec.scope) in in_bulk.json()["detail"]
     listed = await client.get("/api/v1/tasks/registered", headers=without)
     assert spec.name not in {task["name"] for task in listed.json()["tasks"]}
     if spec.scope != "tasks:admin":  # a definition needs tasks:admin and the task's scope

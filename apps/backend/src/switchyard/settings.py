@@ -193,6 +193,12 @@ class Settings(BaseSettings):
     broker_publish_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     task_delivery_limit: int = Field(default=5, ge=1, le=100)
     task_max_countdown_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    # Runs one POST /api/v1/tasks/runs may submit at once.
+    task_bulk_max_runs: int = Field(default=1000, ge=1, le=10_000)
+    # Group commit: single runs a gateway process is asked for within this many milliseconds
+    # (or this many of them) share one transaction and one burst of publishes.
+    task_group_commit_ms: float = Field(default=2.0, ge=0, le=100)
+    task_group_commit_runs: int = Field(default=200, ge=1, le=10_000)
     task_republish_after_seconds: float = Field(default=15.0, gt=0)
     # Fair share: runs of one tenant in flight at once across all workers (queued in the
     # broker, started or retrying); more wait in the ledger. 0 turns fair share off (FIFO).

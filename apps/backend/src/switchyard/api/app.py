@@ -25,6 +25,7 @@ from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.domains import load_domains, registry_for, routers
 from switchyard.platform import admission, ledger
 from switchyard.platform.broker import Broker, broker_check_name
+from switchyard.platform.intake import GroupCommit, Intake
 from switchyard.services import email
 from switchyard.services.container import Services
 from switchyard.services.ratelimit import RateLimiter
@@ -34,6 +35,26 @@ logger = logging.getLogger(__name__)
 
 # Multipart framing around an uploaded file: headers, boundaries and the title field.
 UPLOAD_OVERHEAD_BYTES = 64 * 1024
+
+
+def _intake(
+    settings: Settings, services: Services, broker: Broker | None
+) -> tuple[ledger.PublishedMarks | None, Intake | None, GroupCommit | None]:
+    """How the process takes runs in: the batched `published_at` marks (with a ledger), and
+    with a broker too the intake of runs in groups (a bulk request's, and single runs
+    submitted at once: platform.intake)."""
+    if services.database is None:
+        return None, None, None
+    marks = ledger.PublishedMarks(services.database)
+    if broker is None:
+        return marks, None, None
+    intake = Intake(services.database, broker.publisher, marks, settings.tenant_max_runs_in_flight)
+    group = GroupCommit(
+        intake,
+        window_seconds=settings.task_group_commit_ms / 1000,
+        most=settings.task_group_commit_runs,
+    )
+    return marks, intake, group
 
 
 def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI:
@@ -52,10 +73,9 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
             admission.install(services, broker.publisher) if broker is not None else None
         )
         app.state.registry = registry_for(settings, domains)
-        published_marks = (
-            ledger.PublishedMarks(services.database) if services.database is not None else None
+        app.state.published_marks, app.state.intake, app.state.group_commit = _intake(
+            settings, services, broker
         )
-        app.state.published_marks = published_marks
         app.state.rate_limiter = RateLimiter(
             settings.redis_url.get_secret_value() if settings.redis_url else None,
             enabled=settings.rate_limits_enabled,
@@ -82,8 +102,10 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm_up
-            if published_marks is not None:
-                await published_marks.close()
+            if app.state.group_commit is not None:
+                await app.state.group_commit.close()
+            if app.state.published_marks is not None:
+                await app.state.published_marks.close()
             await services.close()
             if broker is not None:
                 broker.close()

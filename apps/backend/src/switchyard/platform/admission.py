@@ -168,6 +168,25 @@ async def record(connection: AsyncConnection, run: TaskRun, default_cap: int) ->
     return await admit(connection, run.tenant_id, default_cap)
 
 
+async def store(
+    connection: AsyncConnection, runs: list[TaskRun], default_cap: int
+) -> tuple[set[uuid.UUID], list[Admitted]]:
+    """Store new runs of any tenants in one statement (ledger.record_many: the ids stored)
+    and, with fair share on, admit what each of their tenants has room for, oldest first,
+    under the tenants' locks (taken in id order: two groups never wait on each other in a
+    cycle). With fair share off (`default_cap` 0) the runs come admitted already."""
+    if default_cap == 0:
+        return await ledger.record_many(connection, runs), []
+    tenants = sorted({run.tenant_id for run in runs})
+    for tenant_id in tenants:
+        await lock(connection, tenant_id)
+    stored = await ledger.record_many(connection, runs)
+    admitted: list[Admitted] = []
+    for tenant_id in tenants:
+        admitted += await admit(connection, tenant_id, default_cap)
+    return stored, admitted
+
+
 async def admit_due(
     connection: AsyncConnection, run_id: uuid.UUID, tenant_id: uuid.UUID, default_cap: int
 ) -> bool:

@@ -44,4 +44,5 @@ class Broker:
         await asyncio.to_thread(self._connect)
 
     def close(self) -> None:
+        self.publisher.close()
         self.celery.close()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    delete,
     func,
     insert,
     or_,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard.db.engine import once_more_if_dropped
@@ -200,6 +202,45 @@ async def record(connection: AsyncConnection, run: TaskRun) -> None:
 
     The object stays detached: the caller answers from it. IntegrityError as for any insert."""
     await connection.execute(insert(_RUNS), insert_values(run))
+
+
+async def record_many(connection: AsyncConnection, runs: list[TaskRun]) -> set[uuid.UUID]:
+    """Store new runs (transient TaskRuns, ids set, all with the same columns set) in one
+    statement (SQLAlchemy sends them as multi-row INSERTs) of the caller's transaction; the
+    ids stored. A run whose idempotency key its
+    tenant has used already is skipped (not an error): the caller answers with that run."""
+    if not runs:
+        return set()
+    statement = (
+        pg_insert(_RUNS)
+        # Each row's own instant, in the order given: admission takes a tenant's waiting runs
+        # oldest first, and the runs of one request wait in its order (now() is the same for
+        # every row of a transaction).
+        .values(created_at=func.clock_timestamp())
+        .on_conflict_do_nothing(index_elements=[_RUNS.c.tenant_id, _RUNS.c.idempotency_key])
+        .returning(_RUNS.c.id)
+    )
+    rows = await connection.execute(statement, [insert_values(run) for run in runs])
+    return set(rows.scalars())
+
+
+_DROP_UNPUBLISHED = (
+    delete(_RUNS)
+    .where(
+        _RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(Uuid))),
+        _RUNS.c.state.in_((RunState.QUEUED, RunState.SCHEDULED)),
+    )
+    .returning(_RUNS.c.id)
+)
+
+
+async def drop_unpublished(connection: AsyncConnection, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Delete runs whose publish the broker did not confirm; the ids deleted. A run a worker
+    has started meanwhile (its message did arrive) is kept: it was accepted after all."""
+    if not run_ids:
+        return set()
+    rows = await connection.execute(_DROP_UNPUBLISHED, {"run_ids": run_ids})
+    return set(rows.scalars())
 
 
 class PublishedMarks:

@@ -47,6 +47,12 @@ RUNS_ADMITTED = Counter(
     "switchyard_task_runs_admitted_total",
     "Runs that waited for their tenant's share and were then admitted and published",
 )
+RUN_GROUPS = Histogram(
+    "switchyard_task_run_group_size",
+    "Single runs of concurrent requests that one gateway process stored and published "
+    "together (group commit: TASK_GROUP_COMMIT_MS, TASK_GROUP_COMMIT_RUNS)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
 TASK_EVENTS = Counter(
     "switchyard_worker_tasks_total",
     "Task deliveries seen by workers, by task and event "

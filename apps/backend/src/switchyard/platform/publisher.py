@@ -5,16 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
+from kombu.transport.native_delayed_delivery import calculate_routing_key
 
 from switchyard.platform import topology
 from switchyard.platform.celery_app import broker_is_amqp
+from switchyard.platform.topology import TASK_EXCHANGE
 
 logger = logging.getLogger(__name__)
 
 MIN_DELAY_SECONDS = 1.0
+# The exchange of Celery's native delayed delivery (kombu.transport.native_delayed_delivery):
+# a message held `countdown` seconds goes there under a routing key that encodes the delay.
+DELAYED_EXCHANGE = "celery_delayed_27"
+PERSISTENT = 2
 # Every run message names its tenant; the worker refuses a run whose ledger row disagrees.
 TENANT_HEADER = "switchyard_tenant"
 # The request id of the HTTP call that submitted the run: the worker logs the run under it.
@@ -25,6 +36,57 @@ class BrokerUnavailableError(Exception):
     """The broker did not take the message in time."""
 
 
+@dataclass(frozen=True, slots=True)
+class RunMessage:
+    """What the message of one run says."""
+
+    run_id: str
+    task: str
+    queue: str
+    eta: datetime | None
+    tenant_id: str | None
+    request_id: str | None = None
+
+
+@dataclass
+class _Burst:
+    """A channel of its own, in confirm mode, on which messages are sent without waiting for
+    each one's confirm: the broker's acks (one may cover many) are counted as they come."""
+
+    connection: Any
+    channel: Any
+    producer: Any
+    sent: int = 0  # delivery tags so far: the broker numbers a confirm channel's messages 1, 2...
+    acked_upto: int = 0  # every tag up to this one is acked ("multiple" acks)
+    acked: set[int] = field(default_factory=set)
+    nacked: set[int] = field(default_factory=set)
+
+    def on_ack(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self.acked_upto = max(self.acked_upto, tag)
+        else:
+            self.acked.add(tag)
+
+    def on_nack(self, tag: int, multiple: bool) -> None:
+        if multiple:  # every tag up to this one not acked yet
+            self.nacked.update(
+                other for other in range(self.acked_upto + 1, tag + 1) if other not in self.acked
+            )
+        else:
+            self.nacked.add(tag)
+
+    def settled(self, tag: int) -> bool:
+        return tag <= self.acked_upto or tag in self.acked or tag in self.nacked
+
+    def confirmed(self, tag: int) -> bool:
+        return tag not in self.nacked and (tag <= self.acked_upto or tag in self.acked)
+
+    def forget(self, upto: int) -> None:
+        """Drop what is known of tags up to `upto` (settled: nobody asks about them again)."""
+        self.acked = {tag for tag in self.acked if tag > upto}
+        self.nacked = {tag for tag in self.nacked if tag > upto}
+
+
 class RunPublisher:
     def __init__(self, celery: Celery, delivery_limit: int, timeout: float) -> None:
         self.celery = celery
@@ -32,6 +94,8 @@ class RunPublisher:
         self.timeout = timeout
         self._declared = False
         self._lock = threading.Lock()
+        self._burst_lock = threading.Lock()
+        self._burst: _Burst | None = None
 
     def declare_topology(self) -> None:
         with self._lock:
@@ -43,6 +107,170 @@ class RunPublisher:
                 topology.declare(connection, self.delivery_limit)
             self._declared = True
 
+    @property
+    def confirms(self) -> bool:
+        return broker_is_amqp(str(self.celery.conf.broker_url))
+
+    def _send(self, message: RunMessage, **options: Any) -> None:
+        eta = message.eta
+        if eta is not None and (eta - datetime.now(UTC)).total_seconds() < MIN_DELAY_SECONDS:
+            eta = None  # broker-held delays count whole seconds; anything sooner runs now
+        self.celery.send_task(
+            message.task,
+            args=[message.run_id],
+            task_id=message.run_id,
+            queue=message.queue,
+            routing_key=message.queue,
+            eta=eta,
+            headers={
+                name: value
+                for name, value in (
+                    (TENANT_HEADER, message.tenant_id),
+                    (REQUEST_ID_HEADER, message.request_id),
+                )
+                if value
+            },
+            **options,
+        )
+
+    def _publish_one(self, burst: _Burst, message: RunMessage, origin: str, reply_to: str) -> None:
+        """What `_send` publishes, built by Celery's own message builder (`as_task_v2`) and
+        published by kombu, without `send_task`'s per-call routing and option merging (half
+        of its CPU): the messages are the same (tests/integration/platform/test_bursts.py)."""
+        exchange, routing_key, eta = TASK_EXCHANGE.name, message.queue, message.eta
+        if eta is not None:
+            countdown = (eta - datetime.now(UTC)).total_seconds()
+            if countdown < MIN_DELAY_SECONDS:
+                eta = None
+            else:
+                exchange = DELAYED_EXCHANGE
+                routing_key = calculate_routing_key(int(countdown), message.queue)
+        headers, properties, body, _ = self.celery.amqp.as_task_v2(
+            message.run_id,
+            message.task,
+            args=[message.run_id],
+            eta=eta,
+            argsrepr=repr([message.run_id]),
+            kwargsrepr="{}",
+            origin=origin,
+            reply_to=reply_to,
+            ignore_result=None,  # what send_task passes when the caller gives none
+        )
+        if message.tenant_id:
+            headers[TENANT_HEADER] = message.tenant_id
+        if message.request_id:
+            headers[REQUEST_ID_HEADER] = message.request_id
+        burst.producer.publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            serializer="json",
+            delivery_mode=PERSISTENT,
+            headers=headers,
+            declare=[],
+            retry=False,
+            **properties,
+        )
+
+    def _open_burst(self) -> _Burst:
+        connection = self.celery.connection_for_write()
+        connection.ensure_connection(max_retries=1, timeout=self.timeout)
+        channel = connection.channel()
+        channel.confirm_select()
+        channel.basic_publish = channel._basic_publish  # no wait per message: see publish_many
+        burst = _Burst(connection, channel, None)
+        channel.events["basic_ack"].add(burst.on_ack)
+        channel.events["basic_nack"].add(burst.on_nack)
+        burst.producer = self.celery.amqp.Producer(channel, auto_declare=False)
+        return burst
+
+    def _close_burst(self) -> None:
+        burst, self._burst = self._burst, None
+        if burst is not None:
+            try:
+                burst.connection.release()
+            except Exception as exc:  # a broken connection may fail to close; it is dropped
+                logger.debug("burst connection not closed cleanly", extra={"error": repr(exc)})
+
+    def publish_many_sync(self, messages: Sequence[RunMessage]) -> list[bool]:
+        """Publish `messages` in one burst and wait (at most `timeout` seconds) for the
+        broker's confirms: for each message, whether the broker confirmed it. A message not
+        confirmed may still have reached a queue (the broker failed before it said so);
+        the worker drops the message of a run the ledger does not hold."""
+        self.declare_topology()
+        if not self.confirms:  # Redis (standalone): no confirms; a message sent is taken
+            done: list[bool] = []
+            for message in messages:
+                try:
+                    self._send(message)
+                except Exception as exc:
+                    logger.warning("publish failed", extra={"error": repr(exc)})
+                    break
+                done.append(True)
+            return done + [False] * (len(messages) - len(done))
+        with self._burst_lock:
+            return self._publish_burst(messages)
+
+    def _publish_burst(self, messages: Sequence[RunMessage]) -> list[bool]:
+        deadline = time.monotonic() + self.timeout
+        tags: list[int] = []
+        try:
+            if self._burst is None:
+                self._burst = self._open_burst()
+            burst = self._burst
+            origin, reply_to = anon_nodename(), self.celery.thread_oid
+            for message in messages:
+                self._publish_one(burst, message, origin, reply_to)
+                burst.sent += 1
+                tags.append(burst.sent)
+            unsettled = 0  # tags[:unsettled] are settled; a later one may be already
+            while True:
+                while unsettled < len(tags) and burst.settled(tags[unsettled]):
+                    unsettled += 1
+                if unsettled == len(tags):
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("no publisher confirm in time")
+                burst.connection.drain_events(timeout=remaining)
+        except Exception as exc:
+            logger.warning(
+                "burst publish failed",
+                extra={"sent": len(tags), "of": len(messages), "error": repr(exc)},
+            )
+            burst_lost = self._burst
+            self._close_burst()  # its confirms can no longer be told apart: a new channel
+            if burst_lost is None:
+                return [False] * len(messages)
+            known = [burst_lost.confirmed(tag) for tag in tags]
+            return known + [False] * (len(messages) - len(known))
+        confirmed = [burst.confirmed(tag) for tag in tags]
+        if burst.nacked:
+            # RabbitMQ keeps refusing on a channel whose message a full queue (overflow:
+            # reject-publish) refused, even once the queue has room: the next burst opens
+            # a channel of its own.
+            self._close_burst()
+        else:
+            burst.forget(tags[-1] if tags else 0)
+        return confirmed
+
+    async def publish_many(self, messages: Sequence[RunMessage]) -> list[bool]:
+        """`publish_many_sync` off the loop. Never raises: a broker that fails answers False
+        for what it did not confirm."""
+        if not messages:
+            return []
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self.publish_many_sync, messages), self.timeout * 2 + 1
+            )
+        except Exception as exc:
+            logger.warning("burst publish failed", extra={"error": repr(exc)})
+            return [False] * len(messages)
+
+    def close(self) -> None:
+        with self._burst_lock:
+            self._close_burst()
+
     def publish_sync(
         self,
         run_id: str,
@@ -53,21 +281,7 @@ class RunPublisher:
         request_id: str | None = None,
     ) -> None:
         self.declare_topology()
-        if eta is not None and (eta - datetime.now(UTC)).total_seconds() < MIN_DELAY_SECONDS:
-            eta = None  # broker-held delays count whole seconds; anything sooner runs now
-        self.celery.send_task(
-            task,
-            args=[run_id],
-            task_id=run_id,
-            queue=queue,
-            routing_key=queue,
-            eta=eta,
-            headers={
-                name: value
-                for name, value in ((TENANT_HEADER, tenant_id), (REQUEST_ID_HEADER, request_id))
-                if value
-            },
-        )
+        self._send(RunMessage(run_id, task, queue, eta, tenant_id, request_id))
 
     async def publish(
         self,

@@ -58,10 +58,14 @@ class RateLimiter:
         self.memory = MemoryStorage()
 
     async def _apply(
-        self, storage: Storage, item: RateLimitItem, keys: tuple[str, ...], count: bool
+        self, storage: Storage, item: RateLimitItem, keys: tuple[str, ...], count: bool, cost: int
     ) -> Decision:
         limiter = FixedWindowRateLimiter(storage)
-        allowed = await (limiter.hit(item, *keys) if count else limiter.test(item, *keys))
+        # A refused hit counts in a fixed window; a refused batch of runs must not use up
+        # the window it did not get, so a costly hit is tested first.
+        allowed = await limiter.test(item, *keys, cost=cost) if cost > 1 or not count else True
+        if allowed and count:
+            allowed = await limiter.hit(item, *keys, cost=cost)
         if allowed:
             return Decision(True, 0)
         stats = await limiter.get_window_stats(item, *keys)
@@ -76,31 +80,33 @@ class RateLimiter:
         """Whether one more hit would be allowed, counting nothing."""
         return await self._decide(limit, keys, count=False)
 
-    async def enforce(self, limit: str, *keys: str, count: bool = True) -> None:
+    async def enforce(self, limit: str, *keys: str, count: bool = True, cost: int = 1) -> None:
         """Raise 429 (with Retry-After) when `limit` is used up for `keys`; counts this request
-        unless `count` is False."""
-        decision = await self._decide(limit, keys, count=count)
+        (as `cost` hits: a bulk submission counts its runs) unless `count` is False."""
+        decision = await self._decide(limit, keys, count=count, cost=cost)
         if not decision.allowed:
             raise TooManyRequestsError(
                 f"Too many requests (limit {limit}); retry after {decision.retry_after} s.",
                 decision.retry_after,
             )
 
-    async def _decide(self, limit: str, keys: tuple[str, ...], *, count: bool) -> Decision:
+    async def _decide(
+        self, limit: str, keys: tuple[str, ...], *, count: bool, cost: int = 1
+    ) -> Decision:
         if not self.enabled:
             return Decision(True, 0)
         item, namespaced = parse(limit), (self.namespace, *keys)
         decision: Decision | None = None
         if self.redis is not None and self.breaker.open_since is None:
             try:
-                decision = await self._apply(self.redis, item, namespaced, count)
+                decision = await self._apply(self.redis, item, namespaced, count, cost)
             except Exception as exc:  # the storage's own errors vary by client; fall back
                 self.breaker.failed(exc)
                 logger.warning(
                     "rate limit storage failed; counting in process", extra={"error": repr(exc)}
                 )
         if decision is None:
-            decision = await self._apply(self.memory, item, namespaced, count)
+            decision = await self._apply(self.memory, item, namespaced, count, cost)
         if not decision.allowed:
             REJECTIONS.labels(limit=keys[0] if keys else "unnamed").inc()
         return decision

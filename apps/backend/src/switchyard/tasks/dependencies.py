@@ -13,14 +13,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from switchyard.auth.dependencies import PrincipalDep
 from switchyard.auth.principal import Principal
 from switchyard.db.models import TaskRun
+from switchyard.errors import ServiceUnavailableError
 from switchyard.logging import request_id_var
 from switchyard.platform import admission, ledger
 from switchyard.platform.dependencies import BrokerDep, RegistryDep, ServicesDep, SessionDep
+from switchyard.platform.intake import GroupCommit, Intake
 from switchyard.platform.publisher import RunPublisher
 from switchyard.platform.registry import TaskRegistry
 from switchyard.services.container import Services
-from switchyard.tasks import service
-from switchyard.tasks.schemas import RunAccepted, RunRequest, state_detail
+from switchyard.tasks import bulk, service
+from switchyard.tasks.schemas import (
+    BulkRunRequest,
+    BulkRunsAccepted,
+    RunAccepted,
+    RunRequest,
+    state_detail,
+)
 
 
 @dataclass(frozen=True)
@@ -66,12 +74,40 @@ class RunSubmitter:
             settings=settings,
             dispatcher=cast(admission.Dispatcher | None, request.app.state.dispatcher),
             replay_of=replay_of,
+            # POST /tasks/run: the run is all its unit of work holds; it may join others'.
+            group=cast(GroupCommit | None, request.app.state.group_commit)
+            if over_rest and replay_of is None
+            else None,
         )
         self.response.headers["Location"] = run_location(request, run.id)
         accepted = RunAccepted(
             task_id=run.id, state=run.state, state_detail=state_detail(run), eta=run.eta
         )
         return run, accepted
+
+    async def many(self, items: list[BulkRunRequest]) -> BulkRunsAccepted:
+        """Submit many runs the caller names (POST /tasks/runs): each one checked as over
+        REST, stored and published together; 207 when the broker refused some of them."""
+        principal, services = self.principal, self.services
+        submitter = service.Submitter(
+            principal.tenant_id, request_id_var.get(), principal.actor, scopes=principal.scopes
+        )
+        accepted = await bulk.submit_many(
+            self.session,
+            bulk.Bulk(intake_of(self.request), self.registry, services.settings),
+            items,
+            submitter,
+        )
+        if accepted.refused:
+            self.response.status_code = 207
+        return accepted
+
+
+def intake_of(request: Request) -> Intake:
+    intake = request.app.state.intake
+    if intake is None:  # no database or no broker: refused before, by their dependencies
+        raise ServiceUnavailableError("No task broker is configured (CELERY_BROKER_URL).")
+    return cast(Intake, intake)
 
 
 def run_location(request: Request, run_id: uuid.UUID) -> str:

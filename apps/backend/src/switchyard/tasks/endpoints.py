@@ -18,9 +18,11 @@ from switchyard.platform.dependencies import (
     ServicesDep,
     SessionDep,
 )
-from switchyard.tasks import follow, repository, service
+from switchyard.tasks import bulk, follow, repository, service
 from switchyard.tasks.dependencies import SubmitterDep
 from switchyard.tasks.schemas import (
+    BulkRunsAccepted,
+    BulkRunsRequest,
     DeadLetterOut,
     DefinitionIn,
     DefinitionOut,
@@ -121,6 +123,37 @@ async def run_task(
         over_rest=True,
     )
     return accepted
+
+
+@router.post(
+    "/runs",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(require_scope("tasks:run"))],
+    responses={
+        207: {
+            "model": BulkRunsAccepted,
+            "description": "The broker refused some runs: each result says whether its run "
+            "was accepted (in the ledger, published) or not (not in the ledger)",
+        },
+        503: {"description": "The broker refused every run; none is in the ledger"},
+    },
+)
+async def run_tasks(
+    body: BulkRunsRequest,
+    services: ServicesDep,
+    submit: SubmitterDep,
+    principal: PrincipalDep,
+    limiter: RateLimiterDep,
+) -> BulkRunsAccepted:
+    """Submit up to TASK_BULK_MAX_RUNS runs at once, each with its own task or definition,
+    payload, delay and optional idempotency key. Every run is checked first: one invalid run
+    is a 422 naming it by index (`body.runs.3.payload.n`), and nothing is accepted. The runs
+    count against the tenant's run rate limit and fair share one by one."""
+    settings = services.settings
+    bulk.check_size(len(body.runs), settings)
+    limit, tenant = settings.rate_limit_task_runs, str(principal.tenant_id)
+    await limiter.enforce(limit, "runs", tenant, cost=len(body.runs))
+    return await submit.many(body.runs)
 
 
 @router.get("/", dependencies=[Depends(require_scope("tasks:read"))])

@@ -23,6 +23,12 @@ class DefinitionRepository(TenantRepository[TaskDefinition]):
             raise NotFoundError(f"No task definition named {name!r}.")
         return definition
 
+    async def by_names(self, names: set[str]) -> dict[str, TaskDefinition]:
+        if not names:
+            return {}
+        found = await self.all(self.select(TaskDefinition.name.in_(names)))
+        return {definition.name: definition for definition in found}
+
     async def listed(self) -> list[TaskDefinition]:
         return await self.all(self.select().order_by(TaskDefinition.name))
 
@@ -33,6 +39,12 @@ class RunRepository(TenantRepository[TaskRun]):
 
     async def by_idempotency_key(self, key: str) -> TaskRun | None:
         return await self.first(TaskRun.idempotency_key == key)
+
+    async def by_idempotency_keys(self, keys: list[str]) -> dict[str, TaskRun]:
+        if not keys:
+            return {}
+        runs = await self.all(self.select(TaskRun.idempotency_key.in_(keys)))
+        return {run.idempotency_key: run for run in runs if run.idempotency_key is not None}
 
     async def page_of(
         self,

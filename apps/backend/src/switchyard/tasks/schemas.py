@@ -135,6 +135,46 @@ class RunRequest(BaseModel):
         return self
 
 
+class BulkRunRequest(RunRequest):
+    """One run of a bulk request: a run request with its own optional idempotency key."""
+
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="As the Idempotency-Key header of POST /tasks/run, for this run alone",
+    )
+
+
+class BulkRunsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    runs: list[BulkRunRequest] = Field(
+        min_length=1, description="At most TASK_BULK_MAX_RUNS (default 1,000) runs"
+    )
+
+
+class BulkRunResult(BaseModel):
+    index: int = Field(description="The run's position in the request")
+    accepted: bool
+    task_id: uuid.UUID | None = Field(
+        default=None, description="The run's id (an accepted run's, or the duplicate's)"
+    )
+    state: RunState | None = None
+    state_detail: StateDetail | None = None
+    eta: datetime | None = None
+    duplicate: bool = Field(
+        default=False, description="Its idempotency key named a run submitted before"
+    )
+    error: str | None = Field(default=None, description="Why it was not accepted")
+
+
+class BulkRunsAccepted(BaseModel):
+    accepted: int
+    refused: int
+    runs: list[BulkRunResult] = Field(description="One per requested run, in request order")
+
+
 class RunAccepted(BaseModel):
     task_id: uuid.UUID
     state: RunState

@@ -28,6 +28,7 @@ from switchyard.errors import (
 )
 from switchyard.platform import admission, audit, ledger, metrics, schedules
 from switchyard.platform.admission import Dispatcher
+from switchyard.platform.intake import GroupCommit
 from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry, TaskSpec
@@ -149,14 +150,14 @@ def _queue(queue: str | None, field: str) -> str | None:
     return queue
 
 
-def _eta(request: RunRequest, max_countdown: int) -> datetime | None:
+def _eta(request: RunRequest, max_countdown: int, at: str = "body") -> datetime | None:
     now = datetime.now(UTC)
     if request.countdown is not None:
-        field = "body.countdown"
+        field = f"{at}.countdown"
         too_far = request.countdown > max_countdown  # before any date arithmetic can overflow
         eta = None if too_far else now + timedelta(seconds=request.countdown)
     elif request.eta is not None:
-        field, eta = "body.eta", request.eta.astimezone(UTC)
+        field, eta = f"{at}.eta", request.eta.astimezone(UTC)
         too_far = eta - now > timedelta(seconds=max_countdown)
     else:
         return None
@@ -171,8 +172,54 @@ def _eta(request: RunRequest, max_countdown: int) -> datetime | None:
 
 
 def _request_hash(request: RunRequest) -> str:
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The same for a run asked for alone and as an item of a bulk request (whose own
+    idempotency key is not part of what it asks for)."""
+    canonical = json.dumps(
+        request.model_dump(mode="json", exclude={"idempotency_key"}),
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _new_run(
+    spec: TaskSpec[Any],
+    definition: TaskDefinition | None,
+    request: RunRequest,
+    submitter: Submitter,
+    *,
+    at: str,
+    idempotency_key: str | None,
+    max_countdown: int,
+    environment: str,
+    replay_of: uuid.UUID | None = None,
+) -> TaskRun:
+    """The run `request` asks for, checked (422 naming each field under `at`), not stored."""
+    check_access(spec, submitter)
+    payload = (
+        request.payload
+        if request.payload is not None
+        else (definition.payload if definition else {})
+    )
+    validate_payload(spec, payload, f"{at}.payload", environment)
+    queue = _queue(request.queue, f"{at}.queue") or (definition.queue if definition else None)
+    eta = _eta(request, max_countdown, at)
+    return TaskRun(
+        id=uuid.uuid4(),
+        tenant_id=submitter.tenant_id,
+        task=spec.name,
+        definition_id=definition.id if definition else None,
+        queue=queue or spec.queue,
+        payload=payload,
+        state=RunState.SCHEDULED if eta else RunState.QUEUED,
+        attempts=0,
+        eta=eta,
+        idempotency_key=idempotency_key,
+        request_hash=_request_hash(request),
+        request_id=submitter.request_id,
+        submitted_by=submitter.submitted_by,
+        replay_of=replay_of,
+    )
 
 
 async def submit(
@@ -189,6 +236,7 @@ async def submit(
     settings: Settings,
     dispatcher: Dispatcher | None = None,
     replay_of: uuid.UUID | None = None,
+    group: GroupCommit | None = None,
 ) -> tuple[TaskRun, bool]:
     """Record the run in the request's unit of work and publish it once that has committed:
     (run, created). A run is in the ledger before the broker sees it; if the broker refuses,
@@ -197,53 +245,35 @@ async def submit(
     publishes it.
 
     With fair share on (TENANT_MAX_RUNS_IN_FLIGHT > 0) a run is published only once it is
-    admitted to its tenant's share (platform.admission); until then it waits, `queued`."""
+    admitted to its tenant's share (platform.admission); until then it waits, `queued`.
+
+    With a `group` (POST /tasks/run, where the run is all the unit of work holds) the run is
+    stored and published with the runs other requests of the process submit at the same
+    moment, in a transaction of its own (platform.intake), and this returns once it is
+    committed and confirmed."""
     tenant_id = submitter.tenant_id
-    definition = None
-    if request.definition is not None:
-        definition = await repository.DefinitionRepository(session, tenant_id).by_name_or_404(
-            request.definition
-        )
-        spec = _spec(registry, definition.task, "body.definition", None)
-    else:
-        assert request.task is not None
-        found = registry.get(request.task)
-        if found is None:
-            raise NotFoundError(f"No task named {request.task!r} is registered.")
-        spec = found
-    check_access(spec, submitter)
-    payload = (
-        request.payload
-        if request.payload is not None
-        else (definition.payload if definition else {})
+    spec, definition = await _target(session, registry, request, tenant_id)
+    run = _new_run(
+        spec,
+        definition,
+        request,
+        submitter,
+        at="body",
+        idempotency_key=idempotency_key,
+        max_countdown=max_countdown,
+        environment=settings.environment,
+        replay_of=replay_of,
     )
-    validate_payload(spec, payload, "body.payload", settings.environment)
-    queue = _queue(request.queue, "body.queue") or (definition.queue if definition else None)
-    eta = _eta(request, max_countdown)
-    request_hash = _request_hash(request)
+    request_hash = run.request_hash
     runs = repository.RunRepository(session, tenant_id)
     if idempotency_key is not None:
         existing = await runs.by_idempotency_key(idempotency_key)
         if existing is not None:
             return _duplicate(existing, request_hash), False
 
-    run = TaskRun(
-        id=uuid.uuid4(),
-        tenant_id=tenant_id,
-        task=spec.name,
-        definition_id=definition.id if definition else None,
-        queue=queue or spec.queue,
-        payload=payload,
-        state=RunState.SCHEDULED if eta else RunState.QUEUED,
-        attempts=0,
-        eta=eta,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        request_id=submitter.request_id,
-        submitted_by=submitter.submitted_by,
-        replay_of=replay_of,
-    )
     cap = settings.tenant_max_runs_in_flight
+    if group is not None:
+        return await _accept_in(group, runs, run, cap)
     if idempotency_key is None:
         admitted = await _store(session, run, cap)
     else:
@@ -268,6 +298,47 @@ async def submit(
     return run, True
 
 
+async def _target(
+    session: AsyncSession, registry: TaskRegistry, request: RunRequest, tenant_id: uuid.UUID
+) -> tuple[TaskSpec[Any], TaskDefinition | None]:
+    """The task a request names, or its definition's: an unknown one is 404."""
+    if request.definition is not None:
+        definition = await repository.DefinitionRepository(session, tenant_id).by_name_or_404(
+            request.definition
+        )
+        return _spec(registry, definition.task, "body.definition", None), definition
+    assert request.task is not None
+    spec = registry.get(request.task)
+    if spec is None:
+        raise NotFoundError(f"No task named {request.task!r} is registered.")
+    return spec, None
+
+
+async def _accept_in(
+    group: GroupCommit, runs: repository.RunRepository, run: TaskRun, cap: int
+) -> tuple[TaskRun, bool]:
+    outcome = await group.accept(run)
+    if outcome == "taken":  # its idempotency key was taken by a request meanwhile
+        assert run.idempotency_key is not None
+        existing = await runs.by_idempotency_key(run.idempotency_key)
+        if existing is None:  # ...and that run is gone again (its broker refused it)
+            raise _broker_refused(run)
+        return _duplicate(existing, run.request_hash), False
+    if outcome == "refused":
+        raise _broker_refused(run)
+    waiting = cap > 0 and run.eta is None and run.admitted_at is None
+    RUNS_SUBMITTED.labels(task=run.task, outcome="waiting" if waiting else "accepted").inc()
+    return run, True
+
+
+def _broker_refused(run: TaskRun) -> ServiceUnavailableError:
+    RUNS_SUBMITTED.labels(task=run.task, outcome="broker_unavailable").inc()
+    return ServiceUnavailableError(
+        "The task broker is unreachable; nothing was queued. Try again shortly.",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
 async def _store(session: AsyncSession, run: TaskRun, cap: int) -> list[admission.Admitted] | None:
     """Insert the run. With fair share on, admit in the same transaction what its tenant has
     room for (the runs returned; this one among them unless it waits); None: no admission
@@ -282,7 +353,7 @@ async def _store(session: AsyncSession, run: TaskRun, cap: int) -> list[admissio
     return await admission.record(connection, run, cap)
 
 
-def _duplicate(existing: TaskRun, request_hash: str) -> TaskRun:
+def _duplicate(existing: TaskRun, request_hash: str | None) -> TaskRun:
     """The run an Idempotency-Key already names, if the request is the same."""
     if existing.request_hash != request_hash:
         raise ConflictError("This Idempotency-Key was used with a different request.")
@@ -299,13 +370,9 @@ async def publish(
             str(run.id), run.task, run.queue, run.eta, str(run.tenant_id), run.request_id
         )
     except BrokerUnavailableError:
-        RUNS_SUBMITTED.labels(task=run.task, outcome="broker_unavailable").inc()
         async with engine.begin() as connection:
             await connection.execute(delete(TaskRun).where(TaskRun.id == run.id))
-        raise ServiceUnavailableError(
-            "The task broker is unreachable; nothing was queued. Try again shortly.",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        ) from None
+        raise _broker_refused(run) from None
     RUNS_SUBMITTED.labels(task=run.task, outcome="accepted").inc()
     marks.add(run.id)
 
