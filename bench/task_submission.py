@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -117,7 +118,16 @@ def drain(database: str, tenant_id: uuid.UUID, broker: str) -> None:
     asyncio.run(finish())
     vhost = urlsplit(broker).path.lstrip("/") or "/"
     subprocess.run(
-        ["rabbitmqctl", "purge_queue", "-q", "-p", vhost, "default"], check=False, timeout=60
+        [
+            shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl",
+            "purge_queue",
+            "-q",
+            "-p",
+            vhost,
+            "default",
+        ],
+        check=False,
+        timeout=60,
     )
 
 

@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,7 +32,8 @@ RUN = {"task": "system.echo", "payload": {"message": "grouped"}}
 GROUP_SIZE = "switchyard_task_run_group_size"
 
 
-async def ledger_of(engine: AsyncEngine, tenant_id: uuid.UUID) -> dict[uuid.UUID, TaskRun]:
+async def ledger_of(engine: AsyncEngine, tenant_id: uuid.UUID) -> dict[uuid.UUID, Any]:
+    """The tenant's runs: id -> (id, published_at)."""
     async with engine.connect() as connection:
         rows = (
             await connection.execute(
