@@ -53,14 +53,18 @@ def _log_lines(worker: RunningRole, needle: str) -> list[str]:
     return [line for line in worker.stderr().splitlines() if needle in line]
 
 
-async def _until_logged(worker: RunningRole, needle: str, within: float = 30) -> list[str]:
+async def _until_logged(
+    worker: RunningRole, needle: str, *also: str, within: float = 30
+) -> list[str]:
+    """The worker's log lines that hold `needle` (and each of `also`), once there are some:
+    the session's worker logs for every test, so a line of another run does not count."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        lines = _log_lines(worker, needle)
+        lines = [line for line in _log_lines(worker, needle) if all(a in line for a in also)]
         if lines:
             return lines
         await asyncio.sleep(0.2)
-    raise AssertionError(f"{needle!r} never logged")
+    raise AssertionError(f"{(needle, *also)!r} never logged")
 
 
 async def test_a_message_not_sent_by_switchyard_is_refused_once_and_archived_raw(
@@ -108,8 +112,8 @@ async def test_cancelling_runs_logs_no_backend_warning(
         await asyncio.sleep(0.1)
     assert (await tasks_api.post(f"/api/v1/tasks/{running}/cancel")).status_code == 200
     # The started one is stopped by the worker that holds it; neither makes a warning.
-    stopped = await _until_logged(default_worker, "run cancelled while it ran")
-    assert any(running in line for line in stopped)
+    stopped = await _until_logged(default_worker, "run cancelled while it ran", running)
+    assert stopped
     assert (await tasks_api.get(f"/api/v1/tasks/{running}")).json()["state"] == "cancelled"
     for run in (task_id, running):
         lines = _log_lines(default_worker, run)

@@ -15,6 +15,7 @@ from switchyard.db.models import TaskDefinition, TaskRun, Tenant
 from switchyard.db.session import after_commit, on_failure
 from switchyard.errors import ConflictError, ServiceUnavailableError
 from switchyard.platform.dependencies import SessionDep
+from switchyard.platform.publisher import RunMessage
 from switchyard.settings import Settings
 from tests.fixtures.accounts import sign_up
 from tests.fixtures.gateway import RolledBackApi, SettingsFactory, running
@@ -177,24 +178,29 @@ async def test_a_failed_after_commit_action_runs_the_undos_and_answers_its_error
 async def test_a_run_is_committed_before_the_broker_sees_it(
     task_settings: Settings, engine: AsyncEngine
 ) -> None:
-    """POST /tasks/run writes the ledger row in the request's unit of work and publishes it
-    only after the commit: at the moment of the publish another connection sees the row."""
+    """POST /tasks/run writes the ledger row (in its group's transaction: platform.intake)
+    and publishes it only after the commit: at the moment of the publish another connection
+    sees the row."""
     app = create_app(task_settings)  # the broker's queues as every test declares them
     seen: list[int] = []
     async with running(app) as client:
         client.headers.update((await sign_up(client)).headers)
         publisher = app.state.broker.publisher
-        original = publisher.publish
+        original = publisher.publish_many
 
-        async def observing(run_id: str, *args: object) -> None:
+        async def observing(messages: list[RunMessage]) -> list[bool]:
             async with engine.connect() as connection:
-                found = await connection.scalar(
-                    select(func.count()).select_from(TaskRun).where(TaskRun.id == run_id)
-                )
-            seen.append(int(found or 0))
-            await original(run_id, *args)
+                for message in messages:
+                    found = await connection.scalar(
+                        select(func.count())
+                        .select_from(TaskRun)
+                        .where(TaskRun.id == uuid.UUID(message.run_id))
+                    )
+                    seen.append(int(found or 0))
+            confirmed: list[bool] = await original(messages)
+            return confirmed
 
-        publisher.publish = observing
+        publisher.publish_many = observing
         response = await client.post(
             "/api/v1/tasks/run", json={"task": "system.echo", "payload": {"message": "x"}}
         )

@@ -44,17 +44,29 @@ async def _record(
     result: Any = None,
     error: BaseException | None = None,
 ) -> bool:
-    # Safe to repeat: the update applies only to a `started` run.
-    run = await once_more_if_dropped(
-        services.database_engine,
-        lambda connection, _: ledger.finish(connection, run_id, state, result=result, error=error),
-    )
+    run = await _writes(services).finish(ledger.Finish(run_id, state, result, error))
     if run is None:
         return False
     await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
     if state.final and services.admission is not None:
         await services.admission.try_release(run.tenant_id)  # its slot, to the next run
     return True
+
+
+def _writes(services: Services) -> ledger.GroupWrites:
+    """The process's ledger writes in groups (TASK_GROUP_COMMIT_MS, TASK_GROUP_COMMIT_RUNS)."""
+    settings = services.settings
+    return ledger.GroupWrites.of(
+        services.database_engine,
+        window_seconds=settings.task_group_commit_ms / 1000,
+        most=settings.task_group_commit_runs,
+    )
+
+
+async def close_writes(services: Services) -> None:
+    """Write the claims and outcomes still pending (a worker process stopping)."""
+    if services.database is not None:
+        await _writes(services).close()
 
 
 async def record_outcome(
@@ -150,6 +162,11 @@ async def _claim(
             return run, None if run is not None else "skipped"
         return None, "skipped"
 
+    if not redelivered and tenant_id is not None:
+        # The common case, in a group; a run it did not start is claimed (or explained) alone.
+        grouped = await _writes(services).claim(run_id, tenant_id)
+        if grouped is not None:
+            return grouped, None
     run, why = await once_more_if_dropped(services.database_engine, claim)
     if why == "due":
         # A delayed run come due: admitted if its tenant has a slot free, else parked.

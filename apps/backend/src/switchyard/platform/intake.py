@@ -16,7 +16,6 @@ answers every run of the group as a single run's would be answered; nothing is s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.db.models import TaskRun
 from switchyard.platform import admission, ledger
+from switchyard.platform.coalesce import Coalescer
 from switchyard.platform.metrics import RUN_GROUPS, RUNS_ADMITTED
 from switchyard.platform.publisher import RunMessage, RunPublisher
 
@@ -123,48 +123,18 @@ class GroupCommit:
 
     def __init__(self, intake: Intake, *, window_seconds: float, most: int) -> None:
         self.intake = intake
-        self.window = window_seconds
-        self.most = most
-        self._pending: list[tuple[TaskRun, asyncio.Future[Outcome]]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._group: Coalescer[TaskRun, Outcome] = Coalescer(
+            self._accept, window_seconds=window_seconds, most=most, observe=RUN_GROUPS.observe
+        )
 
     async def accept(self, run: TaskRun) -> Outcome:
         """Wait for the run's group to be stored and published: its outcome."""
-        loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[Outcome] = loop.create_future()
-        self._pending.append((run, outcome))
-        if len(self._pending) >= self.most:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.window, self._flush)
-        return await outcome
+        return await self._group(run)
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        group, self._pending = self._pending, []
-        if group:
-            task = asyncio.create_task(self._accept(group))
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
-
-    async def _accept(self, group: list[tuple[TaskRun, asyncio.Future[Outcome]]]) -> None:
-        RUN_GROUPS.observe(len(group))
-        try:
-            accepted = await self.intake.accept([run for run, _ in group])
-        except Exception as exc:
-            for _, outcome in group:
-                if not outcome.done():  # its request may have gone (a client that left)
-                    outcome.set_exception(exc)
-            return
-        for run, outcome in group:
-            if not outcome.done():
-                outcome.set_result(accepted.outcome(run.id))
+    async def _accept(self, runs: list[TaskRun]) -> list[Outcome]:
+        accepted = await self.intake.accept(runs)
+        return [accepted.outcome(run.id) for run in runs]
 
     async def close(self) -> None:
         """Accept what is pending and wait for the groups under way (at shutdown)."""
-        self._flush()
-        if self._flushing:
-            await asyncio.gather(*self._flushing, return_exceptions=True)
+        await self._group.close()

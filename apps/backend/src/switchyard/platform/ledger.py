@@ -12,27 +12,36 @@ from functools import cache, partial
 from typing import Any, cast
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Row,
+    String,
     Table,
+    Text,
     Update,
     Uuid,
     and_,
     any_,
     bindparam,
+    case,
+    column,
     delete,
     func,
     insert,
     or_,
     select,
+    tuple_,
     update,
+    values,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
+from switchyard.platform.coalesce import Coalescer
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +117,148 @@ async def claim(
     if tenant_id is not None:
         values["of_tenant"] = tenant_id
     return _change((await connection.execute(statement, values)).one_or_none())
+
+
+async def claim_group(
+    connection: AsyncConnection, runs: list[tuple[uuid.UUID, uuid.UUID]], *, redelivered: bool
+) -> dict[uuid.UUID, RunChange]:
+    """`claim` for many (run, tenant) pairs in one statement: the runs claimed, by id. A run
+    not among them is claimed (or explained) by `claim` alone."""
+    statement = (
+        update(_RUNS)
+        .where(
+            tuple_(_RUNS.c.id, _RUNS.c.tenant_id).in_(runs),
+            _RUNS.c.state.in_((*CLAIMABLE, RunState.STARTED) if redelivered else CLAIMABLE),
+            _RUNS.c.admitted_at.is_not(None),
+        )
+        .values(
+            state=RunState.STARTED,
+            attempts=_RUNS.c.attempts + 1,
+            started_at=func.coalesce(_RUNS.c.started_at, func.now()),
+        )
+        .returning(*_CHANGED)
+    )
+    rows = await connection.execute(statement)
+    return {row.id: RunChange(**row._mapping) for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The outcome of one attempt, as `finish` records it."""
+
+    run_id: uuid.UUID
+    state: RunState
+    result: Any = None
+    error: BaseException | None = None
+
+
+_STATE_TYPE = _RUNS.c.state.type
+
+
+async def finish_group(
+    connection: AsyncConnection, outcomes: list[Finish]
+) -> dict[uuid.UUID, RunChange]:
+    """`finish` for many runs in one statement (an UPDATE from a VALUES list): the runs
+    recorded, by id; one cancelled meanwhile is not among them. As `finish`, a result or an
+    error not given leaves the stored one as it is."""
+    rows = [
+        (
+            outcome.run_id,
+            outcome.state,
+            outcome.result,
+            type(outcome.error).__name__ if outcome.error is not None else None,
+            str(outcome.error)[:MAX_ERROR_MESSAGE] if outcome.error is not None else None,
+            outcome.state.final,
+        )
+        for outcome in outcomes
+    ]
+    given = values(
+        column("id", Uuid),
+        column("state", _STATE_TYPE),
+        column("result", JSONB(none_as_null=True)),
+        column("error_type", String),
+        column("error_message", Text),
+        column("final", Boolean),
+        name="outcome",
+    ).data(rows)
+    statement = (
+        update(_RUNS)
+        .where(_RUNS.c.id == given.c.id, _RUNS.c.state == RunState.STARTED)
+        .values(
+            state=given.c.state,
+            # Typed again: a VALUES column whose every row is NULL has no type of its own.
+            result=func.coalesce(sql_cast(given.c.result, JSONB), _RUNS.c.result),
+            error_type=func.coalesce(sql_cast(given.c.error_type, String), _RUNS.c.error_type),
+            error_message=func.coalesce(
+                sql_cast(given.c.error_message, Text), _RUNS.c.error_message
+            ),
+            finished_at=case(
+                (sql_cast(given.c.final, Boolean), func.now()), else_=_RUNS.c.finished_at
+            ),
+        )
+        .returning(*_CHANGED)
+    )
+    changed = await connection.execute(statement)
+    return {row.id: RunChange(**row._mapping) for row in changed}
+
+
+class GroupWrites:
+    """The claims and outcomes of the runs one worker process holds, written in groups: the
+    runs that claim (or finish) within a few milliseconds of each other share one statement
+    (platform.coalesce). Each caller still gets its own run's answer once the statement has
+    committed, so a message is acked only after its outcome is stored, as before.
+
+    One per engine (and so per process and loop): `of`."""
+
+    _by_engine: dict[AsyncEngine, GroupWrites] = {}  # noqa: RUF012 - one registry per process
+
+    def __init__(self, engine: AsyncEngine, *, window_seconds: float, most: int) -> None:
+        self.engine = engine
+        self._claims: Coalescer[tuple[uuid.UUID, uuid.UUID], RunChange | None] = Coalescer(
+            self._claim, window_seconds=window_seconds, most=most
+        )
+        self._finishes: Coalescer[Finish, RunChange | None] = Coalescer(
+            self._finish, window_seconds=window_seconds, most=most
+        )
+
+    @classmethod
+    def of(cls, engine: AsyncEngine, *, window_seconds: float, most: int) -> GroupWrites:
+        writes = cls._by_engine.get(engine)
+        if writes is None:
+            writes = cls._by_engine[engine] = cls(engine, window_seconds=window_seconds, most=most)
+        return writes
+
+    async def claim(self, run_id: uuid.UUID, tenant_id: uuid.UUID) -> RunChange | None:
+        """`claim` (not redelivered) of a run of `tenant_id`, in a group."""
+        return await self._claims((run_id, tenant_id))
+
+    async def finish(self, outcome: Finish) -> RunChange | None:
+        """`finish`, in a group."""
+        return await self._finishes(outcome)
+
+    async def _claim(self, runs: list[tuple[uuid.UUID, uuid.UUID]]) -> list[RunChange | None]:
+        # Repeated after a dropped connection as a redelivery: if the first statement did
+        # reach the database, these runs are `started` by us, and the repeat takes them over.
+        claimed = await once_more_if_dropped(
+            self.engine,
+            lambda connection, retried: claim_group(connection, runs, redelivered=retried),
+        )
+        answers: list[RunChange | None] = []
+        for run_id, _ in runs:  # a run delivered twice into one group starts once
+            answers.append(claimed.pop(run_id, None))
+        return answers
+
+    async def _finish(self, outcomes: list[Finish]) -> list[RunChange | None]:
+        finished = await once_more_if_dropped(  # safe to repeat: only `started` runs change
+            self.engine, lambda connection, _: finish_group(connection, outcomes)
+        )
+        return [finished.pop(outcome.run_id, None) for outcome in outcomes]
+
+    async def close(self) -> None:
+        """Write what is pending (at shutdown) and forget the engine."""
+        await self._claims.close()
+        await self._finishes.close()
+        self._by_engine.pop(self.engine, None)
 
 
 _FINISH = (

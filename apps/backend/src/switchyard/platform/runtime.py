@@ -33,7 +33,7 @@ from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, run_log_context
 from switchyard.platform import ledger, workers
 from switchyard.platform.dead_letters import DeadLetterRecord, store
-from switchyard.platform.execution import Outcome, hand_back, record_outcome
+from switchyard.platform.execution import Outcome, close_writes, hand_back, record_outcome
 from switchyard.platform.metrics import (
     LOOP_LAG,
     LOOP_STALLS,
@@ -150,6 +150,7 @@ class WorkerLoop:
                 task.cancel()
             if self._services is not None:
                 await workers.forget(self._services.cache)
+                await close_writes(self._services)
                 await self._services.close()
 
         try:
