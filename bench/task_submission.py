@@ -133,12 +133,13 @@ def drain(database: str, tenant_id: uuid.UUID, broker: str) -> None:
 
 def bulk(url: str, token: str, runs: int, batch: int) -> float:
     """Runs per second of `runs` runs submitted in requests of `batch`, one after another."""
-    body = {"runs": [{"task": "system.echo", "payload": {"message": "bench"}}] * batch}
-    headers = {"Authorization": f"Bearer {token}"}
+    run = {"task": "system.echo", "payload": {"message": "bench"}}
+    body = json.dumps({"runs": [run] * batch}).encode()  # encoded once: the load is not measured
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     with httpx.Client(timeout=120) as client:
         started = time.perf_counter()
         for _ in range(runs // batch):
-            answer = client.post(f"{url}/api/v1/tasks/runs", json=body, headers=headers)
+            answer = client.post(f"{url}/api/v1/tasks/runs", content=body, headers=headers)
             if answer.status_code != 202:
                 raise RuntimeError(f"bulk answered {answer.status_code}: {answer.text[:300]}")
         return (runs // batch) * batch / (time.perf_counter() - started)

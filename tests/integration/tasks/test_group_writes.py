@@ -6,37 +6,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from switchyard.db.models import RunState, TaskRun, Tenant
+from switchyard.db.models import RunState, TaskRun
 from switchyard.platform import ledger
-from tests.fixtures.tasks import insert_run, unique
-
-
-@pytest.fixture
-async def tenant_id(engine: AsyncEngine) -> uuid.UUID:
-    async with async_sessionmaker(engine, expire_on_commit=False).begin() as session:
-        tenant = Tenant(name="Groups", slug=unique("groups"))
-        session.add(tenant)
-    return tenant.id
-
-
-@pytest.fixture
-async def updates(engine: AsyncEngine) -> AsyncIterator[list[str]]:
-    """Every UPDATE statement the engine sends."""
-    sent: list[str] = []
-
-    def record(_: Any, __: Any, statement: str, *___: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE"):
-            sent.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    yield sent
-    event.remove(engine.sync_engine, "before_cursor_execute", record)
+from tests.fixtures.tasks import insert_run
 
 
 @pytest.fixture

@@ -6,45 +6,21 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from switchyard.db.models import TaskRun, Tenant
+from switchyard.db.models import TaskRun
 from switchyard.platform import ledger
-from tests.fixtures.tasks import insert_run, unique
-
-
-@pytest.fixture
-async def tenant_id(engine: AsyncEngine) -> uuid.UUID:
-    async with async_sessionmaker(engine, expire_on_commit=False).begin() as session:
-        tenant = Tenant(name="Marks", slug=unique("marks"))
-        session.add(tenant)
-    return tenant.id
+from tests.fixtures.tasks import insert_run
 
 
 @pytest.fixture
 async def run_ids(engine: AsyncEngine, tenant_id: uuid.UUID) -> list[uuid.UUID]:
     return [(await insert_run(engine, tenant_id)).id for _ in range(5)]
-
-
-@pytest.fixture
-async def updates(engine: AsyncEngine) -> AsyncIterator[list[str]]:
-    """Every UPDATE statement the engine sends."""
-    sent: list[str] = []
-
-    def record(_: Any, __: Any, statement: str, *___: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE"):
-            sent.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    yield sent
-    event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def marked(engine: AsyncEngine, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime | None]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -169,7 +170,7 @@ async def record(connection: AsyncConnection, run: TaskRun, default_cap: int) ->
 
 
 async def store(
-    connection: AsyncConnection, runs: list[TaskRun], default_cap: int
+    connection: AsyncConnection, runs: Sequence[ledger.Stored], default_cap: int
 ) -> tuple[set[uuid.UUID], list[Admitted]]:
     """Store new runs of any tenants in one statement (ledger.record_many: the ids stored)
     and, with fair share on, admit what each of their tenants has room for, oldest first,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -49,7 +50,7 @@ class Accepted:
         return "stored" if run_id in self.stored else "taken"
 
 
-def _message(run: TaskRun | admission.Admitted, eta: datetime | None) -> RunMessage:
+def _message(run: ledger.Stored | admission.Admitted, eta: datetime | None) -> RunMessage:
     return RunMessage(str(run.id), run.task, run.queue, eta, str(run.tenant_id), run.request_id)
 
 
@@ -68,7 +69,7 @@ class Intake:
         self.marks = marks
         self.default_cap = default_cap
 
-    async def accept(self, runs: list[TaskRun]) -> Accepted:
+    async def accept(self, runs: Sequence[ledger.Stored]) -> Accepted:
         """Store, commit, publish and keep what the broker confirmed. Each run's
         `admitted_at` says afterwards whether it took a slot of its tenant's share (a
         delayed run is admitted when it comes due). Raises only when the transaction
@@ -79,7 +80,7 @@ class Intake:
         async with self.engine.begin() as connection:
             stored, admitted = await admission.store(connection, runs, cap)
         admitted_now = {entry.id for entry in admitted}
-        ours: list[TaskRun] = []
+        ours: list[ledger.Stored] = []
         for run in runs:
             if run.id not in stored:
                 continue

@@ -24,6 +24,7 @@ from switchyard.errors import (
     ServiceUnavailableError,
 )
 from switchyard.platform.intake import Accepted, Intake
+from switchyard.platform.ledger import NewRun
 from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.services.outages import RETRY_AFTER_SECONDS
@@ -128,20 +129,21 @@ def _duplicate_keys(items: list[BulkRunRequest]) -> list[FieldError]:
 
 async def _checked_runs(
     session: AsyncSession, bulk: Bulk, items: list[BulkRunRequest], submitter: Submitter
-) -> list[TaskRun]:
+) -> list[NewRun]:
     """Every item as a run, or one 422 naming every failing field by index."""
     errors = _duplicate_keys(items)
     names = {item.definition for item in items if item.definition is not None}
     definitions = await repository.DefinitionRepository(session, submitter.tenant_id).by_names(
         names
     )
-    runs: list[TaskRun] = []
+    runs: list[NewRun] = []
     failing = 0
     for index, item in enumerate(items):
         at = f"body.runs.{index}"
         try:
             spec, definition = _target(bulk.registry, item, definitions, at)
             run = _new_run(
+                NewRun,
                 spec,
                 definition,
                 item,
@@ -164,7 +166,7 @@ async def _checked_runs(
     return runs
 
 
-def _same_request(index: int, run: TaskRun, existing: TaskRun) -> TaskRun:
+def _same_request(index: int, run: NewRun, existing: TaskRun) -> TaskRun:
     if existing.request_hash != run.request_hash:
         raise ConflictError(
             f"runs[{index}]: its idempotency key was used with a different request; "
@@ -205,12 +207,12 @@ async def submit_many(
     return _answer(runs, accepted, duplicates, conflicts, bulk.settings.tenant_max_runs_in_flight)
 
 
-def _keys(runs: list[TaskRun]) -> list[str]:
+def _keys(runs: list[NewRun]) -> list[str]:
     return [run.idempotency_key for run in runs if run.idempotency_key is not None]
 
 
 def _answer(
-    runs: list[TaskRun],
+    runs: list[NewRun],
     accepted: Accepted,
     duplicates: dict[int, TaskRun],
     conflicts: set[int],

@@ -7,9 +7,10 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import delete, select
@@ -50,6 +51,8 @@ from switchyard.tasks.schemas import (
 )
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 RUN_VIEW_CACHE_SECONDS = 300
 RUN_VIEW_CACHE_MAX_BYTES = 64 * 1024
@@ -183,6 +186,7 @@ def _request_hash(request: RunRequest) -> str:
 
 
 def _new_run(
+    make: Callable[..., R],
     spec: TaskSpec[Any],
     definition: TaskDefinition | None,
     request: RunRequest,
@@ -193,8 +197,9 @@ def _new_run(
     max_countdown: int,
     environment: str,
     replay_of: uuid.UUID | None = None,
-) -> TaskRun:
-    """The run `request` asks for, checked (422 naming each field under `at`), not stored."""
+) -> R:
+    """The run `request` asks for, checked (422 naming each field under `at`), not stored:
+    built by `make` (TaskRun, or ledger.NewRun by the thousand)."""
     check_access(spec, submitter)
     payload = (
         request.payload
@@ -204,7 +209,7 @@ def _new_run(
     validate_payload(spec, payload, f"{at}.payload", environment)
     queue = _queue(request.queue, f"{at}.queue") or (definition.queue if definition else None)
     eta = _eta(request, max_countdown, at)
-    return TaskRun(
+    return make(
         id=uuid.uuid4(),
         tenant_id=submitter.tenant_id,
         task=spec.name,
@@ -215,7 +220,8 @@ def _new_run(
         attempts=0,
         eta=eta,
         idempotency_key=idempotency_key,
-        request_hash=_request_hash(request),
+        # Compared only when a later request names the same key: none without a key.
+        request_hash=_request_hash(request) if idempotency_key is not None else None,
         request_id=submitter.request_id,
         submitted_by=submitter.submitted_by,
         replay_of=replay_of,
@@ -254,6 +260,7 @@ async def submit(
     tenant_id = submitter.tenant_id
     spec, definition = await _target(session, registry, request, tenant_id)
     run = _new_run(
+        TaskRun,
         spec,
         definition,
         request,
