@@ -227,3 +227,13 @@ async def test_broker_down_refuses_every_run_and_leaves_none(
     assert response.headers["content-type"] == PROBLEM
     assert response.headers["retry-after"] == "5"
     assert await tenant_runs(engine, account.tenant_id) == {}
+
+
+async def test_the_bulk_route_documents_each_answer(tasks_api: httpx.AsyncClient) -> None:
+    spec = (await tasks_api.get("/openapi.json")).json()
+    operation = spec["paths"]["/api/v1/tasks/runs"]["post"]
+    assert {"202", "207", "422", "503"} <= set(operation["responses"])
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("/BulkRunsRequest")
+    item = spec["components"]["schemas"]["BulkRunRequest"]["properties"]
+    assert {"task", "definition", "payload", "countdown", "eta", "idempotency_key"} <= set(item)
