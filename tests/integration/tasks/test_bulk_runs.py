@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.api.app import create_app
-from switchyard.db.models import TaskRun
+from switchyard.db.models import TaskRun, Tenant
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
@@ -186,14 +186,18 @@ async def test_size_and_rate_limit_count_runs_not_requests(
 
 
 async def test_fair_share_admits_what_the_tenant_has_room_for_and_the_rest_waits(
-    make_settings: SettingsFactory, broker_url: str, engine: AsyncEngine
+    make_settings: SettingsFactory, own_broker: str, engine: AsyncEngine
 ) -> None:
-    settings = make_settings(
-        celery_broker_url=broker_url, task_delivery_limit=2, tenant_max_runs_in_flight=2
-    )
+    """On a broker of its own (no worker runs what is admitted), with the tenant's own cap:
+    the session's workers sweep its database and admit by each tenant's cap."""
+    settings = make_settings(celery_broker_url=own_broker, task_delivery_limit=2)
     async with running(create_app(settings)) as client:
         account = await sign_up(client)
         client.headers.update(account.headers)
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(Tenant).where(Tenant.id == account.tenant_id).values(max_runs_in_flight=2)
+            )
         items = [echo("delayed", countdown=3600)] + [echo(str(i)) for i in range(4)]
         response = await client.post("/api/v1/tasks/runs", json={"runs": items})
     assert response.status_code == 202, response.text
