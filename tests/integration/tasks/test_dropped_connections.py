@@ -5,6 +5,7 @@ connections idle for a while, so a connection used a moment ago is not checked f
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy import select, text
@@ -68,6 +69,11 @@ async def test_a_run_claimed_right_after_the_connections_dropped_runs_once(
                 payload={"message": str(index)},
                 state=RunState.QUEUED,
                 attempts=0,
+                # Admitted and published, as the gateway leaves a run: the session's workers
+                # sweep for waiting runs and beat republishes unpublished ones, and either
+                # would hand this one to another worker while this test runs it.
+                admitted_at=datetime.now(UTC),
+                published_at=datetime.now(UTC),
             )
             for index in range(2)
         ]
