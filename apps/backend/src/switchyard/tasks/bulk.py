@@ -178,10 +178,10 @@ def _same_request(index: int, run: NewRun, existing: TaskRun) -> TaskRun:
 async def submit_many(
     session: AsyncSession, bulk: Bulk, items: list[BulkRunRequest], submitter: Submitter
 ) -> BulkRunsAccepted:
-    """Check every run, then store the new ones in one transaction (admitting what the
+    """The route has checked the request's size (`check_size`, before its rate limit).
+    Check every run, then store the new ones in one transaction (admitting what the
     tenant's share has room for), publish them in one burst, and remove the runs the broker
     did not confirm (platform.intake). 503 when none was accepted: nothing is left behind."""
-    check_size(len(items), bulk.settings)
     runs = await _checked_runs(session, bulk, items, submitter)
     by_key = repository.RunRepository(session, submitter.tenant_id)
     existing = await by_key.by_idempotency_keys(_keys(runs))
