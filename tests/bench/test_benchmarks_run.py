@@ -148,3 +148,25 @@ def test_console_runs_page_compares_with_and_without_the_filter_indexes(repo_roo
     for row in ("newest 50", "state=dead_lettered", "task=reports.rare", "page 40 (cursor)"):
         assert row in out
     assert "every page p95 <= 300 ms at 3,000 runs" in out
+
+
+def test_ledger_scale_measures_every_hot_path_at_both_sizes_and_retention(
+    repo_root: Path,
+) -> None:
+    out = bench(
+        repo_root,
+        "ledger_scale",
+        "--runs=30000",
+        "--small=3000",
+        "--tenants=30",
+        "--samples=5",
+        "--requests=10",
+    )
+    for row in ("submit: idempotency key", "list runs: next page (cursor)", "API: get run"):
+        assert row in out
+    assert "every hot figure at 30,000 within 2x of 3,000" in out
+    assert "API p99 during retention within 1.5x of before" in out
+    # About one run in ten was seeded expired; the pass removed them.
+    removed = re.search(r"runs removed\s+([\d,]+)", out)
+    assert removed is not None, out
+    assert 2_500 <= int(removed.group(1).replace(",", "")) <= 3_500

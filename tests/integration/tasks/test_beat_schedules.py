@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,8 +19,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from switchyard.db.migrate import migrate
+from switchyard.db.models import UNPLANNED
 from switchyard.domains import load_task_modules
-from switchyard.platform.beat import Beat
+from switchyard.platform.beat import Beat, scheduled_definitions
 from switchyard.platform.broker import Broker
 from switchyard.roles.healthcheck import check
 from switchyard.services.container import Services
@@ -76,8 +77,9 @@ async def _insert_definition(
         await connection.execute(
             text(
                 "INSERT INTO task_definitions (tenant_id, name, task, payload, schedule, "
-                "created_at) VALUES (:tenant, :name, 'system.echo', CAST(:payload AS jsonb), "
-                "CAST(:schedule AS jsonb), now() - make_interval(secs => :age))"
+                "created_at, next_due_at) VALUES (:tenant, :name, 'system.echo', "
+                "CAST(:payload AS jsonb), CAST(:schedule AS jsonb), "
+                "now() - make_interval(secs => :age), 'epoch')"
             ),
             {
                 "tenant": tenant_id,
@@ -125,6 +127,81 @@ async def test_one_tenants_broken_schedule_never_stops_another_tenants_schedule(
         if record.getMessage() == "scheduled definition skipped"
     }
     assert set(broken) <= skipped
+
+
+async def _next_due(engine: AsyncEngine, name: str) -> tuple[datetime, datetime | None]:
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(
+                text("SELECT created_at, next_due_at FROM task_definitions WHERE name = :name"),
+                {"name": name},
+            )
+        ).one()
+    return row.created_at, row.next_due_at
+
+
+async def _due_names(beat: Beat, now: datetime) -> set[str]:
+    async with beat.sessions() as session:
+        return {definition.name for definition in await scheduled_definitions(session, now)}
+
+
+async def test_beat_reads_only_due_definitions_and_a_new_schedule_at_once(
+    tasks_api: httpx.AsyncClient, beat: Beat, engine: AsyncEngine
+) -> None:
+    name = unique("hourly")
+    created = await tasks_api.post(
+        "/api/v1/tasks/register",
+        json={
+            "name": name,
+            "task": "system.echo",
+            "payload": {"message": "m"},
+            "schedule": {"every_seconds": 3600},
+        },
+    )
+    assert created.status_code == 201, created.text
+    created_at, next_due = await _next_due(engine, name)
+    assert next_due == UNPLANNED  # due at once: beat works out its first tick
+    now = datetime.now(UTC)
+    assert name in await _due_names(beat, now)
+
+    await beat.publish_due(now)  # not due for an hour: beat notes when it will be
+    _, next_due = await _next_due(engine, name)
+    assert next_due == created_at + timedelta(seconds=3600)
+    assert name not in await _due_names(beat, now)  # read no more until then
+    assert name in await _due_names(beat, created_at + timedelta(seconds=3600))
+
+    patched = await tasks_api.patch(
+        f"/api/v1/tasks/definitions/{name}", json={"schedule": {"every_seconds": 60}}
+    )
+    assert patched.status_code == 200, patched.text
+    assert (await _next_due(engine, name))[1] == UNPLANNED  # the new schedule is due at once
+    async with engine.begin() as connection:  # ...and it was made a minute ago
+        created_at = await connection.scalar(
+            text(
+                "UPDATE task_definitions SET created_at = created_at - interval '61 seconds' "
+                "WHERE name = :name RETURNING created_at"
+            ),
+            {"name": name},
+        )
+    published = await beat.publish_due(datetime.now(UTC))
+    assert published >= 1  # other tests' definitions may be due too
+    async with engine.connect() as connection:
+        ticks = (
+            await connection.execute(
+                text(
+                    "SELECT r.scheduled_for FROM task_runs r JOIN task_definitions d "
+                    "ON d.id = r.definition_id WHERE d.name = :name"
+                ),
+                {"name": name},
+            )
+        ).scalars()
+        assert list(ticks) == [created_at + timedelta(seconds=60)]
+    # The claimed tick notes the next one.
+    assert (await _next_due(engine, name))[1] == created_at + timedelta(seconds=120)
+
+    cleared = await tasks_api.patch(f"/api/v1/tasks/definitions/{name}", json={"schedule": None})
+    assert cleared.status_code == 200
+    assert (await _next_due(engine, name))[1] is None
 
 
 async def test_migration_turns_json_null_schedules_into_sql_null(

@@ -204,6 +204,20 @@ class Settings(BaseSettings):
     # broker, started or retrying); more wait in the ledger. 0 turns fair share off (FIFO).
     # The platform superuser sets a tenant's own cap with PATCH /api/v1/tenants/{id}.
     tenant_max_runs_in_flight: int = Field(default=100, ge=0, le=100_000)
+    # Retention (beat deletes what has expired, in batches): final runs this many days after
+    # they finished, dead letters this many days after they were archived (a run is kept while
+    # its dead letter is), idempotency keys this many hours after their run was submitted (a
+    # run not yet final keeps its key). 0 keeps them for ever. The platform superuser sets a
+    # tenant's own run and dead-letter retention with PATCH /api/v1/tenants/{id}.
+    run_retention_days: int = Field(default=30, ge=0, le=3650)
+    dead_letter_retention_days: int = Field(default=90, ge=0, le=3650)
+    idempotency_key_hours: int = Field(default=24, ge=0, le=3650 * 24)
+    # Rows one retention statement deletes: the job never holds more than this many rows' locks.
+    retention_batch_rows: int = Field(default=500, ge=1, le=100_000)
+    # ...and rests this many times as long as each batch took: at 9 the job takes at most a
+    # tenth of one connection's time (more: gentler on the API, slower on a backlog).
+    retention_rest_ratio: float = Field(default=9.0, ge=0, le=100)
+    retention_every_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
     # system.sleep and system.fail (test and demo tasks): registered outside production, and
     # in production only when this is true. system.fail's `crash` never runs in production.
     system_tasks_enabled: bool | None = None

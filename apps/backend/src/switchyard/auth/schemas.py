@@ -60,6 +60,15 @@ class TenantSummary(BaseModel):
     max_runs_in_flight: int | None = Field(
         default=None, description="Its own fair-share cap; null: TENANT_MAX_RUNS_IN_FLIGHT"
     )
+    run_retention_days: int | None = Field(
+        default=None,
+        description="Its own run retention in days (0: for ever); null: RUN_RETENTION_DAYS",
+    )
+    dead_letter_retention_days: int | None = Field(
+        default=None,
+        description="Its own dead-letter retention in days (0: for ever); null: "
+        "DEAD_LETTER_RETENTION_DAYS",
+    )
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantSummary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Sequence
@@ -11,13 +12,14 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same in every process that migrates.
 ADVISORY_LOCK_KEY = 0x5357_5944  # "SWYD"
+LOCK_POLL_SECONDS = 0.2
 
 
 def alembic_config(version_locations: Sequence[Path] = ()) -> Config:
@@ -48,6 +50,20 @@ def _run(
     run_alembic(alembic_config(version_locations), connection, revision, downgrade)
 
 
+async def _take_lock(connection: AsyncConnection) -> None:
+    """Wait for the migration lock without a transaction open while waiting: a migration that
+    builds an index CONCURRENTLY waits for every transaction older than its own, and a waiter
+    blocked inside one would wait for it in turn (a deadlock)."""
+    while True:
+        won = await connection.scalar(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+        )
+        await connection.commit()
+        if won:
+            return
+        await asyncio.sleep(LOCK_POLL_SECONDS)
+
+
 async def migrate(
     url: URL,
     revision: str = "heads",
@@ -60,10 +76,7 @@ async def migrate(
     engine = create_async_engine(url, pool_size=1, max_overflow=0)
     try:
         async with engine.connect() as connection:
-            await connection.execute(
-                text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-            )
-            await connection.commit()
+            await _take_lock(connection)
             try:
                 await connection.run_sync(_run, revision, downgrade, version_locations)
                 await connection.commit()

@@ -63,10 +63,14 @@ def newest_first(
     """`limit + 1` rows after `after`, so the caller knows whether a next page exists."""
     if after is not None:
         created, row_id = after
+        # The first condition is implied by the second; it is there for the planner, which
+        # cannot take an index range from an OR: with it, a deep page starts where the cursor
+        # points in the index instead of reading every newer row of the tenant first.
         statement = statement.where(
+            model.created_at <= created,
             or_(
                 model.created_at < created,
                 and_(model.created_at == created, model.id < row_id),
-            )
+            ),
         )
     return statement.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)

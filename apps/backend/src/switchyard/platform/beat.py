@@ -18,15 +18,15 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from switchyard.db.models import RunState, TaskDefinition, TaskRun, Tenant, TenantStatus
-from switchyard.platform import admission, audit, ledger
+from switchyard.platform import admission, audit, ledger, retention
 from switchyard.platform.heartbeat import write_heartbeat
 from switchyard.platform.metrics import BEAT_LAST_TICK, BEAT_LEADER, BEAT_PUBLISHED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry
-from switchyard.platform.schedules import from_stored, latest_due
+from switchyard.platform.schedules import from_stored, latest_due, next_due
 from switchyard.services.container import Services
 from switchyard.services.outages import unreachable_dependency
 
@@ -35,6 +35,24 @@ logger = logging.getLogger(__name__)
 LEADER_LOCK_KEY = 0x5357_4254  # "SWBT"
 OUTBOX_EVERY_SECONDS = 5.0
 AUDIT_PURGE_EVERY_SECONDS = 3600.0
+
+
+async def scheduled_definitions(session: AsyncSession, now: datetime) -> list[TaskDefinition]:
+    """The enabled definitions with a schedule, of active tenants, due by `now` (one whose
+    next tick is not worked out yet is due at the epoch). `ix_task_definitions_due` serves
+    it: a tick reads the few definitions due, not every scheduled one."""
+    statement = (
+        select(TaskDefinition)
+        .join(Tenant, Tenant.id == TaskDefinition.tenant_id)
+        .where(
+            # `enabled`, not `enabled IS true`: the index's predicate, as PostgreSQL proves it.
+            TaskDefinition.enabled,
+            TaskDefinition.schedule.is_not(None),
+            TaskDefinition.next_due_at <= now,
+            Tenant.status == TenantStatus.ACTIVE,  # a suspended tenant runs nothing
+        )
+    )
+    return list((await session.scalars(statement)).all())
 
 
 class Beat:
@@ -56,6 +74,8 @@ class Beat:
         self.leader_since: float | None = None
         self.last_outbox = 0.0
         self.last_audit_purge: float | None = None  # the first tick as leader purges
+        self.last_retention: float | None = None  # ...and starts a retention pass
+        self.retention: asyncio.Task[retention.Expired | None] | None = None
         self.dispatcher = admission.install(services, publisher)
         self.failed_ticks = 0  # in a row; the healthcheck reads it from the heartbeat
 
@@ -112,8 +132,29 @@ class Beat:
                 await self.purge_audit_events()
             except Exception as exc:
                 failures.append(exc)
+        self._start_retention()
         if failures:
             raise failures[0]
+
+    def _start_retention(self) -> None:
+        """A retention pass in the background (it may take minutes on a large backlog, and
+        the tick's schedules must not wait for it): every RETENTION_EVERY_SECONDS, one at a
+        time, while this beat leads."""
+        if self.retention is not None and not self.retention.done():
+            return
+        every = self.settings.retention_every_seconds
+        if self.last_retention is not None and time.monotonic() - self.last_retention < every:
+            return
+        self.last_retention = time.monotonic()
+        self.retention = asyncio.create_task(self.expire(), name="retention")
+
+    async def expire(self) -> retention.Expired | None:
+        """One retention pass; a failure is logged (the next pass starts over)."""
+        try:
+            return await retention.expire(self.engine, self.settings)
+        except Exception:
+            logger.exception("retention pass failed")
+            return None
 
     async def purge_audit_events(self) -> int:
         """Audit events older than AUDIT_RETENTION_DAYS go (hourly, in batches)."""
@@ -146,6 +187,10 @@ class Beat:
     async def _resign(self) -> None:
         connection, self.lock_connection = self.lock_connection, None
         self.leader_since = None
+        pass_, self.retention = self.retention, None
+        if pass_ is not None and not pass_.done():
+            pass_.cancel()  # its batch rolls back; the next leader's pass starts over
+            await asyncio.gather(pass_, return_exceptions=True)
         if connection is not None:
             try:
                 await connection.execute(
@@ -168,17 +213,7 @@ class Beat:
     async def publish_due(self, now: datetime) -> int:
         """Create and publish one run per definition whose latest tick is not yet claimed."""
         async with self.sessions() as session:
-            definitions = (
-                await session.scalars(
-                    select(TaskDefinition)
-                    .join(Tenant, Tenant.id == TaskDefinition.tenant_id)
-                    .where(
-                        TaskDefinition.enabled.is_(True),
-                        TaskDefinition.schedule.is_not(None),
-                        Tenant.status == TenantStatus.ACTIVE,  # a suspended tenant runs nothing
-                    )
-                )
-            ).all()
+            definitions = await scheduled_definitions(session, now)
         published = 0
         for definition in definitions:
             try:
@@ -197,12 +232,31 @@ class Beat:
         schedule = from_stored(definition.schedule)  # a broken one: this definition is skipped
         anchor = definition.last_scheduled_for or definition.created_at
         due = latest_due(schedule, anchor, now)
-        if due is None or not await self._claim_tick(definition, due):
+        following = next_due(schedule, anchor, now)
+        if due is None:
+            await self._plan(definition, following)
+            return 0
+        if not await self._claim_tick(definition, due, following):
             return 0
         BEAT_PUBLISHED.labels(kind="scheduled").inc()
         return 1
 
-    async def _claim_tick(self, definition: TaskDefinition, due: datetime) -> bool:
+    async def _plan(self, definition: TaskDefinition, following: datetime) -> None:
+        """Note the definition's next tick, unless its schedule changed since it was read
+        (the change made it due at once: the next tick works it out again)."""
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(TaskDefinition)
+                .where(
+                    TaskDefinition.id == definition.id,
+                    TaskDefinition.schedule == definition.schedule,
+                )
+                .values(next_due_at=following)
+            )
+
+    async def _claim_tick(
+        self, definition: TaskDefinition, due: datetime, following: datetime
+    ) -> bool:
         spec = self.registry.get(definition.task)
         if spec is None or spec.access == "internal":
             logger.error("scheduled task is not registered", extra={"task": definition.task})
@@ -222,12 +276,13 @@ class Beat:
                 .where(
                     TaskDefinition.id == definition.id,
                     TaskDefinition.enabled.is_(True),
+                    TaskDefinition.schedule == definition.schedule,
                     or_(
                         TaskDefinition.last_scheduled_for.is_(None),
                         TaskDefinition.last_scheduled_for < due,
                     ),
                 )
-                .values(last_scheduled_for=due)
+                .values(last_scheduled_for=due, next_due_at=following)
                 .returning(TaskDefinition.id)
             )
             if claimed is None:

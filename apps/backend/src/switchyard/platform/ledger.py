@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     tuple_,
     update,
     values,
@@ -42,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
+from switchyard.db.models.task_run import OUTBOX
 from switchyard.platform.coalesce import Coalescer
 
 logger = logging.getLogger(__name__)
@@ -504,8 +506,9 @@ async def unpublished(
         select(TaskRun)
         .where(
             and_(
-                TaskRun.published_at.is_(None),
-                or_(TaskRun.admitted_at.is_not(None), TaskRun.state == RunState.SCHEDULED),
+                # `ix_task_runs_outbox`'s predicate, word for word (a literal, not a parameter:
+                # PostgreSQL proves a partial index from the statement's text).
+                text(OUTBOX),
                 # A run that waited for its tenant's share counts from its admission.
                 func.coalesce(TaskRun.admitted_at, TaskRun.created_at) < older_than,
                 TaskRun.state.in_((RunState.QUEUED, RunState.SCHEDULED)),

@@ -105,6 +105,11 @@ BEAT_PUBLISHED = Counter(
     "Runs beat published, by kind (scheduled, republished)",
     ["kind"],
 )
+RETENTION_DELETED = Counter(
+    "switchyard_retention_expired_total",
+    "Rows the retention job removed, by kind (runs, dead_letters, idempotency_keys)",
+    ["kind"],
+)
 
 
 TENANT_METRICS_MAX = 100

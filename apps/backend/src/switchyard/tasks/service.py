@@ -17,7 +17,14 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from switchyard.db.models import DeadLetter, RunState, TaskDefinition, TaskRun, Tenant
+from switchyard.db.models import (
+    UNPLANNED,
+    DeadLetter,
+    RunState,
+    TaskDefinition,
+    TaskRun,
+    Tenant,
+)
 from switchyard.db.session import after_commit
 from switchyard.errors import (
     ConflictError,
@@ -491,6 +498,8 @@ async def update_definition(
         setattr(definition, key, value)
     if "schedule" in changes:
         definition.schedule = schedules.to_stored(patch.schedule)
+        # Beat works out the new schedule's next tick at once.
+        definition.next_due_at = None if definition.schedule is None else UNPLANNED
     await session.flush()
     await session.refresh(definition)
     audit.record(

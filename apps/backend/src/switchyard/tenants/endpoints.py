@@ -65,7 +65,8 @@ async def set_tenant_limits(
     session: SessionDep,
     services: ServicesDep,
 ) -> TenantSummary:
-    """A tenant's own fair-share cap; raising it admits its waiting runs at once."""
+    """A tenant's own fair-share cap (raising it admits its waiting runs at once) and its
+    retention of runs and dead letters. Only the fields given change."""
     return TenantSummary.of(await service.set_limits(session, services, tenant_id, body))
 
 

@@ -38,11 +38,13 @@ async def set_status(
 async def set_limits(
     session: AsyncSession, services: Services, tenant_id: uuid.UUID, limits: TenantLimits
 ) -> Tenant:
-    """A tenant's own fair-share cap; once committed, a raised cap admits its waiting runs."""
+    """A tenant's own fair-share cap and retention (the fields given); once committed, a
+    raised cap admits its waiting runs."""
     tenant = await TenantsRepository(session).get_or_404(tenant_id)
-    tenant.max_runs_in_flight = limits.max_runs_in_flight
+    for field, value in limits.given().items():
+        setattr(tenant, field, value)
     await session.flush()
     admission = services.admission
-    if admission is not None:
+    if admission is not None and "max_runs_in_flight" in limits.model_fields_set:
         after_commit(session, lambda: admission.try_release(tenant_id))
     return tenant

@@ -4,7 +4,7 @@ from switchyard.db.models.audit import AuditEvent
 from switchyard.db.models.datasource import DataSourceConnection
 from switchyard.db.models.dead_letter import DeadLetter
 from switchyard.db.models.document import DocumentStatus, KnowledgeDocument
-from switchyard.db.models.task_definition import TaskDefinition
+from switchyard.db.models.task_definition import UNPLANNED, TaskDefinition
 from switchyard.db.models.task_run import FINAL_STATES, RunState, TaskRun
 from switchyard.db.models.tenant import DEFAULT_TENANT_ID, Tenant, TenantStatus
 from switchyard.db.models.user import (
@@ -22,6 +22,7 @@ from switchyard.db.models.user import (
 __all__ = [
     "DEFAULT_TENANT_ID",
     "FINAL_STATES",
+    "UNPLANNED",
     "ApiKey",
     "AuditEvent",
     "DataSourceConnection",

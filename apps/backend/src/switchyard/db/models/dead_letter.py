@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Index, String, Text
+from sqlalchemy import DateTime, ForeignKey, Index, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -15,7 +15,15 @@ class DeadLetter(UUIDPrimaryKey, Timestamps, Base):
     """A message the broker dead-lettered, archived by the worker for inspection and replay."""
 
     __tablename__ = "dead_letters"
-    __table_args__ = (Index("ix_dead_letters_tenant_id_created_at", "tenant_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_dead_letters_tenant_id_created_at", "tenant_id", "created_at"),
+        # replayed_run_id's ON DELETE SET NULL: a deleted run finds its letter without a scan.
+        Index(
+            "ix_dead_letters_replayed_run_id",
+            "replayed_run_id",
+            postgresql_where=text("replayed_run_id IS NOT NULL"),
+        ),
+    )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     run_id: Mapped[uuid.UUID | None] = mapped_column(

@@ -32,6 +32,10 @@ FINAL_STATES = frozenset(
 )
 
 
+# An accepted run whose publish is not recorded: admitted (or delayed, published unadmitted).
+OUTBOX = "published_at IS NULL AND (admitted_at IS NOT NULL OR state = 'scheduled')"
+
+
 class TaskRun(UUIDPrimaryKey, Timestamps, Base):
     """The ledger: one row per accepted run, written before the message is published."""
 
@@ -43,10 +47,12 @@ class TaskRun(UUIDPrimaryKey, Timestamps, Base):
         # The runs list's filters, newest first (the console's runs page).
         Index("ix_task_runs_tenant_id_state_created_at", "tenant_id", "state", "created_at"),
         Index("ix_task_runs_tenant_id_task_created_at", "tenant_id", "task", "created_at"),
+        # Beat's outbox: accepted runs not yet published. Not the runs waiting for their
+        # tenant's share (unpublished by design, and a backlog can be millions).
         Index(
-            "ix_task_runs_unpublished",
+            "ix_task_runs_outbox",
             "created_at",
-            postgresql_where=text("published_at IS NULL"),
+            postgresql_where=text(OUTBOX),
         ),
         # Fair share (platform.admission): a tenant's runs waiting for capacity, oldest
         # first, and its runs holding a slot.
@@ -62,6 +68,23 @@ class TaskRun(UUIDPrimaryKey, Timestamps, Base):
             postgresql_where=text(
                 "admitted_at IS NOT NULL AND state IN ('queued', 'started', 'retrying')"
             ),
+        ),
+        # Retention (platform.retention): a tenant's final runs, oldest finished first; keyed
+        # runs, oldest first (the keys expire before the runs).
+        Index(
+            "ix_task_runs_finished",
+            "tenant_id",
+            "finished_at",
+            postgresql_where=text("state IN ('succeeded', 'failed', 'dead_lettered', 'cancelled')"),
+        ),
+        Index(
+            "ix_task_runs_keyed",
+            "created_at",
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        # replay_of's ON DELETE SET NULL: a deleted run finds its replays without a scan.
+        Index(
+            "ix_task_runs_replay_of", "replay_of", postgresql_where=text("replay_of IS NOT NULL")
         ),
     )
 

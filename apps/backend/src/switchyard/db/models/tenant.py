@@ -23,6 +23,10 @@ class Tenant(UUIDPrimaryKey, Timestamps, Base):
     __tablename__ = "tenants"
     __table_args__ = (
         CheckConstraint("max_runs_in_flight > 0", name="max_runs_in_flight_positive"),
+        CheckConstraint("run_retention_days BETWEEN 0 AND 3650", name="run_retention_days_range"),
+        CheckConstraint(
+            "dead_letter_retention_days BETWEEN 0 AND 3650", name="dead_letter_retention_days_range"
+        ),
     )
 
     name: Mapped[str] = mapped_column(String(200))
@@ -35,3 +39,7 @@ class Tenant(UUIDPrimaryKey, Timestamps, Base):
     # Runs in flight at once across all workers; NULL: TENANT_MAX_RUNS_IN_FLIGHT. Set by the
     # platform superuser (PATCH /tenants/{id}).
     max_runs_in_flight: Mapped[int | None] = mapped_column()
+    # How long its final runs and its dead letters are kept (0: for ever); NULL: the
+    # RUN_RETENTION_DAYS / DEAD_LETTER_RETENTION_DAYS default. Set by the platform superuser.
+    run_retention_days: Mapped[int | None] = mapped_column()
+    dead_letter_retention_days: Mapped[int | None] = mapped_column()

@@ -1,0 +1,177 @@
+"""Retention: beat removes what has outlived its setting, in bounded batches.
+
+- Final runs go RUN_RETENTION_DAYS after they finished (a tenant's own `run_retention_days`
+  first). A run whose dead letter is still archived stays until the letter goes: the letter
+  is what an operator replays, and its run is its history. A replay of a deleted run keeps
+  its own row, with `replay_of` cleared (the foreign key's ON DELETE SET NULL, served by an
+  index). A definition's runs go like any other; the definition keeps `last_scheduled_for`, so
+  beat never schedules an expired tick again.
+- Dead letters go DEAD_LETTER_RETENTION_DAYS after they were archived (or the tenant's own).
+- Idempotency keys are cleared IDEMPOTENCY_KEY_HOURS after their run was submitted, once the
+  run is final (a client retrying while its run is still pending never gets a second run);
+  the replay key of a dead letter stays with its run ("one run per letter").
+
+Each batch is one short transaction: the rows are picked with `FOR UPDATE SKIP LOCKED` (a run
+a worker or a request holds is left for the next pass, never waited for), at most
+RETENTION_BATCH_ROWS of them, through an index (`ix_task_runs_finished`, `ix_task_runs_keyed`,
+`ix_dead_letters_tenant_id_created_at`) per tenant. Between batches the job rests
+RETENTION_REST_RATIO times as long as the batch took (9: at most a tenth of one connection's
+time). 0 keeps for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, fields
+from typing import Final
+
+from sqlalchemy import TextClause, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.platform.metrics import RETENTION_DELETED
+from switchyard.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# A batch never waits long for a lock (the foreign keys' SET NULL touches dead letters and
+# replays), nor runs long: either fails the pass, and the next pass starts over.
+_LIMITS: Final = (
+    text("SET LOCAL lock_timeout = '2s'"),
+    text("SET LOCAL statement_timeout = '60s'"),
+)
+
+_RUNS = text(
+    """
+    WITH expired AS (
+        SELECT run.id
+        FROM tenants AS t
+        CROSS JOIN LATERAL (
+            SELECT r.id FROM task_runs AS r
+            WHERE r.tenant_id = t.id
+              AND r.state IN ('succeeded', 'failed', 'dead_lettered', 'cancelled')
+              AND r.finished_at
+                  < now() - make_interval(days => COALESCE(t.run_retention_days, :days))
+              AND NOT EXISTS (SELECT 1 FROM dead_letters AS d WHERE d.run_id = r.id)
+            ORDER BY r.finished_at
+            LIMIT :rows
+            FOR UPDATE OF r SKIP LOCKED
+        ) AS run
+        WHERE COALESCE(t.run_retention_days, :days) > 0
+        LIMIT :rows
+    )
+    DELETE FROM task_runs WHERE id IN (SELECT id FROM expired)
+    """
+)
+_DEAD_LETTERS = text(
+    """
+    WITH expired AS (
+        SELECT letter.id
+        FROM tenants AS t
+        CROSS JOIN LATERAL (
+            SELECT d.id FROM dead_letters AS d
+            WHERE d.tenant_id = t.id
+              AND d.created_at
+                  < now() - make_interval(days => COALESCE(t.dead_letter_retention_days, :days))
+            ORDER BY d.created_at
+            LIMIT :rows
+            FOR UPDATE OF d SKIP LOCKED
+        ) AS letter
+        WHERE COALESCE(t.dead_letter_retention_days, :days) > 0
+        LIMIT :rows
+    )
+    DELETE FROM dead_letters WHERE id IN (SELECT id FROM expired)
+    """
+)
+_KEYS = text(
+    """
+    UPDATE task_runs SET idempotency_key = NULL, request_hash = NULL
+    WHERE id IN (
+        SELECT id FROM task_runs
+        WHERE idempotency_key IS NOT NULL
+          AND created_at < now() - make_interval(hours => :hours)
+          AND state IN ('succeeded', 'failed', 'dead_lettered', 'cancelled')
+          AND idempotency_key NOT LIKE 'replay:%'
+        ORDER BY created_at
+        LIMIT :rows
+        FOR UPDATE SKIP LOCKED
+    )
+    """
+)
+
+
+@dataclass
+class Expired:
+    """What one pass removed."""
+
+    dead_letters: int = 0
+    runs: int = 0
+    idempotency_keys: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, field.name) for field in fields(self))
+
+
+async def _batch(engine: AsyncEngine, statement: TextClause, values: dict[str, int]) -> int:
+    async with engine.begin() as connection:
+        for limit in _LIMITS:
+            await connection.execute(limit)
+        result = await connection.execute(statement, values)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def _drain(
+    engine: AsyncEngine, kind: str, statement: TextClause, values: dict[str, int], rest: float
+) -> int:
+    """Batches until one comes back short (nothing more has expired, or the rest is locked)."""
+    removed = 0
+    while True:
+        started = time.monotonic()
+        count = await _batch(engine, statement, values)
+        removed += count
+        RETENTION_DELETED.labels(kind=kind).inc(count)
+        if count < values["rows"]:
+            return removed
+        if rest:
+            await asyncio.sleep(rest * (time.monotonic() - started))
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One kind of expired rows: the statement that removes a batch of them, and its values."""
+
+    kind: str
+    statement: TextClause
+    values: dict[str, int]
+
+
+def batches(settings: Settings) -> list[Batch]:
+    """In the order a pass runs them: dead letters first (a run whose letter just went can go
+    in the same pass), then runs, then the keys of the runs that stay."""
+    rows = settings.retention_batch_rows
+    found = [
+        Batch("dead_letters", _DEAD_LETTERS, {"days": settings.dead_letter_retention_days}),
+        Batch("runs", _RUNS, {"days": settings.run_retention_days}),
+    ]
+    if settings.idempotency_key_hours > 0:
+        found.append(Batch("idempotency_keys", _KEYS, {"hours": settings.idempotency_key_hours}))
+    for batch in found:
+        batch.values["rows"] = rows
+    return found
+
+
+async def expire(engine: AsyncEngine, settings: Settings, *, rest: bool = True) -> Expired:
+    """One pass over every kind; what it removed."""
+    expired = Expired()
+    for batch in batches(settings):
+        ratio = settings.retention_rest_ratio if rest else 0.0
+        removed = await _drain(engine, batch.kind, batch.statement, batch.values, ratio)
+        setattr(expired, batch.kind, removed)
+    if expired.total:
+        logger.info(
+            "expired rows removed",
+            extra={field.name: getattr(expired, field.name) for field in fields(expired)},
+        )
+    return expired
