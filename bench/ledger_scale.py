@@ -19,7 +19,7 @@ the same mix as before it.
 Targets: every figure at 10 M within 2x of its figure at 10 k (p50 and p99); the API's p99
 while the retention job runs within 1.5x of its p99 before.
 Usage: uv run python -m bench.ledger_scale [--runs 10000000] [--small 10000] [--tenants 1000]
-       [--small-tenants 10] [--samples 300] [--requests 400]
+       [--small-tenants 10] [--samples 1000] [--requests 400]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from sqlalchemy import text
@@ -197,13 +198,19 @@ def expire_in_a_process(database: str) -> subprocess.Popen[str]:
 
 
 async def expire_only(database: str) -> None:
-    """One retention pass, as beat runs it; prints what it removed and how long it took."""
+    """One retention pass, as beat runs it; prints what it removed, and when each kind's
+    phase started and ended (wall clock, for the requests measured meanwhile)."""
     engine = create_async_engine(database, pool_size=1, max_overflow=0)
+    settings = Settings(_env_file=None, environment="test")
     started = time.perf_counter()
-    expired = await retention.expire(engine, Settings(_env_file=None, environment="test"))
+    phases = []
+    for batch in retention.batches(settings):
+        begun = time.time()
+        removed = await retention.drain(engine, batch, settings.retention_rest_ratio)
+        phases.append({"kind": batch.kind, "start": begun, "end": time.time(), "removed": removed})
     seconds = time.perf_counter() - started
     await engine.dispose()
-    print(json.dumps({"seconds": seconds, **expired.__dict__}))
+    print(json.dumps({"seconds": seconds, "phases": phases}))
 
 
 async def seed_small(engine: AsyncEngine, args: argparse.Namespace, now: datetime) -> None:
@@ -240,25 +247,28 @@ async def seed_large(engine: AsyncEngine, args: argparse.Namespace, now: datetim
     )
     await hot.seed_live(engine, args.small_tenants, args.tenants)
     # ...and, for the retention pass, runs enough to ask for a new one all along it.
-    await seed_api_runs(engine, 30 * args.requests, args.runs + 3 * args.requests, now)
+    await seed_api_runs(engine, 100 * args.requests, args.runs + 3 * args.requests, now)
     await hot.seed_extras(engine)
     seeded = time.perf_counter() - started
     print(f"seeded on to {args.runs:,} runs in {seeded:.0f} s")
     return seeded
 
 
+Timed = list[tuple[float, float]]  # (wall clock when a request ended, its ms)
+
+
 async def while_expiring(
     api: Api, database: str, run_ids: list[uuid.UUID]
-) -> tuple[tuple[list[float], list[float]], dict[str, float]]:
+) -> tuple[Timed, dict[str, Any]]:
     """The API's mix while a retention pass runs (until it ends, or the run ids do)."""
     expiring = expire_in_a_process(database)
-    during: tuple[list[float], list[float]] = ([], [])
+    during: Timed = []
     for run_id in run_ids:
         if expiring.poll() is not None:
             break
         submit, get = await api.mix([run_id])
-        during[0].extend(submit)
-        during[1].extend(get)
+        during.append((time.time(), submit[0]))
+        during.append((time.time(), get[0]))
     stdout, _ = expiring.communicate()
     return during, json.loads(stdout.strip().splitlines()[-1])
 
@@ -271,6 +281,7 @@ async def measure(args: argparse.Namespace, database: str, broker: str) -> None:
         CELERY_BROKER_URL=broker,
         API_HOST="127.0.0.1",
         API_PORT=str(port),
+        ACCESS_TOKEN_MINUTES="1440",  # the benchmark's one sign-in outlives its half hour
     )
     engine = create_async_engine(database, pool_size=2)
     hot.install_capture(engine)
@@ -301,7 +312,7 @@ async def measure(args: argparse.Namespace, database: str, broker: str) -> None:
             size = await sizes(engine)
             big_queries = await time_queries(engine, args.samples, measured)
             big_plans = await plans(engine, measured)
-            ids = await final_runs(engine, tenant_id, 40 * args.requests)
+            ids = await final_runs(engine, tenant_id, 110 * args.requests)
             await api.mix(ids[:20])  # warm-up
             big_api = await api.mix(ids[20 : 20 + args.requests])
             during, expired = await while_expiring(api, database, ids[20 + args.requests :])
@@ -318,8 +329,8 @@ def report(
     big_plans: dict[str, tuple[set[str], set[str]]],
     small_api: tuple[list[float], list[float]],
     big_api: tuple[list[float], list[float]],
-    during: tuple[list[float], list[float]],
-    expired: dict[str, float],
+    during: Timed,
+    expired: dict[str, Any],
 ) -> None:
     small["API: submit"], big["API: submit"] = Latency.of(small_api[0]), Latency.of(big_api[0])
     small["API: get run"], big["API: get run"] = Latency.of(small_api[1]), Latency.of(big_api[1])
@@ -353,22 +364,66 @@ def report(
         rows,
     )
     before = Latency.of(big_api[0] + big_api[1])
-    while_ = Latency.of(during[0] + during[1]) if during[0] else before
-    print_table(
-        "Retention: one pass while the API is asked (ms, submit and get-run together)",
-        ["what", "figure"],
+    phases = {phase["kind"]: phase for phase in expired["phases"]}
+    table = [
         [
-            ["runs removed", f"{expired['runs']:,.0f}"],
-            ["dead letters removed", f"{expired['dead_letters']:,.0f}"],
-            ["idempotency keys cleared", f"{expired['idempotency_keys']:,.0f}"],
-            ["pass took", f"{expired['seconds']:.0f} s"],
-            ["runs removed per second", f"{expired['runs'] / expired['seconds']:,.0f}"],
-            ["API requests during the pass", f"{2 * len(during[0])}"],
-            ["API p50 / p99 before", f"{before.p50:.2f} / {before.p99:.2f}"],
-            ["API p50 / p99 during", f"{while_.p50:.2f} / {while_.p99:.2f}"],
+            "before the pass",
+            "",
+            "",
+            f"{len(big_api[0]) * 2:,}",
+            "",
+            f"{before.p50:.2f}",
+            f"{before.p99:.2f}",
+            "1.00x",
+        ]
+    ]
+    ratios: dict[str, float] = {}
+    spans = [
+        *phases.values(),
+        {
+            "kind": "the whole pass",
+            "removed": None,
+            "start": expired["phases"][0]["start"],
+            "end": expired["phases"][-1]["end"],
+        },
+    ]
+    for phase in spans:
+        inside = [ms for at, ms in during if phase["start"] <= at <= phase["end"]]
+        seconds = phase["end"] - phase["start"]
+        if not inside:
+            table.append([phase["kind"], "", f"{seconds:.0f}", "0", "", "", "", ""])
+            continue
+        figures = Latency.of(inside)
+        ratios[phase["kind"]] = figures.p99 / before.p99
+        removed = phase["removed"]
+        table.append(
+            [
+                phase["kind"],
+                "" if removed is None else f"{removed:,}",
+                f"{seconds:.0f}",
+                f"{len(inside):,}",
+                "" if removed is None else f"{removed / max(seconds, 1e-9):,.0f}",
+                f"{figures.p50:.2f}",
+                f"{figures.p99:.2f}",
+                f"{ratios[phase['kind']]:.2f}x",
+            ]
+        )
+    print_table(
+        "Retention: one pass (RETENTION_BATCH_ROWS, RETENTION_REST_RATIO as set) while the API "
+        "is asked; API ms, submit and get-run together",
+        [
+            "phase",
+            "removed",
+            "seconds",
+            "API requests",
+            "rows/s",
+            "API p50",
+            "API p99",
+            "p99 vs before",
         ],
+        table,
     )
-    retention_ratio = while_.p99 / before.p99
+    runs_ratio = ratios.get("runs", float("inf"))
     print_targets(
         [
             (
@@ -377,9 +432,14 @@ def report(
                 worst <= SCALE_TARGET,
             ),
             (
-                f"API p99 during retention within {RETENTION_TARGET:g}x of before",
-                f"{retention_ratio:.2f}x",
-                retention_ratio <= RETENTION_TARGET,
+                f"API p99 while retention deletes the runs within {RETENTION_TARGET:g}x of before",
+                f"{runs_ratio:.2f}x",
+                runs_ratio <= RETENTION_TARGET,
+            ),
+            (
+                f"API p99 over the whole pass within {RETENTION_TARGET:g}x of before",
+                f"{ratios.get('the whole pass', float('inf')):.2f}x",
+                ratios.get("the whole pass", float("inf")) <= RETENTION_TARGET,
             ),
         ]
     )
@@ -411,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--small-tenants", type=int, default=10, help="tenants holding the small ledger's runs"
     )
-    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--expire", metavar="DATABASE_URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -130,6 +130,10 @@ async def claim_group(
     statement = (
         update(_RUNS)
         .where(
+            # The ids alone first: the primary key finds the rows, whatever else the planner
+            # thinks of the (run, tenant) pairs (a tenant's state index, say, which reads all of
+            # a tenant's queued runs: its backlog waiting for its share too).
+            _RUNS.c.id.in_([run_id for run_id, _ in runs]),
             tuple_(_RUNS.c.id, _RUNS.c.tenant_id).in_(runs),
             _RUNS.c.state.in_((*CLAIMABLE, RunState.STARTED) if redelivered else CLAIMABLE),
             _RUNS.c.admitted_at.is_not(None),
