@@ -25,9 +25,12 @@ def shell_lines(starting: tuple[str, ...]) -> list[str]:
 
 
 def run_as_written(backup: list[str], restore: str, cwd: Path, env: dict[str, str]) -> None:
+    """The backup lines, then the restore line naming what they wrote (a dump file, or the
+    directory of a parallel dump)."""
     subprocess.run(["bash", "-ec", "\n".join(backup)], cwd=cwd, env=env, check=True)
-    [dump] = list(cwd.glob("switchyard-*.dump"))
-    command = restore.replace("switchyard-YYYYMMDD-HHMM.dump", dump.name)
+    [dump] = list(cwd.glob("switchyard-*"))
+    placeholder = "switchyard-YYYYMMDD-HHMM" + (".dump" if dump.suffix == ".dump" else "")
+    command = restore.replace(placeholder, dump.name)
     subprocess.run(["bash", "-ec", command], cwd=cwd, env=env, check=True)
 
 
@@ -36,7 +39,7 @@ async def test_the_documented_backup_restores_into_an_empty_database(
 ) -> None:
     if shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
         unavailable("pg_dump", "the PostgreSQL client tools are not installed")
-    source, target = await create_database(), await create_database()
+    source = await create_database()
     await migrate(source)
     plain = source.render_as_string(hide_password=False)
     connection = await asyncpg.connect(plain.replace("+asyncpg", ""))
@@ -45,28 +48,34 @@ async def test_the_documented_backup_restores_into_an_empty_database(
     )
     await connection.close()
 
-    backup = shell_lines(("export PGURL", "pg_dump"))
-    restore = shell_lines(("pg_restore",))
-    assert len(backup) == 2, backup
-    assert len(restore) == 1, restore
-    env = {
-        **os.environ,
-        "DATABASE_URL": plain.replace("postgresql://", "postgresql+asyncpg://", 1)
-        if "+asyncpg" not in plain
-        else plain,
-        "RESTORE_URL": target.render_as_string(hide_password=False).replace("+asyncpg", ""),
-    }
-    await asyncio.to_thread(run_as_written, backup, restore[0], tmp_path, env)
+    export, *dumps = shell_lines(("export PGURL", "pg_dump"))
+    restores = shell_lines(("pg_restore",))
+    # One dump file, and the parallel dump of a large ledger (a directory): each restores.
+    assert export.startswith("export PGURL"), export
+    assert len(dumps) == 2, dumps
+    assert len(restores) == 2, restores
+    for dump, restore in zip(dumps, restores, strict=True):
+        target = await create_database()
+        env = {
+            **os.environ,
+            "DATABASE_URL": plain.replace("postgresql://", "postgresql+asyncpg://", 1)
+            if "+asyncpg" not in plain
+            else plain,
+            "RESTORE_URL": target.render_as_string(hide_password=False).replace("+asyncpg", ""),
+        }
+        workdir = tmp_path / f"backup-{dumps.index(dump)}"
+        workdir.mkdir()
+        await asyncio.to_thread(run_as_written, [export, dump], restore, workdir, env)
 
-    restored = await asyncpg.connect(env["RESTORE_URL"])
-    try:
-        names = await restored.fetch("SELECT name FROM tenants ORDER BY name")
-        version = await restored.fetchval("SELECT version_num FROM alembic_version")
-    finally:
-        await restored.close()
-    assert "Backed up" in [row["name"] for row in names]
-    assert version is not None
-    await migrate(target)  # the runbook's next step: a no-op on a current dump
+        restored = await asyncpg.connect(env["RESTORE_URL"])
+        try:
+            names = await restored.fetch("SELECT name FROM tenants ORDER BY name")
+            version = await restored.fetchval("SELECT version_num FROM alembic_version")
+        finally:
+            await restored.close()
+        assert "Backed up" in [row["name"] for row in names]
+        assert version is not None
+        await migrate(target)  # the runbook's next step: a no-op on a current dump
 
 
 def test_the_runbook_covers_what_operators_ask() -> None:
