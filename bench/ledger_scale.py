@@ -41,7 +41,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench import ledger_queries as hot
-from bench.gateway_overhead import PASSWORD
+from bench.console_runs import account
 from bench.harness import (
     DEFAULT_REDIS,
     SWITCHYARD,
@@ -146,20 +146,6 @@ class Api:
             submits.append(await self.submit())
             gets.append(await self.get(run_id))
         return submits, gets
-
-
-async def api_account(client: httpx.AsyncClient) -> tuple[uuid.UUID, dict[str, str]]:
-    email = f"ledger-{uuid.uuid4().hex[:8]}@example.com"
-    registered = await client.post(
-        "/api/v1/auth/register",
-        json={"email": email, "password": PASSWORD, "tenant_name": "Ledger API"},
-    )
-    registered.raise_for_status()
-    tokens = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-    tokens.raise_for_status()
-    return uuid.UUID(registered.json()["tenant"]["id"]), {
-        "Authorization": f"Bearer {tokens.json()['access_token']}"
-    }
 
 
 async def final_runs(engine: AsyncEngine, tenant_id: uuid.UUID, count: int) -> list[uuid.UUID]:
@@ -288,7 +274,7 @@ async def measure(args: argparse.Namespace, database: str, broker: str) -> None:
     with process([SWITCHYARD, "run", "api-gateway"], env) as gateway:
         wait_http(f"http://127.0.0.1:{port}/health/ready", gateway)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            tenant_id, headers = await api_account(client)
+            tenant_id, headers = await account(client, "Ledger")
             api = Api(client, headers)
             async with engine.begin() as connection:  # one of the seeded tenants, uncapped
                 await connection.execute(
