@@ -355,7 +355,7 @@ async def _key(_: AsyncConnection, session: AsyncSession, sample: Sample) -> obj
 
 
 async def _store(connection: AsyncConnection, _: AsyncSession, sample: Sample) -> object:
-    return await admission.store(connection, [_new_run(sample)], 100)
+    return await admission.store(connection, [_new_run(sample)], admission.Policy())
 
 
 async def _claim(connection: AsyncConnection, _: AsyncSession, sample: Sample) -> object:
@@ -385,7 +385,7 @@ async def _get(_: AsyncConnection, session: AsyncSession, sample: Sample) -> obj
 
 
 async def _share(connection: AsyncConnection, _: AsyncSession, sample: Sample) -> object:
-    return await admission.share(connection, sample.tenant_id, 100)
+    return await admission.share(connection, sample.tenant_id, admission.Policy())
 
 
 async def _due(_: AsyncConnection, session: AsyncSession, __: Sample) -> object:

@@ -79,7 +79,7 @@ async def gateway(
     settings = make_settings(
         celery_broker_url=own_broker,
         task_delivery_limit=DELIVERY_LIMIT,
-        tenant_max_runs_in_flight=0,
+        fair_share=False,
         rate_limits_enabled=False,
     )
     app = create_app(settings)
@@ -142,7 +142,7 @@ async def test_a_burst_the_broker_refuses_in_part_leaves_ledger_and_queue_agreei
         DATABASE_URL=engine.url.render_as_string(hide_password=False),
         WORKER_CONCURRENCY="20",
         WORKER_QUEUES="default,llm",
-        TENANT_MAX_RUNS_IN_FLIGHT="0",
+        FAIR_SHARE="false",
     )
     deadline = time.monotonic() + 120
     while (done := await succeeded(engine, account.tenant_id)) != accepted_ids:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from switchyard.domains import load_task_modules
 from switchyard.platform.admission import Dispatcher
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
+from switchyard.platform.publisher import RunMessage
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account, login, sign_up
@@ -300,17 +301,17 @@ async def test_the_sweep_admits_round_robin_across_tenants(
         )
     dispatcher: Dispatcher = app.state.dispatcher
     published: list[str] = []
-    original = dispatcher.publisher.publish
+    original = dispatcher.publisher.publish_many
 
-    async def recording(run_id: str, task: str, queue: str, *args: Any) -> None:
-        published.append(run_id)
-        await original(run_id, task, queue, *args)
+    async def recording(messages: Sequence[RunMessage]) -> list[bool]:
+        published.extend(message.run_id for message in messages)
+        return await original(messages)
 
-    dispatcher.publisher.publish = recording  # type: ignore[method-assign,assignment]
+    dispatcher.publisher.publish_many = recording  # type: ignore[method-assign]
     try:
         assert await dispatcher.sweep() == 2 * CAP
     finally:
-        dispatcher.publisher.publish = original  # type: ignore[method-assign]
+        dispatcher.publisher.publish_many = original  # type: ignore[method-assign]
     owners = {
         str(row.id): tenant
         for tenant in (a, b)

@@ -200,10 +200,18 @@ class Settings(BaseSettings):
     task_group_commit_ms: float = Field(default=2.0, ge=0, le=100)
     task_group_commit_runs: int = Field(default=200, ge=1, le=10_000)
     task_republish_after_seconds: float = Field(default=15.0, gt=0)
-    # Fair share: runs of one tenant in flight at once across all workers (queued in the
-    # broker, started or retrying); more wait in the ledger. 0 turns fair share off (FIFO).
-    # The platform superuser sets a tenant's own cap with PATCH /api/v1/tenants/{id}.
-    tenant_max_runs_in_flight: int = Field(default=100, ge=0, le=100_000)
+    # Fair share (platform.admission): a run is published once its tenant's share of the
+    # platform's slots has room, and waits in the ledger until then. Work-conserving: a tenant
+    # alone uses every slot; tenants with runs waiting divide equally the slots that the
+    # others do not hold. False: first in, first out, every run published as it is accepted.
+    fair_share: bool = True
+    # The slots shares divide: 0 = the sum of WORKER_CONCURRENCY of the worker processes online
+    # (each reports itself every few seconds; WORKER_CONCURRENCY when none has yet).
+    fair_share_slots: int = Field(default=0, ge=0, le=1_000_000)
+    # A hard cap on one tenant's runs in flight (queued in the broker, started or retrying), on
+    # top of its share; 0: none. The platform superuser sets a tenant's own cap with
+    # PATCH /api/v1/tenants/{id}.
+    tenant_max_runs_in_flight: int = Field(default=0, ge=0, le=100_000)
     # Retention (beat deletes what has expired, in batches): final runs this many days after
     # they finished, dead letters this many days after they were archived (a run is kept while
     # its dead letter is), idempotency keys this many hours after their run was submitted (a

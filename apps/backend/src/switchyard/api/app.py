@@ -48,7 +48,7 @@ def _intake(
     marks = ledger.PublishedMarks(services.database)
     if broker is None:
         return marks, None, None
-    intake = Intake(services.database, broker.publisher, marks, settings.tenant_max_runs_in_flight)
+    intake = Intake(services.database, broker.publisher, marks, admission.Policy.of(settings))
     group = GroupCommit(
         intake,
         window_seconds=settings.task_group_commit_ms / 1000,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 from switchyard.settings import Settings
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def pool_options(settings: Settings) -> dict[str, Any]:
@@ -101,22 +105,75 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+# PostgreSQL's word that a statement lost a race for locks (a deadlock) or for a consistent
+# snapshot (serialization): it was rolled back whole, and the same statement may run again.
+CONFLICTS = frozenset({"40P01", "40001"})
+CONFLICT_ATTEMPTS = 10
+CONFLICT_BACKOFF_SECONDS = 0.005
+
+
+def lost_a_race(error: BaseException) -> bool:
+    """Whether `error` is a deadlock or a serialization failure of the statement that raised."""
+    current: BaseException | None = error
+    while current is not None:
+        if getattr(current, "sqlstate", None) in CONFLICTS:
+            return True
+        current = current.__cause__
+    return False
+
+
+async def after_conflict(attempt: int) -> None:
+    """Wait before repeating a statement that lost a race: a few milliseconds, doubling and
+    jittered, so that the two sides of a deadlock do not meet again at once."""
+    jitter = random.uniform(0.5, 1.0)  # noqa: S311 - spreads retries, guards nothing
+    await asyncio.sleep(jitter * CONFLICT_BACKOFF_SECONDS * 2 ** min(attempt, 6))
+
+
 async def once_more_if_dropped(
     engine: AsyncEngine, operation: Callable[[AsyncConnection, bool], Awaitable[T]]
 ) -> T:
-    """Run `operation(connection, retried)` on an autocommit connection; if the connection
-    turns out to be dead (the server restarted or dropped it while it sat in the pool, within
-    the idle-ping window), SQLAlchemy invalidates the pool and the operation runs once more on
-    a new connection, with `retried` True. Only for operations that are safe to repeat, or
-    that adapt to it through `retried`: the first attempt may have reached the server."""
-    try:
-        async with autocommit(engine) as connection:
-            return await operation(connection, False)
-    except exc.DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-    async with autocommit(engine) as connection:
-        return await operation(connection, True)
+    """Run `operation(connection, retried)` on an autocommit connection.
+
+    If the connection turns out to be dead (the server restarted or dropped it while it sat
+    in the pool, within the idle-ping window), SQLAlchemy invalidates the pool and the
+    operation runs once more on a new connection, with `retried` True: the first attempt may
+    have reached the server, so only for operations that are safe to repeat or that adapt to
+    it through `retried`. A deadlock or serialization failure (`CONFLICTS`) rolled the
+    statement back whole: the operation runs again as it was, up to CONFLICT_ATTEMPTS times."""
+    retried = False
+    for attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            async with autocommit(engine) as connection:
+                return await operation(connection, retried)
+        except exc.DBAPIError as error:
+            if error.connection_invalidated and not retried:
+                retried = True
+                continue
+            if not lost_a_race(error) or attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+        logger.info("statement lost a race for locks; repeating it", extra={"attempt": attempt + 1})
+        await after_conflict(attempt)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+async def in_transaction(
+    engine: AsyncEngine, operation: Callable[[AsyncConnection], Awaitable[T]]
+) -> T:
+    """Run `operation` in a transaction of its own, begun again from the start when it loses
+    a race for locks or a snapshot (`CONFLICTS`): for transactions that are safe to repeat
+    whole (they change nothing outside the database before they commit)."""
+    for attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            async with engine.begin() as connection:
+                return await operation(connection)
+        except exc.DBAPIError as error:
+            if not lost_a_race(error) or attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+        logger.info(
+            "transaction lost a race for locks; repeating it", extra={"attempt": attempt + 1}
+        )
+        await after_conflict(attempt)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 @asynccontextmanager

@@ -266,7 +266,8 @@ class Beat:
         except ValidationError:
             logger.error("scheduled payload no longer valid", extra={"definition": definition.name})
             return False
-        fair = self.settings.tenant_max_runs_in_flight > 0
+        policy = admission.Policy.of(self.settings)
+        fair = policy.enabled
         admitted: list[admission.Admitted] = []
         async with self.sessions.begin() as session:
             if fair:
@@ -303,9 +304,7 @@ class Beat:
             await session.flush()
             if fair:
                 admitted = await admission.admit(
-                    await session.connection(),
-                    definition.tenant_id,
-                    self.settings.tenant_max_runs_in_flight,
+                    await session.connection(), definition.tenant_id, policy
                 )
         if not fair:
             await self._publish([run])

@@ -102,8 +102,8 @@ async def _admit_due(services: Services, run_id: uuid.UUID) -> bool:
         tenant_id = await connection.scalar(select(TaskRun.tenant_id).where(TaskRun.id == run_id))
         if tenant_id is None:
             return False
-        cap = services.settings.tenant_max_runs_in_flight
-        return await admission.admit_due(connection, run_id, tenant_id, cap)
+        policy = admission.Policy.of(services.settings)
+        return await admission.admit_due(connection, run_id, tenant_id, policy)
 
 
 async def execute(

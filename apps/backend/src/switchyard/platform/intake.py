@@ -62,23 +62,23 @@ class Intake:
         engine: AsyncEngine,
         publisher: RunPublisher,
         marks: ledger.PublishedMarks,
-        default_cap: int,
+        policy: admission.Policy,
     ) -> None:
         self.engine = engine
         self.publisher = publisher
         self.marks = marks
-        self.default_cap = default_cap
+        self.policy = policy
 
     async def accept(self, runs: Sequence[ledger.Stored]) -> Accepted:
         """Store, commit, publish and keep what the broker confirmed. Each run's
         `admitted_at` says afterwards whether it took a slot of its tenant's share (a
         delayed run is admitted when it comes due). Raises only when the transaction
         fails, and then nothing is stored."""
-        cap, now = self.default_cap, datetime.now(UTC)
+        policy, now = self.policy, datetime.now(UTC)
         for run in runs:  # every run sets the same columns: one multi-row INSERT
-            run.admitted_at = now if cap == 0 else None
+            run.admitted_at = None if policy.enabled else now
         async with self.engine.begin() as connection:
-            stored, admitted = await admission.store(connection, runs, cap)
+            stored, admitted = await admission.store(connection, runs, policy)
         admitted_now = {entry.id for entry in admitted}
         ours: list[ledger.Stored] = []
         for run in runs:

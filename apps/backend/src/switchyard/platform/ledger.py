@@ -13,6 +13,7 @@ from functools import cache, partial
 from typing import Any, cast
 
 from sqlalchemy import (
+    CTE,
     Boolean,
     ColumnElement,
     Row,
@@ -39,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
@@ -122,22 +123,38 @@ async def claim(
     return _change((await connection.execute(statement, values)).one_or_none())
 
 
+def in_id_order(*where: ColumnElement[bool]) -> CTE:
+    """The rows a multi-row write changes, locked first in id order (`locked.id`).
+
+    Every statement that changes many runs joins this instead of locking rows as its plan
+    reaches them (an index scan, a bitmap scan and a join each go their own way): two writes
+    of the same rows then always lock them in the same order and never deadlock each other."""
+    return (
+        select(_RUNS.c.id)
+        .where(*where)
+        .order_by(_RUNS.c.id)
+        .with_for_update(key_share=True)
+        .cte("locked")
+    )
+
+
 async def claim_group(
     connection: AsyncConnection, runs: list[tuple[uuid.UUID, uuid.UUID]], *, redelivered: bool
 ) -> dict[uuid.UUID, RunChange]:
     """`claim` for many (run, tenant) pairs in one statement: the runs claimed, by id. A run
     not among them is claimed (or explained) by `claim` alone."""
+    locked = in_id_order(
+        # The ids alone first: the primary key finds the rows, whatever else the planner
+        # thinks of the (run, tenant) pairs (a tenant's state index, say, which reads all of
+        # a tenant's queued runs: its backlog waiting for its share too).
+        _RUNS.c.id.in_([run_id for run_id, _ in runs]),
+        tuple_(_RUNS.c.id, _RUNS.c.tenant_id).in_(runs),
+        _RUNS.c.state.in_((*CLAIMABLE, RunState.STARTED) if redelivered else CLAIMABLE),
+        _RUNS.c.admitted_at.is_not(None),
+    )
     statement = (
         update(_RUNS)
-        .where(
-            # The ids alone first: the primary key finds the rows, whatever else the planner
-            # thinks of the (run, tenant) pairs (a tenant's state index, say, which reads all of
-            # a tenant's queued runs: its backlog waiting for its share too).
-            _RUNS.c.id.in_([run_id for run_id, _ in runs]),
-            tuple_(_RUNS.c.id, _RUNS.c.tenant_id).in_(runs),
-            _RUNS.c.state.in_((*CLAIMABLE, RunState.STARTED) if redelivered else CLAIMABLE),
-            _RUNS.c.admitted_at.is_not(None),
-        )
+        .where(_RUNS.c.id == locked.c.id)
         .values(
             state=RunState.STARTED,
             attempts=_RUNS.c.attempts + 1,
@@ -188,9 +205,13 @@ async def finish_group(
         column("final", Boolean),
         name="outcome",
     ).data(rows)
+    locked = in_id_order(
+        _RUNS.c.id.in_([outcome.run_id for outcome in outcomes]),
+        _RUNS.c.state == RunState.STARTED,
+    )
     statement = (
         update(_RUNS)
-        .where(_RUNS.c.id == given.c.id, _RUNS.c.state == RunState.STARTED)
+        .where(_RUNS.c.id == given.c.id, _RUNS.c.id == locked.c.id)
         .values(
             state=given.c.state,
             # Typed again: a VALUES column whose every row is NULL has no type of its own.
@@ -411,14 +432,11 @@ async def record_many(connection: AsyncConnection, runs: Sequence[Stored]) -> se
     return set(rows.scalars())
 
 
-_DROP_UNPUBLISHED = (
-    delete(_RUNS)
-    .where(
-        _RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(Uuid))),
-        _RUNS.c.state.in_((RunState.QUEUED, RunState.SCHEDULED)),
-    )
-    .returning(_RUNS.c.id)
+_DROPPED = in_id_order(
+    _RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(Uuid))),
+    _RUNS.c.state.in_((RunState.QUEUED, RunState.SCHEDULED)),
 )
+_DROP_UNPUBLISHED = delete(_RUNS).where(_RUNS.c.id == _DROPPED.c.id).returning(_RUNS.c.id)
 
 
 async def drop_unpublished(connection: AsyncConnection, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
@@ -477,27 +495,17 @@ class PublishedMarks:
         await self.flush()
 
 
-MARK_PUBLISHED = (
-    update(_RUNS)
-    .where(_RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(Uuid))))
-    .values(published_at=func.now())
-)
+_BY_IDS = _RUNS.c.id == any_(bindparam("run_ids", type_=ARRAY(Uuid)))
+_MARKED = in_id_order(_BY_IDS)
+MARK_PUBLISHED = update(_RUNS).where(_RUNS.c.id == _MARKED.c.id).values(published_at=func.now())
 
 
 async def write_published(run_ids: list[uuid.UUID], connection: AsyncConnection, _: bool) -> None:
     await connection.execute(MARK_PUBLISHED, {"run_ids": run_ids})  # twice is harmless
 
 
-def _engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
-    bind = sessions.kw.get("bind")
-    assert isinstance(bind, AsyncEngine), "the session factory is bound to one engine"
-    return bind
-
-
 async def mark_published(session: AsyncSession, run_ids: list[uuid.UUID]) -> None:
-    await session.execute(
-        update(TaskRun).where(TaskRun.id.in_(run_ids)).values(published_at=func.now())
-    )
+    await session.execute(MARK_PUBLISHED, {"run_ids": run_ids})
 
 
 async def unpublished(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
@@ -31,7 +32,7 @@ from sqlalchemy.pool import NullPool
 
 from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, run_log_context
-from switchyard.platform import ledger, workers
+from switchyard.platform import admission, ledger, workers
 from switchyard.platform.dead_letters import DeadLetterRecord, store
 from switchyard.platform.execution import Outcome, close_writes, hand_back, record_outcome
 from switchyard.platform.metrics import (
@@ -150,6 +151,9 @@ class WorkerLoop:
                 task.cancel()
             if self._services is not None:
                 await workers.forget(self._services.cache)
+                if self._services.database is not None:
+                    with contextlib.suppress(Exception):  # its report goes stale by itself
+                        await admission.forget_slots(self._services.database, workers.me())
                 await close_writes(self._services)
                 await self._services.close()
 
@@ -285,7 +289,8 @@ class WorkerLoop:
                 logger.warning("admission sweep failed", extra={"error": repr(exc)})
 
     async def _report(self, services: Services) -> None:
-        """This process is online (platform.workers): its runs in flight, slots and loop lag."""
+        """This process is online (platform.workers): its runs in flight, slots and loop lag;
+        and its slots in the ledger's database, which fair share divides (platform.admission)."""
         settings = self.settings
         while True:
             await workers.report(
@@ -295,6 +300,13 @@ class WorkerLoop:
                 self.lag,
                 list(settings.worker_queues),
             )
+            if services.database is not None:
+                try:
+                    await admission.report_slots(
+                        services.database, workers.me(), settings.worker_concurrency
+                    )
+                except Exception as error:  # the next report tries again
+                    logger.warning("worker slots not reported", extra={"error": repr(error)})
             await asyncio.sleep(workers.REPORT_SECONDS)
 
     async def _poll_cancelled(self, services: Services) -> None:

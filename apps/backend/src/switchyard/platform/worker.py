@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_SECONDS = 5.0
 HAND_BACK_SECONDS = 2
 HAND_BACK_MAX_SECONDS = 30
+# A delivery whose bookkeeping fails for a reason other than an outage (after the ledger's own
+# retries of deadlocks) is handed back this many times, minutes apart, before it is given up
+# to the dead letters: a bug must not loop for ever, and a transient failure never gets there.
+HAND_BACK_LIMIT_FOR_ERRORS = 20
 ARCHIVE_RETRY_MAX_SECONDS = 30.0
 RECONNECT_MAX_SECONDS = 5
 
@@ -108,8 +112,10 @@ def _task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
                     current, spec, uuid.UUID(run_id), log_context, redelivered, tenant, request_id
                 )
             except Exception as error:
+                # The handler's own errors are outcomes (execution): what arrives here is the
+                # platform's bookkeeping failing (the ledger, the archive), never the run's.
                 dependency = unreachable_dependency(error)
-                if dependency is None:
+                if dependency is None and task.request.retries >= HAND_BACK_LIMIT_FOR_ERRORS:
                     raise
                 return _hand_back(task, spec, dependency, error)
             return _settle(task, spec, run_id, outcome, amqp)
@@ -176,24 +182,28 @@ def _dead_letter_over_limit(spec: TaskSpec[Any], run_id: uuid.UUID, attempts: in
     _archive_now(record)
 
 
-def _hand_back(task: Task, spec: TaskSpec[Any], dependency: str, error: Exception) -> None:
-    """The ledger (or another service a run needs) is unreachable: the run cannot be claimed
-    or its outcome recorded. The message goes back to the broker as a copy due in
-    HAND_BACK_SECONDS, doubling each time the run comes back, and this one is acked, so the
-    run waits out the outage in the queue instead of being dropped, spinning, or using up its
-    deliveries."""
-    logger.warning(
-        "run handed back: %s unreachable",
-        dependency,
-        extra={"error": repr(error), "retry_in_seconds": HAND_BACK_SECONDS},
-    )
+def _hand_back(task: Task, spec: TaskSpec[Any], dependency: str | None, error: Exception) -> None:
+    """The run cannot be claimed or its outcome recorded: the ledger (or another service a run
+    needs) is unreachable, or the platform's write failed. The message goes back to the broker
+    as a copy due in HAND_BACK_SECONDS, doubling each time the run comes back, and this one is
+    acked, so the run waits out the outage in the queue instead of being dropped, failed,
+    spinning, or using up its deliveries. A copy that finds its run `started` by the attempt
+    that could not record its outcome takes it over."""
+    delay = hand_back_delay(task.request.retries)
+    if dependency is None:
+        logger.error(
+            "run handed back: the platform's bookkeeping failed",
+            exc_info=error,
+            extra={"retry_in_seconds": delay},
+        )
+    else:
+        logger.warning(
+            "run handed back: %s unreachable",
+            dependency,
+            extra={"error": repr(error), "retry_in_seconds": delay},
+        )
     TASK_EVENTS.labels(task=spec.name, event="handed_back").inc()
-    raise task.retry(
-        countdown=hand_back_delay(task.request.retries),
-        queue=spec.queue,
-        routing_key=spec.queue,
-        max_retries=None,
-    )
+    raise task.retry(countdown=delay, queue=spec.queue, routing_key=spec.queue, max_retries=None)
 
 
 def hand_back_delay(returned: int) -> int:

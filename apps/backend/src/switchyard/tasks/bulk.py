@@ -204,7 +204,7 @@ async def submit_many(
                 duplicates[index] = found
             else:
                 conflicts.add(index)
-    return _answer(runs, accepted, duplicates, conflicts, bulk.settings.tenant_max_runs_in_flight)
+    return _answer(runs, accepted, duplicates, conflicts, bulk.settings.fair_share)
 
 
 def _keys(runs: list[NewRun]) -> list[str]:
@@ -216,7 +216,7 @@ def _answer(
     accepted: Accepted,
     duplicates: dict[int, TaskRun],
     conflicts: set[int],
-    cap: int,
+    fair_share: bool,
 ) -> BulkRunsAccepted:
     results: list[BulkRunResult] = []
     outcomes: Counter[tuple[str, str]] = Counter()
@@ -242,7 +242,7 @@ def _answer(
             outcomes[run.task, "broker_unavailable"] += 1
             results.append(BulkRunResult(index=index, accepted=False, error=REFUSED))
         else:
-            waiting = cap > 0 and run.eta is None and run.admitted_at is None
+            waiting = fair_share and run.eta is None and run.admitted_at is None
             outcomes[run.task, "waiting" if waiting else "accepted"] += 1
             results.append(
                 BulkRunResult(

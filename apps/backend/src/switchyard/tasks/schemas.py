@@ -240,7 +240,10 @@ class RunOut(BaseModel):
 class ShareOut(BaseModel):
     """The caller's tenant's share of the workers, now."""
 
-    limit: int | None = Field(description="Runs it may have in flight at once; null: no cap")
+    limit: int | None = Field(
+        description="Runs it may have in flight now: its share of the slots, within its cap; "
+        "null: fair share is off"
+    )
     in_flight: int = Field(
         description="Runs holding a slot: queued in the broker, started, or retrying"
     )

@@ -257,7 +257,7 @@ async def submit(
     the unit of work undoes on failure; if the gateway dies between the two, beat's outbox
     publishes it.
 
-    With fair share on (TENANT_MAX_RUNS_IN_FLIGHT > 0) a run is published only once it is
+    With fair share on (FAIR_SHARE) a run is published only once it is
     admitted to its tenant's share (platform.admission); until then it waits, `queued`.
 
     With a `group` (POST /tasks/run, where the run is all the unit of work holds) the run is
@@ -285,15 +285,15 @@ async def submit(
         if existing is not None:
             return _duplicate(existing, request_hash), False
 
-    cap = settings.tenant_max_runs_in_flight
+    policy = admission.Policy.of(settings)
     if group is not None:
-        return await _accept_in(group, runs, run, cap)
+        return await _accept_in(group, runs, run, policy.enabled)
     if idempotency_key is None:
-        admitted = await _store(session, run, cap)
+        admitted = await _store(session, run, policy)
     else:
         try:
             async with session.begin_nested():  # the key taken meanwhile undoes only this
-                admitted = await _store(session, run, cap)
+                admitted = await _store(session, run, policy)
         except IntegrityError:
             existing = await runs.by_idempotency_key(idempotency_key)
             if existing is None:
@@ -329,7 +329,7 @@ async def _target(
 
 
 async def _accept_in(
-    group: GroupCommit, runs: repository.RunRepository, run: TaskRun, cap: int
+    group: GroupCommit, runs: repository.RunRepository, run: TaskRun, fair_share: bool
 ) -> tuple[TaskRun, bool]:
     outcome = await group.accept(run)
     if outcome == "taken":  # its idempotency key was taken by a request meanwhile
@@ -340,7 +340,7 @@ async def _accept_in(
         return _duplicate(existing, run.request_hash), False
     if outcome == "refused":
         raise _broker_refused(run)
-    waiting = cap > 0 and run.eta is None and run.admitted_at is None
+    waiting = fair_share and run.eta is None and run.admitted_at is None
     RUNS_SUBMITTED.labels(task=run.task, outcome="waiting" if waiting else "accepted").inc()
     return run, True
 
@@ -353,18 +353,20 @@ def _broker_refused(run: TaskRun) -> ServiceUnavailableError:
     )
 
 
-async def _store(session: AsyncSession, run: TaskRun, cap: int) -> list[admission.Admitted] | None:
+async def _store(
+    session: AsyncSession, run: TaskRun, policy: admission.Policy
+) -> list[admission.Admitted] | None:
     """Insert the run. With fair share on, admit in the same transaction what its tenant has
     room for (the runs returned; this one among them unless it waits); None: no admission
     now (fair share off, the run admitted as it is stored; or a delayed run, admitted when
     it comes due)."""
     connection = await session.connection()
-    if cap == 0:
+    if not policy.enabled:
         run.admitted_at = datetime.now(UTC)
-    if cap == 0 or run.eta is not None:
+    if not policy.enabled or run.eta is not None:
         await ledger.record(connection, run)
         return None
-    return await admission.record(connection, run, cap)
+    return await admission.record(connection, run, policy)
 
 
 def _duplicate(existing: TaskRun, request_hash: str | None) -> TaskRun:
@@ -604,7 +606,7 @@ async def busiest_tenants(session: AsyncSession) -> list[TenantLoad]:
 async def share(session: AsyncSession, settings: Settings, tenant_id: uuid.UUID) -> ShareOut:
     """The tenant's share of the workers now: its cap, runs in flight, started and waiting."""
     found = await admission.share(
-        await session.connection(), tenant_id, settings.tenant_max_runs_in_flight
+        await session.connection(), tenant_id, admission.Policy.of(settings)
     )
     return ShareOut(
         limit=found.limit,

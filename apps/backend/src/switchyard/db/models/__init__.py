@@ -18,6 +18,7 @@ from switchyard.db.models.user import (
     User,
     UserToken,
 )
+from switchyard.db.models.worker import WorkerSlots
 
 __all__ = [
     "DEFAULT_TENANT_ID",
@@ -42,4 +43,5 @@ __all__ = [
     "TokenPurpose",
     "User",
     "UserToken",
+    "WorkerSlots",
 ]
