@@ -199,9 +199,8 @@ def switchyard_round(url: str, runs: int, in_flight: int) -> Drain:
             "BENCH_UPSTREAM_URL": url,
             "BENCH_TIMES_KEY": key,
             "VAR_DIR": var,
-            # Fair share on, not binding: the tenant's share holds every run (its cost when a
-            # share binds is bench/fairness.py's).
-            "TENANT_MAX_RUNS_IN_FLIGHT": str(max(runs, in_flight)),
+            # The product's defaults: fair share on (a tenant alone has every slot since
+            # issue 33; a cap of 100 before it).
         }
         port = free_port()
         base = f"http://127.0.0.1:{port}"

@@ -73,16 +73,18 @@ def test_task_submission_prints_both_baselines(repo_root: Path) -> None:
 
 
 def test_end_to_end_throughput_drains_both_queues(repo_root: Path) -> None:
-    out = bench(repo_root, "e2e_throughput", "--runs=30", "--rounds=1")
+    out = bench(repo_root, "e2e_throughput", "--runs=30", "--rounds=1", "--two-processes")
     for row in (
         "plain Celery no-op (baseline)",
         "same + ledger contract on raw drivers (floor)",
-        "Switchyard system.echo, ledger to succeeded",
+        "Switchyard system.echo, ledger to succeeded, defaults",
+        "Switchyard system.echo, ledger to succeeded, WORKER_PROCESSES=2",
         "floor (raw drivers)",
     ):
         assert row in out
     assert "CPU milliseconds per run" in out
-    assert "Switchyard >= 0.7x plain Celery" in out
+    assert "Switchyard, defaults, >= 1.0x plain Celery" in out
+    assert "two worker processes >= 1.6x one" in out
 
 
 def test_health_under_failure_times_a_silent_dependency(repo_root: Path) -> None:
@@ -129,7 +131,7 @@ def test_fairness_compares_fair_share_with_fifo(repo_root: Path) -> None:
     out = bench(repo_root, "fairness", "--runs=30", "--cap=5", "--concurrency=10")
     for row in ("FIFO (fair share off)", "fair share (cap 5)"):
         assert row in out
-    assert "B's p99 wait with fair share <= 2 s" in out
+    assert "B's p99 wait with fair share <= 1 s" in out
     assert "A's throughput with fair share >= 0.9x FIFO" in out
 
 

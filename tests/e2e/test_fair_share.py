@@ -49,6 +49,7 @@ async def gateway(
         database_url=own_database.render_as_string(hide_password=False),
         celery_broker_url=own_broker,
         task_delivery_limit=DELIVERY_LIMIT,
+        fair_share=True,
         tenant_max_runs_in_flight=CAP,
     )
     async with running(create_app(settings)) as client:
@@ -107,6 +108,7 @@ async def test_another_tenant_starts_while_a_backlog_drains_within_its_cap(
         tmp_path / "worker",
         DATABASE_URL=engine.url.render_as_string(hide_password=False),
         WORKER_CONCURRENCY="10",
+        FAIR_SHARE="true",
         TENANT_MAX_RUNS_IN_FLIGHT=str(CAP),
         WORKER_METRICS_PORT=str(metrics_port),
         METRICS_SAMPLE_SECONDS="0.5",

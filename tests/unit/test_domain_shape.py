@@ -1,4 +1,4 @@
-"""Every domain has the same shape (ARCHITECTURE.md): the files of the concerns it has, listed
+"""Every domain has the same shape (docs/architecture.md): the files of the concerns it has, listed
 once in `switchyard.domains`, and its tenant-scoped queries in a repository on the one base."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The package's layers (ARCHITECTURE.md, "Package layers"): imports only point down.
+"""The package's layers (docs/architecture.md, "Package layers"): imports only point down.
 
 Read from the source, every import statement of every module (inside functions and
 `TYPE_CHECKING` blocks too): a module may import its own layer or a lower one. Domains may use

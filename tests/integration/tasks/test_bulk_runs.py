@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select, update
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.api.app import create_app
@@ -186,11 +187,17 @@ async def test_size_and_rate_limit_count_runs_not_requests(
 
 
 async def test_fair_share_admits_what_the_tenant_has_room_for_and_the_rest_waits(
-    make_settings: SettingsFactory, own_broker: str, engine: AsyncEngine
+    make_settings: SettingsFactory, own_broker: str, own_database: URL, own_engine: AsyncEngine
 ) -> None:
-    """On a broker of its own (no worker runs what is admitted), with the tenant's own cap:
-    the session's workers sweep its database and admit by each tenant's cap."""
-    settings = make_settings(celery_broker_url=own_broker, task_delivery_limit=2)
+    """On a broker and a database of its own (no worker runs what is admitted, no other
+    tenant waits), with the tenant's own cap."""
+    engine = own_engine
+    settings = make_settings(
+        database_url=own_database.render_as_string(hide_password=False),
+        celery_broker_url=own_broker,
+        task_delivery_limit=2,
+        fair_share=True,
+    )
     async with running(create_app(settings)) as client:
         account = await sign_up(client)
         client.headers.update(account.headers)

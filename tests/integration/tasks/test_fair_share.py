@@ -57,6 +57,7 @@ def settings(
         database_url=own_database.render_as_string(hide_password=False),
         celery_broker_url=own_broker,
         task_delivery_limit=DELIVERY_LIMIT,
+        fair_share=True,
         tenant_max_runs_in_flight=CAP,
         var_dir=tmp_path,
         first_superuser_email=f"root-{uuid.uuid4().hex[:6]}@example.com",

@@ -38,6 +38,7 @@ def settings(make_settings: SettingsFactory, own_broker: str) -> Settings:
     return make_settings(
         celery_broker_url=own_broker,
         task_delivery_limit=DELIVERY_LIMIT,
+        fair_share=True,
         fair_share_slots=SLOTS,
     )
 

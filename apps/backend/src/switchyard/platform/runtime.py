@@ -103,6 +103,7 @@ class WorkerLoop:
         self.on_fatal: Callable[[int], None] = os._exit
         self._services: Services | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._swept = False
         # Redelivered runs whose last process died in them run one at a time: one of them may
         # be what killed it, and the others must not die with it again.
         self.suspects = threading.Semaphore(1)
@@ -279,7 +280,10 @@ class WorkerLoop:
         with no admission after them (a process killed between a run's end and the next
         admission) go to the waiting runs within ADMISSION_SWEEP_SECONDS."""
         while True:
-            await asyncio.sleep(ADMISSION_SWEEP_SECONDS)
+            # At once on start too: this process's slots are reported (`_report`), and runs
+            # waiting for them need not wait for the first run to end.
+            await asyncio.sleep(ADMISSION_SWEEP_SECONDS if self._swept else 0.2)
+            self._swept = True
             dispatcher = services.admission
             if dispatcher is None or not dispatcher.enabled or self.stopping:
                 continue
