@@ -106,7 +106,7 @@ class WorkerLoop:
         self._swept = False
         # Redelivered runs whose last process died in them run one at a time: one of them may
         # be what killed it, and the others must not die with it again.
-        self.suspects = threading.Semaphore(1)
+        self.suspects = asyncio.Semaphore(1)
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="switchyard-loop", daemon=True)
         self._watchdog = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
@@ -168,20 +168,20 @@ class WorkerLoop:
 
     # Runs -----------------------------------------------------------------------------------
 
-    def execute(
+    async def run(
         self,
         spec: TaskSpec[Any],
         run_id: uuid.UUID,
         context: RunLogContext,
         attempt: Coroutine[Any, Any, Outcome],
     ) -> Outcome:
-        """Run one attempt on the loop; blocks the calling (pool) thread until its outcome."""
+        """Run one attempt as a flight of its own (its limits, its cancellation), on the loop."""
         if self.stopping:  # the grace period is over: what has not started goes back
             attempt.close()
             return Outcome("requeue")
         flight = Flight(spec, run_id, context)
-        self.loop.call_soon_threadsafe(self._begin, flight, attempt)
-        return flight.outcome.result()
+        self._begin(flight, attempt)
+        return await asyncio.wrap_future(flight.outcome)
 
     def _begin(self, flight: Flight, attempt: Coroutine[Any, Any, Outcome]) -> None:
         flight.started = time.monotonic()

@@ -94,7 +94,7 @@ def run(settings: Settings, service_type: str = "worker") -> int:
 
 
 def run_process(settings: Settings, index: int, service_type: str = "worker") -> int:
-    """One worker process: Celery's consumer and `threads` pool, the runs on one loop."""
+    """One worker process: Celery's consumer, Switchyard's pool, the runs on one loop."""
     from switchyard.domains import registry_for
     from switchyard.platform import admission, runtime
     from switchyard.platform.broker import Broker
@@ -111,6 +111,7 @@ def run_process(settings: Settings, index: int, service_type: str = "worker") ->
             registry_for(settings),
             process_heartbeat(settings, index),
             settings,
+            loop,
         )
         broker.publisher.declare_topology()
         broker.celery.worker_main(
@@ -119,9 +120,9 @@ def run_process(settings: Settings, index: int, service_type: str = "worker") ->
                 "worker",
                 f"--loglevel={settings.log_level}",
                 f"--queues={','.join(settings.worker_queues)}",
-                # Celery's threads only wait for their run's coroutine on the loop.
+                # Runs in flight: the pool (platform.pool, the `worker_pool` setting) runs each
+                # as a coroutine on the loop; Celery prefetches this many.
                 f"--concurrency={settings.worker_concurrency}",
-                "--pool=threads",
                 f"--hostname={node_name(index)}",
                 "--without-gossip",
                 "--without-mingle",
