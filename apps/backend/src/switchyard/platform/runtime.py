@@ -1,8 +1,9 @@
 """One event loop and one Services container per worker process; every run a coroutine on it.
 
-Celery's `threads` pool hands each delivery to a thread that only waits: `WorkerLoop.execute`
-starts the run as a task on the loop and blocks that thread until the run's outcome. The
-loop's thread owns every client (database pool, Redis, HTTP); the waiting threads touch none.
+Celery's consumer hands each delivery to Switchyard's pool (platform.pool), which starts it
+as a coroutine on this loop (platform.delivery); `WorkerLoop.run` runs its attempt as a flight
+with its limits. The loop's thread owns every client (database pool, Redis, HTTP); no thread
+waits for a run.
 
 Limits are the loop's: the soft limit is `asyncio.timeout` around the handler (in
 `execution`); at the hard limit the run's task is cancelled, and a run that ignores the
