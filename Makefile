@@ -8,12 +8,13 @@ unexport PYTHONDONTWRITEBYTECODE
 .DEFAULT_GOAL := help
 ARGS ?=
 
-.PHONY: help run test lint format pytest switchyard uv console-screenshots
+.PHONY: help run test test-fast lint format pytest switchyard uv console-screenshots
 
 ## List the targets
 help:
 	@echo "make run                    the whole product on embedded backends (http://127.0.0.1:8000)"
 	@echo "make test                   the test suite with coverage (as CI runs it)"
+	@echo "make test-fast              unit tests and the task core in process (about 2 minutes)"
 	@echo "make lint                   ruff check, ruff format --check, mypy"
 	@echo "make format                 ruff format and ruff check --fix"
 	@echo "make pytest ARGS='...'      pytest with your arguments, e.g. ARGS='tests/unit -k settings'"
@@ -29,6 +30,11 @@ run: $(UV)
 ## Run the test suite with coverage (at least 85% of apps/backend/src)
 test: $(UV)
 	$(UV) run --frozen pytest --cov --cov-report=term-missing:skip-covered
+
+## The fast subset: unit tests and the task core in process, on the real servers (no role
+## process is started)
+test-fast: $(UV)
+	$(UV) run --frozen pytest tests/unit tests/integration/tasks
 
 ## Lint, format check and type check
 lint: $(UV)

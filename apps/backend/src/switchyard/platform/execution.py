@@ -154,8 +154,8 @@ async def _claim(
         if found.state in ledger.CLAIMABLE:
             if found.admitted_at is None:
                 return None, "due"
-            # Admitted just after the claim looked: a dispatcher publishes before its
-            # admission commits, so its message can come first. The row is committed now.
+            # Admitted just after the claim looked (admissions commit before they publish,
+            # so only a race with a sweep gets here): claimed now.
             run = await ledger.claim(
                 connection, run_id, redelivered=redelivered or retried, tenant_id=tenant_id
             )
