@@ -160,7 +160,7 @@ def test_compose_and_the_image_agree_on_healthcheck_timeouts(
 def test_stop_grace_periods_cover_the_roles_own_grace(compose: dict[str, Any]) -> None:
     settings = Settings()
     services = compose["services"]
-    worker_needs = settings.worker_shutdown_grace_seconds + worker.HAND_BACK_SECONDS
+    worker_needs = settings.worker_shutdown_grace_seconds + worker.EXIT_AFTER_GRACE_SECONDS
     assert seconds(services["worker"]["stop_grace_period"]) > worker_needs
     assert seconds(services["api-gateway"]["stop_grace_period"]) > (
         settings.api_shutdown_grace_seconds

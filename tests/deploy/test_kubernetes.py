@@ -176,7 +176,7 @@ def test_worker_termination_grace_matches_the_workers_and_compose(
     _, objects = rendered
     spec = pod(deployment(objects, "worker"))
     config = by_kind(objects, "ConfigMap")["switchyard-config"]["data"]
-    needs = float(config["WORKER_SHUTDOWN_GRACE_SECONDS"]) + worker.HAND_BACK_SECONDS
+    needs = float(config["WORKER_SHUTDOWN_GRACE_SECONDS"]) + worker.EXIT_AFTER_GRACE_SECONDS
     assert spec["terminationGracePeriodSeconds"] > needs
     assert (
         f"{spec['terminationGracePeriodSeconds']}s"

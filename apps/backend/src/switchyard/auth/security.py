@@ -211,14 +211,6 @@ def split_api_key(key: str) -> tuple[str, str] | None:
     return prefix, secret
 
 
-def read_access_token(settings: Settings, token: str) -> AccessClaims:
-    """A user's access token (not a client's)."""
-    claims = read_token(settings, token)
-    if not isinstance(claims, AccessClaims):
-        raise InvalidTokenError("not a user's access token")
-    return claims
-
-
 def new_client_credentials() -> tuple[str, str, str]:
     """(the public client id, the secret shown once, the digest stored)."""
     secret = f"{CLIENT_SECRET_MARKER}{secrets.token_urlsafe(32)}"

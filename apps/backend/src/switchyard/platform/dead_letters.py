@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.db.models import DEFAULT_TENANT_ID, DeadLetter, TaskRun
-from switchyard.platform import events, ledger
+from switchyard.platform import changes, ledger
 from switchyard.platform.metrics import TASK_EVENTS
 from switchyard.services.container import Services
 
@@ -78,9 +78,7 @@ async def archive(services: Services, record: DeadLetterRecord) -> None:
     async with services.database_sessions.begin() as session:
         run, inserted = await store(session, record)
     if run is not None:
-        await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
-        if services.admission is not None:
-            await services.admission.try_release(run.tenant_id)  # its slot, if it held one
+        await changes.changed(services, run)
     if inserted:
         TASK_EVENTS.labels(task=record.task, event="dead_lettered").inc()
     logger.warning(

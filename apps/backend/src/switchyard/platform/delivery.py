@@ -38,9 +38,9 @@ logger = logging.getLogger("switchyard.platform.worker")
 
 DELIVERY_COUNT_HEADER = "x-delivery-count"
 # A handed-back copy is due in this many seconds, doubling each time it comes back, at most
-# HAND_BACK_MAX_SECONDS.
-HAND_BACK_SECONDS = 2
-HAND_BACK_MAX_SECONDS = 30
+# HAND_BACK_MAX_DELAY_SECONDS.
+HAND_BACK_DELAY_SECONDS = 2
+HAND_BACK_MAX_DELAY_SECONDS = 30
 # A delivery whose bookkeeping fails for a reason other than an outage (after the ledger's own
 # retries of deadlocks) is handed back this many times, minutes apart, before it is given up
 # to the dead letters: a bug must not loop for ever, and a transient failure never gets there.
@@ -227,7 +227,7 @@ async def _archive_foreign(
 
 def hand_back_delay(returned: int) -> int:
     """Seconds until a handed-back copy is due: doubling with each return, at most 30 s."""
-    return int(min(HAND_BACK_SECONDS * 2 ** min(returned, 8), HAND_BACK_MAX_SECONDS))
+    return int(min(HAND_BACK_DELAY_SECONDS * 2 ** min(returned, 8), HAND_BACK_MAX_DELAY_SECONDS))
 
 
 def settle(task: Task, spec: TaskSpec[Any], settlement: Settlement) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, request_id_var, run_log_context, tenant_id_var
-from switchyard.platform import admission, events, ledger
+from switchyard.platform import admission, changes, ledger
 from switchyard.platform.metrics import TASK_DURATION, TASK_EVENTS
 from switchyard.platform.registry import TaskContext, TaskSpec
 from switchyard.services.container import Services
@@ -47,9 +47,7 @@ async def _record(
     run = await _writes(services).finish(ledger.Finish(run_id, state, result, error))
     if run is None:
         return False
-    await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
-    if state.final and services.admission is not None:
-        await services.admission.try_release(run.tenant_id)  # its slot, to the next run
+    await changes.changed(services, run)
     return True
 
 
@@ -84,7 +82,7 @@ async def hand_back(services: Services, run_id: uuid.UUID) -> None:
         services.database_engine, lambda connection, _: ledger.hand_back(connection, run_id)
     )
     if run is not None:
-        await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
+        await changes.changed(services, run)
 
 
 async def died_in(services: Services, run_id: uuid.UUID) -> int | None:
@@ -196,7 +194,7 @@ async def _attempt(
     if request_id_var.get() is None and run.request_id:
         request_id_var.set(run.request_id)
     TASK_EVENTS.labels(task=spec.name, event="started").inc()
-    await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
+    await changes.changed(services, run)
     log = logging.LoggerAdapter(logger, {"task": spec.name, "attempt": run.attempts})
     try:
         payload = spec.validate(run.payload, services.settings.environment)

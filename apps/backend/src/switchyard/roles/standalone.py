@@ -25,7 +25,7 @@ from switchyard.embedded.redis import EmbeddedRedis, EmbeddedRedisError
 from switchyard.errors import RoleStartupError
 from switchyard.roles.api_gateway import serve
 from switchyard.roles.migrate import prepare_database
-from switchyard.roles.worker import HAND_BACK_SECONDS
+from switchyard.roles.worker import EXIT_AFTER_GRACE_SECONDS
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def run(settings: Settings) -> int:
                 "VAR_DIR": str(settings.var_dir.absolute()),
             },
             # The worker's runs get its grace period, as in the worker role.
-            stop_seconds=settings.worker_shutdown_grace_seconds + HAND_BACK_SECONDS,
+            stop_seconds=settings.worker_shutdown_grace_seconds + EXIT_AFTER_GRACE_SECONDS,
         )
         stack.callback(children.stop)
         children.start("worker")

@@ -38,7 +38,7 @@ HEALTHY_LIFETIME_SECONDS = 60.0
 # After its grace period a process hands its runs back and exits; it is killed only if it is
 # still there this long after. Grace + this margin stays within the 45 s stop timeout that
 # compose, the README and the Kubernetes manifests give a worker.
-HAND_BACK_SECONDS = 10.0
+EXIT_AFTER_GRACE_SECONDS = 10.0
 
 
 def require_task_backends(settings: Settings, role: str) -> None:
@@ -264,7 +264,9 @@ class Supervisor:
         for process in live:
             process.send_signal(signal.SIGTERM)
         deadline = (
-            time.monotonic() + self.settings.worker_shutdown_grace_seconds + HAND_BACK_SECONDS
+            time.monotonic()
+            + self.settings.worker_shutdown_grace_seconds
+            + EXIT_AFTER_GRACE_SECONDS
         )
         for process in live:
             try:

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 import uuid
@@ -382,10 +381,6 @@ class LocalObjectStore:
 
     async def close(self) -> None:
         return None
-
-    def wipe(self) -> None:
-        """Remove everything (tests and `reset` only)."""
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class MinioObjectStore:

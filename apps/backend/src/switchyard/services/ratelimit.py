@@ -76,10 +76,6 @@ class RateLimiter:
         key names the limit (in metrics)."""
         return await self._decide(limit, keys, count=True)
 
-    async def peek(self, limit: str, *keys: str) -> Decision:
-        """Whether one more hit would be allowed, counting nothing."""
-        return await self._decide(limit, keys, count=False)
-
     async def enforce(self, limit: str, *keys: str, count: bool = True, cost: int = 1) -> None:
         """Raise 429 (with Retry-After) when `limit` is used up for `keys`; counts this request
         (as `cost` hits: a bulk submission counts its runs) unless `count` is False."""

@@ -11,7 +11,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
 
-from switchyard.db.models import FINAL_STATES, RunState, TaskRun
+from switchyard.db.models import FINAL_STATES, RunState
 from switchyard.errors import ServiceUnavailableError
 from switchyard.platform import events
 from switchyard.platform.events import RunEvent
@@ -26,10 +26,6 @@ _RANK = {RunState.QUEUED: 0, RunState.SCHEDULED: 0, RunState.STARTED: 1, RunStat
 def _order(event: RunEvent) -> tuple[int, int]:
     """Later events sort higher: by attempt, then by place within the attempt."""
     return event["attempts"], _RANK.get(event["state"], 3)
-
-
-async def announce(services: Services, run: TaskRun) -> None:
-    await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
 
 
 async def _ledger(services: Services, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunEvent:

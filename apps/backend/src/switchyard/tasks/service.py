@@ -34,7 +34,7 @@ from switchyard.errors import (
     ServiceUnavailableError,
     field_errors,
 )
-from switchyard.platform import admission, audit, ledger, metrics, schedules
+from switchyard.platform import admission, audit, changes, ledger, metrics, schedules
 from switchyard.platform.admission import Dispatcher
 from switchyard.platform.intake import GroupCommit
 from switchyard.platform.metrics import RUNS_SUBMITTED
@@ -45,7 +45,7 @@ from switchyard.services.cache import Cache
 from switchyard.services.container import Services
 from switchyard.services.outages import RETRY_AFTER_SECONDS
 from switchyard.settings import Settings
-from switchyard.tasks import follow, repository
+from switchyard.tasks import repository
 from switchyard.tasks.schemas import (
     DefinitionIn,
     DefinitionPatch,
@@ -423,10 +423,7 @@ async def cancel(
     cancelled = await ledger.cancel(session, run_id)
     if cancelled is None:
         raise ConflictError(f"Run {run_id} is already {run.state.value}.")
-    after_commit(session, lambda: follow.announce(services, cancelled))
-    slots = services.admission
-    if slots is not None and cancelled.admitted_at is not None:
-        after_commit(session, lambda: slots.try_release(tenant_id))
+    after_commit(session, lambda: changes.changed(services, cancelled))
     return cancelled
 
 
