@@ -30,8 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from switchyard.db.models import RunState
 from switchyard.db.pagination import encode_cursor
-from switchyard.platform import admission, ledger, retention
 from switchyard.platform.beat import scheduled_definitions
+from switchyard.platform.runs import admission, ledger, retention
 from switchyard.settings import Settings
 from switchyard.tasks import repository, service
 

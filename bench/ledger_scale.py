@@ -13,7 +13,7 @@ after; a retention batch is timed per 1,000 rows it removes. The API is a real g
 (`switchyard run api-gateway`) on RabbitMQ and Redis, asked one request at a time: submit
 (`POST /tasks/run` with an idempotency key) and get-run (`GET /tasks/{id}` of a final run never
 asked for before, so the run view's cache does not answer it). Retention: one pass of
-`platform.retention.expire` (what beat runs) in a process of its own, while the API is asked
+`platform.runs.retention.expire` (what beat runs) in a process of its own, while the API is asked
 the same mix as before it.
 
 Targets: every figure at 10 M within 2x of its figure at 10 k (p50 and p99); the API's p99
@@ -55,7 +55,7 @@ from bench.harness import (
     scratch_vhost,
     wait_http,
 )
-from switchyard.platform import retention
+from switchyard.platform.runs import retention
 from switchyard.settings import Settings
 
 SCALE_TARGET = 2.0

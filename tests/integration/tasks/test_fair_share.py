@@ -27,10 +27,10 @@ from switchyard.api.app import create_app
 from switchyard.auth.service import ensure_superuser
 from switchyard.db.models import RunState, TaskDefinition, TaskRun
 from switchyard.domains import load_task_modules
-from switchyard.platform.admission import Dispatcher
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
 from switchyard.platform.publisher import RunMessage
+from switchyard.platform.runs.admission import Dispatcher
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account, login, sign_up

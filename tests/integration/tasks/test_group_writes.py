@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.db.models import RunState, TaskRun
-from switchyard.platform import ledger
+from switchyard.platform.runs import ledger
 from tests.fixtures.tasks import insert_run
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.db.models import RunState, TaskRun
-from switchyard.platform import ledger
+from switchyard.platform.runs import ledger
 
 RUNS = 2000
 ROUNDS = 6

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from switchyard.db.models import TaskRun
-from switchyard.platform import ledger
+from switchyard.platform.runs import ledger
 from tests.fixtures.tasks import insert_run
 
 
@@ -69,7 +69,7 @@ async def test_a_mark_that_cannot_be_written_leaves_the_run_to_the_outbox(
     try:
         marks = ledger.PublishedMarks(nowhere, delay=0)
         marks.add(run_ids[0])
-        with caplog.at_level(logging.WARNING, logger="switchyard.platform.ledger"):
+        with caplog.at_level(logging.WARNING, logger="switchyard.platform.runs.ledger"):
             await marks.close()  # logged, not raised: the run was published all the same
     finally:
         await nowhere.dispose()

@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from switchyard.api.app import create_app
 from switchyard.auth.service import ensure_superuser
 from switchyard.domains import load_task_modules
-from switchyard.platform import retention
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
+from switchyard.platform.runs import retention
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 from tests.fixtures.accounts import login, sign_up

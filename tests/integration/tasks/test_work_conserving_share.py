@@ -17,9 +17,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.db.models import RunState, TaskRun, Tenant, WorkerSlots
-from switchyard.platform import admission, ledger
-from switchyard.platform.admission import Dispatcher, Policy
 from switchyard.platform.broker import Broker
+from switchyard.platform.runs import admission, ledger
+from switchyard.platform.runs.admission import Dispatcher, Policy
 from switchyard.settings import Settings
 from tests.fixtures.gateway import SettingsFactory
 from tests.fixtures.tasks import DELIVERY_LIMIT, unique

@@ -200,7 +200,7 @@ class Settings(BaseSettings):
     task_group_commit_ms: float = Field(default=2.0, ge=0, le=100)
     task_group_commit_runs: int = Field(default=200, ge=1, le=10_000)
     task_republish_after_seconds: float = Field(default=15.0, gt=0)
-    # Fair share (platform.admission): a run is published once its tenant's share of the
+    # Fair share (platform.runs.admission): a run is published once its tenant's share of the
     # platform's slots has room, and waits in the ledger until then. Work-conserving: a tenant
     # alone uses every slot; tenants with runs waiting divide equally the slots that the
     # others do not hold. False: first in, first out, every run published as it is accepted.

@@ -23,9 +23,9 @@ from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddlewar
 from switchyard.api.openapi import document_errors
 from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.domains import load_domains, registry_for, routers
-from switchyard.platform import admission, ledger
 from switchyard.platform.broker import Broker, broker_check_name
 from switchyard.platform.intake import GroupCommit, Intake
+from switchyard.platform.runs import admission, ledger
 from switchyard.services import email
 from switchyard.services.container import Services
 from switchyard.services.ratelimit import RateLimiter

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,12 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from switchyard.db.models import RunState, TaskDefinition, TaskRun, Tenant, TenantStatus
-from switchyard.platform import admission, audit, ledger, retention
+from switchyard.platform import audit
 from switchyard.platform.heartbeat import write_heartbeat
 from switchyard.platform.metrics import BEAT_LAST_TICK, BEAT_LEADER, BEAT_PUBLISHED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry
+from switchyard.platform.runs import admission, ledger, retention
 from switchyard.platform.schedules import from_stored, latest_due, next_due
 from switchyard.services.container import Services
 from switchyard.services.outages import unreachable_dependency
@@ -289,6 +291,7 @@ class Beat:
             if claimed is None:
                 return False
             run = TaskRun(
+                id=uuid.uuid4(),
                 tenant_id=definition.tenant_id,
                 task=spec.name,
                 definition_id=definition.id,
@@ -300,8 +303,7 @@ class Beat:
                 submitted_by="beat",
                 admitted_at=None if fair else datetime.now(UTC),
             )
-            session.add(run)
-            await session.flush()
+            await ledger.record(await session.connection(), run)
             if fair:
                 admitted = await admission.admit(
                     await session.connection(), definition.tenant_id, policy

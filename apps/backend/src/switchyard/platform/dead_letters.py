@@ -13,8 +13,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.db.models import DEFAULT_TENANT_ID, DeadLetter, TaskRun
-from switchyard.platform import changes, ledger
 from switchyard.platform.metrics import TASK_EVENTS
+from switchyard.platform.runs import changes, ledger
 from switchyard.services.container import Services
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from switchyard.db.session import unit_of_work
 from switchyard.errors import ServiceUnavailableError
 from switchyard.platform.broker import Broker
-from switchyard.platform.ledger import PublishedMarks
 from switchyard.platform.outbox import Outbox
 from switchyard.platform.registry import TaskRegistry
+from switchyard.platform.runs.ledger import PublishedMarks
 from switchyard.services.container import Services
 from switchyard.services.health import HealthMonitor
 from switchyard.services.llm import ZhipuClient

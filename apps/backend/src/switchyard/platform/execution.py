@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, request_id_var, run_log_context, tenant_id_var
-from switchyard.platform import admission, changes, ledger
 from switchyard.platform.metrics import TASK_DURATION, TASK_EVENTS
 from switchyard.platform.registry import TaskContext, TaskSpec
+from switchyard.platform.runs import admission, changes, ledger
 from switchyard.services.container import Services
 
 logger = logging.getLogger("switchyard.tasks")

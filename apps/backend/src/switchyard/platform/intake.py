@@ -4,7 +4,7 @@ as databases and Kafka producers do), and nothing of the promise is weakened: a 
 as accepted only once its row is committed and the broker has confirmed its message.
 
 `Intake.accept` stores runs in one statement (admitting what each tenant's share has room
-for, under its lock: platform.admission), commits, publishes in one burst, and deletes the
+for, under its lock: platform.runs.admission), commits, publishes in one burst, and deletes the
 runs the broker did not confirm (a run a worker has started meanwhile stays: its message
 arrived). The runs of older requests a slot admitted along the way are published in the
 same burst; one the broker refuses stays admitted for beat's outbox.
@@ -26,10 +26,10 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.db.models import TaskRun
-from switchyard.platform import admission, ledger
 from switchyard.platform.coalesce import Coalescer
 from switchyard.platform.metrics import RUN_GROUPS, RUNS_ADMITTED
 from switchyard.platform.publisher import RunMessage, RunPublisher
+from switchyard.platform.runs import admission, ledger
 
 logger = logging.getLogger(__name__)
 

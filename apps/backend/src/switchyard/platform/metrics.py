@@ -29,6 +29,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.db.models import DeadLetter
+from switchyard.db.models.task_run import IN_FLIGHT, WAITING
 from switchyard.platform.celery_app import broker_is_amqp
 from switchyard.platform.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 from switchyard.settings import Settings
@@ -114,8 +115,8 @@ RETENTION_DELETED = Counter(
 
 TENANT_METRICS_MAX = 100
 TENANT_STATES = {
-    "waiting_for_capacity": "admitted_at IS NULL AND state = 'queued'",
-    "in_flight": "admitted_at IS NOT NULL AND state IN ('queued', 'started', 'retrying')",
+    "waiting_for_capacity": WAITING,
+    "in_flight": IN_FLIGHT,
 }
 
 

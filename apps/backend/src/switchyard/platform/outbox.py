@@ -18,8 +18,8 @@ from switchyard.db.models import RunState, TaskRun
 from switchyard.db.session import after_commit
 from switchyard.errors import ServiceUnavailableError
 from switchyard.logging import request_id_var
-from switchyard.platform import ledger
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
+from switchyard.platform.runs import ledger
 
 logger = logging.getLogger(__name__)
 

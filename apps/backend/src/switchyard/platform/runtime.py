@@ -33,7 +33,7 @@ from sqlalchemy.pool import NullPool
 
 from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, run_log_context
-from switchyard.platform import admission, ledger, workers
+from switchyard.platform import workers
 from switchyard.platform.dead_letters import DeadLetterRecord, store
 from switchyard.platform.execution import Outcome, close_writes, hand_back, record_outcome
 from switchyard.platform.metrics import (
@@ -44,6 +44,7 @@ from switchyard.platform.metrics import (
     SLOTS_FREE,
 )
 from switchyard.platform.registry import TaskSpec
+from switchyard.platform.runs import admission, ledger
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 
@@ -295,7 +296,7 @@ class WorkerLoop:
 
     async def _report(self, services: Services) -> None:
         """This process is online (platform.workers): its runs in flight, slots and loop lag;
-        and its slots in the ledger's database, which fair share divides (platform.admission)."""
+        and its slots in the ledger's database, which fair share divides (runs.admission)."""
         settings = self.settings
         while True:
             await workers.report(

@@ -96,8 +96,9 @@ def run(settings: Settings, service_type: str = "worker") -> int:
 def run_process(settings: Settings, index: int, service_type: str = "worker") -> int:
     """One worker process: Celery's consumer, Switchyard's pool, the runs on one loop."""
     from switchyard.domains import registry_for
-    from switchyard.platform import admission, runtime
+    from switchyard.platform import runtime
     from switchyard.platform.broker import Broker
+    from switchyard.platform.runs import admission
     from switchyard.platform.worker import configure_worker, json_shutdown_lines
 
     broker = Broker.create(settings)

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 class Admission(Protocol):
     """What a role's services offer to free a slot of a tenant's fair share: admit and publish
-    the tenant's oldest waiting runs (`platform.admission.Dispatcher`, installed by a role with
+    the tenant's oldest waiting runs (`platform.runs.admission.Dispatcher`, installed by a role with
     a broker)."""
 
     @property

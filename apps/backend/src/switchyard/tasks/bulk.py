@@ -24,9 +24,9 @@ from switchyard.errors import (
     ServiceUnavailableError,
 )
 from switchyard.platform.intake import Accepted, Intake
-from switchyard.platform.ledger import NewRun
 from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.registry import TaskRegistry, TaskSpec
+from switchyard.platform.runs.ledger import NewRun
 from switchyard.services.outages import RETRY_AFTER_SECONDS
 from switchyard.settings import Settings
 from switchyard.tasks import repository

@@ -15,11 +15,11 @@ from switchyard.auth.principal import Principal
 from switchyard.db.models import TaskRun
 from switchyard.errors import ServiceUnavailableError
 from switchyard.logging import request_id_var
-from switchyard.platform import admission, ledger
 from switchyard.platform.dependencies import BrokerDep, RegistryDep, ServicesDep, SessionDep
 from switchyard.platform.intake import GroupCommit, Intake
 from switchyard.platform.publisher import RunPublisher
 from switchyard.platform.registry import TaskRegistry
+from switchyard.platform.runs import admission, ledger
 from switchyard.services.container import Services
 from switchyard.tasks import bulk, service
 from switchyard.tasks.schemas import (

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -34,12 +34,13 @@ from switchyard.errors import (
     ServiceUnavailableError,
     field_errors,
 )
-from switchyard.platform import admission, audit, changes, ledger, metrics, schedules
-from switchyard.platform.admission import Dispatcher
+from switchyard.platform import audit, metrics, schedules
 from switchyard.platform.intake import GroupCommit
 from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry, TaskSpec
+from switchyard.platform.runs import admission, changes, ledger
+from switchyard.platform.runs.admission import Dispatcher
 from switchyard.platform.topology import WORK_QUEUES
 from switchyard.services.cache import Cache
 from switchyard.services.container import Services
@@ -258,7 +259,7 @@ async def submit(
     publishes it.
 
     With fair share on (FAIR_SHARE) a run is published only once it is
-    admitted to its tenant's share (platform.admission); until then it waits, `queued`.
+    admitted to its tenant's share (platform.runs.admission); until then it waits, `queued`.
 
     With a `group` (POST /tasks/run, where the run is all the unit of work holds) the run is
     stored and published with the runs other requests of the process submit at the same
@@ -387,7 +388,7 @@ async def publish(
         )
     except BrokerUnavailableError:
         async with engine.begin() as connection:
-            await connection.execute(delete(TaskRun).where(TaskRun.id == run.id))
+            await ledger.drop_unpublished(connection, [run.id])
         raise _broker_refused(run) from None
     RUNS_SUBMITTED.labels(task=run.task, outcome="accepted").inc()
     marks.add(run.id)

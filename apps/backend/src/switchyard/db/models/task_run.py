@@ -32,8 +32,28 @@ FINAL_STATES = frozenset(
 )
 
 
+def _listed(states: tuple[RunState, ...]) -> str:
+    return ", ".join(f"'{state.value}'" for state in states)
+
+
+# A run's states as SQL predicates, named once: the partial indexes below, the ledger's
+# queries (platform.runs), retention and metrics use these. Literals, not parameters:
+# PostgreSQL proves that a partial index serves a query from the statement's text.
+IN_FLIGHT_STATES = (RunState.QUEUED, RunState.STARTED, RunState.RETRYING)
+FINAL_ORDER = (RunState.SUCCEEDED, RunState.FAILED, RunState.DEAD_LETTERED, RunState.CANCELLED)
+DUE_STATES = (RunState.QUEUED, RunState.SCHEDULED, RunState.RETRYING)
+# Final: nothing changes it again.
+FINAL = f"state IN ({_listed(FINAL_ORDER)})"
+# Waiting for its tenant's share (`waiting_for_capacity`): never published until admitted.
+WAITING = f"admitted_at IS NULL AND state = '{RunState.QUEUED.value}'"
+# Holding a slot of its tenant's share: admitted and not final.
+IN_FLIGHT = f"admitted_at IS NOT NULL AND state IN ({_listed(IN_FLIGHT_STATES)})"
+# Delivered unadmitted (a delayed run come due): admitted then, or parked as waiting.
+UNADMITTED_DUE = f"admitted_at IS NULL AND state IN ({_listed(DUE_STATES)})"
 # An accepted run whose publish is not recorded: admitted (or delayed, published unadmitted).
-OUTBOX = "published_at IS NULL AND (admitted_at IS NOT NULL OR state = 'scheduled')"
+OUTBOX = (
+    f"published_at IS NULL AND (admitted_at IS NOT NULL OR state = '{RunState.SCHEDULED.value}')"
+)
 
 
 class TaskRun(UUIDPrimaryKey, Timestamps, Base):
@@ -54,28 +74,26 @@ class TaskRun(UUIDPrimaryKey, Timestamps, Base):
             "created_at",
             postgresql_where=text(OUTBOX),
         ),
-        # Fair share (platform.admission): a tenant's runs waiting for capacity, oldest
+        # Fair share (platform.runs.admission): a tenant's runs waiting for capacity, oldest
         # first, and its runs holding a slot.
         Index(
             "ix_task_runs_waiting",
             "tenant_id",
             "created_at",
-            postgresql_where=text("admitted_at IS NULL AND state = 'queued'"),
+            postgresql_where=text(WAITING),
         ),
         Index(
             "ix_task_runs_in_flight",
             "tenant_id",
-            postgresql_where=text(
-                "admitted_at IS NOT NULL AND state IN ('queued', 'started', 'retrying')"
-            ),
+            postgresql_where=text(IN_FLIGHT),
         ),
-        # Retention (platform.retention): a tenant's final runs, oldest finished first; keyed
+        # Retention (platform.runs.retention): a tenant's final runs, oldest finished first; keyed
         # runs, oldest first (the keys expire before the runs).
         Index(
             "ix_task_runs_finished",
             "tenant_id",
             "finished_at",
-            postgresql_where=text("state IN ('succeeded', 'failed', 'dead_lettered', 'cancelled')"),
+            postgresql_where=text(FINAL),
         ),
         Index(
             "ix_task_runs_keyed",
@@ -105,7 +123,7 @@ class TaskRun(UUIDPrimaryKey, Timestamps, Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # When the run got a slot of its tenant's share; NULL while it waits for capacity (and
-    # for a delayed run until it is due). See platform.admission.
+    # for a delayed run until it is due). See platform.runs.admission.
     admitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     scheduled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))

@@ -10,7 +10,7 @@ from switchyard.db.base import Base
 
 class WorkerSlots(Base):
     """A worker process online and how many runs it holds at once (WORKER_CONCURRENCY): fair
-    share divides the sum of those seen lately (platform.admission)."""
+    share divides the sum of those seen lately (platform.runs.admission)."""
 
     __tablename__ = "worker_slots"
 

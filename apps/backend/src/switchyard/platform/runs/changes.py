@@ -1,7 +1,7 @@
 """The one hook after a run changed state, whoever changed it (the worker, a cancel, the
 dead-letter archive, a hand-back): its followers hear of it (the run's event on Redis), and a
 run that became final gives its slot of its tenant's share to the next waiting run
-(platform.admission). Both are best effort after the ledger's commit: the ledger is the
+(platform.runs.admission). Both are best effort after the ledger's commit: the ledger is the
 truth, followers re-read it when they connect, and the sweeps admit within seconds."""
 
 from __future__ import annotations

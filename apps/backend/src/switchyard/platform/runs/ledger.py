@@ -80,7 +80,7 @@ _CHANGED = (
 def _claim_statement(redelivered: bool, of_tenant: bool) -> Update:
     """Built once per shape: a worker claims runs in a tight loop, and building a statement
     costs more CPU than the database spends on it."""
-    # Only a run admitted to its tenant's share (platform.admission) starts; a delayed run
+    # Only a run admitted to its tenant's share (platform.runs.admission) starts; a delayed run
     # comes due unadmitted, and the worker admits (or parks) it first.
     claimable: ColumnElement[bool] = and_(
         _RUNS.c.state.in_(CLAIMABLE), _RUNS.c.admitted_at.is_not(None)

@@ -43,9 +43,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.db.engine import in_transaction, once_more_if_dropped
 from switchyard.db.models import TaskRun, WorkerSlots
-from switchyard.platform import ledger
+from switchyard.db.models.task_run import IN_FLIGHT, UNADMITTED_DUE, WAITING
 from switchyard.platform.metrics import RUNS_ADMITTED
 from switchyard.platform.publisher import RunMessage, RunPublisher
+from switchyard.platform.runs import ledger
 
 if TYPE_CHECKING:
     from switchyard.services.container import Services
@@ -69,8 +70,8 @@ _RUNS = cast(Table, TaskRun.__table__)
 _SLOTS = cast(Table, WorkerSlots.__table__)
 
 _LOCK = text("SELECT pg_advisory_xact_lock(:namespace, hashtext(CAST(:tenant AS text)))")
-_HOLDING = "admitted_at IS NOT NULL AND state IN ('queued', 'started', 'retrying')"
-_WAITING = "admitted_at IS NULL AND state = 'queued'"
+_HOLDING = IN_FLIGHT
+_WAITING = WAITING
 # The tenants with runs waiting, read from `ix_task_runs_waiting` one tenant at a time (a
 # loose index scan: the cost is per tenant, not per waiting run, of which there may be
 # millions), at most :most_tenants of them.
@@ -79,7 +80,7 @@ _WAITING_TENANTS_CTE = f"""
         (SELECT tenant_id, 1 FROM task_runs WHERE {_WAITING} ORDER BY tenant_id LIMIT 1)
         UNION ALL
         SELECT (SELECT r.tenant_id FROM task_runs AS r
-                WHERE r.admitted_at IS NULL AND r.state = 'queued' AND r.tenant_id > w.tenant_id
+                WHERE {_WAITING} AND r.tenant_id > w.tenant_id
                 ORDER BY r.tenant_id LIMIT 1),
                w.depth + 1
         FROM waiting_tenants AS w
@@ -137,17 +138,16 @@ _ADMIT = text(
 _ADMIT_DUE = text(
     f"""{_ROOM}
     UPDATE task_runs SET admitted_at = now()
-    WHERE id = :run_id AND admitted_at IS NULL AND state IN ('queued', 'scheduled', 'retrying')
-      AND (SELECT n FROM room) > 0
+    WHERE id = :run_id AND {UNADMITTED_DUE} AND (SELECT n FROM room) > 0
     RETURNING id
     """  # noqa: S608 - constant fragments; every value is a bound parameter
 )
 _PARK = text(
-    """
+    f"""
     UPDATE task_runs SET state = 'queued', eta = NULL, published_at = NULL
-    WHERE id = :run_id AND admitted_at IS NULL AND state IN ('queued', 'scheduled', 'retrying')
+    WHERE id = :run_id AND {UNADMITTED_DUE}
     RETURNING id
-    """
+    """  # noqa: S608 - constant fragments; every value is a bound parameter
 )
 _ADMITTED = text("SELECT admitted_at IS NOT NULL FROM task_runs WHERE id = :run_id")
 _HAS_WAITING = text(

@@ -30,6 +30,7 @@ from typing import Final
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.db.models.task_run import FINAL
 from switchyard.platform.metrics import RETENTION_DELETED
 from switchyard.settings import Settings
 
@@ -43,14 +44,14 @@ _LIMITS: Final = (
 )
 
 _RUNS = text(
-    """
+    f"""
     WITH expired AS (
         SELECT run.id
         FROM tenants AS t
         CROSS JOIN LATERAL (
             SELECT r.id FROM task_runs AS r
             WHERE r.tenant_id = t.id
-              AND r.state IN ('succeeded', 'failed', 'dead_lettered', 'cancelled')
+              AND {FINAL}
               AND r.finished_at
                   < now() - make_interval(days => COALESCE(t.run_retention_days, :days))
               AND NOT EXISTS (SELECT 1 FROM dead_letters AS d WHERE d.run_id = r.id)
@@ -62,7 +63,7 @@ _RUNS = text(
         LIMIT :rows
     )
     DELETE FROM task_runs WHERE id IN (SELECT id FROM expired)
-    """
+    """  # noqa: S608 - constant fragments; every value is a bound parameter
 )
 _DEAD_LETTERS = text(
     """
@@ -85,19 +86,19 @@ _DEAD_LETTERS = text(
     """
 )
 _KEYS = text(
-    """
+    f"""
     UPDATE task_runs SET idempotency_key = NULL, request_hash = NULL
     WHERE id IN (
         SELECT id FROM task_runs
         WHERE idempotency_key IS NOT NULL
           AND created_at < now() - make_interval(hours => :hours)
-          AND state IN ('succeeded', 'failed', 'dead_lettered', 'cancelled')
+          AND {FINAL}
           AND idempotency_key NOT LIKE 'replay:%'
         ORDER BY created_at
         LIMIT :rows
         FOR UPDATE SKIP LOCKED
     )
-    """
+    """  # noqa: S608 - constant fragments; every value is a bound parameter
 )
 
 
