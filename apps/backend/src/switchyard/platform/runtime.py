@@ -159,6 +159,11 @@ class WorkerLoop:
                         await admission.forget_slots(self._services.database, workers.me())
                 await close_writes(self._services)
                 await self._services.close()
+            # What is left on the loop (an admission sweep a release started) ends with it.
+            leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in leftovers:
+                task.cancel()
+            await asyncio.gather(*leftovers, return_exceptions=True)
 
         try:
             self.call(shut(), timeout)
