@@ -86,7 +86,7 @@ async def gateway(
     async with running(app) as client:
         account = await sign_up(client)
         client.headers.update(account.headers)
-        yield client, account, app.state.broker.publisher
+        yield client, account, app.state.gateway.broker.publisher
 
 
 async def test_a_burst_the_broker_refuses_in_part_leaves_ledger_and_queue_agreeing(

@@ -173,7 +173,7 @@ async def test_local_presigned_links_are_served_by_the_gateway(
 ) -> None:
     app = create_app(make_settings(public_base_url="http://testserver"))
     async with running(app) as client:
-        services: Services = app.state.services
+        services: Services = app.state.gateway.services
         tenant = uuid.uuid4()
         await services.objects.put(tenant, "reports/q3.txt", b"quarter", content_type="text/plain")
         url = await services.objects.presigned_get(tenant, "reports/q3.txt", timedelta(minutes=1))

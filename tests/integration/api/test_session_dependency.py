@@ -185,7 +185,7 @@ async def test_a_run_is_committed_before_the_broker_sees_it(
     seen: list[int] = []
     async with running(app) as client:
         client.headers.update((await sign_up(client)).headers)
-        publisher = app.state.broker.publisher
+        publisher = app.state.gateway.broker.publisher
         original = publisher.publish_many
 
         async def observing(messages: list[RunMessage]) -> list[bool]:

@@ -63,7 +63,7 @@ async def test_local_embeddings_find_the_right_passage(
     accepted = await upload(client, "handbook.md", HANDBOOK.encode(), "text/markdown")
     assert accepted.status_code == 202, accepted.text
     document_id = accepted.json()["document"]["id"]
-    services: Services = app.state.services
+    services: Services = app.state.gateway.services
     assert services.embedder.name == "local-minilm-l6-v2"
     result = await ingest_now(services, owner.tenant_id, document_id)
     assert result["chunks"] == 3
@@ -91,7 +91,7 @@ async def test_local_embeddings_find_the_right_passage(
 async def test_refused_uploads_leave_nothing_behind(
     app: FastAPI, client: httpx.AsyncClient, owner: Account
 ) -> None:
-    services: Services = app.state.services
+    services: Services = app.state.gateway.services
     too_big = await upload(client, "big.txt", b"x" * 5000, "text/plain")
     assert too_big.status_code == 413
     assert too_big.json()["code"] == "payload_too_large"
@@ -119,7 +119,7 @@ async def test_upload_with_the_broker_down_is_503_and_taken_back(
         client.headers.update(account.headers)
         refused = await upload(client, "a.txt", b"some text", "text/plain")
         listed = (await client.get("/api/v1/documents")).json()
-        objects = await app.state.services.objects.list(account.tenant_id)
+        objects = await app.state.gateway.services.objects.list(account.tenant_id)
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "5"
     assert listed["items"] == []

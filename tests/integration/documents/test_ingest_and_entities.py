@@ -71,7 +71,7 @@ async def upload(client: httpx.AsyncClient, name: str, data: bytes, kind: str) -
 async def test_transient_errors_retry_then_fail_with_the_reason(
     app: FastAPI, client: httpx.AsyncClient, owner: Account, zhipu: FakeZhipu
 ) -> None:
-    services: Services = app.state.services
+    services: Services = app.state.gateway.services
     document_id = await upload(client, "notes.txt", TEXT, "text/plain")
     assert TransientIngestError in INGEST_RETRY.retry_on
 
@@ -98,7 +98,7 @@ async def test_transient_errors_retry_then_fail_with_the_reason(
 async def test_permanent_errors_fail_at_once(
     app: FastAPI, client: httpx.AsyncClient, owner: Account
 ) -> None:
-    services: Services = app.state.services
+    services: Services = app.state.gateway.services
     document_id = await upload(client, "empty.md", b"   \n", "text/markdown")
     with pytest.raises(PermanentIngestError, match="no text"):
         await run_ingest(services, owner.tenant_id, document_id, attempt=1)
@@ -110,7 +110,7 @@ async def test_permanent_errors_fail_at_once(
 async def test_entities_are_extracted_into_the_graph_after_ingestion(
     app: FastAPI, client: httpx.AsyncClient, owner: Account, zhipu: FakeZhipu
 ) -> None:
-    services: Services = app.state.services
+    services: Services = app.state.gateway.services
     driver = RecordingDriver()
     services.neo4j = Neo4j(driver)  # type: ignore[arg-type]
     document_id = await upload(client, "people.txt", TEXT, "text/plain")
@@ -154,7 +154,7 @@ async def test_ingestion_and_entities_are_queued_again_through_the_documents_rou
 ) -> None:
     """documents.ingest and documents.extract_entities are internal (not runnable by POST
     /tasks/run): these routes, under documents:write, queue them for a document."""
-    services: Services = app.state.services
+    services: Services = app.state.gateway.services
     services.neo4j = Neo4j(RecordingDriver())  # type: ignore[arg-type]
     document_id = await upload(client, "people.txt", TEXT, "text/plain")
     pending = await client.post(f"/api/v1/documents/{document_id}/entities")

@@ -44,7 +44,7 @@ async def upload(client: httpx.AsyncClient, account: Account, n: int) -> httpx.R
 
 async def kept(app: FastAPI, engine: AsyncEngine, account: Account) -> tuple[int, int, int]:
     """(objects, document rows, runs) the tenant has."""
-    services: Services = app.state.services
+    services: Services = app.state.gateway.services
     objects = await services.objects.list(account.tenant_id)
     async with engine.connect() as connection:
         documents = await connection.scalar(

@@ -88,7 +88,7 @@ async def test_a_silent_redis_is_waited_for_once_then_skipped_until_it_answers(
         async with running(create_app(settings)) as client:
             account = await sign_up(client)
             client.headers.update(account.headers)
-            breaker = client._transport.app.state.services.redis_breaker  # type: ignore[attr-defined]
+            breaker = client._transport.app.state.gateway.services.redis_breaker  # type: ignore[attr-defined]
             relay.hang()
 
             first = await client.get("/api/v1/tasks/", params={"limit": 1})

@@ -300,7 +300,7 @@ async def test_the_sweep_admits_round_robin_across_tenants(
             )
             .values(state=RunState.SUCCEEDED)
         )
-    dispatcher: Dispatcher = app.state.dispatcher
+    dispatcher: Dispatcher = app.state.gateway.dispatcher
     published: list[str] = []
     original = dispatcher.publisher.publish_many
 

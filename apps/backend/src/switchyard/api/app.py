@@ -23,38 +23,14 @@ from switchyard.api.middleware import REQUEST_ID_HEADER, RequestContextMiddlewar
 from switchyard.api.openapi import document_errors
 from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.domains import load_domains, registry_for, routers
-from switchyard.platform.broker import Broker, broker_check_name
-from switchyard.platform.intake import GroupCommit, Intake
-from switchyard.platform.runs import admission, ledger
+from switchyard.platform.gateway import Gateway
 from switchyard.services import email
-from switchyard.services.container import Services
-from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 # Multipart framing around an uploaded file: headers, boundaries and the title field.
 UPLOAD_OVERHEAD_BYTES = 64 * 1024
-
-
-def _intake(
-    settings: Settings, services: Services, broker: Broker | None
-) -> tuple[ledger.PublishedMarks | None, Intake | None, GroupCommit | None]:
-    """How the process takes runs in: the batched `published_at` marks (with a ledger), and
-    with a broker too the intake of runs in groups (a bulk request's, and single runs
-    submitted at once: platform.intake)."""
-    if services.database is None:
-        return None, None, None
-    marks = ledger.PublishedMarks(services.database)
-    if broker is None:
-        return marks, None, None
-    intake = Intake(services.database, broker.publisher, marks, admission.Policy.of(settings))
-    group = GroupCommit(
-        intake,
-        window_seconds=settings.task_group_commit_ms / 1000,
-        most=settings.task_group_commit_runs,
-    )
-    return marks, intake, group
 
 
 def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI:
@@ -64,30 +40,9 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _announce_generated_secret(settings)
         email.announce(settings)
-        services = Services.create(settings, service_type)
-        broker = Broker.create(settings)
-        app.state.services = services
-        app.state.broker = broker
-        # Admits a tenant's waiting runs when a slot of its share frees (fair share).
-        app.state.dispatcher = (
-            admission.install(services, broker.publisher) if broker is not None else None
-        )
-        app.state.registry = registry_for(settings, domains)
-        app.state.published_marks, app.state.intake, app.state.group_commit = _intake(
-            settings, services, broker
-        )
-        app.state.rate_limiter = RateLimiter(
-            settings.redis_url.get_secret_value() if settings.redis_url else None,
-            enabled=settings.rate_limits_enabled,
-            namespace=settings.cache_namespace,
-            breaker=services.redis_breaker,
-            timeout_seconds=settings.redis_socket_timeout_seconds,
-        )
-        checks = services.health_checks()
-        checks.insert(
-            2, services.health_check(broker_check_name(settings), broker.probe if broker else None)
-        )
-        app.state.health = services.health_monitor(checks)
+        gateway = Gateway.create(settings, service_type, registry_for(settings, domains))
+        app.state.gateway = gateway
+        services = gateway.services
         engines = [("main", services.database)] if services.database is not None else []
         engines += [(name, bind.engine) for name, bind in services.binds.items()]
         for database, engine in engines:
@@ -102,13 +57,7 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
             warm_up.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm_up
-            if app.state.group_commit is not None:
-                await app.state.group_commit.close()
-            if app.state.published_marks is not None:
-                await app.state.published_marks.close()
-            await services.close()
-            if broker is not None:
-                broker.close()
+            await gateway.close()
 
     app = _new_app(settings, lifespan)
     install_exception_handlers(app)

@@ -8,7 +8,7 @@ whole request on this machine (bench/gateway_overhead.py)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from switchyard.db.session import unit_of_work
 from switchyard.errors import ServiceUnavailableError
 from switchyard.platform.broker import Broker
+from switchyard.platform.gateway import gateway_of
 from switchyard.platform.outbox import Outbox
 from switchyard.platform.registry import TaskRegistry
-from switchyard.platform.runs.ledger import PublishedMarks
 from switchyard.services.container import Services
 from switchyard.services.health import HealthMonitor
 from switchyard.services.llm import ZhipuClient
@@ -27,34 +27,34 @@ from switchyard.settings import Settings
 
 
 async def get_services(request: Request) -> Services:
-    return cast(Services, request.app.state.services)
+    return gateway_of(request).services
 
 
 async def get_settings(request: Request) -> Settings:
-    return cast(Services, request.app.state.services).settings
+    return gateway_of(request).services.settings
 
 
 async def get_health(request: Request) -> HealthMonitor:
-    return cast(HealthMonitor, request.app.state.health)
+    return gateway_of(request).health
 
 
 async def get_broker(request: Request) -> Broker:
-    broker = cast(Broker | None, request.app.state.broker)
+    broker = gateway_of(request).broker
     if broker is None:
         raise ServiceUnavailableError("No task broker is configured (CELERY_BROKER_URL).")
     return broker
 
 
 async def get_registry(request: Request) -> TaskRegistry:
-    return cast(TaskRegistry, request.app.state.registry)
+    return gateway_of(request).registry
 
 
 async def get_outbox(request: Request) -> Outbox:
     """Platform runs (account email): published after the commit if a broker is there, else
     by beat's outbox; never a 503 for the broker."""
-    broker = cast(Broker | None, request.app.state.broker)
-    marks = cast(PublishedMarks | None, request.app.state.published_marks)
-    return Outbox(broker.publisher if broker is not None else None, marks)
+    gateway = gateway_of(request)
+    broker = gateway.broker
+    return Outbox(broker.publisher if broker is not None else None, gateway.published_marks)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -86,7 +86,7 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 async def get_rate_limiter(request: Request) -> RateLimiter:
-    return cast(RateLimiter, request.app.state.rate_limiter)
+    return gateway_of(request).rate_limiter
 
 
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]

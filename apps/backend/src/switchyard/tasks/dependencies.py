@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,10 +16,10 @@ from switchyard.db.models import TaskRun
 from switchyard.errors import ServiceUnavailableError
 from switchyard.logging import request_id_var
 from switchyard.platform.dependencies import BrokerDep, RegistryDep, ServicesDep, SessionDep
-from switchyard.platform.intake import GroupCommit, Intake
+from switchyard.platform.gateway import gateway_of
+from switchyard.platform.intake import Intake
 from switchyard.platform.publisher import RunPublisher
 from switchyard.platform.registry import TaskRegistry
-from switchyard.platform.runs import admission, ledger
 from switchyard.services.container import Services
 from switchyard.tasks import bulk, service
 from switchyard.tasks.schemas import (
@@ -54,6 +54,9 @@ class RunSubmitter:
         `over_rest`: the caller names the task (POST /tasks/run, a replay), so it must be one
         the caller may run."""
         request, principal, settings = self.request, self.principal, self.services.settings
+        gateway = gateway_of(request)
+        if gateway.published_marks is None:  # no database: refused before, by the session
+            raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
         submitter = service.Submitter(
             principal.tenant_id,
             request_id_var.get(),
@@ -65,19 +68,17 @@ class RunSubmitter:
             self.session,
             self.services.database_engine,
             self.publisher,
-            cast(ledger.PublishedMarks, request.app.state.published_marks),
+            gateway.published_marks,
             self.registry,
             body,
             submitter,
             idempotency_key=idempotency_key,
             max_countdown=settings.task_max_countdown_seconds,
             settings=settings,
-            dispatcher=cast(admission.Dispatcher | None, request.app.state.dispatcher),
+            dispatcher=gateway.dispatcher,
             replay_of=replay_of,
             # POST /tasks/run: the run is all its unit of work holds; it may join others'.
-            group=cast(GroupCommit | None, request.app.state.group_commit)
-            if over_rest and replay_of is None
-            else None,
+            group=gateway.group_commit if over_rest and replay_of is None else None,
         )
         self.response.headers["Location"] = run_location(request, run.id)
         accepted = RunAccepted(
@@ -104,10 +105,10 @@ class RunSubmitter:
 
 
 def intake_of(request: Request) -> Intake:
-    intake = request.app.state.intake
+    intake = gateway_of(request).intake
     if intake is None:  # no database or no broker: refused before, by their dependencies
         raise ServiceUnavailableError("No task broker is configured (CELERY_BROKER_URL).")
-    return cast(Intake, intake)
+    return intake
 
 
 def run_location(request: Request, run_id: uuid.UUID) -> str:

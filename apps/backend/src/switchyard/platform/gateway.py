@@ -1,0 +1,90 @@
+"""The gateway role's composition root: what a gateway process builds once, in its lifespan,
+and what its requests are handed (`platform.dependencies`). One typed object: requests read
+its fields, never untyped attributes of the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from switchyard.platform.broker import Broker, broker_check_name
+from switchyard.platform.intake import GroupCommit, Intake
+from switchyard.platform.registry import TaskRegistry
+from switchyard.platform.runs import admission, ledger
+from switchyard.services.container import Services
+from switchyard.services.health import HealthMonitor
+from switchyard.services.ratelimit import RateLimiter
+from switchyard.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    services: Services
+    broker: Broker | None
+    registry: TaskRegistry
+    rate_limiter: RateLimiter
+    health: HealthMonitor
+    # With a database: `published_at` marks in batches; with a broker too, the intake of
+    # runs in groups (platform.intake) and the dispatcher of waiting runs (fair share).
+    published_marks: ledger.PublishedMarks | None
+    intake: Intake | None
+    group_commit: GroupCommit | None
+    dispatcher: admission.Dispatcher | None
+
+    @classmethod
+    def create(cls, settings: Settings, service_type: str, registry: TaskRegistry) -> Gateway:
+        services = Services.create(settings, service_type)
+        broker = Broker.create(settings)
+        dispatcher = admission.install(services, broker.publisher) if broker else None
+        marks = ledger.PublishedMarks(services.database) if services.database else None
+        intake = group = None
+        if marks is not None and broker is not None:
+            assert services.database is not None
+            intake = Intake(
+                services.database, broker.publisher, marks, admission.Policy.of(settings)
+            )
+            group = GroupCommit(
+                intake,
+                window_seconds=settings.task_group_commit_ms / 1000,
+                most=settings.task_group_commit_runs,
+            )
+        checks = services.health_checks()
+        checks.insert(
+            2, services.health_check(broker_check_name(settings), broker.probe if broker else None)
+        )
+        return cls(
+            services=services,
+            broker=broker,
+            registry=registry,
+            rate_limiter=RateLimiter(
+                settings.redis_url.get_secret_value() if settings.redis_url else None,
+                enabled=settings.rate_limits_enabled,
+                namespace=settings.cache_namespace,
+                breaker=services.redis_breaker,
+                timeout_seconds=settings.redis_socket_timeout_seconds,
+            ),
+            health=services.health_monitor(checks),
+            published_marks=marks,
+            intake=intake,
+            group_commit=group,
+            dispatcher=dispatcher,
+        )
+
+    async def close(self) -> None:
+        """Accept what is pending, write the pending marks, close every client."""
+        if self.group_commit is not None:
+            await self.group_commit.close()
+        if self.published_marks is not None:
+            await self.published_marks.close()
+        await self.services.close()
+        if self.broker is not None:
+            self.broker.close()
+
+
+def gateway_of(request: Request) -> Gateway:
+    """The gateway the request's app built in its lifespan."""
+    gateway = getattr(request.app.state, "gateway", None)
+    if not isinstance(gateway, Gateway):
+        raise RuntimeError("the app's lifespan has not run: no gateway to serve the request")
+    return gateway
