@@ -322,3 +322,35 @@ async def test_the_sweep_admits_round_robin_across_tenants(
     # Alternating, not one tenant's runs first:
     assert [order[i] != order[i + 1] for i in range(len(order) - 1)] == [True] * (len(order) - 1)
     assert sorted(order) == sorted([a.tenant_id, b.tenant_id] * CAP)
+
+
+async def test_an_account_email_is_outside_the_tenants_share(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """Platform-started runs (account email, platform.outbox) are admitted as they are
+    recorded, whatever the tenant's share: an invitation is not sent after a backlog."""
+    # Account email is queued, not sent: no worker runs here.
+    with_email = settings.model_copy(update={"smtp_host": "127.0.0.1", "smtp_tls": "none"})
+    async with running(create_app(with_email)) as client:
+        a = await sign_up(client)
+        for _ in range(CAP + 2):
+            await run(client, a, SLEEP)
+        invited = await client.post(
+            "/api/v1/invitations",
+            json={"email": f"invited-{uuid.uuid4().hex[:6]}@example.com", "role": "member"},
+            headers=a.headers,
+        )
+    assert invited.status_code in (200, 201, 202), invited.text
+    async with engine.connect() as connection:
+        email = (
+            await connection.execute(
+                select(TaskRun.id, TaskRun.admitted_at).where(
+                    TaskRun.tenant_id == a.tenant_id, TaskRun.task == "accounts.send_email"
+                )
+            )
+        ).one()
+    assert email.admitted_at is not None  # admitted past the share
+    await wait_published(engine, email.id)
+    rows = await ledger_rows(engine, a.tenant_id)
+    waiting = [row for row in rows if row.admitted_at is None]
+    assert len(waiting) == 2  # the tenant's own runs still wait for their share
