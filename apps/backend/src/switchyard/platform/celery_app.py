@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, states
+from celery.app.amqp import AMQP
 from celery.backends.base import DisabledBackend
+from kombu import Connection
 
 from switchyard.platform.topology import TASK_EXCHANGE, work_queues
 from switchyard.settings import Settings
@@ -27,8 +29,42 @@ class LedgerResults(DisabledBackend):  # type: ignore[misc]
         return None
 
 
+# A worker whose broker went away tries again at most this many seconds apart (kombu's own
+# back-off reaches 30 s, so a worker could idle that long after the broker's return).
+RECONNECT_MAX_SECONDS = 5
+
+
+class ReconnectingConnection(Connection):  # type: ignore[misc]
+    """kombu's connection, retrying at most RECONNECT_MAX_SECONDS apart by default (Celery's
+    consumer asks `ensure_connection` with kombu's defaults)."""
+
+    def ensure_connection(
+        self,
+        errback: Any = None,
+        max_retries: int | None = None,
+        interval_start: float = 1,
+        interval_step: float = 1,
+        interval_max: float = RECONNECT_MAX_SECONDS,
+        **options: Any,
+    ) -> Connection:
+        return super().ensure_connection(
+            errback=errback,
+            max_retries=max_retries,
+            interval_start=interval_start,
+            interval_step=interval_step,
+            interval_max=interval_max,
+            **options,
+        )
+
+
+class BrokerClient(AMQP):  # type: ignore[misc]
+    """Celery's broker client (the `amqp` of the app), on ReconnectingConnection."""
+
+    Connection = ReconnectingConnection
+
+
 def create_celery(settings: Settings, broker_url: str) -> Celery:
-    app = Celery("switchyard", set_as_current=False)
+    app = Celery("switchyard", set_as_current=False, amqp=f"{__name__}:BrokerClient")
     amqp = broker_is_amqp(broker_url)
     app.conf.update(
         broker_url=broker_url,

@@ -1,10 +1,10 @@
 """The worker process's Celery: its pool (platform.pool), the registered tasks bound to it
-(platform.delivery), the dead-letter consumer, a heartbeat, shutdown and reconnection."""
+(platform.delivery), the dead-letter consumer, a heartbeat and shutdown (reconnection:
+platform.celery_app.ReconnectingConnection)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import threading
@@ -13,7 +13,6 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import task_received, worker_shutting_down
-from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.messaging import Consumer
 from kombu.transport.base import Message
 
@@ -35,7 +34,6 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_SECONDS = 5.0
 POOL = "switchyard.platform.pool:LoopPool"
 ARCHIVE_RETRY_MAX_SECONDS = 30.0
-RECONNECT_MAX_SECONDS = 5
 
 
 ARCHIVE_TIMEOUT_SECONDS = 30.0
@@ -192,28 +190,12 @@ def configure_worker(
     if loop is not None:
         deliveries.attach(loop)
     celery.conf.worker_pool = POOL
-    celery.conf.worker_consumer = f"{__name__}:ReconnectingConsumer"
     worker_shutting_down.connect(
         hand_back_after(settings.worker_shutdown_grace_seconds), weak=False
     )
     celery.steps["worker"].add(heartbeat_step(heartbeat))
     if broker_is_amqp(str(celery.conf.broker_url)):
         celery.steps["consumer"].add(DeadLetterConsumer)
-
-
-class ReconnectingConsumer(CeleryConsumer):  # type: ignore[misc]
-    """Celery's consumer, reconnecting to a broker that went away at most RECONNECT_MAX_SECONDS
-    apart (kombu's default backs off to 30 s, so a worker could idle that long after the
-    broker's return)."""
-
-    def ensure_connected(self, conn: Any) -> Any:
-        conn.ensure_connection = functools.partial(
-            conn.ensure_connection,
-            interval_start=1,
-            interval_step=1,
-            interval_max=RECONNECT_MAX_SECONDS,
-        )
-        return super().ensure_connected(conn)
 
 
 task_received.connect(_received, weak=False)
