@@ -150,7 +150,9 @@ async def test_slots_a_tenant_leaves_go_to_the_tenants_still_waiting(
     policy = dispatcher.policy
     a, b = await new_tenant(engine), await new_tenant(engine)
     await submit(engine, a, SLOTS, policy)  # all it wants: nothing of it waits
-    assert len(await submit(engine, b, 10, policy)) == 1  # its share of what A leaves: 8 - 8
+    # A holds every slot: B is admitted its equal part at once all the same (no pre-emption:
+    # its runs start as A's end).
+    assert len(await submit(engine, b, 10, policy)) == SLOTS // 2
     await finish(engine, await in_flight(engine, a))
     # A has nothing waiting: its release sweeps, and B takes the slots A left.
     assert await dispatcher.released(a) == 0
@@ -172,6 +174,34 @@ async def test_a_hard_cap_bounds_a_share_and_a_tenants_own_cap_overrides_it(
     assert len(await submit(engine, b, 10, capped)) == SLOTS // 2
     c = await new_tenant(engine, max_runs_in_flight=1)
     assert len(await submit(engine, c, 10, dispatcher.policy)) == 1
+
+
+async def test_runs_piled_up_elsewhere_starve_no_one(
+    engine: AsyncEngine, dispatcher: Dispatcher
+) -> None:
+    """Tenants holding far more runs in flight than the platform has slots (a queue no worker
+    reads, say) leave every contender an equal part of the slots all the same."""
+    policy = dispatcher.policy
+    for _ in range(3):
+        holder = await new_tenant(engine)
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(TaskRun),
+                [
+                    {
+                        "tenant_id": holder,
+                        "task": "system.echo",
+                        "queue": "llm",
+                        "payload": {},
+                        "state": RunState.QUEUED,
+                        "attempts": 0,
+                        "admitted_at": datetime.now(UTC),
+                    }
+                    for _ in range(20)
+                ],
+            )
+    a = await new_tenant(engine)
+    assert len(await submit(engine, a, 10, policy)) == SLOTS // 4  # 8 slots, 4 tenants
 
 
 async def test_the_platforms_slots_are_those_of_the_workers_seen_lately(

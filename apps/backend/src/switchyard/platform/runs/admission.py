@@ -88,7 +88,8 @@ _WAITING_TENANTS_CTE = f"""
     )"""  # noqa: S608 - constant fragments
 # How many more runs :tenant may have admitted now (`room.n`), and its share (`room.allowed`):
 # the slots that tenants without runs waiting do not hold, divided among the contenders
-# (:tenant among them), at least 1 each, within the tenant's hard cap.
+# (:tenant among them), and never less than an equal part of the slots among every tenant
+# with runs in flight or waiting; at least 1; within the tenant's hard cap.
 _ROOM = f"""
     WITH RECURSIVE {_WAITING_TENANTS_CTE},
     contenders AS (
@@ -112,11 +113,21 @@ _ROOM = f"""
                 COALESCE(NULLIF(COALESCE(
                     (SELECT max_runs_in_flight FROM tenants WHERE id = :tenant), :hard_cap
                 ), 0), 2147483647),
-                GREATEST(1, (
+                GREATEST(
+                    1,
+                    -- what the others leave, divided among the contenders ...
+                    ((SELECT slots FROM platform)
+                     - COALESCE((SELECT sum(n) FROM held WHERE tenant_id NOT IN
+                                 (SELECT tenant_id FROM contenders)), 0))
+                    / (SELECT count(*) FROM contenders),
+                    -- ... but never less than an equal part among every tenant with runs
+                    -- in flight or waiting, whatever the others hold (runs piled past the
+                    -- slots, or stuck in a queue no worker reads, starve no one).
                     (SELECT slots FROM platform)
-                    - COALESCE((SELECT sum(n) FROM held
-                                WHERE tenant_id NOT IN (SELECT tenant_id FROM contenders)), 0)
-                ) / (SELECT count(*) FROM contenders))
+                    / ((SELECT count(*) FROM contenders)
+                       + (SELECT count(*) FROM held WHERE tenant_id NOT IN
+                          (SELECT tenant_id FROM contenders)))
+                )
             ) AS allowed,
             COALESCE((SELECT n FROM held WHERE tenant_id = :tenant), 0) AS mine
     ),
