@@ -20,9 +20,7 @@ from switchyard.settings import Settings
 def test_the_consumers_connection_retries_a_few_seconds_apart(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    celery = create_celery(
-        Settings(_env_file=None, environment="test"), "amqp://127.0.0.1:5672//"
-    )
+    celery = create_celery(Settings(_env_file=None, environment="test"), "amqp://127.0.0.1:5672//")
     connection = celery.connection_for_read()  # what Celery's consumer connects with
     assert isinstance(connection, ReconnectingConnection)
     assert isinstance(connection.clone(), ReconnectingConnection)
