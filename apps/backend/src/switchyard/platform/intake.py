@@ -50,10 +50,6 @@ class Accepted:
         return "stored" if run_id in self.stored else "taken"
 
 
-def _message(run: ledger.Stored | admission.Admitted, eta: datetime | None) -> RunMessage:
-    return RunMessage(str(run.id), run.task, run.queue, eta, str(run.tenant_id), run.request_id)
-
-
 class Intake:
     """One per process and event loop (the gateway's)."""
 
@@ -89,8 +85,8 @@ class Intake:
             if run.eta is not None or run.admitted_at is not None:
                 ours.append(run)
         others = [entry for entry in admitted if entry.id not in stored]  # older, waited
-        messages = [_message(entry, None) for entry in others]
-        messages += [_message(run, run.eta) for run in ours]
+        messages = [RunMessage.of(entry) for entry in others]
+        messages += [RunMessage.of(run, run.eta) for run in ours]
         confirmed = await self.publisher.publish_many(messages)
         for message, ok in zip(messages, confirmed, strict=True):
             if ok:

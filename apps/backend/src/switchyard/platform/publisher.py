@@ -6,10 +6,11 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
@@ -46,6 +47,24 @@ class RunMessage:
     eta: datetime | None
     tenant_id: str | None
     request_id: str | None = None
+
+    @classmethod
+    def of(cls, run: PublishedRun, eta: datetime | None = None) -> RunMessage:
+        """The message of a stored run (a new one, or one admitted from the waiting)."""
+        return cls(str(run.id), run.task, run.queue, eta, str(run.tenant_id), run.request_id)
+
+
+class PublishedRun(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def tenant_id(self) -> uuid.UUID: ...
+    @property
+    def request_id(self) -> str | None: ...
 
 
 @dataclass

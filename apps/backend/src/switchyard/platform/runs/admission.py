@@ -329,10 +329,6 @@ async def forget_slots(engine: AsyncEngine, name: str) -> None:
     await once_more_if_dropped(engine, forget)
 
 
-def _message(run: Admitted) -> RunMessage:
-    return RunMessage(str(run.id), run.task, run.queue, None, str(run.tenant_id), run.request_id)
-
-
 class Dispatcher:
     """Admits waiting runs when a slot frees and publishes them: one per process, on its loop
     (the worker's, the gateway's, beat's)."""
@@ -454,7 +450,7 @@ class Dispatcher:
         beat's outbox sends it again."""
         if not admitted:
             return 0
-        confirmed = await self.publisher.publish_many([_message(run) for run in admitted])
+        confirmed = await self.publisher.publish_many([RunMessage.of(run) for run in admitted])
         done = [run.id for run, ok in zip(admitted, confirmed, strict=True) if ok]
         if len(done) < len(admitted):
             logger.warning(
