@@ -80,9 +80,11 @@ async def account(api: httpx.AsyncClient, name: str) -> tuple[uuid.UUID, dict[st
         "/api/v1/auth/register",
         json={"email": email, "password": PASSWORD, "tenant_name": name},
     )
-    registered.raise_for_status()
+    if registered.status_code != 201:
+        raise RuntimeError(f"sign-up: {registered.status_code} {registered.text}")
     tokens = await api.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-    tokens.raise_for_status()
+    if tokens.status_code != 200:
+        raise RuntimeError(f"sign-in: {tokens.status_code} {tokens.text}")
     return uuid.UUID(registered.json()["tenant"]["id"]), {
         "Authorization": f"Bearer {tokens.json()['access_token']}"
     }

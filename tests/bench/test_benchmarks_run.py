@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.processes import untraced_env
+
 pytestmark = pytest.mark.e2e
 
 
@@ -19,7 +21,7 @@ def bench(repo_root: Path, name: str, *args: str, **env: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", f"bench.{name}", *args],
         cwd=repo_root,
-        env={**os.environ, **env},
+        env=untraced_env(**env),
         capture_output=True,
         text=True,
         timeout=600,

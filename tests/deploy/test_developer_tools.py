@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fixtures.processes import untraced_env
+
 BIN = Path(sys.executable).parent
 
 
@@ -26,11 +28,10 @@ def run(repo_root: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProc
     return subprocess.run(
         [str(BIN / args[0]), *args[1:]],
         cwd=repo_root,
-        env={
-            **os.environ,
-            "PATH": f"{BIN}:{uv_dir()}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "PRE_COMMIT_HOME": str(tmp_path / "pre-commit"),
-        },
+        env=untraced_env(  # other projects' tools: not ours to measure
+            PATH=f"{BIN}:{uv_dir()}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            PRE_COMMIT_HOME=str(tmp_path / "pre-commit"),
+        ),
         capture_output=True,
         text=True,
         timeout=300,

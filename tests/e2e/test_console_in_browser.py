@@ -32,10 +32,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from switchyard.db.migrate import migrate
 from tests.fakes.zhipu import FakeZhipu
 from tests.fixtures.accounts import PASSWORD
 from tests.fixtures.browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
 from tests.fixtures.messaging import own_vhost
+from tests.fixtures.postgres import DatabaseFactory
 from tests.fixtures.processes import RunningRole, reap, spawn_role
 from tests.fixtures.servers import free_port
 from tests.fixtures.stack import product_env
@@ -77,9 +79,18 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
+async def console_database(create_database: DatabaseFactory) -> URL:
+    """The console's own ledger: the superuser's page lists the busiest tenants, which on the
+    session's database would be whatever other tests left in flight."""
+    url = await create_database()
+    await migrate(url)
+    return url
+
+
+@pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory,
-    database_url: URL,
+    console_database: URL,
     redis_url: str,
     s3_endpoint: str,
     chroma_server: tuple[str, int],
@@ -89,7 +100,7 @@ def stack(
     workdir = tmp_path_factory.mktemp("console")
     with own_vhost() as broker:
         env = product_env(
-            database_url=database_url,
+            database_url=console_database,
             redis_url=redis_url,
             broker=broker,
             s3_endpoint=s3_endpoint,
@@ -347,11 +358,13 @@ def test_an_operator_works_the_console_in_a_real_browser(
 
 
 def test_a_superuser_sees_the_workers_and_suspends_a_tenant(
-    stack: Stack, browser: Any, database_url: URL, screenshots: Path
+    stack: Stack, browser: Any, console_database: URL, screenshots: Path
 ) -> None:
     root = stack.operator("Platform")
     run_sql(
-        database_url, "UPDATE users SET is_superuser = true WHERE email = :email", email=root.email
+        console_database,
+        "UPDATE users SET is_superuser = true WHERE email = :email",
+        email=root.email,
     )
     tenant = stack.operator("Noisy")
     slug = tenant.api.get("/tenants/current").json()["slug"]
@@ -387,7 +400,7 @@ def test_a_superuser_sees_the_workers_and_suspends_a_tenant(
 
     # A member of two tenants switches between them; each shows its own runs.
     run_sql(
-        database_url,
+        console_database,
         "INSERT INTO memberships (id, user_id, tenant_id, role) SELECT gen_random_uuid(), id, "
         ":tenant, 'member' FROM users WHERE email = :email",
         tenant=tenant.tenant_id,

@@ -17,7 +17,7 @@ from switchyard.platform.broker import Broker
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account
-from tests.fixtures.tasks import insert_run, wait_for_run
+from tests.fixtures.tasks import insert_run, publish_run, wait_for_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("default_worker")]
 
@@ -67,7 +67,7 @@ async def test_a_delivery_of_a_final_run_is_not_executed_again(
     broker = Broker.create(task_settings)
     assert broker is not None
     try:
-        await broker.publisher.publish(task_id, "system.fail", "default", None, None)
+        await publish_run(broker, task_id, "system.fail", "default", None, None)
     finally:
         broker.close()
     await asyncio.sleep(3)
@@ -92,7 +92,7 @@ async def test_worker_validates_the_payload_again(
     broker = Broker.create(task_settings)
     assert broker is not None
     try:
-        await broker.publisher.publish(str(run.id), run.task, run.queue, None, None)
+        await publish_run(broker, str(run.id), run.task, run.queue, None, None)
     finally:
         broker.close()
     stored = await wait_for_run(tasks_api, str(run.id))
@@ -116,12 +116,12 @@ async def test_a_message_naming_another_tenant_is_refused(
     broker = Broker.create(task_settings)
     assert broker is not None
     try:
-        await broker.publisher.publish(str(run.id), run.task, run.queue, None, str(uuid.uuid4()))
+        await publish_run(broker, str(run.id), run.task, run.queue, None, str(uuid.uuid4()))
         await asyncio.sleep(3)
         refused = (await tasks_api.get(f"/api/v1/tasks/{run.id}")).json()
         assert (refused["state"], refused["attempts"]) == ("queued", 0)
-        await broker.publisher.publish(
-            str(run.id), run.task, run.queue, None, str(tasks_account.tenant_id)
+        await publish_run(
+            broker, str(run.id), run.task, run.queue, None, str(tasks_account.tenant_id)
         )
     finally:
         broker.close()

@@ -31,8 +31,12 @@ from tests.fixtures.tasks import DELIVERY_LIMIT, start_worker_on, submit, wait_f
 pytestmark = pytest.mark.e2e
 
 CAP = 3
-BACKLOG = 24
-RUN_SECONDS = 1.0
+BACKLOG = 9
+# Long runs, and a delayed run due one second after it is submitted: it comes due well before
+# A's first runs end, while every slot of A's is busy, not at the moment one is handed on to
+# A's next waiting run (a slot is free for a moment then, and a run coming due may take it).
+RUN_SECONDS = 4.0
+DUE_AFTER_SECONDS = 1
 
 
 @pytest.fixture
@@ -130,7 +134,9 @@ async def test_another_tenant_starts_while_a_backlog_drains_within_its_cap(
     backlog = [
         await submit(gateway, "system.sleep", {"seconds": RUN_SECONDS}) for _ in range(BACKLOG)
     ]
-    delayed = await submit(gateway, "system.echo", {"message": "later"}, countdown=2)
+    delayed = await submit(
+        gateway, "system.echo", {"message": "later"}, countdown=DUE_AFTER_SECONDS
+    )
 
     gateway.headers.update(b.headers)
     submitted = time.monotonic()
@@ -141,7 +147,7 @@ async def test_another_tenant_starts_while_a_backlog_drains_within_its_cap(
         b_started.append(run)
     waited = time.monotonic() - submitted
     _, _, a_waiting = await tenant_counts(engine, a.tenant_id)
-    # B did not wait for A's backlog (about BACKLOG / CAP * RUN_SECONDS = 8 s of it).
+    # B did not wait for A's backlog (about BACKLOG / CAP * RUN_SECONDS = 12 s of it).
     assert waited < 4, f"B's runs started {waited:.1f} s after submission"
     assert a_waiting >= BACKLOG // 2, "A's backlog was still draining"
     # The worker's metrics show A's share per tenant while it drains.

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from switchyard.platform.broker import Broker
 from switchyard.settings import Settings
 from tests.fixtures.processes import RunningRole
-from tests.fixtures.tasks import submit
+from tests.fixtures.tasks import publish_run, submit
 
 pytestmark = [pytest.mark.e2e]
 
@@ -93,7 +93,7 @@ async def test_a_delivery_for_an_unknown_run_is_ignored_not_reported_as_a_succes
     default_worker: RunningRole, broker: Broker
 ) -> None:
     unknown = str(uuid.uuid4())
-    await broker.publisher.publish(unknown, "system.echo", "default", None, str(uuid.uuid4()))
+    await publish_run(broker, unknown, "system.echo", "default", None, str(uuid.uuid4()))
     lines = await _until_logged(default_worker, f"[{unknown}] ignored")
     assert lines
     assert _log_lines(default_worker, f"[{unknown}] succeeded") == []

@@ -21,7 +21,6 @@ import httpx
 import psutil
 import pytest
 import redis.asyncio as redis
-from kombu import Connection
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +28,7 @@ from switchyard.api.app import create_app
 from switchyard.db.models import DeadLetter, TaskRun
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.messaging import ready_messages
 from tests.fixtures.processes import RunningRole
 from tests.fixtures.scrape import metric_value
 from tests.fixtures.servers import free_port
@@ -236,12 +236,6 @@ async def test_time_limits_end_runs_that_await_ignore_cancellation_or_block_the_
     assert "run ignores cancellation: abandoned" in log
 
 
-def ready_messages(broker: str, queue: str) -> int:
-    with Connection(broker) as connection:
-        _, count, _ = connection.default_channel.queue_declare(queue, passive=True)
-        return int(count)
-
-
 async def test_cancel_stops_a_started_run_and_acks_it(
     gateway: tuple[httpx.AsyncClient, Account],
     own_broker: str,
@@ -267,7 +261,7 @@ async def test_cancel_stops_a_started_run_and_acks_it(
     assert "run cancelled while it ran" in worker.stderr()
     # Acked, not handed back: once the worker is gone nothing of it is left in the queue.
     assert worker.stop() == 0
-    assert await asyncio.to_thread(ready_messages, own_broker, "default") == 0
+    assert await ready_messages(own_broker, "default", 0) == 0
 
 
 async def test_sigterm_with_fifty_in_flight_loses_none_and_runs_none_twice(

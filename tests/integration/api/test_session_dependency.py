@@ -178,7 +178,7 @@ async def test_a_failed_after_commit_action_runs_the_undos_and_answers_its_error
 async def test_a_run_is_committed_before_the_broker_sees_it(
     task_settings: Settings, engine: AsyncEngine
 ) -> None:
-    """POST /tasks/run writes the ledger row (in its group's transaction: platform.intake)
+    """POST /tasks/run writes the ledger row (in its group's transaction: platform.submission)
     and publishes it only after the commit: at the moment of the publish another connection
     sees the row."""
     app = create_app(task_settings)  # the broker's queues as every test declares them

@@ -137,7 +137,11 @@ async def test_logout_revokes_the_refresh_token(client: httpx.AsyncClient) -> No
     assert again.status_code == 401
 
 
-@pytest.mark.parametrize("token", ["garbage", f"{uuid.uuid4()}.wrong-secret", ""])
+@pytest.mark.parametrize(
+    "token",
+    ["garbage", "6f1d1c3e-5a55-4f4e-9d7a-0b8d2c1e9f00.wrong-secret", ""],
+    ids=["garbage", "unknown-id", "empty"],
+)
 async def test_unknown_refresh_tokens_are_401(client: httpx.AsyncClient, token: str) -> None:
     response = await client.post("/api/v1/auth/refresh", json={"refresh_token": token or "x"})
     assert response.status_code == 401

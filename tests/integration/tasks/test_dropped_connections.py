@@ -21,12 +21,15 @@ from tests.fixtures.tasks import published_at, unique
 
 
 async def drop_connections(engine: AsyncEngine, application_name: str) -> int:
-    """What a server restart does to one client's pooled connections."""
+    """What a server restart does to one client's pooled connections: those of
+    `application_name` on this test process's database only (another test process's gateway,
+    or a benchmark's, on the same server, has the same name and must keep its connections)."""
     async with engine.connect() as admin:
         dropped = await admin.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = :name AND pid <> pg_backend_pid()"
+                "WHERE application_name = :name AND datname = current_database() "
+                "AND pid <> pg_backend_pid()"
             ),
             {"name": application_name},
         )

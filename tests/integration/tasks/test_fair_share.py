@@ -18,14 +18,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from kombu import Connection
 from sqlalchemy import select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.api.app import create_app
 from switchyard.auth.service import ensure_superuser
-from switchyard.db.models import RunState, TaskDefinition, TaskRun
+from switchyard.db.models import RunState, TaskRun
 from switchyard.domains import load_task_modules
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
@@ -35,7 +34,8 @@ from switchyard.services.container import Services
 from switchyard.settings import Settings
 from tests.fixtures.accounts import Account, login, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
-from tests.fixtures.tasks import DELIVERY_LIMIT, insert_dead_letter
+from tests.fixtures.messaging import ready_messages
+from tests.fixtures.tasks import DELIVERY_LIMIT, insert_dead_letter, register_due_schedule
 
 CAP = 2
 SLEEP = {"task": "system.sleep", "payload": {"seconds": 1}}
@@ -94,12 +94,6 @@ async def ledger_rows(engine: AsyncEngine, tenant_id: uuid.UUID) -> list[Any]:
         return list(rows)
 
 
-def queued_messages(broker: str, queue: str = "default") -> int:
-    with Connection(broker) as connection:
-        _, count, _ = connection.default_channel.queue_declare(queue, passive=True)
-    return int(count)
-
-
 async def wait_published(engine: AsyncEngine, run_id: uuid.UUID, within: float = 10) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while True:
@@ -129,7 +123,7 @@ async def test_runs_past_the_cap_wait_unpublished_and_say_why(
         await wait_published(engine, row.id)
     assert [row.admitted_at is not None for row in rows] == [True] * CAP + [False] * 3
     assert all(row.published_at is None for row in rows[CAP:])  # never sent to the broker
-    assert queued_messages(own_broker) == CAP
+    assert await ready_messages(own_broker, "default", CAP) == CAP
 
     listed = (await client.get("/api/v1/tasks/", headers=a.headers)).json()
     assert listed["share"] == {
@@ -142,7 +136,7 @@ async def test_runs_past_the_cap_wait_unpublished_and_say_why(
     other = await run(client, b, SLEEP)
     assert other["state_detail"] is None
     await wait_published(engine, uuid.UUID(other["task_id"]))
-    assert queued_messages(own_broker) == CAP + 1
+    assert await ready_messages(own_broker, "default", CAP + 1) == CAP + 1
     assert (await client.get("/api/v1/tasks/", headers=b.headers)).json()["share"][
         "waiting_for_capacity"
     ] == 0
@@ -161,7 +155,8 @@ async def test_a_run_that_ends_admits_its_tenants_next_oldest(
     assert rows[ids[CAP + 1]].admitted_at is None  # still waiting: the cap is full again
     # Cancelling a waiting run frees nothing and publishes nothing.
     await client.post(f"/api/v1/tasks/{ids[CAP + 1]}/cancel", headers=a.headers)
-    assert queued_messages(own_broker) == CAP + 1  # the cancelled run's message stays, skipped
+    # The cancelled run's message stays (skipped when delivered); no new one.
+    assert await ready_messages(own_broker, "default", CAP + 1) == CAP + 1
 
 
 async def test_every_entry_waits_for_its_tenants_share(
@@ -183,23 +178,7 @@ async def test_every_entry_waits_for_its_tenants_share(
     assert replay.status_code == 202, replay.text
     assert replay.json()["state_detail"] == "waiting_for_capacity"
 
-    definition = await client.post(
-        "/api/v1/tasks/register",
-        json={
-            "name": "every-minute",
-            "task": "system.echo",
-            "payload": {"message": "tick"},
-            "schedule": {"every_seconds": 60},
-        },
-        headers=a.headers,
-    )
-    assert definition.status_code == 201, definition.text
-    async with async_sessionmaker(engine).begin() as session:
-        await session.execute(
-            update(TaskDefinition)
-            .where(TaskDefinition.tenant_id == a.tenant_id)
-            .values(created_at=datetime(2026, 1, 1, tzinfo=UTC))
-        )
+    await register_due_schedule(client, a, engine)
     services = Services.create(settings, "beat")
     broker = Broker.create(settings)
     assert broker is not None
@@ -279,7 +258,7 @@ async def test_concurrent_submissions_never_pass_the_cap(
     for row in rows:
         if row.admitted_at is not None:
             await wait_published(engine, row.id)
-    assert queued_messages(own_broker) == CAP
+    assert await ready_messages(own_broker, "default", CAP) == CAP
 
 
 async def test_the_sweep_admits_round_robin_across_tenants(

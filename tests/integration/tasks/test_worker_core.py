@@ -1,9 +1,12 @@
-"""The worker's core in process, on the real PostgreSQL and Redis, without a worker process:
-a delivery (platform.delivery.deliver) on a WorkerLoop of the test's own, from the claim to
-the settlement Celery would carry out. Claim → run → outcome → the next run admitted; soft
-and hard time limits; a cancel of a started run; a graceful stop handing runs back; the stall
-watchdog; a crash between outcome and ack; a run whose worker died; a bookkeeping failure
-handed back, never a task failure."""
+"""The worker's core in process, on the real PostgreSQL and Redis, without a worker process
+or a RabbitMQ: a delivery (platform.delivery.deliver) on a WorkerLoop of the test's own, from
+the claim to the settlement Celery would carry out, with messages taken from and settled on
+the in-memory broker (`tests.fakes.broker`, whose semantics test_broker_semantics.py checks
+against RabbitMQ's). Claim → run → outcome → the next run admitted and published; a backlog
+drained one slot at a time; a retry through a broker-held delay; soft and hard time limits; a
+cancel of a started run; a graceful stop handing runs back; the stall watchdog; a crash
+between outcome and ack; a run whose worker died; a bookkeeping failure handed back, never a
+task failure."""
 
 from __future__ import annotations
 
@@ -22,11 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from switchyard.db.models import DeadLetter, RunState, TaskRun
 from switchyard.domains import registry_for
 from switchyard.platform import execution, runtime
-from switchyard.platform.broker import Broker
+from switchyard.platform.celery_app import AMQP_TRANSPORT
 from switchyard.platform.delivery import Delivery, Settlement, deliver
+from switchyard.platform.publisher import RunMessage
 from switchyard.platform.registry import TaskSpec
 from switchyard.platform.runs import admission, ledger
 from switchyard.settings import Settings
+from tests.fakes.broker import InMemoryBroker, Taken
 from tests.fixtures.gateway import SettingsFactory
 from tests.fixtures.tasks import insert_run
 
@@ -40,10 +45,9 @@ def engine(own_engine: AsyncEngine) -> AsyncEngine:
 
 
 @pytest.fixture
-def settings(make_settings: SettingsFactory, own_database: URL, own_broker: str) -> Settings:
+def settings(make_settings: SettingsFactory, own_database: URL) -> Settings:
     return make_settings(
         database_url=own_database.render_as_string(hide_password=False),
-        celery_broker_url=own_broker,
         task_delivery_limit=DELIVERY_LIMIT,
         fair_share=True,
         fair_share_slots=1,
@@ -53,15 +57,17 @@ def settings(make_settings: SettingsFactory, own_database: URL, own_broker: str)
 
 
 @pytest.fixture
-def loop(settings: Settings) -> Iterator[runtime.WorkerLoop]:
-    broker = Broker.create(settings)
-    assert broker is not None
-    broker.publisher.declare_topology()
-    current = runtime.WorkerLoop(settings, "worker").start()
-    admission.install(current.services, broker.publisher)
+def broker() -> InMemoryBroker:
+    return InMemoryBroker(delivery_limit=DELIVERY_LIMIT)
+
+
+@pytest.fixture
+def loop(settings: Settings, broker: InMemoryBroker) -> Iterator[runtime.WorkerLoop]:
+    current = runtime.WorkerLoop(
+        settings, "worker", admission.dispatcher_for(broker, settings)
+    ).start()
     yield current
     current.close()
-    broker.close()
 
 
 def spec(settings: Settings, name: str, **changes: Any) -> TaskSpec[Any]:
@@ -85,7 +91,27 @@ def delivery(run: TaskRun, *, redelivered: bool = False, returned: int = 0) -> D
 def settle(
     loop: runtime.WorkerLoop, task: TaskSpec[Any], run: TaskRun, **options: Any
 ) -> Settlement:
-    return loop.call(deliver(loop, task, delivery(run, **options), amqp=True), 30)
+    return loop.call(deliver(loop, task, delivery(run, **options), AMQP_TRANSPORT), 30)
+
+
+async def take(broker: InMemoryBroker, queue: str = "default", within: float = 10.0) -> Taken:
+    """The next message of `queue` once there is one (a dispatcher publishes from the loop)."""
+    deadline = time.monotonic() + within
+    while (taken := broker.take(queue)) is None:
+        assert time.monotonic() < deadline, f"no message in {queue} in time"
+        await asyncio.sleep(0.01)
+    return taken
+
+
+def work(
+    loop: runtime.WorkerLoop, settings: Settings, broker: InMemoryBroker, taken: Taken
+) -> Settlement:
+    """What a worker does with a message: deliver it, and settle it on the broker."""
+    settled = loop.call(
+        deliver(loop, spec(settings, taken.message.task), taken.delivery(), AMQP_TRANSPORT), 30
+    )
+    broker.settle(taken, settled)
+    return settled
 
 
 async def stored(engine: AsyncEngine, run_id: uuid.UUID) -> TaskRun:
@@ -102,23 +128,79 @@ async def until(condition: Any, within: float = 10.0) -> None:
 
 
 async def test_a_run_is_claimed_run_recorded_and_its_slot_goes_to_the_next(
-    loop: runtime.WorkerLoop, settings: Settings, engine: AsyncEngine, tenant_id: uuid.UUID
+    loop: runtime.WorkerLoop,
+    settings: Settings,
+    broker: InMemoryBroker,
+    engine: AsyncEngine,
+    tenant_id: uuid.UUID,
 ) -> None:
     run = await insert_run(engine, tenant_id, payload={"message": "hi"})
     waiting = await insert_run(engine, tenant_id, admitted_at=None)  # one slot: it waits
+    await broker.publish_many([RunMessage.of(run)])
 
-    assert settle(loop, spec(settings, "system.echo"), run) == Settlement("ack")
+    assert work(loop, settings, broker, await take(broker)) == Settlement("ack")
 
     done = await stored(engine, run.id)
     assert (done.state, done.attempts, done.result) == (RunState.SUCCEEDED, 1, {"message": "hi"})
     assert done.started_at is not None
     assert done.finished_at is not None
 
-    async def next_published() -> bool:
-        return (await stored(engine, waiting.id)).published_at is not None
+    # The run's end gave its slot to the waiting run: admitted, published, and run from there.
+    following = await take(broker)
+    assert following.message.run_id == str(waiting.id)
+    admitted = await stored(engine, waiting.id)
+    assert admitted.admitted_at is not None
+    assert admitted.published_at is not None
+    assert work(loop, settings, broker, following) == Settlement("ack")
+    assert (await stored(engine, waiting.id)).state is RunState.SUCCEEDED
 
-    await until(next_published)  # admitted and published by the run's end
-    assert (await stored(engine, waiting.id)).admitted_at is not None
+
+async def test_a_backlog_drains_through_the_broker_one_slot_at_a_time(
+    loop: runtime.WorkerLoop,
+    settings: Settings,
+    broker: InMemoryBroker,
+    engine: AsyncEngine,
+    tenant_id: uuid.UUID,
+) -> None:
+    first = await insert_run(engine, tenant_id)
+    backlog = [await insert_run(engine, tenant_id, admitted_at=None) for _ in range(4)]
+    await broker.publish_many([RunMessage.of(first)])
+
+    ran = []
+    for _ in range(5):
+        taken = await take(broker)
+        assert broker.depth("default") == 0  # one slot: never two of its runs queued
+        assert work(loop, settings, broker, taken) == Settlement("ack")
+        ran.append(taken.message.run_id)
+
+    assert ran == [str(run.id) for run in [first, *backlog]]  # in the order they came
+    for run in [first, *backlog]:
+        row = await stored(engine, run.id)
+        assert (row.state, row.attempts) == (RunState.SUCCEEDED, 1)
+    assert broker.take("default") is None
+    assert broker.dead_letters() == []
+
+
+async def test_a_retry_waits_out_its_backoff_in_the_broker_and_then_succeeds(
+    loop: runtime.WorkerLoop,
+    settings: Settings,
+    broker: InMemoryBroker,
+    engine: AsyncEngine,
+    tenant_id: uuid.UUID,
+) -> None:
+    run = await insert_run(engine, tenant_id, task="system.fail", payload={"fail_attempts": 1})
+    await broker.publish_many([RunMessage.of(run)])
+    failed_at = time.monotonic()
+    retried = work(loop, settings, broker, await take(broker))
+    assert (retried.kind, retried.delay) == ("retry", 1)
+    assert broker.take("default") is None  # its copy is held until due
+
+    again = await take(broker)
+    assert time.monotonic() - failed_at >= 1.0
+    assert (again.message.run_id, again.delivery().returned) == (str(run.id), 1)
+    assert work(loop, settings, broker, again) == Settlement("ack")
+    row = await stored(engine, run.id)
+    assert (row.state, row.attempts) == (RunState.SUCCEEDED, 2)
 
 
 async def test_a_handler_error_is_the_runs_outcome_and_a_retry_its_backoff(
@@ -159,7 +241,7 @@ async def test_a_run_cancelled_while_it_runs_stops_at_its_next_await(
 ) -> None:
     run = await insert_run(engine, tenant_id, task="system.sleep", payload={"seconds": 30})
     future = asyncio.run_coroutine_threadsafe(
-        deliver(loop, spec(settings, "system.sleep"), delivery(run), amqp=True), loop.loop
+        deliver(loop, spec(settings, "system.sleep"), delivery(run), AMQP_TRANSPORT), loop.loop
     )
 
     async def started() -> bool:
@@ -181,7 +263,9 @@ async def test_a_graceful_stop_hands_the_runs_in_flight_back(
         for _ in range(3)
     ]
     futures = [
-        asyncio.run_coroutine_threadsafe(deliver(loop, sleep, delivery(r), amqp=True), loop.loop)
+        asyncio.run_coroutine_threadsafe(
+            deliver(loop, sleep, delivery(r), AMQP_TRANSPORT), loop.loop
+        )
         for r in runs
     ]
 
@@ -200,15 +284,26 @@ async def test_a_graceful_stop_hands_the_runs_in_flight_back(
 
 
 async def test_a_crash_between_outcome_and_ack_runs_nothing_twice(
-    loop: runtime.WorkerLoop, settings: Settings, engine: AsyncEngine, tenant_id: uuid.UUID
+    loop: runtime.WorkerLoop,
+    settings: Settings,
+    broker: InMemoryBroker,
+    engine: AsyncEngine,
+    tenant_id: uuid.UUID,
 ) -> None:
     echo = spec(settings, "system.echo")
     run = await insert_run(engine, tenant_id)
-    assert settle(loop, echo, run) == Settlement("ack")
+    await broker.publish_many([RunMessage.of(run)])
+    taken = await take(broker)
+    outcome = loop.call(deliver(loop, echo, taken.delivery(), AMQP_TRANSPORT), 30)
+    assert outcome == Settlement("ack")
     # The process died before its ack: the broker delivers the message again.
-    assert settle(loop, echo, run, redelivered=True) == Settlement("ignore")
+    assert broker.lose_connection() == 1
+    again = await take(broker)
+    assert again.redelivered
+    assert work(loop, settings, broker, again) == Settlement("ignore")
     row = await stored(engine, run.id)
     assert (row.state, row.attempts) == (RunState.SUCCEEDED, 1)
+    assert broker.take("default") is None
 
 
 async def test_a_run_whose_worker_died_is_taken_over_until_its_delivery_limit(
@@ -262,7 +357,7 @@ async def test_a_foreign_message_is_archived_and_ignored(
 ) -> None:
     foreign = Delivery("m-1", ("not a run id",), {}, None, None, False, 0)
     echo = spec(settings, "system.echo")
-    assert loop.call(deliver(loop, echo, foreign, amqp=True), 30) == Settlement("ignore")
+    assert loop.call(deliver(loop, echo, foreign, AMQP_TRANSPORT), 30) == Settlement("ignore")
     async with engine.connect() as connection:
         reasons = list(
             await connection.scalars(select(DeadLetter.reason).where(DeadLetter.run_id.is_(None)))

@@ -34,7 +34,10 @@ def test_temporary_files_go_under_var_dir_when_no_temporary_directory_is_writabl
 
     monkeypatch.setattr(tempfile, "gettempdir", read_only)
     monkeypatch.setattr(tempfile, "tempdir", None)
-    monkeypatch.delenv("TMPDIR", raising=False)
+    # Set, then removed: undoing the two takes away the TMPDIR the code under test sets
+    # (a delenv of a variable not set records nothing, and it would leak into later tests).
+    monkeypatch.setenv("TMPDIR", "unset-after-the-test")
+    monkeypatch.delenv("TMPDIR")
     cli._temporary_files_under_var_dir(Settings(_env_file=None, var_dir=tmp_path))
     assert os.environ["TMPDIR"] == str(tmp_path / "tmp")
     assert (tmp_path / "tmp").is_dir()
@@ -43,7 +46,10 @@ def test_temporary_files_go_under_var_dir_when_no_temporary_directory_is_writabl
 def test_a_writable_temporary_directory_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("TMPDIR", raising=False)
+    # Set, then removed: undoing the two takes away the TMPDIR the code under test sets
+    # (a delenv of a variable not set records nothing, and it would leak into later tests).
+    monkeypatch.setenv("TMPDIR", "unset-after-the-test")
+    monkeypatch.delenv("TMPDIR")
     cli._temporary_files_under_var_dir(Settings(_env_file=None, var_dir=tmp_path))
     assert "TMPDIR" not in os.environ
     assert not (tmp_path / "tmp").exists()

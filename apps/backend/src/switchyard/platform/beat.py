@@ -15,20 +15,21 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from switchyard.db.models import RunState, TaskDefinition, TaskRun, Tenant, TenantStatus
+from switchyard.db.session import unit_of_work
 from switchyard.platform import audit
 from switchyard.platform.heartbeat import write_heartbeat
 from switchyard.platform.metrics import BEAT_LAST_TICK, BEAT_LEADER, BEAT_PUBLISHED
-from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
+from switchyard.platform.publisher import RunBroker, RunMessage
 from switchyard.platform.registry import TaskRegistry
-from switchyard.platform.runs import admission, ledger, retention
+from switchyard.platform.runs import ledger, retention
 from switchyard.platform.schedules import from_stored, latest_due, next_due
+from switchyard.platform.submission import OnRefusal, Submissions
 from switchyard.services.container import Services
 from switchyard.services.outages import unreachable_dependency
 
@@ -61,7 +62,7 @@ class Beat:
     def __init__(
         self,
         services: Services,
-        publisher: RunPublisher,
+        publisher: RunBroker,
         registry: TaskRegistry,
         heartbeat: Path,
     ) -> None:
@@ -78,7 +79,10 @@ class Beat:
         self.last_audit_purge: float | None = None  # the first tick as leader purges
         self.last_retention: float | None = None  # ...and starts a retention pass
         self.retention: asyncio.Task[retention.Expired | None] | None = None
-        self.dispatcher = admission.install(services, publisher)
+        # Fair share's backstop sweep: the role's admission (roles.beat gives it).
+        self.dispatcher = services.admission
+        self.marks = ledger.PublishedMarks(self.engine)
+        self.submissions = Submissions.create(self.settings, self.engine, publisher, self.marks)
         self.failed_ticks = 0  # in a row; the healthcheck reads it from the heartbeat
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -98,6 +102,8 @@ class Beat:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.beat_tick_seconds)
         finally:
+            await self.submissions.close()
+            await self.marks.close()
             await self._resign()
             BEAT_LEADER.set(0)
             self.heartbeat.unlink(missing_ok=True)
@@ -268,12 +274,7 @@ class Beat:
         except ValidationError:
             logger.error("scheduled payload no longer valid", extra={"definition": definition.name})
             return False
-        policy = admission.Policy.of(self.settings)
-        fair = policy.enabled
-        admitted: list[admission.Admitted] = []
-        async with self.sessions.begin() as session:
-            if fair:
-                await admission.lock(await session.connection(), definition.tenant_id)
+        async with unit_of_work(self.sessions()) as session:
             claimed = await session.scalar(
                 update(TaskDefinition)
                 .where(
@@ -301,17 +302,9 @@ class Beat:
                 attempts=0,
                 scheduled_for=due,
                 submitted_by="beat",
-                admitted_at=None if fair else datetime.now(UTC),
             )
-            await ledger.record(await session.connection(), run)
-            if fair:
-                admitted = await admission.admit(
-                    await session.connection(), definition.tenant_id, policy
-                )
-        if not fair:
-            await self._publish([run])
-        elif self.dispatcher is not None:
-            await self.dispatcher.publish(admitted)  # this run, if its tenant has room
+            # The tick is claimed with its run; a broker that refuses leaves it to the outbox.
+            await self.submissions.submit([run], on_refusal=OnRefusal.KEEP, within=session)
         return True
 
     async def republish_stale(self, now: datetime) -> int:
@@ -324,20 +317,10 @@ class Beat:
                 BEAT_PUBLISHED.labels(kind="republished").inc(len(stale))
         return len(stale)
 
-    async def _publish(self, runs: list[TaskRun], session: Any = None) -> None:
-        done = []
-        for run in runs:
-            try:
-                await self.publisher.publish(
-                    str(run.id), run.task, run.queue, run.eta, str(run.tenant_id), run.request_id
-                )
-            except BrokerUnavailableError:
-                break  # left unpublished: the next outbox pass tries again
-            done.append(run.id)
-        if not done:
-            return
-        if session is not None:
+    async def _publish(self, runs: list[TaskRun], session: AsyncSession) -> None:
+        """Publish runs again in one burst; what the broker refused is left for the next pass."""
+        messages = [RunMessage.of(run, run.eta) for run in runs]
+        confirmed = await self.publisher.publish_many(messages)
+        done = [run.id for run, ok in zip(runs, confirmed, strict=True) if ok]
+        if done:
             await ledger.mark_published(session, done)
-            return
-        async with self.sessions.begin() as own:
-            await ledger.mark_published(own, done)

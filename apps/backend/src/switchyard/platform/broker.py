@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from switchyard.platform.celery_app import create_celery
+from switchyard.platform.celery_app import Transport, create_celery
 from switchyard.platform.publisher import RunPublisher
 from switchyard.settings import Settings
 
@@ -15,9 +15,7 @@ from switchyard.settings import Settings
 def broker_check_name(settings: Settings) -> str:
     """`rabbitmq` for an AMQP broker (and none at all); `broker` for another transport."""
     url = settings.celery_broker_url
-    if url is None or url.get_secret_value().startswith(("amqp://", "amqps://", "pyamqp://")):
-        return "rabbitmq"
-    return "broker"
+    return "rabbitmq" if url is None else Transport.of(url.get_secret_value()).check_name
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, states
@@ -13,8 +14,48 @@ from switchyard.platform.topology import TASK_EXCHANGE, work_queues
 from switchyard.settings import Settings
 
 
-def broker_is_amqp(url: str) -> bool:
-    return url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """What the broker behind a URL offers: the one place RabbitMQ and Redis differ.
+
+    RabbitMQ (every role in production): publisher confirms, quorum queues that count each
+    message's deliveries, a dead-letter exchange, a topology declared up front. Redis (the
+    standalone role's embedded broker) has none of them: a message sent is taken, a delivery
+    count is not kept, a dead letter is archived by the worker itself, queues exist once used."""
+
+    amqp: bool
+
+    @classmethod
+    def of(cls, url: str) -> Transport:
+        return cls(url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"))
+
+    @property
+    def confirms(self) -> bool:
+        return self.amqp
+
+    @property
+    def counts_deliveries(self) -> bool:
+        return self.amqp
+
+    @property
+    def dead_letter_exchange(self) -> bool:
+        return self.amqp
+
+    @property
+    def declared_topology(self) -> bool:
+        return self.amqp
+
+    @property
+    def check_name(self) -> str:
+        """Its name in /health: `rabbitmq`, or `broker` for another transport."""
+        return "rabbitmq" if self.amqp else "broker"
+
+
+AMQP_TRANSPORT = Transport(amqp=True)
+
+
+def transport_of(celery: Celery) -> Transport:
+    return Transport.of(str(celery.conf.broker_url))
 
 
 class LedgerResults(DisabledBackend):  # type: ignore[misc]
@@ -65,7 +106,7 @@ class BrokerClient(AMQP):  # type: ignore[misc]
 
 def create_celery(settings: Settings, broker_url: str) -> Celery:
     app = Celery("switchyard", set_as_current=False, amqp=f"{__name__}:BrokerClient")
-    amqp = broker_is_amqp(broker_url)
+    amqp = Transport.of(broker_url).amqp
     app.conf.update(
         broker_url=broker_url,
         result_backend=f"{__name__}:LedgerResults",

@@ -25,7 +25,7 @@ from kombu.serialization import loads
 
 from switchyard.logging import RunLogContext, remember_run, run_log_context
 from switchyard.platform import runtime
-from switchyard.platform.celery_app import broker_is_amqp
+from switchyard.platform.celery_app import Transport, transport_of
 from switchyard.platform.dead_letters import DeadLetterRecord, archive, jsonable
 from switchyard.platform.execution import Outcome, died_in, execute
 from switchyard.platform.metrics import TASK_EVENTS
@@ -61,7 +61,9 @@ class Delivery:
     returned: int  # how often it came back already: retried or handed back
 
     @classmethod
-    def of(cls, request: Mapping[str, Any], args: Any, kwargs: Any, amqp: bool) -> Delivery:
+    def of(
+        cls, request: Mapping[str, Any], args: Any, kwargs: Any, transport: Transport
+    ) -> Delivery:
         """From Celery's request (its dict, or a task's `request` attributes)."""
         delivery_info = request.get("delivery_info") or {}
         returned = int(request.get("retries") or 0)
@@ -69,7 +71,7 @@ class Delivery:
         # its outcome: it takes it over.
         redelivered = bool(delivery_info.get("redelivered")) or returned > 0
         count = request.get(DELIVERY_COUNT_HEADER)
-        if amqp and isinstance(count, int):
+        if transport.counts_deliveries and isinstance(count, int):
             redelivered = redelivered or count > 0
         return cls(
             message_id=str(request.get("id")),
@@ -120,7 +122,7 @@ def foreign(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
 
 
 async def deliver(
-    current: runtime.WorkerLoop, spec: TaskSpec[Any], delivery: Delivery, amqp: bool
+    current: runtime.WorkerLoop, spec: TaskSpec[Any], delivery: Delivery, transport: Transport
 ) -> Settlement:
     """Do the work of one delivery on the loop; what Celery must do with its message."""
     with run_log_context(delivery.log_context):
@@ -131,7 +133,7 @@ async def deliver(
         run_id = uuid.UUID(str(delivery.args[0]))
         try:
             outcome = await _attempt(current, spec, run_id, delivery)
-            if outcome.kind == "dead_letter" and not amqp:
+            if outcome.kind == "dead_letter" and not transport.dead_letter_exchange:
                 # No dead-letter exchange (Redis, standalone): archived here, then acked.
                 await archive(current.services, _record(spec, run_id, "rejected", 1, {}))
                 return Settlement("ack")
@@ -273,16 +275,16 @@ def _log_hand_back(spec: TaskSpec[Any], settlement: Settlement) -> None:
     TASK_EVENTS.labels(task=spec.name, event="handed_back").inc()
 
 
-def task_body(spec: TaskSpec[Any], amqp: bool) -> Any:
+def task_body(spec: TaskSpec[Any], transport: Transport) -> Any:
     """The function Celery's tracer calls for a registered task."""
 
     def run_registered_task(task: Task, *args: Any, **kwargs: Any) -> None:
-        delivery = Delivery.of(vars(task.request), args, kwargs, amqp)
+        delivery = Delivery.of(vars(task.request), args, kwargs, transport)
         remember_run(delivery.log_context)  # for Celery's own outcome line, logged after us
         settled = SETTLED.get()
         if settled is None:  # a pool that is not ours (solo, threads): the work, here
             current = runtime.current()
-            settled = current.call(deliver(current, spec, delivery, amqp))
+            settled = current.call(deliver(current, spec, delivery, transport))
         if isinstance(settled, BaseException):
             raise settled
         with run_log_context(delivery.log_context):
@@ -295,7 +297,8 @@ class Deliveries:
     """The registered tasks of a worker process, and the coroutine of each delivery."""
 
     def __init__(self, celery: Celery, registry: TaskRegistry) -> None:
-        self.amqp = broker_is_amqp(str(celery.conf.broker_url))
+        self.transport = transport_of(celery)
+        self.current: runtime.WorkerLoop | None = None
         self.specs: dict[str, TaskSpec[Any]] = {}
         for spec in registry.all():
             self.specs[spec.name] = spec
@@ -307,7 +310,7 @@ class Deliveries:
                 acks_late=True,
                 reject_on_worker_lost=True,
                 typing=False,
-            )(task_body(spec, self.amqp))
+            )(task_body(spec, self.transport))
 
     def start(
         self,
@@ -323,9 +326,11 @@ class Deliveries:
         if spec is None:
             return None
         args, kwargs, _ = loads(body, content_type, content_encoding, accept=_ACCEPT)
-        current = runtime.current()
-        return deliver(current, spec, Delivery.of(request, args, kwargs, self.amqp), self.amqp)
+        assert self.current is not None  # LoopPool starts deliveries only once attached
+        delivery = Delivery.of(request, args, kwargs, self.transport)
+        return deliver(self.current, spec, delivery, self.transport)
 
     def attach(self, current: runtime.WorkerLoop) -> None:
         """Make LoopPool run deliveries on `current`'s loop."""
+        self.current = current
         LoopPool.attach(current.loop, self.start)

@@ -19,6 +19,7 @@ from switchyard.platform.broker import Broker
 from switchyard.platform.gateway import gateway_of
 from switchyard.platform.outbox import Outbox
 from switchyard.platform.registry import TaskRegistry
+from switchyard.platform.submission import NO_BROKER, Submissions
 from switchyard.services.container import Services
 from switchyard.services.health import HealthMonitor
 from switchyard.services.llm import ZhipuClient
@@ -41,7 +42,7 @@ async def get_health(request: Request) -> HealthMonitor:
 async def get_broker(request: Request) -> Broker:
     broker = gateway_of(request).broker
     if broker is None:
-        raise ServiceUnavailableError("No task broker is configured (CELERY_BROKER_URL).")
+        raise ServiceUnavailableError(NO_BROKER)
     return broker
 
 
@@ -52,13 +53,23 @@ async def get_registry(request: Request) -> TaskRegistry:
 async def get_outbox(request: Request) -> Outbox:
     """Platform runs (account email): published after the commit if a broker is there, else
     by beat's outbox; never a 503 for the broker."""
+    return Outbox(gateway_of(request).submissions)
+
+
+async def get_submissions(request: Request) -> Submissions:
+    """The way runs enter, for routes that submit on a caller's behalf: 503 naming what is
+    missing (a run the broker cannot take is refused, so a broker is required up front)."""
     gateway = gateway_of(request)
-    broker = gateway.broker
-    return Outbox(broker.publisher if broker is not None else None, gateway.published_marks)
+    if gateway.broker is None:
+        raise ServiceUnavailableError(NO_BROKER)
+    if gateway.submissions is None:  # no database: refused before, by the session
+        raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
+    return gateway.submissions
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
+SubmissionsDep = Annotated[Submissions, Depends(get_submissions)]
 BrokerDep = Annotated[Broker, Depends(get_broker)]
 RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]
 

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Protocol
 
 from pydantic import TypeAdapter, ValidationError
-from redis.exceptions import RedisError
 from typing_extensions import TypedDict
 
 from switchyard.db.models import RunState
-from switchyard.services.redis import RedisBreaker, RedisUnavailableError
-
-logger = logging.getLogger(__name__)
+from switchyard.services.redis import Announcer
 
 
 def channel(namespace: str, run_id: uuid.UUID) -> str:
@@ -66,14 +62,8 @@ def decode(message: str | bytes) -> RunEvent | None:
         return None
 
 
-async def publish(redis: RedisBreaker, namespace: str, run: RunLike) -> None:
-    """Best effort: the ledger is the truth, followers re-read it when they connect."""
-    if redis.client is None:
-        return
-    message = encode(run_event(run))
-    try:
-        await redis.call(lambda client: client.publish(channel(namespace, run.id), message))
-    except RedisUnavailableError:
-        return
-    except RedisError as exc:
-        logger.warning("run event not published", extra={"task_id": str(run.id), "error": str(exc)})
+def publish(announcer: Announcer, namespace: str, run: RunLike) -> None:
+    """Queue the run's event for its followers (sent in order, in pipelines, by the process's
+    `Announcer`); best effort: the ledger is the truth, followers re-read it when they
+    connect."""
+    announcer.publish(channel(namespace, run.id), encode(run_event(run)))

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from switchyard.platform.broker import Broker, broker_check_name
-from switchyard.platform.intake import GroupCommit, Intake
 from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.runs import admission, ledger
+from switchyard.platform.submission import Submissions
 from switchyard.services.container import Services
 from switchyard.services.health import HealthMonitor
 from switchyard.services.ratelimit import RateLimiter
@@ -25,29 +25,28 @@ class Gateway:
     registry: TaskRegistry
     rate_limiter: RateLimiter
     health: HealthMonitor
-    # With a database: `published_at` marks in batches; with a broker too, the intake of
-    # runs in groups (platform.intake) and the dispatcher of waiting runs (fair share).
+    # With a database: `published_at` marks in batches and the one way runs enter
+    # (platform.submission; without a broker, only the runs the outbox may publish later);
+    # with a broker too, the dispatcher of waiting runs (fair share).
     published_marks: ledger.PublishedMarks | None
-    intake: Intake | None
-    group_commit: GroupCommit | None
+    submissions: Submissions | None
     dispatcher: admission.Dispatcher | None
 
     @classmethod
     def create(cls, settings: Settings, service_type: str, registry: TaskRegistry) -> Gateway:
-        services = Services.create(settings, service_type)
         broker = Broker.create(settings)
-        dispatcher = admission.install(services, broker.publisher) if broker else None
-        marks = ledger.PublishedMarks(services.database) if services.database else None
-        intake = group = None
-        if marks is not None and broker is not None:
-            assert services.database is not None
-            intake = Intake(
-                services.database, broker.publisher, marks, admission.Policy.of(settings)
-            )
-            group = GroupCommit(
-                intake,
-                window_seconds=settings.task_group_commit_ms / 1000,
-                most=settings.task_group_commit_runs,
+        services = Services.create(
+            settings,
+            service_type,
+            admission=admission.dispatcher_for(broker.publisher, settings) if broker else None,
+        )
+        dispatcher = services.admission
+        assert dispatcher is None or isinstance(dispatcher, admission.Dispatcher)
+        marks = submissions = None
+        if services.database is not None:
+            marks = ledger.PublishedMarks(services.database)
+            submissions = Submissions.create(
+                settings, services.database, broker.publisher if broker else None, marks
             )
         checks = services.health_checks()
         checks.insert(
@@ -66,15 +65,14 @@ class Gateway:
             ),
             health=services.health_monitor(checks),
             published_marks=marks,
-            intake=intake,
-            group_commit=group,
+            submissions=submissions,
             dispatcher=dispatcher,
         )
 
     async def close(self) -> None:
         """Accept what is pending, write the pending marks, close every client."""
-        if self.group_commit is not None:
-            await self.group_commit.close()
+        if self.submissions is not None:
+            await self.submissions.close()
         if self.published_marks is not None:
             await self.published_marks.close()
         await self.services.close()

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.db.models import DeadLetter
 from switchyard.db.models.task_run import IN_FLIGHT, WAITING
-from switchyard.platform.celery_app import broker_is_amqp
+from switchyard.platform.celery_app import Transport
 from switchyard.platform.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 from switchyard.settings import Settings
 
@@ -141,7 +141,7 @@ async def busiest_tenants(connection: AsyncConnection, limit: int) -> dict[tuple
 def queue_names(settings: Settings) -> list[str]:
     assert settings.celery_broker_url is not None
     names = list(WORK_QUEUES)
-    if broker_is_amqp(settings.celery_broker_url.get_secret_value()):
+    if Transport.of(settings.celery_broker_url.get_secret_value()).dead_letter_exchange:
         names.append(str(DEAD_LETTER_QUEUE.name))
     return names
 

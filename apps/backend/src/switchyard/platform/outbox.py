@@ -1,46 +1,41 @@
 """Runs the platform starts on its own behalf (account email), where the action that asks for
-one must not fail because the broker is down: the run is recorded in the caller's unit of
-work and published once that commits; if the broker refuses, or the role has none, it stays
-in the ledger and beat's outbox publishes it (TASK_REPUBLISH_AFTER_SECONDS). Nothing is lost
-and the caller is not refused; the run shows the delay."""
+one must not fail because the broker is down: the run is submitted in the caller's unit of
+work (platform.submission, `OnRefusal.KEEP`) and published once that commits; if the broker
+refuses, or the role has none, it stays in the ledger and beat's outbox publishes it
+(TASK_REPUBLISH_AFTER_SECONDS). Nothing is lost and the caller is not refused; the run shows
+the delay. These runs are admitted outside the tenant's fair share (`outside_share`, see
+docs/operations.md, "Fair share"): a sign-up's email does not wait behind a backlog."""
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.db.models import RunState, TaskRun
-from switchyard.db.session import after_commit
 from switchyard.errors import ServiceUnavailableError
 from switchyard.logging import request_id_var
-from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
-from switchyard.platform.runs import ledger
-
-logger = logging.getLogger(__name__)
+from switchyard.platform.submission import NO_BROKER, OnRefusal, Submissions
 
 SUBMITTED_BY = "platform"
 
 
 @dataclass(frozen=True)
 class Outbox:
-    publisher: RunPublisher | None
-    marks: ledger.PublishedMarks | None
+    submissions: Submissions | None  # None: a role without a database
 
     @property
     def ready(self) -> bool:
         """Whether this role has a broker at all (one that is down is the outbox's business)."""
-        return self.publisher is not None
+        return self.submissions is not None and self.submissions.broker is not None
 
     def require(self) -> None:
         """503 naming CELERY_BROKER_URL in a role without a broker: nothing is accepted that
         only a beat elsewhere could ever publish."""
-        if self.publisher is None:
-            raise ServiceUnavailableError("No task broker is configured (CELERY_BROKER_URL).")
+        if not self.ready:
+            raise ServiceUnavailableError(NO_BROKER)
 
     async def submit(
         self,
@@ -50,7 +45,9 @@ class Outbox:
         payload: dict[str, Any],
         queue: str = "default",
     ) -> TaskRun:
-        """Record a run of `task` in `session`'s unit of work; publish it after the commit."""
+        """Submit a run of `task` in `session`'s unit of work; published after the commit."""
+        if self.submissions is None:
+            raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
         run = TaskRun(
             id=uuid.uuid4(),
             tenant_id=tenant_id,
@@ -59,26 +56,10 @@ class Outbox:
             payload=payload,
             state=RunState.QUEUED,
             attempts=0,
-            admitted_at=datetime.now(UTC),
             request_id=request_id_var.get(),
             submitted_by=SUBMITTED_BY,
         )
-        await ledger.record(await session.connection(), run)
-        after_commit(session, lambda: self._publish(run))
+        await self.submissions.submit(
+            [run], on_refusal=OnRefusal.KEEP, within=session, outside_share=True
+        )
         return run
-
-    async def _publish(self, run: TaskRun) -> None:
-        if self.publisher is None:
-            return  # submitted anyway by a caller that did not `require`: beat's outbox
-        try:
-            await self.publisher.publish(
-                str(run.id), run.task, run.queue, None, str(run.tenant_id), run.request_id
-            )
-        except BrokerUnavailableError:
-            logger.warning(
-                "broker unreachable; the outbox publishes the run later",
-                extra={"run_id": str(run.id), "task": run.task},
-            )
-            return
-        if self.marks is not None:
-            self.marks.add(run.id)

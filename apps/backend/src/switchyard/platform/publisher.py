@@ -17,7 +17,7 @@ from celery.utils.nodenames import anon_nodename
 from kombu.transport.native_delayed_delivery import calculate_routing_key
 
 from switchyard.platform import topology
-from switchyard.platform.celery_app import broker_is_amqp
+from switchyard.platform.celery_app import transport_of
 from switchyard.platform.topology import TASK_EXCHANGE
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,15 @@ class RunMessage:
     def of(cls, run: PublishedRun, eta: datetime | None = None) -> RunMessage:
         """The message of a stored run (a new one, or one admitted from the waiting)."""
         return cls(str(run.id), run.task, run.queue, eta, str(run.tenant_id), run.request_id)
+
+
+class RunBroker(Protocol):
+    """What the platform needs to send runs: publish messages in one burst and say, for each,
+    whether the broker confirmed it (never raising). `RunPublisher` on RabbitMQ or Redis;
+    `tests.fakes.broker.InMemoryBroker` in tests (the whole broker: publish, take, settle,
+    delays, depth, with RabbitMQ's semantics)."""
+
+    async def publish_many(self, messages: Sequence[RunMessage]) -> list[bool]: ...
 
 
 class PublishedRun(Protocol):
@@ -118,7 +127,7 @@ class RunPublisher:
 
     def declare_topology(self) -> None:
         with self._lock:
-            if self._declared or not broker_is_amqp(str(self.celery.conf.broker_url)):
+            if self._declared or not transport_of(self.celery).declared_topology:
                 self._declared = True
                 return
             with self.celery.connection_for_write() as connection:
@@ -128,7 +137,7 @@ class RunPublisher:
 
     @property
     def confirms(self) -> bool:
-        return broker_is_amqp(str(self.celery.conf.broker_url))
+        return transport_of(self.celery).confirms
 
     def _send(self, message: RunMessage, **options: Any) -> None:
         eta = message.eta
@@ -192,11 +201,13 @@ class RunPublisher:
         )
 
     def _open_burst(self) -> _Burst:
-        connection = self.celery.connection_for_write()
+        # A connection without py-amqp's `confirm_publish` (the app's setting), whose channels
+        # therefore publish without waiting for each confirm; confirm mode is turned on by
+        # hand and the acks are counted as they come (see publish_many_sync).
+        connection = self.celery.connection_for_write(transport_options={"confirm_publish": False})
         connection.ensure_connection(max_retries=1, timeout=self.timeout)
         channel = connection.channel()
         channel.confirm_select()
-        channel.basic_publish = channel._basic_publish  # no wait per message: see publish_many
         burst = _Burst(connection, channel, None)
         channel.events["basic_ack"].add(burst.on_ack)
         channel.events["basic_nack"].add(burst.on_nack)
@@ -299,26 +310,7 @@ class RunPublisher:
         tenant_id: str | None,
         request_id: str | None = None,
     ) -> None:
+        """One message as Celery's `send_task` publishes it, waiting for its confirm: what
+        the Redis transport sends, and what a burst's messages are checked against."""
         self.declare_topology()
         self._send(RunMessage(run_id, task, queue, eta, tenant_id, request_id))
-
-    async def publish(
-        self,
-        run_id: str,
-        task: str,
-        queue: str,
-        eta: datetime | None,
-        tenant_id: str | None,
-        request_id: str | None = None,
-    ) -> None:
-        """Publish or raise BrokerUnavailableError within `timeout` seconds."""
-        try:
-            await asyncio.wait_for(
-                asyncio.to_thread(
-                    self.publish_sync, run_id, task, queue, eta, tenant_id, request_id
-                ),
-                self.timeout,
-            )
-        except Exception as exc:
-            logger.warning("publish failed", extra={"task_id": run_id, "error": repr(exc)})
-            raise BrokerUnavailableError(str(exc) or type(exc).__name__) from exc

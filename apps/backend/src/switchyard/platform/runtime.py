@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from switchyard.db.models import RunState, TaskRun
@@ -45,7 +45,7 @@ from switchyard.platform.metrics import (
 )
 from switchyard.platform.registry import TaskSpec
 from switchyard.platform.runs import admission, ledger
-from switchyard.services.container import Services
+from switchyard.services.container import Admission, Services
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -93,9 +93,15 @@ class Flight:
 class WorkerLoop:
     """The process's loop, in a thread of its own, with the services built on it."""
 
-    def __init__(self, settings: Settings, service_type: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service_type: str,
+        admission_of: Callable[[AsyncEngine], Admission] | None = None,
+    ) -> None:
         self.settings = settings
         self.service_type = service_type
+        self.admission_of = admission_of  # the process's admission, built with its services
         self.loop = asyncio.new_event_loop()
         self.flights: dict[asyncio.Task[None], Flight] = {}
         self.ticked = time.monotonic()
@@ -127,7 +133,7 @@ class WorkerLoop:
         return self
 
     async def _open(self) -> Services:
-        services = Services.create(self.settings, self.service_type)
+        services = Services.create(self.settings, self.service_type, admission=self.admission_of)
         self._background = [
             asyncio.create_task(self._tick(), name="loop-tick"),
             asyncio.create_task(self._poll_cancelled(services), name="cancel-poll"),
@@ -445,11 +451,15 @@ async def fail_blocked(settings: Settings, flight: Flight) -> None:
 _current: WorkerLoop | None = None
 
 
-def start(settings: Settings, service_type: str) -> WorkerLoop:
+def start(
+    settings: Settings,
+    service_type: str,
+    admission_of: Callable[[AsyncEngine], Admission] | None = None,
+) -> WorkerLoop:
     """The process's loop, started once (by the worker's bootstep)."""
     global _current  # noqa: PLW0603 - one loop per process, by design
     if _current is None:
-        _current = WorkerLoop(settings, service_type).start()
+        _current = WorkerLoop(settings, service_type, admission_of).start()
     return _current
 
 

@@ -4,6 +4,8 @@ platform.celery_app.ReconnectingConnection)."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -18,8 +20,8 @@ from kombu.transport.base import Message
 
 from switchyard.logging import RunLogContext, run_log_context, signal_safe_line
 from switchyard.platform import runtime
-from switchyard.platform.celery_app import broker_is_amqp
-from switchyard.platform.dead_letters import DeadLetterRecord, archive, parse
+from switchyard.platform.celery_app import transport_of
+from switchyard.platform.dead_letters import archive, parse
 from switchyard.platform.delivery import Deliveries
 from switchyard.platform.heartbeat import write_heartbeat
 from switchyard.platform.metrics import TASK_EVENTS
@@ -39,24 +41,24 @@ ARCHIVE_RETRY_MAX_SECONDS = 30.0
 ARCHIVE_TIMEOUT_SECONDS = 30.0
 
 
-def _archive_now(record: DeadLetterRecord) -> None:
-    """Archive a dead letter from inside a delivery, on this process's loop and services."""
-    current = runtime.current()
-    current.call(archive(current.services, record), ARCHIVE_TIMEOUT_SECONDS)
-
-
 class DeadLetterConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]
     """Archives every message the broker dead-letters, then acks it. A message that cannot be
     archived (the database is down) goes back to the queue after a delay that doubles with
-    each failure in a row, never in a tight loop."""
+    each failure in a row, never in a tight loop.
+
+    The archive is written on the process's loop; the consumer's thread only starts it and,
+    once it is done, acks or requeues the message (Celery's hub calls back in its thread), so
+    a slow database never holds up the deliveries of runs."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.timer: Any = None
+        self.hub: Any = None
         self.failures = 0
 
     def start(self, c: Any) -> None:
         self.timer = c.timer
+        self.hub = c.hub
         super().start(c)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
@@ -72,28 +74,41 @@ class DeadLetterConsumer(bootsteps.ConsumerStep):  # type: ignore[misc]
 
     def on_message(self, body: Any, message: Message) -> None:
         record = parse(dict(message.headers or {}), body)
-        try:
-            _archive_now(record)
-        except Exception as error:
-            self.failures += 1
-            delay = min(0.5 * 2 ** min(self.failures, 10), ARCHIVE_RETRY_MAX_SECONDS)
-            dependency = unreachable_dependency(error)
-            if dependency is None:
-                logger.exception("dead letter not archived; retried in %.1f s", delay)
-            else:
-                logger.warning(
-                    "dead letter not archived: %s unreachable; retried in %.1f s",
-                    dependency,
-                    delay,
-                    extra={"error": repr(error)},
-                )
-            if self.timer is not None:
-                self.timer.call_after(delay, message.requeue)
-            else:
-                message.requeue()
+        current = runtime.current()
+        future = asyncio.run_coroutine_threadsafe(
+            asyncio.wait_for(archive(current.services, record), ARCHIVE_TIMEOUT_SECONDS),
+            current.loop,
+        )
+        if self.hub is None:  # no event loop of Celery's to come back on: wait here
+            concurrent.futures.wait([future])
+            self.archived(future, message)
             return
-        self.failures = 0
-        message.ack()
+        hub = self.hub
+        future.add_done_callback(lambda done: hub.call_soon(self.archived, done, message))
+
+    def archived(self, future: concurrent.futures.Future[None], message: Message) -> None:
+        """In the consumer's thread: ack the archived message, or requeue it later."""
+        error = future.exception()
+        if error is None:
+            self.failures = 0
+            message.ack()
+            return
+        self.failures += 1
+        delay = min(0.5 * 2 ** min(self.failures, 10), ARCHIVE_RETRY_MAX_SECONDS)
+        dependency = unreachable_dependency(error)
+        if dependency is None:
+            logger.error("dead letter not archived; retried in %.1f s", delay, exc_info=error)
+        else:
+            logger.warning(
+                "dead letter not archived: %s unreachable; retried in %.1f s",
+                dependency,
+                delay,
+                extra={"error": repr(error)},
+            )
+        if self.timer is not None:
+            self.timer.call_after(delay, message.requeue)
+        else:
+            message.requeue()
 
 
 def heartbeat_step(path: Path) -> type[bootsteps.StartStopStep]:
@@ -194,7 +209,7 @@ def configure_worker(
         hand_back_after(settings.worker_shutdown_grace_seconds), weak=False
     )
     celery.steps["worker"].add(heartbeat_step(heartbeat))
-    if broker_is_amqp(str(celery.conf.broker_url)):
+    if transport_of(celery).dead_letter_exchange:
         celery.steps["consumer"].add(DeadLetterConsumer)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
+import threading
 
 from prometheus_client import REGISTRY
 
@@ -11,19 +14,44 @@ from switchyard.domains import registry_for
 from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker
 from switchyard.platform.metrics import MetricsServer
+from switchyard.platform.runs import admission
 from switchyard.roles.worker import require_task_backends
 from switchyard.services.container import Services
 from switchyard.settings import Settings
+
+logger = logging.getLogger("switchyard.roles.beat")
+
+# What a stopping beat gets to end its tick and let go of the lead. Past it, the process exits
+# anyway: beat holds nothing that must finish (its lead expires, what it did not publish the
+# outbox publishes), and a tick or a release waiting on a backend that died with it (a
+# standalone SIGKILLed takes its PostgreSQL and Redis along) must not keep it alive.
+STOP_SECONDS = 10.0
+
+
+def _exit_late() -> None:
+    logger.warning("beat did not stop within %s s of the signal: exiting", STOP_SECONDS)
+    os._exit(0)
+
+
+def _stop_within(stop: asyncio.Event, seconds: float) -> None:
+    if stop.is_set():
+        return
+    stop.set()
+    timer = threading.Timer(seconds, _exit_late)
+    timer.daemon = True
+    timer.start()
 
 
 async def _serve(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    services = Services.create(settings, "beat")
+        loop.add_signal_handler(signum, _stop_within, stop, STOP_SECONDS)
     broker = Broker.create(settings)
     assert broker is not None
+    services = Services.create(
+        settings, "beat", admission=admission.dispatcher_for(broker.publisher, settings)
+    )
     metrics = MetricsServer(
         REGISTRY, settings.metrics_host, settings.beat_metrics_port, settings.metrics_token
     )

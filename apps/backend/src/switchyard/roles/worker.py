@@ -103,8 +103,9 @@ def run_process(settings: Settings, index: int, service_type: str = "worker") ->
 
     broker = Broker.create(settings)
     assert broker is not None
-    loop = runtime.start(settings, service_type)
-    admission.install(loop.services, broker.publisher)
+    loop = runtime.start(
+        settings, service_type, admission.dispatcher_for(broker.publisher, settings)
+    )
     json_shutdown_lines(service_type)
     try:
         configure_worker(

@@ -26,7 +26,7 @@ from switchyard.services.health import HealthCheck, HealthMonitor
 from switchyard.services.llm import LLMDisabledError, ZhipuClient, create_llm
 from switchyard.services.neo4j import Neo4j, create_neo4j
 from switchyard.services.objects import ObjectStore, create_object_store
-from switchyard.services.redis import RedisBreaker
+from switchyard.services.redis import Announcer, RedisBreaker
 from switchyard.services.vectors import VectorStore
 from switchyard.settings import Settings
 
@@ -54,6 +54,7 @@ class Services:
     sessions: async_sessionmaker[AsyncSession] | None
     redis: Redis | None = None
     redis_breaker: RedisBreaker = field(init=False)
+    announcer: Announcer = field(init=False)
     cache: Cache = field(init=False)
     objects: ObjectStore = field(init=False)
     vectors: VectorStore = field(init=False)
@@ -64,13 +65,14 @@ class Services:
     binds: dict[str, Bind] = field(init=False)
     # None: production without SMTP_HOST (account email is refused).
     mailer: Mailer | None = field(init=False)
-    # Admits and publishes waiting runs when a slot of a tenant's share frees (fair share);
-    # set by a role with a broker (admission.install).
-    admission: Admission | None = field(init=False, default=None)
+    # Admits and publishes waiting runs when a slot of a tenant's share frees (fair share):
+    # given by a role with a broker and a database (`create(..., admission=...)`).
+    admission: Admission | None = None
 
     def __post_init__(self) -> None:
         settings = self.settings
         self.redis_breaker = redis.RedisBreaker(self.redis)
+        self.announcer = redis.Announcer(self.redis_breaker)
         self.cache = Cache(self.redis, settings.cache_namespace, self.redis_breaker)
         self.objects = create_object_store(settings)
         self.neo4j = create_neo4j(settings)
@@ -82,8 +84,15 @@ class Services:
         self.mailer = create_mailer(settings)
 
     @classmethod
-    def create(cls, settings: Settings, service_type: str) -> Services:
-        """Build the clients; none of them connects until first used."""
+    def create(
+        cls,
+        settings: Settings,
+        service_type: str,
+        *,
+        admission: Callable[[AsyncEngine], Admission] | None = None,
+    ) -> Services:
+        """Build the clients; none of them connects until first used. `admission` builds the
+        role's admission on the database engine (`platform.runs.admission.dispatcher_for`)."""
         url = settings.database
         engine = (
             postgres.create_engine(
@@ -98,11 +107,13 @@ class Services:
             if settings.redis_url is not None
             else None
         )
-        return cls(settings, service_type, engine, sessions, redis_client)
+        given = admission(engine) if admission is not None and engine is not None else None
+        return cls(settings, service_type, engine, sessions, redis_client, admission=given)
 
     async def close(self) -> None:
         if self.database is not None:
             await self.database.dispose()
+        await self.announcer.close()
         await self.redis_breaker.close()
         if self.redis is not None:
             await self.redis.aclose()

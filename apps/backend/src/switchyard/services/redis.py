@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,6 +28,12 @@ BREAKER_OPEN = Gauge(
     "switchyard_redis_breaker_open",
     "1 while Redis is skipped after failing (fallbacks in use), 0 otherwise",
     multiprocess_mode="max",
+)
+ANNOUNCER_CLOSE_SECONDS = 2.0  # a stopping process sends its queued events for this long
+ANNOUNCEMENTS_DROPPED = Counter(
+    "switchyard_redis_announcements_dropped_total",
+    "Redis publishes no one waited for (run events) dropped: Redis failed them, or too many "
+    "were pending",
 )
 
 
@@ -121,3 +128,65 @@ class RedisBreaker:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+
+
+class Announcer:
+    """Redis PUBLISHes nobody waits for (run events for live followers): queued and sent in
+    the order given, everything queued meanwhile in one pipeline, one pipeline at a time (so
+    a run's `started` never overtakes its `succeeded`). One per event loop (`Services`).
+
+    Best effort, as the events are (the ledger is the truth; followers re-read it when they
+    connect): skipped while the breaker is open, dropped and counted when Redis fails them or
+    when `most_pending` wait already."""
+
+    def __init__(
+        self, breaker: RedisBreaker, *, most_pending: int = 10_000, batch: int = 1_000
+    ) -> None:
+        self.breaker = breaker
+        self.most_pending = most_pending
+        self.batch = batch
+        self._pending: deque[tuple[str, str]] = deque()
+        self._sending: asyncio.Task[None] | None = None
+
+    def publish(self, channel: str, message: str) -> None:
+        """Queue one PUBLISH; on a running event loop."""
+        if self.breaker.client is None or self.breaker.open_since is not None:
+            return
+        if len(self._pending) >= self.most_pending:
+            ANNOUNCEMENTS_DROPPED.inc()
+            return
+        self._pending.append((channel, message))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(
+                self._send(), name="redis-announcements"
+            )
+
+    async def _send(self) -> None:
+        while self._pending:
+            count = min(len(self._pending), self.batch)
+            group = [self._pending.popleft() for _ in range(count)]
+
+            async def publish_all(client: Redis, group: list[tuple[str, str]] = group) -> None:
+                async with client.pipeline(transaction=False) as pipe:
+                    for channel, message in group:
+                        pipe.publish(channel, message)
+                    await pipe.execute()
+
+            try:
+                await self.breaker.call(publish_all)
+            except RedisUnavailableError:
+                ANNOUNCEMENTS_DROPPED.inc(count + len(self._pending))
+                self._pending.clear()
+                return
+            except RedisError as exc:
+                ANNOUNCEMENTS_DROPPED.inc(count)
+                logger.warning(
+                    "run events not published", extra={"events": count, "error": str(exc)}
+                )
+
+    async def close(self) -> None:
+        """Send what is queued (a process stopping), for at most ANNOUNCER_CLOSE_SECONDS."""
+        sending = self._sending
+        if sending is not None and not sending.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(sending), ANNOUNCER_CLOSE_SECONDS)

@@ -4,7 +4,7 @@ one statement and published in one burst of confirmed messages.
 The promise is a single run's, per run: a run accepted is in the ledger and its message
 confirmed by the broker (or it waits for its tenant's share, or the outbox publishes it);
 a run refused is not in the ledger. Nothing is stored unless every run is valid. The
-storing and publishing are platform.intake's, shared with single submissions."""
+storing and publishing are platform.submission's, the one way every run enters."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from switchyard.errors import (
     InvalidInputError,
     ServiceUnavailableError,
 )
-from switchyard.platform.intake import Accepted, Intake
 from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.runs.ledger import NewRun
+from switchyard.platform.submission import Accepted, OnRefusal, Submissions
 from switchyard.services.outages import RETRY_AFTER_SECONDS
 from switchyard.settings import Settings
 from switchyard.tasks import repository
@@ -49,7 +49,7 @@ REFUSED = "The task broker did not confirm this run; it was not queued. Submit i
 class Bulk:
     """What a bulk submission needs of its process."""
 
-    intake: Intake
+    submissions: Submissions
     registry: TaskRegistry
     settings: Settings
 
@@ -181,7 +181,8 @@ async def submit_many(
     """The route has checked the request's size (`check_size`, before its rate limit).
     Check every run, then store the new ones in one transaction (admitting what the
     tenant's share has room for), publish them in one burst, and remove the runs the broker
-    did not confirm (platform.intake). 503 when none was accepted: nothing is left behind."""
+    did not confirm (platform.submission, `OnRefusal.REFUSE`). 503 when none was accepted:
+    nothing is left behind."""
     runs = await _checked_runs(session, bulk, items, submitter)
     by_key = repository.RunRepository(session, submitter.tenant_id)
     existing = await by_key.by_idempotency_keys(_keys(runs))
@@ -191,7 +192,7 @@ async def submit_many(
         if run.idempotency_key in existing
     }
     new = [run for index, run in enumerate(runs) if index not in duplicates]
-    accepted = await bulk.intake.accept(new)
+    accepted = await bulk.submissions.submit(new, on_refusal=OnRefusal.REFUSE)
     raced = [run for run in new if accepted.outcome(run.id) == "taken"]
     conflicts: set[int] = set()
     if raced:  # keys another request took meanwhile: the rest is stored already

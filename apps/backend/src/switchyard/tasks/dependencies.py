@@ -13,13 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from switchyard.auth.dependencies import PrincipalDep
 from switchyard.auth.principal import Principal
 from switchyard.db.models import TaskRun
-from switchyard.errors import ServiceUnavailableError
 from switchyard.logging import request_id_var
-from switchyard.platform.dependencies import BrokerDep, RegistryDep, ServicesDep, SessionDep
-from switchyard.platform.gateway import gateway_of
-from switchyard.platform.intake import Intake
-from switchyard.platform.publisher import RunPublisher
+from switchyard.platform.dependencies import (
+    RegistryDep,
+    ServicesDep,
+    SessionDep,
+    SubmissionsDep,
+)
 from switchyard.platform.registry import TaskRegistry
+from switchyard.platform.submission import Submissions
 from switchyard.services.container import Services
 from switchyard.tasks import bulk, service
 from switchyard.tasks.schemas import (
@@ -37,7 +39,7 @@ class RunSubmitter:
     response: Response
     session: AsyncSession
     services: Services
-    publisher: RunPublisher
+    submissions: Submissions
     registry: TaskRegistry
     principal: Principal
 
@@ -54,9 +56,6 @@ class RunSubmitter:
         `over_rest`: the caller names the task (POST /tasks/run, a replay), so it must be one
         the caller may run."""
         request, principal, settings = self.request, self.principal, self.services.settings
-        gateway = gateway_of(request)
-        if gateway.published_marks is None:  # no database: refused before, by the session
-            raise ServiceUnavailableError("No database is configured (DATABASE_URL).")
         submitter = service.Submitter(
             principal.tenant_id,
             request_id_var.get(),
@@ -66,19 +65,16 @@ class RunSubmitter:
         )
         run, _ = await service.submit(
             self.session,
-            self.services.database_engine,
-            self.publisher,
-            gateway.published_marks,
+            self.submissions,
             self.registry,
             body,
             submitter,
             idempotency_key=idempotency_key,
             max_countdown=settings.task_max_countdown_seconds,
             settings=settings,
-            dispatcher=gateway.dispatcher,
             replay_of=replay_of,
             # POST /tasks/run: the run is all its unit of work holds; it may join others'.
-            group=gateway.group_commit if over_rest and replay_of is None else None,
+            alone=over_rest and replay_of is None,
         )
         self.response.headers["Location"] = run_location(request, run.id)
         accepted = RunAccepted(
@@ -95,20 +91,13 @@ class RunSubmitter:
         )
         accepted = await bulk.submit_many(
             self.session,
-            bulk.Bulk(intake_of(self.request), self.registry, services.settings),
+            bulk.Bulk(self.submissions, self.registry, services.settings),
             items,
             submitter,
         )
         if accepted.refused:
             self.response.status_code = 207
         return accepted
-
-
-def intake_of(request: Request) -> Intake:
-    intake = gateway_of(request).intake
-    if intake is None:  # no database or no broker: refused before, by their dependencies
-        raise ServiceUnavailableError("No task broker is configured (CELERY_BROKER_URL).")
-    return intake
 
 
 def run_location(request: Request, run_id: uuid.UUID) -> str:
@@ -127,11 +116,11 @@ async def get_submitter(
     response: Response,
     session: SessionDep,
     services: ServicesDep,
-    broker: BrokerDep,
+    submissions: SubmissionsDep,
     registry: RegistryDep,
     principal: PrincipalDep,
 ) -> RunSubmitter:
-    return RunSubmitter(request, response, session, services, broker.publisher, registry, principal)
+    return RunSubmitter(request, response, session, services, submissions, registry, principal)
 
 
 SubmitterDep = Annotated[RunSubmitter, Depends(get_submitter)]

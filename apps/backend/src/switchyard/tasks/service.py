@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.db.models import (
     UNPLANNED,
@@ -31,20 +31,16 @@ from switchyard.errors import (
     ForbiddenError,
     InvalidInputError,
     NotFoundError,
-    ServiceUnavailableError,
     field_errors,
 )
 from switchyard.platform import audit, metrics, schedules
-from switchyard.platform.intake import GroupCommit
 from switchyard.platform.metrics import RUNS_SUBMITTED
-from switchyard.platform.publisher import BrokerUnavailableError, RunPublisher
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.runs import admission, changes, ledger
-from switchyard.platform.runs.admission import Dispatcher
+from switchyard.platform.submission import OnRefusal, RunsRefusedError, Submissions
 from switchyard.platform.topology import WORK_QUEUES
 from switchyard.services.cache import Cache
 from switchyard.services.container import Services
-from switchyard.services.outages import RETRY_AFTER_SECONDS
 from switchyard.settings import Settings
 from switchyard.tasks import repository
 from switchyard.tasks.schemas import (
@@ -238,9 +234,7 @@ def _new_run(
 
 async def submit(
     session: AsyncSession,
-    database: AsyncEngine,
-    publisher: RunPublisher,
-    marks: ledger.PublishedMarks,
+    submissions: Submissions,
     registry: TaskRegistry,
     request: RunRequest,
     submitter: Submitter,
@@ -248,22 +242,20 @@ async def submit(
     idempotency_key: str | None,
     max_countdown: int,
     settings: Settings,
-    dispatcher: Dispatcher | None = None,
     replay_of: uuid.UUID | None = None,
-    group: GroupCommit | None = None,
+    alone: bool = False,
 ) -> tuple[TaskRun, bool]:
-    """Record the run in the request's unit of work and publish it once that has committed:
-    (run, created). A run is in the ledger before the broker sees it; if the broker refuses,
-    the run is removed again (through `database`) and the caller gets 503, with whatever else
-    the unit of work undoes on failure; if the gateway dies between the two, beat's outbox
-    publishes it.
+    """Check the run `request` asks for and submit it (platform.submission): (run, created).
+    A run is in the ledger before the broker sees it; if the broker refuses, the run is
+    removed again and the caller gets 503 (`OnRefusal.REFUSE`), with whatever else the unit
+    of work undoes on failure; if the gateway dies between the two, beat's outbox publishes
+    it. With fair share on (FAIR_SHARE) a run is published only once it is admitted to its
+    tenant's share (platform.runs.admission); until then it waits, `queued`.
 
-    With fair share on (FAIR_SHARE) a run is published only once it is
-    admitted to its tenant's share (platform.runs.admission); until then it waits, `queued`.
-
-    With a `group` (POST /tasks/run, where the run is all the unit of work holds) the run is
-    stored and published with the runs other requests of the process submit at the same
-    moment, in a transaction of its own (platform.intake), and this returns once it is
+    The run is stored in the request's unit of work (`session`) and published once that
+    commits, unless it is `alone` (POST /tasks/run, where the run is all the unit of work
+    holds): then it is stored and published with the runs other requests of the process
+    submit at the same moment, in a transaction of its own, and this returns once it is
     committed and confirmed."""
     tenant_id = submitter.tenant_id
     spec, definition = await _target(session, registry, request, tenant_id)
@@ -279,37 +271,25 @@ async def submit(
         environment=settings.environment,
         replay_of=replay_of,
     )
-    request_hash = run.request_hash
     runs = repository.RunRepository(session, tenant_id)
     if idempotency_key is not None:
         existing = await runs.by_idempotency_key(idempotency_key)
         if existing is not None:
-            return _duplicate(existing, request_hash), False
-
-    policy = admission.Policy.of(settings)
-    if group is not None:
-        return await _accept_in(group, runs, run, policy.enabled)
-    if idempotency_key is None:
-        admitted = await _store(session, run, policy)
-    else:
-        try:
-            async with session.begin_nested():  # the key taken meanwhile undoes only this
-                admitted = await _store(session, run, policy)
-        except IntegrityError:
-            existing = await runs.by_idempotency_key(idempotency_key)
-            if existing is None:
-                raise
-            return _duplicate(existing, request_hash), False
-    if admitted is not None:
-        others = [entry for entry in admitted if entry.id != run.id]
-        if others and dispatcher is not None:
-            waited = dispatcher  # older runs of the tenant that waited, admitted with this one
-            after_commit(session, lambda: waited.publish(others))
-        if len(others) == len(admitted):
-            RUNS_SUBMITTED.labels(task=run.task, outcome="waiting").inc()
-            return run, True  # waits for a slot; whoever frees one publishes it
-        run.admitted_at = datetime.now(UTC)
-    after_commit(session, lambda: publish(database, publisher, marks, run))
+            return _duplicate(existing, run.request_hash), False
+    accepted = await submissions.submit(
+        [run], on_refusal=OnRefusal.REFUSE, within=None if alone else session
+    )
+    outcome = accepted.outcome(run.id)
+    if outcome == "taken":  # its idempotency key was taken by a request meanwhile
+        assert run.idempotency_key is not None
+        existing = await runs.by_idempotency_key(run.idempotency_key)
+        if existing is None:  # ...and that run is gone again (its broker refused it)
+            raise _broker_refused(run)
+        return _duplicate(existing, run.request_hash), False
+    if outcome == "refused":
+        raise _broker_refused(run)
+    waiting = run.eta is None and run.admitted_at is None
+    RUNS_SUBMITTED.labels(task=run.task, outcome="waiting" if waiting else "accepted").inc()
     return run, True
 
 
@@ -329,45 +309,9 @@ async def _target(
     return spec, None
 
 
-async def _accept_in(
-    group: GroupCommit, runs: repository.RunRepository, run: TaskRun, fair_share: bool
-) -> tuple[TaskRun, bool]:
-    outcome = await group.accept(run)
-    if outcome == "taken":  # its idempotency key was taken by a request meanwhile
-        assert run.idempotency_key is not None
-        existing = await runs.by_idempotency_key(run.idempotency_key)
-        if existing is None:  # ...and that run is gone again (its broker refused it)
-            raise _broker_refused(run)
-        return _duplicate(existing, run.request_hash), False
-    if outcome == "refused":
-        raise _broker_refused(run)
-    waiting = fair_share and run.eta is None and run.admitted_at is None
-    RUNS_SUBMITTED.labels(task=run.task, outcome="waiting" if waiting else "accepted").inc()
-    return run, True
-
-
-def _broker_refused(run: TaskRun) -> ServiceUnavailableError:
+def _broker_refused(run: TaskRun) -> RunsRefusedError:
     RUNS_SUBMITTED.labels(task=run.task, outcome="broker_unavailable").inc()
-    return ServiceUnavailableError(
-        "The task broker is unreachable; nothing was queued. Try again shortly.",
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
-    )
-
-
-async def _store(
-    session: AsyncSession, run: TaskRun, policy: admission.Policy
-) -> list[admission.Admitted] | None:
-    """Insert the run. With fair share on, admit in the same transaction what its tenant has
-    room for (the runs returned; this one among them unless it waits); None: no admission
-    now (fair share off, the run admitted as it is stored; or a delayed run, admitted when
-    it comes due)."""
-    connection = await session.connection()
-    if not policy.enabled:
-        run.admitted_at = datetime.now(UTC)
-    if not policy.enabled or run.eta is not None:
-        await ledger.record(connection, run)
-        return None
-    return await admission.record(connection, run, policy)
+    return RunsRefusedError([run.id])
 
 
 def _duplicate(existing: TaskRun, request_hash: str | None) -> TaskRun:
@@ -376,22 +320,6 @@ def _duplicate(existing: TaskRun, request_hash: str | None) -> TaskRun:
         raise ConflictError("This Idempotency-Key was used with a different request.")
     RUNS_SUBMITTED.labels(task=existing.task, outcome="duplicate").inc()
     return existing
-
-
-async def publish(
-    engine: AsyncEngine, publisher: RunPublisher, marks: ledger.PublishedMarks, run: TaskRun
-) -> None:
-    """Publish a committed run; if the broker refuses, delete the run again and raise 503."""
-    try:
-        await publisher.publish(
-            str(run.id), run.task, run.queue, run.eta, str(run.tenant_id), run.request_id
-        )
-    except BrokerUnavailableError:
-        async with engine.begin() as connection:
-            await ledger.drop_unpublished(connection, [run.id])
-        raise _broker_refused(run) from None
-    RUNS_SUBMITTED.labels(task=run.task, outcome="accepted").inc()
-    marks.add(run.id)
 
 
 async def get_run(session: AsyncSession, tenant_id: uuid.UUID, run_id: uuid.UUID) -> TaskRun:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -45,11 +45,10 @@ from switchyard.db.engine import in_transaction, once_more_if_dropped
 from switchyard.db.models import TaskRun, WorkerSlots
 from switchyard.db.models.task_run import IN_FLIGHT, UNADMITTED_DUE, WAITING
 from switchyard.platform.metrics import RUNS_ADMITTED
-from switchyard.platform.publisher import RunMessage, RunPublisher
+from switchyard.platform.publisher import RunBroker, RunMessage
 from switchyard.platform.runs import ledger
 
 if TYPE_CHECKING:
-    from switchyard.services.container import Services
     from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -333,7 +332,7 @@ class Dispatcher:
     """Admits waiting runs when a slot frees and publishes them: one per process, on its loop
     (the worker's, the gateway's, beat's)."""
 
-    def __init__(self, engine: AsyncEngine, publisher: RunPublisher, policy: Policy) -> None:
+    def __init__(self, engine: AsyncEngine, publisher: RunBroker, policy: Policy) -> None:
         self.engine = engine
         self.publisher = publisher
         self.policy = policy
@@ -466,13 +465,11 @@ class Dispatcher:
         return len(done)
 
 
-def install(services: Services, publisher: RunPublisher) -> Dispatcher | None:
-    """Give a role's services the dispatcher that admits runs when slots free (once)."""
-    if services.database is None:
-        return None
-    if not isinstance(services.admission, Dispatcher):
-        services.admission = Dispatcher(services.database, publisher, Policy.of(services.settings))
-    return services.admission
+def dispatcher_for(publisher: RunBroker, settings: Settings) -> Callable[[AsyncEngine], Dispatcher]:
+    """What a role with a broker gives `Services.create` to build its dispatcher (one per
+    process, on the role's database engine)."""
+    policy = Policy.of(settings)
+    return lambda engine: Dispatcher(engine, publisher, policy)
 
 
 def _has_waiting(tenant_id: uuid.UUID) -> Any:

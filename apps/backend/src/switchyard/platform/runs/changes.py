@@ -22,6 +22,6 @@ class ChangedRun(events.RunLike, Protocol):
 
 async def changed(services: Services, run: ChangedRun) -> None:
     """Call once the change is committed."""
-    await events.publish(services.redis_breaker, services.settings.cache_namespace, run)
+    events.publish(services.announcer, services.settings.cache_namespace, run)
     if run.state.final and services.admission is not None:
         await services.admission.try_release(run.tenant_id)
