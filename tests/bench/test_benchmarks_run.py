@@ -96,6 +96,12 @@ def test_health_under_failure_times_a_silent_dependency(repo_root: Path) -> None
     assert "silent dependency <= 1100 ms" in out
 
 
+def test_account_timing_compares_a_known_and_an_unknown_address(repo_root: Path) -> None:
+    out = bench(repo_root, "account_timing", "--calls=2")
+    for request in ("POST /auth/password-reset", "POST /auth/login, wrong password"):
+        assert re.search(rf"{re.escape(request)}\s+[\d.]+\s+[\d.]+\s+[\d.]+x", out), out
+
+
 def test_search_latency_measures_both_stores_against_numpy(repo_root: Path) -> None:
     out = bench(repo_root, "search_latency", "--chunks=300", "--queries=5", "--rounds=2")
     for row in ("NumPy exact, in memory (baseline)", "Chroma embedded", "Chroma server"):

@@ -113,6 +113,7 @@ def gateway(
         CHROMA_PORT=str(chroma_server[1]),
         JWT_SECRET="fuzz-signing-secret-" + "z" * 40,
         RATE_LIMIT_AUTH="1000000/minute",
+        RATE_LIMIT_TOKENS="1000000/minute",
         RATE_LIMIT_API="1000000/minute",
         RATE_LIMIT_TASK_RUNS="1000000/minute",
         VAR_DIR=str(tmp_path / "var"),

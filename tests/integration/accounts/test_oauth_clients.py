@@ -5,26 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 import uvicorn
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+from fastapi import FastAPI
 
 from switchyard.api.app import create_app
 from tests.fixtures.accounts import sign_up
-from tests.fixtures.gateway import SettingsFactory
+from tests.fixtures.gateway import SettingsFactory, running
 from tests.fixtures.servers import free_port
 
 
 @pytest.fixture
 async def served(make_settings: SettingsFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(create_app(make_settings())) as client:
+        yield client
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway behind a real HTTP server on 127.0.0.1 (uvicorn, in this event loop)."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(make_settings()), host="127.0.0.1", port=port, log_config=None
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None)
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     for _ in range(200):
@@ -141,3 +148,87 @@ async def test_token_endpoint_errors_are_rfc_6749(client: httpx.AsyncClient) -> 
     assert (
         await client.delete(f"/api/v1/oauth-clients/{created['id']}", headers=other.headers)
     ).status_code == 404
+
+
+async def create_client(api: httpx.AsyncClient, name: str) -> tuple[str, str]:
+    owner = await sign_up(api, name)
+    created = await api.post(
+        "/api/v1/oauth-clients",
+        json={"name": "etl", "scopes": ["tasks:read"]},
+        headers=owner.headers,
+    )
+    assert created.status_code == 201, created.text
+    return created.json()["client_id"], created.json()["client_secret"]
+
+
+def grant(client_id: str, secret: str) -> dict[str, str]:
+    return {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+
+
+async def test_wrong_secrets_from_one_address_never_lock_the_client_out_elsewhere(
+    make_settings: SettingsFactory,
+) -> None:
+    """Anyone who knows a client id can send wrong secrets: they use up the failures of their
+    own address only, and the right secret from the client's address still gets its token."""
+    settings = make_settings(rate_limit_client_failures="3/15 minutes", cache_namespace=unique())
+    app = create_app(settings)
+    async with running(app) as api:
+        client_id, secret = await create_client(api, "Lockout")
+        attacker = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=("203.0.113.66", 40000)),
+            base_url="http://testserver",
+        )
+        async with attacker:
+            tries = [
+                await attacker.post("/api/v1/oauth/token", data=grant(client_id, "sycs_wrong"))
+                for _ in range(5)
+            ]
+            assert [t.status_code for t in tries] == [401, 401, 401, 429, 429]
+            limited = tries[-1]
+            assert limited.json()["error"] == "slow_down"  # RFC 6749 §5.2's shape, not problem+json
+            assert limited.json()["error_description"]
+            assert limited.headers["content-type"] == "application/json"
+            assert limited.headers["cache-control"] == "no-store"
+            assert 1 <= int(limited.headers["retry-after"]) <= 15 * 60 + 1
+            # The address that failed waits, even with the right secret ...
+            blocked = await attacker.post("/api/v1/oauth/token", data=grant(client_id, secret))
+            assert blocked.status_code == 429
+        # ... but the client, from its own address, is not locked out.
+        token = await api.post("/api/v1/oauth/token", data=grant(client_id, secret))
+        assert token.status_code == 200, token.text
+        assert token.json()["access_token"]
+
+
+async def test_the_token_endpoint_has_its_own_limit_that_authlib_reads(
+    make_settings: SettingsFactory,
+) -> None:
+    """/oauth/token counts in RATE_LIMIT_TOKENS, not in the sign-in limit (a machine client's
+    token requests never use up its address's sign-ins), and its 429 is an OAuth error that
+    Authlib raises as one, with the error code."""
+    settings = make_settings(
+        rate_limit_auth="3/minute", rate_limit_tokens="3/minute", cache_namespace=unique()
+    )
+    async with serving(create_app(settings)) as api:
+        owner = await sign_up(api, "Tokens")  # two requests of the three: register, login
+        created = await api.post(
+            "/api/v1/oauth-clients",
+            json={"name": "etl", "scopes": ["tasks:read"]},
+            headers=owner.headers,
+        )
+        client_id, secret = created.json()["client_id"], created.json()["client_secret"]
+        token_url = f"{api.base_url}/api/v1/oauth/token"
+        async with oauth_client(api, client_id, secret, "client_secret_basic") as machine:
+            for _ in range(3):
+                assert (await machine.fetch_token(token_url))["access_token"]
+            with pytest.raises(OAuthError) as limited:
+                await machine.fetch_token(token_url)
+        assert limited.value.error == "slow_down"
+        # The sign-in bucket was not touched by the token requests.
+        login = await api.post(
+            "/api/v1/auth/login", json={"email": owner.email, "password": owner.password}
+        )
+        assert login.status_code == 200, login.text
+
+
+def unique() -> str:
+    return f"oauth-{uuid.uuid4().hex[:8]}"

@@ -40,28 +40,71 @@ async def sql(engine: AsyncEngine, statement: str, **values: object) -> None:
         await connection.execute(text(statement), values)
 
 
-async def test_concurrent_refreshes_with_one_token_let_exactly_one_win_and_revoke_the_family(
+async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.post("/api/v1/auth/refresh", json={"refresh_token": token})
+
+
+async def test_a_double_submitted_refresh_gets_one_successor_and_keeps_the_sign_in(
+    client: httpx.AsyncClient,
+) -> None:
+    """Ten refreshes at once with one token (a client's tabs, a retry after a lost answer):
+    one spends it, the others get the same successor, and nobody is signed out."""
+    account = await sign_up(client)
+    for _ in range(3):
+        tokens = await login(client, account.email)
+        answers = await asyncio.gather(
+            *(refresh(client, tokens["refresh_token"]) for _ in range(10))
+        )
+        assert [answer.status_code for answer in answers] == [200] * 10, [
+            answer.text for answer in answers if answer.status_code != 200
+        ]
+        successors = {answer.json()["refresh_token"] for answer in answers}
+        assert len(successors) == 1
+        assert successors != {tokens["refresh_token"]}
+        for answer in answers:  # every access token handed out works
+            me = await client.get("/api/v1/auth/me", headers=bearer(answer.json()["access_token"]))
+            assert me.status_code == 200
+        # The successor rotates as usual, and the sign-in goes on.
+        onwards = await refresh(client, successors.pop())
+        assert onwards.status_code == 200
+        me = await client.get("/api/v1/auth/me", headers=bearer(onwards.json()["access_token"]))
+        assert me.status_code == 200
+
+
+async def test_a_spent_refresh_token_replayed_after_the_window_revokes_the_family(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
+) -> None:
+    account = await sign_up(client)
+    rotated = (await refresh(client, account.refresh_token)).json()
+    spent_id = account.refresh_token.partition(".")[0]
+    await sql(
+        engine,
+        "UPDATE refresh_tokens SET used_at = used_at - make_interval(secs => :age) WHERE id = :id",
+        age=settings.refresh_reuse_seconds + 1,
+        id=uuid.UUID(spent_id),
+    )
+    replayed = await refresh(client, account.refresh_token)
+    assert replayed.status_code == 401
+    assert "already used" in replayed.json()["detail"]
+    original = {"refresh_token": account.refresh_token, "access_token": account.access_token}
+    for pair in (rotated, original):
+        assert (await refresh(client, pair["refresh_token"])).status_code == 401
+        me = await client.get("/api/v1/auth/me", headers=bearer(pair["access_token"]))
+        assert me.status_code == 401
+
+
+async def test_a_spent_refresh_token_replayed_after_its_successor_was_used_revokes_the_family(
     client: httpx.AsyncClient,
 ) -> None:
     account = await sign_up(client)
-    for _ in range(12):
-        tokens = await login(client, account.email)
-        answers = await asyncio.gather(
-            *(
-                client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
-                for _ in range(3)
-            )
-        )
-        codes = sorted(answer.status_code for answer in answers)
-        assert codes == [200, 401, 401]
-        winner = next(answer.json() for answer in answers if answer.status_code == 200)
-        # The losers counted as reuse: the winner's new pair is dead too.
-        again = await client.post(
-            "/api/v1/auth/refresh", json={"refresh_token": winner["refresh_token"]}
-        )
-        assert again.status_code == 401
-        me = await client.get("/api/v1/auth/me", headers=bearer(winner["access_token"]))
+    first = (await refresh(client, account.refresh_token)).json()
+    second = (await refresh(client, first["refresh_token"])).json()  # the client moved on
+    replayed = await refresh(client, account.refresh_token)  # within the window, but late
+    assert replayed.status_code == 401
+    for pair in (first, second):
+        me = await client.get("/api/v1/auth/me", headers=bearer(pair["access_token"]))
         assert me.status_code == 401
+    assert (await refresh(client, second["refresh_token"])).status_code == 401
 
 
 async def test_access_tokens_stop_working_after_logout(client: httpx.AsyncClient) -> None:
@@ -82,13 +125,10 @@ async def test_access_tokens_of_a_family_revoked_by_reuse_stop_working(
     client: httpx.AsyncClient,
 ) -> None:
     account = await sign_up(client)
-    rotated = (
-        await client.post("/api/v1/auth/refresh", json={"refresh_token": account.refresh_token})
-    ).json()
+    rotated = (await refresh(client, account.refresh_token)).json()
     assert (await client.get("/api/v1/auth/me", headers=account.headers)).status_code == 200
-    reused = await client.post(
-        "/api/v1/auth/refresh", json={"refresh_token": account.refresh_token}
-    )
+    assert (await refresh(client, rotated["refresh_token"])).status_code == 200
+    reused = await refresh(client, account.refresh_token)
     assert reused.status_code == 401
     for token in (account.access_token, rotated["access_token"]):
         assert (await client.get("/api/v1/auth/me", headers=bearer(token))).status_code == 401

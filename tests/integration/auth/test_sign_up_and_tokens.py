@@ -119,13 +119,16 @@ async def test_refresh_rotates_and_a_reused_token_revokes_the_family(
     assert first.status_code == 200
     rotated = first.json()["refresh_token"]
     assert rotated != account.refresh_token
+    second = await client.post("/api/v1/auth/refresh", json={"refresh_token": rotated})
+    assert second.status_code == 200
+    newest = second.json()["refresh_token"]
 
     reused = await client.post(
         "/api/v1/auth/refresh", json={"refresh_token": account.refresh_token}
     )
     assert reused.status_code == 401
-    # The reuse revoked the whole family, so the newer token is dead too.
-    after = await client.post("/api/v1/auth/refresh", json={"refresh_token": rotated})
+    # The reuse revoked the whole family, so the newest token is dead too.
+    after = await client.post("/api/v1/auth/refresh", json={"refresh_token": newest})
     assert after.status_code == 401
 
 

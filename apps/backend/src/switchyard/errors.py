@@ -81,6 +81,7 @@ class TooManyRequestsError(SwitchyardError):
 
     def __init__(self, detail: str, retry_after: int) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
 
 
 class ConflictError(SwitchyardError):

@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     jwt_audience: str = "switchyard-api"
     access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
     refresh_token_days: int = Field(default=30, ge=1, le=365)
+    # A spent refresh token presented again this soon (a double submit, a retry after a lost
+    # answer) gets the same successor, unless that was used already; later, a replay.
+    refresh_reuse_seconds: int = Field(default=10, ge=0, le=120)
     password_min_length: int = Field(default=12, ge=8, le=128)
     password_max_length: int = Field(default=128, ge=16, le=1024)
     first_superuser_email: str | None = None
@@ -170,7 +173,12 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
     rate_limits_enabled: bool = True
+    # Per client address, on what takes a password or a one-time link: register, login,
+    # console sign-in, password reset, email verification, invitation acceptance.
     rate_limit_auth: str = "5/minute"
+    # Per client address, on what exchanges a high-entropy credential for a token (nothing to
+    # guess): /auth/refresh and /oauth/token.
+    rate_limit_tokens: str = "60/minute"
     rate_limit_api: str = "600/minute"
     rate_limit_task_runs: str = "120/minute"
     rate_limit_uploads: str = "30/minute"
@@ -178,7 +186,8 @@ class Settings(BaseSettings):
     rate_limit_login_failures: str = "10/15 minutes"
     # Password-reset and verification emails asked for one address, from any client.
     rate_limit_account_email: str = "3/hour"
-    # Failed client authentications at the OAuth2 token endpoint, per client id.
+    # Failed client authentications at the OAuth2 token endpoint, per client id and address:
+    # failures from elsewhere never block the right secret.
     rate_limit_client_failures: str = "10/15 minutes"
     # Addresses or networks of reverse proxies whose X-Forwarded-For / -Proto are believed;
     # none by default, so a client can never choose the address its limits count against.
@@ -353,6 +362,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "rate_limit_auth",
+        "rate_limit_tokens",
         "rate_limit_api",
         "rate_limit_task_runs",
         "rate_limit_uploads",

@@ -164,7 +164,7 @@ async def request_password_reset(
     """Email a reset link (valid PASSWORD_RESET_TTL_MINUTES). The same answer whether or not
     the address has an account; limited per client address and per email address."""
     await _limit_address(body.email, settings, limiter)
-    await service.request_reset(session, settings, outbox, body.email)
+    await service.request_reset(session, outbox, body.email)
     return QUEUED
 
 
@@ -192,5 +192,5 @@ async def resend_verification(
 ) -> EmailQueued:
     """Email another confirmation link to an unconfirmed account; the same answer otherwise."""
     await _limit_address(body.email, settings, limiter)
-    await service.request_verification(session, settings, outbox, body.email)
+    await service.request_verification(session, outbox, body.email)
     return QUEUED

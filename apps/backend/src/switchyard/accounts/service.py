@@ -31,6 +31,7 @@ from switchyard.db.models import (
     Tenant,
     TokenPurpose,
     User,
+    UserToken,
 )
 from switchyard.errors import ConflictError, InvalidInputError
 from switchyard.platform import audit
@@ -331,14 +332,10 @@ async def _active_user(session: AsyncSession, email: str) -> User | None:
     return found
 
 
-async def request_reset(
-    session: AsyncSession, settings: Settings, outbox: Outbox, email: str
-) -> None:
-    """A reset link emailed if the address has an active account; nothing otherwise (the
-    caller answers the same either way)."""
-    user = await _active_user(session, email)
-    if user is not None:
-        await tokens.issue(session, settings, outbox, user.id, TokenPurpose.PASSWORD_RESET)
+async def request_reset(session: AsyncSession, outbox: Outbox, email: str) -> None:
+    """A reset link emailed if the address has an active account; nothing otherwise. The
+    email task looks the account up: asking takes the same time either way."""
+    await tokens.request_link(session, outbox, TokenPurpose.PASSWORD_RESET, email)
 
 
 async def _tenants_of(session: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:
@@ -363,12 +360,27 @@ async def reset_password(
         )
 
 
-async def request_verification(
-    session: AsyncSession, settings: Settings, outbox: Outbox, email: str
-) -> None:
+async def request_verification(session: AsyncSession, outbox: Outbox, email: str) -> None:
+    """Another confirmation link if the address has an unconfirmed account; as `request_reset`,
+    the email task looks it up."""
+    await tokens.request_link(session, outbox, TokenPurpose.EMAIL_VERIFICATION, email)
+
+
+async def link_for_address(
+    session: AsyncSession,
+    settings: Settings,
+    purpose: TokenPurpose,
+    email: str,
+    token_id: uuid.UUID,
+) -> UserToken | None:
+    """For the email task: the token of a link asked for `email` (id `token_id`, issued once),
+    or None when the address has no active account (or, for a verification, a confirmed one)."""
     user = await _active_user(session, email)
-    if user is not None and user.email_verified_at is None:
-        await tokens.issue(session, settings, outbox, user.id, TokenPurpose.EMAIL_VERIFICATION)
+    if user is None:
+        return None
+    if purpose is TokenPurpose.EMAIL_VERIFICATION and user.email_verified_at is not None:
+        return None
+    return await tokens.issue_token(session, settings, user.id, purpose, token_id)
 
 
 async def verify_email(session: AsyncSession, token: str) -> None:

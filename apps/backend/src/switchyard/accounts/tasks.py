@@ -13,22 +13,36 @@ from email.message import EmailMessage
 from typing import Literal
 
 import aiosmtplib
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from switchyard.accounts.service import link_for_address
 from switchyard.auth import security, tokens
-from switchyard.db.models import Invitation, Tenant, User
+from switchyard.db.models import Invitation, Tenant, TokenPurpose, User
 from switchyard.platform.registry import RetryPolicy, TaskContext, task
 from switchyard.services import email
 from switchyard.settings import Settings
 
 
 class SendEmailInput(BaseModel):
+    """The email of token `token_id`; or, for a link asked for an address (`email`), the
+    email of a token issued here when the address has an account (the run's id is the token's,
+    so a retry issues it once)."""
+
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["invitation", "password_reset", "verify_email"]
-    token_id: uuid.UUID
+    token_id: uuid.UUID | None = None
+    email: str | None = Field(default=None, max_length=320)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SendEmailInput:
+        if (self.token_id is None) == (self.email is None):
+            raise ValueError("give token_id or email, not both")
+        if self.email is not None and self.kind == "invitation":
+            raise ValueError("an invitation is sent by its token_id")
+        return self
 
 
 PAGES = {
@@ -116,11 +130,21 @@ async def send_email(payload: SendEmailInput, ctx: TaskContext) -> dict[str, obj
     services = ctx.services
     settings = services.settings
     mailer = services.require_mailer()
+    token_id = payload.token_id
+    if payload.email is not None:  # asked for an address: its account, if any, gets a token
+        async with services.database_sessions() as session, session.begin():
+            purpose = TokenPurpose(payload.kind)
+            row = await link_for_address(session, settings, purpose, payload.email, ctx.run_id)
+        if row is None:
+            ctx.logger.info("account email not sent: no such account", extra={"kind": payload.kind})
+            return {"sent": False, "kind": payload.kind, "reason": "no account"}
+        token_id = row.id
+    assert token_id is not None
     async with services.database_sessions() as session:
         if payload.kind == "invitation":
-            message = await _invitation(session, settings, payload.token_id)
+            message = await _invitation(session, settings, token_id)
         else:
-            message = await _user_link(session, settings, payload.kind, payload.token_id)
+            message = await _user_link(session, settings, payload.kind, token_id)
     if message is None:
         ctx.logger.info("account email not sent: its link is no longer valid")
         return {"sent": False, "kind": payload.kind, "reason": "no longer valid"}

@@ -36,12 +36,24 @@ from switchyard.services.container import Services
 from switchyard.settings import Environment, Settings
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 async def limit_by_client_ip(
     request: Request, settings: SettingsDep, limiter: RateLimiterDep
 ) -> None:
-    """For sign-up and sign-in: counted per client address, before any credential is read."""
-    client = request.client.host if request.client else "unknown"
-    await limiter.enforce(settings.rate_limit_auth, "auth", client)
+    """For what takes a password or a one-time link (sign-up, sign-in, resets): counted per
+    client address, before any credential is read."""
+    await limiter.enforce(settings.rate_limit_auth, "auth", client_address(request))
+
+
+async def limit_token_requests(
+    request: Request, settings: SettingsDep, limiter: RateLimiterDep
+) -> None:
+    """For what exchanges a high-entropy credential for a token (a refresh): its own, wider
+    bucket per client address."""
+    await limiter.enforce(settings.rate_limit_tokens, "tokens", client_address(request))
 
 
 def _credential(request: Request) -> str | None:

@@ -9,7 +9,12 @@ from fastapi import APIRouter, Depends, Request, status
 from pydantic import ValidationError
 
 from switchyard.auth import service
-from switchyard.auth.dependencies import PrincipalDep, TenantAdminDep, limit_by_client_ip
+from switchyard.auth.dependencies import (
+    PrincipalDep,
+    TenantAdminDep,
+    limit_by_client_ip,
+    limit_token_requests,
+)
 from switchyard.auth.schemas import (
     ApiKeyCreated,
     ApiKeyIn,
@@ -115,7 +120,7 @@ async def login(
     return await service.issue_tokens(session, settings, user, membership)
 
 
-@router.post("/refresh", dependencies=[Depends(limit_by_client_ip)])
+@router.post("/refresh", dependencies=[Depends(limit_token_requests)])
 async def refresh(body: RefreshIn, session: SessionDep, settings: SettingsDep) -> TokenPair:
     return await service.refresh(session, settings, body.refresh_token)
 

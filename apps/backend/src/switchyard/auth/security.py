@@ -187,6 +187,23 @@ def new_refresh_secret(token_id: uuid.UUID) -> tuple[str, str]:
     return f"{token_id}.{secret}", digest(secret)
 
 
+def successor_refresh_secret(settings: Settings, token: str) -> tuple[uuid.UUID, str, str]:
+    """The refresh token that rotating `token` hands out: (its id, the token, its digest).
+
+    Derived from the presented token and the signing secret, so that a refresh presented again
+    within REFRESH_REUSE_SECONDS (a double submit, a retry after a lost answer) can be answered
+    with the same successor, which only the database's digest otherwise knows. Without the
+    signing secret nobody derives a successor from a token, however old."""
+    key = settings.signing_secret().encode()
+
+    def derived(part: str) -> bytes:
+        return hmac.new(key, f"refresh-successor:{part}:{token}".encode(), hashlib.sha256).digest()
+
+    token_id = uuid.UUID(bytes=derived("id")[:16], version=4)
+    secret = base64.urlsafe_b64encode(derived("secret")).rstrip(b"=").decode()
+    return token_id, f"{token_id}.{secret}", digest(secret)
+
+
 def split_refresh_token(token: str) -> tuple[uuid.UUID, str] | None:
     token_id, _, secret = token.partition(".")
     try:

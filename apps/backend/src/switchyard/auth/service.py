@@ -19,6 +19,7 @@ from switchyard.auth.repository import ApiKeyRepository
 from switchyard.auth.schemas import ApiKeyIn, LoginIn, RegisterIn, TokenPair
 from switchyard.auth.scopes import ROLE_SCOPES
 from switchyard.db.models import (
+    DEFAULT_TENANT_ID,
     ApiKey,
     Membership,
     OAuthClient,
@@ -151,6 +152,9 @@ async def ensure_superuser(session: AsyncSession, settings: Settings) -> User | 
     return user
 
 
+NO_ONE = uuid.UUID(int=0)  # the id an unknown email is looked up with: no row has it
+
+
 class SignInFailedError(UnauthorizedError):
     """A refused sign-in; `user_id`, `tenant_id`: whose account it was, when the email is one
     (the failure is audited in that tenant)."""
@@ -173,18 +177,18 @@ async def authenticate(
     none is asked to (422 on body.tenant, listing their slugs: they gave the right password)."""
     user = await session.scalar(select(User).where(User.email == email.lower()))
     valid = security.verify_password(password, user.password_hash if user else None)
+    # Asked for an unknown email too (it finds nothing): the same statements either way.
     rows = (
-        (
-            await session.execute(
-                select(Membership, Tenant.slug)
-                .join(Tenant, Tenant.id == Membership.tenant_id)
-                .where(Membership.user_id == user.id, Membership.is_active.is_(True))
-                .order_by(Membership.created_at)
+        await session.execute(
+            select(Membership, Tenant.slug)
+            .join(Tenant, Tenant.id == Membership.tenant_id)
+            .where(
+                Membership.user_id == (user.id if user else NO_ONE),
+                Membership.is_active.is_(True),
             )
-        ).all()
-        if user is not None
-        else []
-    )
+            .order_by(Membership.created_at)
+        )
+    ).all()
     chosen = [row for row in rows if tenant_slug is None or row.slug == tenant_slug]
     audited_in = (chosen or rows)[0][0].tenant_id if rows else None
     if user is None or not valid or not user.is_active or not chosen:
@@ -224,11 +228,13 @@ async def sign_in(
         )
     except SignInFailedError as failed:
         await limiter.hit(settings.rate_limit_login_failures, *account)
-        if failed.tenant_id is not None:
-            target = ("user", failed.user_id)
-            await audit.record_apart(
-                sessions, failed.tenant_id, "auth.sign_in_failed", audit.ANONYMOUS, target
-            )
+        # Audited whether or not the email has an account (the same work either way): in the
+        # account's tenant, or else in the platform's, where a superuser sees guessing.
+        tenant_id = failed.tenant_id or DEFAULT_TENANT_ID
+        target = ("user", failed.user_id) if failed.user_id else ("email", body.email.lower()[:200])
+        await audit.record_apart(
+            sessions, tenant_id, "auth.sign_in_failed", audit.ANONYMOUS, target
+        )
         raise
     audit.record(
         session, membership.tenant_id, "auth.sign_in", f"user:{user.id}", ("user", user.id)
@@ -245,20 +251,31 @@ async def _active_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
     return tenant
 
 
+def _access_token(
+    settings: Settings, user: User, membership: Membership, family_id: uuid.UUID
+) -> tuple[str, int]:
+    claims = security.AccessClaims(
+        user.id, membership.tenant_id, membership.role.value, user.is_superuser, family_id
+    )
+    return security.issue_access_token(settings, claims)
+
+
 async def issue_tokens(
     session: AsyncSession,
     settings: Settings,
     user: User,
     membership: Membership,
     family_id: uuid.UUID | None = None,
+    successor: tuple[uuid.UUID, str, str] | None = None,
 ) -> TokenPair:
+    """A new access token and refresh token (`successor`'s, when a refresh rotates one)."""
     family_id = family_id or uuid.uuid4()
-    claims = security.AccessClaims(
-        user.id, membership.tenant_id, membership.role.value, user.is_superuser, family_id
-    )
-    access, lifetime = security.issue_access_token(settings, claims)
-    token_id = uuid.uuid4()
-    refresh, secret_hash = security.new_refresh_secret(token_id)
+    access, lifetime = _access_token(settings, user, membership, family_id)
+    if successor is None:
+        token_id = uuid.uuid4()
+        refresh, secret_hash = security.new_refresh_secret(token_id)
+    else:
+        token_id, refresh, secret_hash = successor
     session.add(
         RefreshToken(
             id=token_id,
@@ -375,10 +392,13 @@ async def _presented(session: AsyncSession, token: str) -> RefreshToken:
 
 
 async def refresh(session: AsyncSession, settings: Settings, token: str) -> TokenPair:
-    """Rotate: the presented token is spent; presenting a spent one revokes its family.
+    """Rotate: the presented token is spent and its successor handed out.
 
-    Spending is one conditional UPDATE: of two concurrent refreshes with one token, the second
-    waits for the first's row lock, then finds the token spent and counts as reuse."""
+    Spending is one conditional UPDATE: of concurrent refreshes with one token, the others wait
+    for the first's row lock and find the token spent. A spent token presented again within
+    REFRESH_REUSE_SECONDS of its spending, while its successor is unused, is a double submit
+    or a retry: it gets the same successor (a new access token with it). Otherwise a spent
+    token coming back is a replay, and its whole family is revoked."""
     stored = await _presented(session, token)
     if stored.expires_at <= datetime.now(UTC) and stored.revoked_at is None:
         raise UnauthorizedError(BAD_TOKEN)
@@ -394,7 +414,8 @@ async def refresh(session: AsyncSession, settings: Settings, token: str) -> Toke
         .returning(RefreshToken.id)
         .execution_options(synchronize_session=False)
     )
-    if spent is None:
+    successor = security.successor_refresh_secret(settings, token)
+    if spent is None and not await _successor_unused(session, settings, stored.id, successor[0]):
         await _revoke_family(session, stored.family_id)
         raise TokenReuseError("This refresh token was already used; sign in again.")
     user = await session.get(User, stored.user_id)
@@ -406,7 +427,31 @@ async def refresh(session: AsyncSession, settings: Settings, token: str) -> Toke
     if user is None or membership is None or not user.is_active:
         raise UnauthorizedError(BAD_TOKEN)
     await _active_tenant(session, stored.tenant_id)
-    return await issue_tokens(session, settings, user, membership, stored.family_id)
+    if spent is None:  # the same successor again, with an access token of its own
+        access, lifetime = _access_token(settings, user, membership, stored.family_id)
+        return TokenPair(access_token=access, expires_in=lifetime, refresh_token=successor[1])
+    return await issue_tokens(
+        session, settings, user, membership, stored.family_id, successor=successor
+    )
+
+
+async def _successor_unused(
+    session: AsyncSession, settings: Settings, token_id: uuid.UUID, successor_id: uuid.UUID
+) -> bool:
+    """Whether a spent token came back within the reuse window while its successor is still
+    unused and unrevoked (read now: the spend that won may have committed a moment ago)."""
+    used_at = await session.scalar(select(RefreshToken.used_at).where(RefreshToken.id == token_id))
+    since = datetime.now(UTC) - timedelta(seconds=settings.refresh_reuse_seconds)
+    if used_at is None or used_at < since:
+        return False
+    successor = await session.scalar(
+        select(RefreshToken.id).where(
+            RefreshToken.id == successor_id,
+            RefreshToken.used_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+        )
+    )
+    return successor is not None
 
 
 async def logout(session: AsyncSession, token: str) -> None:

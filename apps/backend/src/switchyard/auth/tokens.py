@@ -55,6 +55,33 @@ async def issue(
     purpose: TokenPurpose,
 ) -> UserToken:
     """A new token, and its email queued. Earlier unspent tokens of the purpose stop working."""
+    row = await issue_token(session, settings, user_id, purpose, uuid.uuid4())
+    await queue_email(session, outbox, purpose.value, row.id)
+    return row
+
+
+async def request_link(
+    session: AsyncSession, outbox: Outbox, purpose: TokenPurpose, email: str
+) -> None:
+    """A link asked for an address (a password reset, another verification): one run of the
+    email task whatever the address, which looks the account up and issues the token. Asking
+    does the same work, in the same time, whether or not the address has an account."""
+    payload = {"kind": purpose.value, "email": email.lower()}
+    await outbox.submit(session, DEFAULT_TENANT_ID, EMAIL_TASK, payload)
+
+
+async def issue_token(
+    session: AsyncSession,
+    settings: Settings,
+    user_id: uuid.UUID,
+    purpose: TokenPurpose,
+    token_id: uuid.UUID,
+) -> UserToken:
+    """Token `token_id` of `user_id` (made now, unless it exists: a retried email task issues
+    it once). Earlier unspent tokens of the purpose stop working."""
+    existing = await session.get(UserToken, token_id)
+    if existing is not None:
+        return existing
     now = datetime.now(UTC)
     await session.execute(
         update(UserToken)
@@ -66,7 +93,6 @@ async def issue(
         .values(expires_at=now)
         .execution_options(synchronize_session=False)
     )
-    token_id = uuid.uuid4()
     token = security.link_token(settings, purpose.value, token_id)
     row = UserToken(
         id=token_id,
@@ -77,7 +103,6 @@ async def issue(
     )
     session.add(row)
     await session.flush()
-    await queue_email(session, outbox, purpose.value, token_id)
     return row
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 
-from switchyard.auth.dependencies import TenantAdminDep, limit_by_client_ip
+from switchyard.auth.dependencies import TenantAdminDep, client_address
+from switchyard.errors import TooManyRequestsError
 from switchyard.oauth import service
 from switchyard.oauth.repository import ClientRepository
 from switchyard.oauth.schemas import AccessToken, ClientCreated, ClientIn, ClientOut, TokenError
@@ -25,10 +26,14 @@ def client_out(client: object) -> ClientOut:
     return ClientOut.model_validate(client, from_attributes=True)
 
 
-def _error(failure: service.TokenRequestError, basic: bool) -> JSONResponse:
+def _error(
+    failure: service.TokenRequestError, basic: bool, retry_after: int | None = None
+) -> JSONResponse:
     headers = dict(NO_STORE)
     if failure.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="switchyard"' if basic else "Basic"
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     body = TokenError(error=failure.error, error_description=failure.description)
     return JSONResponse(body.model_dump(), status_code=failure.status, headers=headers)
 
@@ -49,10 +54,13 @@ async def _form(request: Request) -> dict[str, str]:
 
 @router.post(
     "/token",
-    dependencies=[Depends(limit_by_client_ip)],
     responses={
         400: {"model": TokenError, "description": "RFC 6749 §5.2 error"},
         401: {"model": TokenError, "description": "invalid_client"},
+        429: {
+            "model": TokenError,
+            "description": "slow_down: too many requests from this address (Retry-After)",
+        },
     },
     openapi_extra={
         "requestBody": {
@@ -79,9 +87,16 @@ async def token(
 ) -> AccessToken:
     """The OAuth2 client-credentials grant (RFC 6749 §4.4): the client authenticates with
     HTTP Basic or the form's client_id/client_secret; the answer is a short-lived bearer token
-    (OAUTH_TOKEN_MINUTES) accepted everywhere an API key is."""
+    (OAUTH_TOKEN_MINUTES) accepted everywhere an API key is.
+
+    Limits, answered as RFC 6749 errors (`slow_down`, 429, Retry-After): RATE_LIMIT_TOKENS
+    requests per client address, and RATE_LIMIT_CLIENT_FAILURES failed authentications per
+    client id *and* address, so that wrong secrets sent from elsewhere never lock a client out.
+    """
     basic = request.headers.get("authorization", "").lower().startswith("basic ")
+    address = client_address(request)
     try:
+        await limiter.enforce(settings.rate_limit_tokens, "tokens", address)
         form = await _form(request)
         grant_type = form.get("grant_type")
         if not grant_type:
@@ -91,7 +106,7 @@ async def token(
                 "unsupported_grant_type", "Only grant_type=client_credentials is supported."
             )
         presented = service.credentials(request.headers.get("authorization"), form)
-        failures = ("client_failures", presented.client_id[:40])
+        failures = ("client_failures", presented.client_id[:40], address)
         await limiter.enforce(settings.rate_limit_client_failures, *failures, count=False)
         try:
             answer = await service.grant(session, settings, presented, form.get("scope"))
@@ -101,6 +116,9 @@ async def token(
             raise
     except service.TokenRequestError as failure:
         return _error(failure, basic)  # type: ignore[return-value]
+    except TooManyRequestsError as limited:
+        slow_down = service.TokenRequestError("slow_down", limited.detail, status=429)
+        return _error(slow_down, basic, limited.retry_after)  # type: ignore[return-value]
     return JSONResponse(answer.model_dump(), headers=NO_STORE)  # type: ignore[return-value]
 
 

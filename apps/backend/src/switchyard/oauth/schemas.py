@@ -42,7 +42,7 @@ class AccessToken(BaseModel):
 
 
 class TokenError(BaseModel):
-    """RFC 6749 §5.2."""
+    """RFC 6749 §5.2; `slow_down` (RFC 8628's code for asking too often) with 429."""
 
     error: Literal[
         "invalid_request",
@@ -51,5 +51,6 @@ class TokenError(BaseModel):
         "unauthorized_client",
         "unsupported_grant_type",
         "invalid_scope",
+        "slow_down",
     ]
     error_description: str

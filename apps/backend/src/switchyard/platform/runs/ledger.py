@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import uuid
 from collections.abc import Sequence
@@ -469,7 +470,8 @@ class PublishedMarks:
     def add(self, run_id: uuid.UUID) -> None:
         self._pending.append(run_id)
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_soon())
+            # Of no one request: its writes and log lines carry none's request id or tenant.
+            self._writer = asyncio.create_task(self._write_soon(), context=contextvars.Context())
 
     async def _write_soon(self) -> None:
         with contextlib.suppress(TimeoutError):  # the delay is up, or the process is stopping
