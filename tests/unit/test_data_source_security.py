@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 
 from switchyard.datasources import connect, guard
 from switchyard.datasources.crypto import KEY_FILE, DataSourceCipher, UndecryptableError
-from switchyard.settings import Settings
+from switchyard.settings import Environment, Settings
 
 
 @pytest.mark.parametrize(
@@ -148,20 +148,72 @@ def test_guard_allows_private_and_public_addresses(address: str) -> None:
     assert guard.refusal(ipaddress.ip_address(address)) is None
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "10.0.0.1",
+        "192.168.0.1",
+        "172.16.0.1",
+        "100.64.0.1",  # carrier-grade NAT
+        "198.18.0.1",  # benchmarking
+        "240.0.0.1",  # reserved
+        "fd12:3456::1",  # unique local
+        "2001:db8::1",  # documentation
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "::ffff:192.168.0.1",
+    ],
+)
+def test_without_private_networks_non_public_addresses_are_refused(address: str) -> None:
+    found = guard.refusal(ipaddress.ip_address(address), guard.Reach(private=False))
+    assert found is not None
+    assert "non-public" in found
+
+
+def test_named_networks_are_reachable_and_nothing_else_non_public() -> None:
+    reach = guard.Reach(
+        private=False,
+        networks=(ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("169.254.0.0/16")),
+    )
+    assert guard.refusal(ipaddress.ip_address("10.1.2.3"), reach) is None
+    assert guard.refusal(ipaddress.ip_address("10.2.0.1"), reach) is not None
+    assert guard.refusal(ipaddress.ip_address("8.8.8.8"), reach) is None
+    assert guard.refusal(ipaddress.ip_address("2606:4700::1111"), reach) is None
+    # A named network never opens a cloud metadata address.
+    assert "metadata" in str(guard.refusal(ipaddress.ip_address("169.254.169.254"), reach))
+
+
+def test_private_networks_are_refused_by_default_in_production_only() -> None:
+    production = Settings.model_construct(
+        environment=Environment.PRODUCTION,
+        data_source_allow_local_hosts=False,
+        data_source_allow_private_networks=None,
+        data_source_allowed_networks=["10.20.0.0/16"],
+    )
+    reach = guard.Reach.of(production)
+    assert reach.private is False
+    assert reach.networks == (ipaddress.ip_network("10.20.0.0/16"),)
+    development = production.model_copy(update={"environment": Environment.DEVELOPMENT})
+    assert guard.Reach.of(development).private is True
+    opened = production.model_copy(update={"data_source_allow_private_networks": True})
+    assert guard.Reach.of(opened).private is True
+    with pytest.raises(ValueError, match="not an IP address or network"):
+        Settings(_env_file=None, data_source_allowed_networks="10.0.0.0/8,intranet")
+
+
 async def test_resolution_is_checked_before_any_connection() -> None:
     with pytest.raises(guard.RefusedHostError, match="loopback") as refused:
-        await guard.resolve("localhost", 5432, allow_local=False)
+        await guard.resolve("localhost", 5432, reach=guard.Reach())
     # What a name resolved to is not disclosed.
     assert "127.0.0.1" not in str(refused.value)
     assert "::1" not in str(refused.value)
-    assert await guard.resolve("127.0.0.1", 5432, allow_local=True) == "127.0.0.1"
+    assert await guard.resolve("127.0.0.1", 5432, reach=guard.Reach(local=True)) == "127.0.0.1"
     with pytest.raises(guard.UnresolvableHostError):
-        await guard.resolve("no-such-host.invalid", 5432, allow_local=False)
+        await guard.resolve("no-such-host.invalid", 5432, reach=guard.Reach())
 
 
 async def test_probe_reports_refusals_and_failures_as_outcomes() -> None:
     refused = await connect.probe(
-        "postgresql://u:pw@169.254.169.254/db", allow_local=False, seconds=2
+        "postgresql://u:pw@169.254.169.254/db", reach=guard.Reach(), seconds=2
     )
     assert refused["ok"] is False
     assert refused["refused"] is True
@@ -170,11 +222,63 @@ async def test_probe_reports_refusals_and_failures_as_outcomes() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     closed = await connect.probe(
-        f"postgresql://u:topsecret@127.0.0.1:{port}/db", allow_local=True, seconds=2
+        f"postgresql://u:topsecret@127.0.0.1:{port}/db", reach=guard.Reach(local=True), seconds=2
     )
     assert closed["ok"] is False
     assert "refused" not in closed
     assert "topsecret" not in str(closed)
+
+
+async def test_a_closed_a_silent_and_a_foreign_port_are_reported_alike() -> None:
+    """A connectivity test must not tell an open port from a closed one."""
+
+    async def foreign(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")  # another service answers, then hangs up
+        await writer.drain()
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, never answers
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    servers = [await asyncio.start_server(h, "127.0.0.1", 0) for h in (foreign, silent)]
+    ports = [closed_port, *(server.sockets[0].getsockname()[1] for server in servers)]
+    try:
+        for kind in ("postgresql", "mysql"):
+            errors = set()
+            for port in ports:
+                outcome = await connect.probe(
+                    f"{kind}://u:pw@127.0.0.1:{port}/db", reach=guard.Reach(local=True), seconds=1
+                )
+                assert outcome["ok"] is False
+                errors.add(outcome["error"].replace(str(port), "PORT"))
+            assert len(errors) == 1, errors
+            assert "answered" in errors.pop()
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        # A short password's letters elsewhere in the message stay as they are.
+        ('database "alpha" does not exist', 'database "alpha" does not exist'),
+        (
+            "could not connect to postgresql://u:a@db/x",
+            "could not connect to postgresql://u:***@db/x",
+        ),
+        ("bad password=a given", "bad password=*** given"),
+        ("auth failed (password: 'x y z')", "auth failed (password: ***)"),
+        ("token=abc, user=u", "token=*** user=u"),
+    ],
+)
+def test_driver_messages_are_redacted_by_form_not_by_the_passwords_letters(
+    message: str, shown: str
+) -> None:
+    assert connect._scrub(message) == shown
 
 
 class PasswordRecorder:
@@ -223,10 +327,12 @@ async def test_a_connection_test_sends_only_the_stored_credentials(
     port = server.sockets[0].getsockname()[1]
     try:
         without = await connect.probe(
-            f"postgresql://tenant@127.0.0.1:{port}/db", allow_local=True, seconds=5
+            f"postgresql://tenant@127.0.0.1:{port}/db", reach=guard.Reach(local=True), seconds=5
         )
         stored = await connect.probe(
-            f"postgresql://tenant:stored-pw@127.0.0.1:{port}/db", allow_local=True, seconds=5
+            f"postgresql://tenant:stored-pw@127.0.0.1:{port}/db",
+            reach=guard.Reach(local=True),
+            seconds=5,
         )
     finally:
         server.close()

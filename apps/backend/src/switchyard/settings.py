@@ -331,6 +331,10 @@ class Settings(BaseSettings):
     # Data sources: Fernet keys, newest first (all decrypt, the first encrypts).
     data_source_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     data_source_allow_local_hosts: bool = False
+    # Private and other non-public addresses (RFC 1918, CGNAT, ULA, ...): reachable by
+    # connectivity tests outside production; in production only inside the named networks.
+    data_source_allow_private_networks: bool | None = None
+    data_source_allowed_networks: CommaList = Field(default_factory=list)
     data_source_test_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
 
     @field_validator(
@@ -342,13 +346,14 @@ class Settings(BaseSettings):
         "health_critical",
         "data_source_keys",
         "trusted_proxies",
+        "data_source_allowed_networks",
         mode="before",
     )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_commas(value)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "data_source_allowed_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         import ipaddress
@@ -475,6 +480,12 @@ class Settings(BaseSettings):
     def docs_enabled(self) -> bool:
         if self.api_docs is not None:
             return self.api_docs
+        return self.environment is not Environment.PRODUCTION
+
+    @property
+    def data_source_private_networks_allowed(self) -> bool:
+        if self.data_source_allow_private_networks is not None:
+            return self.data_source_allow_private_networks
         return self.environment is not Environment.PRODUCTION
 
     def signing_secret(self) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from typing_extensions import TypedDict
 
-from switchyard.datasources.guard import RefusedHostError, UnresolvableHostError, resolve
+from switchyard.datasources.guard import Reach, RefusedHostError, UnresolvableHostError, resolve
 
 Kind = Literal["postgresql", "mysql"]
 KINDS: Final[dict[str, Kind]] = {
@@ -53,14 +53,6 @@ class Connection:
         shown = self.url.set(query=query).render_as_string(hide_password=True)
         return shown.replace("%2A%2A%2A", HIDDEN)  # the query's *** comes back URL-quoted
 
-    def secrets(self) -> list[str]:
-        """Every credential the URL holds: the password and secret query values."""
-        found = [str(self.url.password)] if self.url.password else []
-        for name, value in self.url.query.items():
-            if SECRET_PARAMETER.search(name):
-                found.extend([value] if isinstance(value, str) else list(value))
-        return [secret for secret in found if secret]
-
 
 def parse(raw: str) -> Connection:
     """A PostgreSQL or MySQL/MariaDB URL with a host and a user; messages never echo it."""
@@ -82,11 +74,30 @@ def parse(raw: str) -> Connection:
     return Connection(kind, url)
 
 
-def _scrub(message: str, connection: Connection) -> str:
+# Where a driver's message may carry a credential: a URL's user info, and key=value or
+# key: value forms of a password-like key. Redacted by form, whatever the value: replacing
+# the password's own text wherever it occurs would garble messages (a short password's
+# letters) and tell, by what was hidden, what the password holds.
+_USERINFO = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@", re.IGNORECASE)
+_KEY_VALUE = re.compile(
+    r"(?P<head>\b[\w-]*(?:pass|pwd|secret|token|key)[\w-]*\s*[=:]\s*)(?:'[^']*'|\"[^\"]*\"|\S+)",
+    re.IGNORECASE,
+)
+
+
+def _scrub(message: str) -> str:
     text = message.strip().splitlines()[0] if message.strip() else ""
-    for secret in connection.secrets():
-        text = text.replace(secret, HIDDEN)
+    text = _USERINFO.sub(lambda m: f"{m['head']}{HIDDEN}@", text)
+    text = _KEY_VALUE.sub(lambda m: f"{m['head']}{HIDDEN}", text)
     return text[:MAX_ERROR_LENGTH]
+
+
+def no_server(connection: Connection, seconds: float) -> str:
+    name = "PostgreSQL" if connection.kind == "postgresql" else "MySQL/MariaDB"
+    return (
+        f"no {name} server answered at {connection.host}:{connection.port} within {seconds:g} s "
+        "(nothing listens, a firewall drops it, or another service is there)"
+    )
 
 
 def _tls(sslmode: str | None) -> ssl.SSLContext | bool:
@@ -160,8 +171,28 @@ class ProbeOutcome(TypedDict):
     refused: NotRequired[bool]
 
 
-async def probe(raw: str, *, allow_local: bool, seconds: float) -> ProbeOutcome:
-    """Connect once and ask the server's version; the outcome, never an exception."""
+def _answered(error: Exception) -> bool:
+    """Whether `error` is the server's own answer (wrong password, no such database), as
+    opposed to no server answering: refused, reset, silent or speaking another protocol."""
+    import asyncpg
+    from asyncmy.errors import MySQLError
+
+    if isinstance(error, asyncpg.PostgresError):  # class 08, connection exceptions: not an answer
+        return not isinstance(error, asyncpg.PostgresConnectionError)
+    code = error.args[0] if isinstance(error, MySQLError) and error.args else None
+    return isinstance(code, int) and code < CLIENT_ERRORS
+
+
+# MySQL's client-side error codes start here (CR_*: 2003 can't connect, 2013 lost, ...).
+CLIENT_ERRORS: Final = 2000
+
+
+async def probe(raw: str, *, reach: Reach, seconds: float) -> ProbeOutcome:
+    """Connect once and ask the server's version; the outcome, never an exception.
+
+    A port that refuses, resets, stays silent or speaks another protocol is reported alike
+    ("no server answered"), so that a test cannot tell an open port from a closed one; only
+    a server's own answer (a wrong password, say) is passed on, redacted."""
     connection = parse(raw)
     outcome = ProbeOutcome(
         ok=False, kind=connection.kind, host=connection.host, port=connection.port
@@ -169,7 +200,7 @@ async def probe(raw: str, *, allow_local: bool, seconds: float) -> ProbeOutcome:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(seconds):
-            address = await resolve(connection.host, connection.port, allow_local=allow_local)
+            address = await resolve(connection.host, connection.port, reach=reach)
             outcome["address"] = address
             version = await (
                 _postgres_version(connection, address, seconds)
@@ -181,10 +212,11 @@ async def probe(raw: str, *, allow_local: bool, seconds: float) -> ProbeOutcome:
         outcome["refused"] = True
     except UnresolvableHostError as exc:
         outcome["error"] = str(exc)
-    except TimeoutError:
-        outcome["error"] = f"no answer within {seconds:g} s"
     except Exception as exc:  # any failure to connect is the outcome being reported
-        outcome["error"] = f"{type(exc).__name__}: {_scrub(str(exc), connection)}"
+        if isinstance(exc, TimeoutError) or not _answered(exc):
+            outcome["error"] = no_server(connection, seconds)
+        else:
+            outcome["error"] = f"{type(exc).__name__}: {_scrub(str(exc))}"
     else:
         outcome["ok"] = True
         outcome["server_version"] = version

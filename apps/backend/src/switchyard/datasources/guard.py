@@ -3,8 +3,11 @@
 A tenant names a host; before anything connects, every address it resolves to is checked.
 Loopback, link-local (which holds most cloud metadata endpoints), unspecified, multicast
 and known metadata addresses are refused unless DATA_SOURCE_ALLOW_LOCAL_HOSTS is set.
-Private ranges are allowed: a database inside the same network is the normal case. The
-connection then goes to the checked address, so a second resolution cannot swap it.
+Private and other non-public ranges (RFC 1918, CGNAT, ULA, documentation, reserved) are
+refused in production, where a tenant would otherwise map the platform's own network, unless
+DATA_SOURCE_ALLOWED_NETWORKS names them (a self-hosted database's network);
+DATA_SOURCE_ALLOW_PRIVATE_NETWORKS overrides the default either way. The connection then goes
+to the checked address, so a second resolution cannot swap it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,36 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from switchyard.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Where connectivity tests may connect: local addresses, non-public ones, and networks
+    always allowed (which still exclude cloud metadata addresses)."""
+
+    local: bool = False
+    private: bool = True
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def of(cls, settings: Settings) -> Reach:
+        return cls(
+            local=settings.data_source_allow_local_hosts,
+            private=settings.data_source_private_networks_allowed,
+            networks=tuple(
+                ipaddress.ip_network(entry, strict=False)
+                for entry in settings.data_source_allowed_networks
+            ),
+        )
+
 
 METADATA_ADDRESSES: Final = frozenset(
     ipaddress.ip_address(address)
@@ -60,15 +90,26 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
     return None
 
 
-def refusal(address: IPAddress) -> str | None:
+def refusal(address: IPAddress, reach: Reach = Reach()) -> str | None:
     """Why `address` may not be reached, or None."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = embedded_ipv4(address)
         if embedded is not None:
-            reason = refusal(embedded)
+            reason = refusal(embedded, reach)
             return f"{reason} inside an IPv6 address" if reason else None
     if address in METADATA_ADDRESSES:
-        return "a cloud metadata address"
+        return None if reach.local else "a cloud metadata address"
+    if any(address in network for network in reach.networks):
+        return None
+    local = _local(address)
+    if local is not None:
+        return None if reach.local else local
+    if not reach.private and not address.is_global:
+        return "a private or otherwise non-public address"
+    return None
+
+
+def _local(address: IPAddress) -> str | None:
     if address.is_loopback:
         return "a loopback address"
     if address.is_link_local:
@@ -84,7 +125,7 @@ def refusal(address: IPAddress) -> str | None:
     return None
 
 
-async def resolve(host: str, port: int, *, allow_local: bool) -> str:
+async def resolve(host: str, port: int, *, reach: Reach) -> str:
     """The address to connect to: the first one `host` resolves to, once all are checked."""
     loop = asyncio.get_running_loop()
     try:
@@ -94,13 +135,16 @@ async def resolve(host: str, port: int, *, allow_local: bool) -> str:
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not addresses:
         raise UnresolvableHostError(f"{host!r} does not resolve")
-    if not allow_local:
-        for address in addresses:
-            reason = refusal(address)
-            if reason is not None:
-                # The address itself is not named: a refusal must not map internal names.
-                raise RefusedHostError(
-                    f"{host!r} resolves to {reason}; connectivity tests may not reach it "
-                    "(DATA_SOURCE_ALLOW_LOCAL_HOSTS allows it)"
-                )
+    for address in addresses:
+        reason = refusal(address, reach)
+        if reason is not None:
+            # The address itself is not named: a refusal must not map internal names.
+            allows = (
+                "DATA_SOURCE_ALLOWED_NETWORKS names networks they may reach"
+                if reason.startswith("a private")
+                else "DATA_SOURCE_ALLOW_LOCAL_HOSTS allows it"
+            )
+            raise RefusedHostError(
+                f"{host!r} resolves to {reason}; connectivity tests may not reach it ({allows})"
+            )
     return str(addresses[0])

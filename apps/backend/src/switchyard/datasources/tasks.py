@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from switchyard.datasources import connect
 from switchyard.datasources.crypto import DataSourceCipher
+from switchyard.datasources.guard import Reach
 from switchyard.datasources.repository import DataSourceRepository
 from switchyard.platform.registry import RetryPolicy, TaskContext, task
 
@@ -40,7 +41,7 @@ async def test_connection(payload: TestConnectionInput, ctx: TaskContext) -> dic
     url = DataSourceCipher.from_settings(settings).decrypt(encrypted)
     outcome = await connect.probe(
         url,
-        allow_local=settings.data_source_allow_local_hosts,
+        reach=Reach.of(settings),
         seconds=settings.data_source_test_timeout_seconds,
     )
     ctx.logger.info(
