@@ -79,6 +79,25 @@ def test_invalid_setting_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_superuser_address_sign_in_refuses_stops_migrate_before_it_is_created(
+    tmp_path: Path,
+) -> None:
+    """admin@switchyard.local would be created and then never sign in (the API refuses
+    special-use domains): refused as configuration, exit 78, naming the setting."""
+    result = switchyard(
+        "run",
+        "migrate",
+        cwd=tmp_path,
+        FIRST_SUPERUSER_EMAIL="admin@switchyard.local",
+        FIRST_SUPERUSER_PASSWORD="a long enough password",
+    )
+    assert result.returncode == 78, result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(
+        "switchyard: configuration error: FIRST_SUPERUSER_EMAIL: is not an address sign-in accepts"
+    )
+
+
 def test_gateway_without_database_url_refuses_to_start(tmp_path: Path) -> None:
     result = switchyard("run", "api-gateway", cwd=tmp_path)
     assert result.returncode == 78

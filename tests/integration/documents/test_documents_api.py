@@ -150,3 +150,40 @@ async def test_listing_filters_and_pages(client: httpx.AsyncClient, owner: Accou
         "note-0.txt",
         6,
     )
+
+
+async def test_ids_not_the_tenants_are_404_before_anything_else(
+    app: FastAPI, client: httpx.AsyncClient, owner: Account
+) -> None:
+    """Delete, graph and entity extraction of an unknown or another tenant's document answer
+    404 (never 204, never the 503 of a graph this deployment lacks); for one's own document
+    without a graph, extraction is refused up front with that 503 instead of a run that could
+    only dead-letter."""
+    accepted = await upload(client, "notes.txt", b"Ada works in Porto.", "text/plain")
+    mine = accepted.json()["document"]["id"]
+    services: Services = app.state.gateway.services
+    await ingest_now(services, owner.tenant_id, mine)
+    other = await sign_up(client, "Other")
+    theirs = {"Authorization": f"Bearer {other.access_token}"}
+    for document_id, headers in ((mine, theirs), (str(uuid.uuid4()), dict(client.headers))):
+        for method, path in (
+            ("DELETE", f"/api/v1/documents/{document_id}"),
+            ("GET", f"/api/v1/documents/{document_id}/graph"),
+            ("POST", f"/api/v1/documents/{document_id}/entities"),
+        ):
+            answer = await client.request(method, path, headers=headers)
+            assert answer.status_code == 404, (method, path, answer.text)
+            assert answer.headers["content-type"] == "application/problem+json"
+    # Still there for its owner; without Neo4j, graph and extraction say why at once.
+    assert (await client.get(f"/api/v1/documents/{mine}")).status_code == 200
+    for method, path in (("GET", "graph"), ("POST", "entities")):
+        answer = await client.request(method, f"/api/v1/documents/{mine}/{path}")
+        assert answer.status_code == 503, answer.text
+        assert "NEO4J_URI" in answer.json()["detail"]
+    runs = (
+        await client.get("/api/v1/tasks/", params={"task": "documents.extract_entities"})
+    ).json()
+    assert runs["items"] == []
+    deleted = await client.delete(f"/api/v1/documents/{mine}")
+    assert deleted.status_code == 204
+    assert (await client.delete(f"/api/v1/documents/{mine}")).status_code == 404

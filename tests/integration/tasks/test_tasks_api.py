@@ -60,6 +60,11 @@ async def test_registered_lists_tasks_with_schemas_policies_and_definitions(
             "body.countdown",
         ),
         ({"task": "system.echo", "countdown": -1}, "body.countdown"),
+        # Strict types: not read as 1 second, or as 12 seconds after 1970.
+        ({"task": "system.echo", "payload": {"message": "x"}, "countdown": True}, "body.countdown"),
+        ({"task": "system.echo", "payload": {"message": "x"}, "countdown": "5"}, "body.countdown"),
+        ({"task": "system.echo", "payload": {"message": "x"}, "eta": 12}, "body.eta"),
+        ({"task": "system.echo", "payload": {"message": "x"}, "eta": "12"}, "body.eta"),
         ({"task": "system.echo", "definition": "both"}, "body"),
         ({"payload": {}}, "body"),
     ],

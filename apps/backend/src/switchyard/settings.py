@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # The request line and all headers together; larger ones are answered 431.
     max_request_header_bytes: int = Field(default=32 * 1024, ge=4096, le=1024 * 1024)
+    # A request line and headers must arrive within this (slow clients get 408).
+    request_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # /docs and /openapi.json; unset: on, except in production.
     api_docs: bool | None = None
@@ -408,6 +410,23 @@ class Settings(BaseSettings):
             raise ValueError("CHUNK_OVERLAP_CHARS must be smaller than CHUNK_SIZE_CHARS")
         return self
 
+    @field_validator("first_superuser_email")
+    @classmethod
+    def _sign_in_address(cls, value: str | None) -> str | None:
+        """An address sign-in accepts (the API's EmailStr: special-use domains such as .local
+        or .test are not), or the superuser migrate creates could never sign in."""
+        if not value:
+            return value
+        from pydantic import EmailStr, TypeAdapter
+        from pydantic import ValidationError as Invalid
+
+        try:
+            TypeAdapter(EmailStr).validate_python(value)
+        except Invalid as exc:
+            reason = exc.errors()[0]["msg"].removeprefix("value is not a valid email address: ")
+            raise ValueError(f"is not an address sign-in accepts: {reason}") from None
+        return value
+
     @field_validator("data_source_keys")
     @classmethod
     def _fernet_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
@@ -618,7 +637,8 @@ def load_settings() -> Settings:
         lines = []
         for error in exc.errors(include_url=False, include_input=False):
             field = ".".join(str(part) for part in error["loc"]).upper() or "SETTINGS"
-            lines.append(f"{field}: {error['msg']}")
+            # A validator's own sentence, without pydantic's "Value error, " in front.
+            lines.append(f"{field}: {error['msg'].removeprefix('Value error, ')}")
         raise SettingsError(lines) from None
     if settings.environment is Environment.PRODUCTION:
         problems = settings.production_problems()

@@ -18,8 +18,8 @@ from sse_starlette import EventSourceResponse
 from switchyard.auth.dependencies import PrincipalDep, TenantDep, require_scope
 from switchyard.db.models import DocumentStatus
 from switchyard.documents import retrieval, service
-from switchyard.documents.dependencies import GraphDep
 from switchyard.documents.extract import CONTENT_TYPES, kind_of
+from switchyard.documents.graph import require_graph
 from switchyard.documents.repository import DocumentRepository
 from switchyard.documents.schemas import (
     AnswerRequest,
@@ -139,21 +139,21 @@ def _quote(filename: str) -> str:
 async def delete_document(
     document_id: uuid.UUID, session: SessionDep, services: ServicesDep, tenant_id: TenantDep
 ) -> None:
-    """Object, vectors and graph nodes first, then the row; deleting twice is fine (204)."""
-    try:
-        document = await DocumentRepository(session, tenant_id).get_or_404(document_id)
-    except NotFoundError:
-        return
+    """Object, vectors and graph nodes first, then the row. An unknown id, another tenant's or
+    one deleted already, is 404 like everywhere else."""
+    document = await DocumentRepository(session, tenant_id).get_or_404(document_id)
     await service.purge(services, tenant_id, document.id)
     await session.delete(document)
 
 
 @router.get("/documents/{document_id}/graph", dependencies=READ)
 async def document_graph(
-    document_id: uuid.UUID, session: SessionDep, graph: GraphDep, tenant_id: TenantDep
+    document_id: uuid.UUID, session: SessionDep, services: ServicesDep, tenant_id: TenantDep
 ) -> DocumentGraph:
+    """The document's entities in the graph: 404 for an id not the tenant's before anything
+    else (503 naming NEO4J_URI without a graph says nothing about ids)."""
     document = await DocumentRepository(session, tenant_id).get_or_404(document_id)
-    summary = await graph.document_summary(tenant_id, document.id)
+    summary = await require_graph(services).document_summary(tenant_id, document.id)
     if summary is None:
         raise NotFoundError("The document is not in the graph yet.")
     return summary
@@ -169,11 +169,19 @@ class DocumentRuns:
     limiter: RateLimiter
 
     async def queue(
-        self, document_id: uuid.UUID, task: str, allowed: Container[DocumentStatus], refusal: str
+        self,
+        document_id: uuid.UUID,
+        task: str,
+        allowed: Container[DocumentStatus],
+        refusal: str,
+        needs_graph: bool = False,
     ) -> RunAccepted:
-        """409 with `refusal` (formatted with the status) unless the document is `allowed`."""
+        """409 with `refusal` (formatted with the status) unless the document is `allowed`;
+        with `needs_graph`, 503 naming NEO4J_URI without a graph (the run could never work)."""
         tenant_id = self.submit.principal.tenant_id
         document = await DocumentRepository(self.session, tenant_id).get_or_404(document_id)
+        if needs_graph:
+            require_graph(self.submit.services)
         if document.status not in allowed:
             raise ConflictError(refusal.format(status=document.status.value))
         limit = self.submit.services.settings.rate_limit_task_runs
@@ -221,6 +229,7 @@ async def extract_document_entities(document_id: uuid.UUID, runs: DocumentRunsDe
         "documents.extract_entities",
         (DocumentStatus.READY,),
         "The document is {status}, not ready.",
+        needs_graph=True,
     )
 
 

@@ -22,7 +22,9 @@ def serve(settings: Settings, service_type: str) -> None:
         log_config=logging_config(settings.log_level, service_type),
         access_log=False,
         server_header=False,
-        http=bounded_head_protocol(settings.max_request_header_bytes),
+        http=bounded_head_protocol(
+            settings.max_request_header_bytes, settings.request_header_timeout_seconds
+        ),
         # Forwarded headers only from the configured proxies (uvicorn trusts loopback otherwise).
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=",".join(settings.trusted_proxies) or "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
@@ -10,6 +11,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     model_validator,
@@ -112,8 +114,18 @@ def _in_utc(value: datetime) -> datetime:
         raise ValueError("is out of range once converted to UTC") from None
 
 
-# A time with its zone, as UTC.
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+_NUMBER = re.compile(r"[+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?")
+
+
+def _iso_text(value: object) -> object:
+    """Only an ISO 8601 text (or a datetime): a number is not read as seconds since 1970."""
+    if isinstance(value, datetime) or (isinstance(value, str) and not _NUMBER.fullmatch(value)):
+        return value
+    raise ValueError("must be an ISO 8601 time with its zone, like 2026-01-01T09:00:00Z")
+
+
+# A time with its zone, as UTC; given as ISO 8601 text.
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_in_utc)]
 
 
 class RunRequest(BaseModel):
@@ -122,7 +134,8 @@ class RunRequest(BaseModel):
     task: TaskName | None = None
     definition: DefinitionName | None = None
     payload: Payload | None = None
-    countdown: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # A number of seconds: `true` or "5" are refused, not read as 1 and 5.
+    countdown: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     eta: UtcDatetime | None = None
     queue: str | None = None
 
