@@ -32,6 +32,21 @@ def wait_for_final(url: str, headers: dict[str, str], timeout: float = 60.0) -> 
     raise AssertionError(f"{url} not final within {timeout} s")
 
 
+def listening_addresses(ports: set[int], within: float) -> set[str]:
+    """The local addresses listening on `ports`, once every port has a listener."""
+    deadline = time.monotonic() + within
+    while True:
+        found = {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port in ports
+        }
+        if {port for _, port in found} == ports:
+            return {ip for ip, _ in found}
+        assert time.monotonic() < deadline, f"not all of {ports} listen: {found}"
+        time.sleep(0.2)
+
+
 def postgres_processes(data_dir: Path) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["name", "cmdline"]):
@@ -47,7 +62,10 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     workdir.mkdir()
     data_dir = workdir / "var" / "postgres"
 
-    first = start_role("standalone", free_port(), cwd=workdir)
+    metrics_ports = {"WORKER_METRICS_PORT": free_port(), "BEAT_METRICS_PORT": free_port()}
+    first = start_role(
+        "standalone", free_port(), cwd=workdir, **{k: str(v) for k, v in metrics_ports.items()}
+    )
     health = first.wait_healthy()
     assert health.json()["checks"]["postgres"]["status"] == "up"
     assert health.json()["service_type"] == "standalone"
@@ -58,6 +76,9 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     assert str(workdir / "var") in first.stdout()
     assert len(postgres_processes(data_dir)) >= 1
     pg_version = (data_dir / "PG_VERSION").stat()
+    assert "psql   postgresql://postgres@127.0.0.1:" in first.stdout()
+    # The worker's and beat's metrics listen where the API does (127.0.0.1), not everywhere.
+    assert listening_addresses(set(metrics_ports.values()), within=60) == {"127.0.0.1"}
 
     email = "first-user@example.com"
     registered = httpx.post(

@@ -60,6 +60,8 @@ def _banner(
             f"  API    {base}/api/v1/  (docs {base}/docs, health {base}/health)",
             f"  data   {postgres.root}  (PostgreSQL on 127.0.0.1:{postgres.port}, "
             f"Redis on 127.0.0.1:{redis.port}, Chroma on 127.0.0.1:{chroma.port})",
+            f"  psql   postgresql://postgres@127.0.0.1:{postgres.port}/{DATABASE}  "
+            "(for psql and alembic, while this runs)",
             "  tasks  a worker and a beat run alongside; try POST /api/v1/tasks/run",
             "  stop   Ctrl-C or SIGTERM",
         ]
@@ -135,6 +137,12 @@ def run(settings: Settings) -> int:
                 "CHROMA_HOST": "127.0.0.1",
                 "CHROMA_PORT": str(chroma.port),
                 "VAR_DIR": str(settings.var_dir.absolute()),
+                # The worker's and beat's metrics listen where the API does, unless set.
+                "METRICS_HOST": (
+                    settings.metrics_host
+                    if "metrics_host" in settings.model_fields_set
+                    else settings.api_host
+                ),
             },
             # The worker's runs get its grace period, as in the worker role.
             stop_seconds=settings.worker_shutdown_grace_seconds + EXIT_AFTER_GRACE_SECONDS,
