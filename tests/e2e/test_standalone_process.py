@@ -37,9 +37,9 @@ def listening_addresses(ports: set[int], within: float) -> set[str]:
     deadline = time.monotonic() + within
     while True:
         found = {
-            (c.laddr.ip, c.laddr.port)
+            (str(address[0]), int(address[1]))
             for c in psutil.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port in ports
+            if c.status == psutil.CONN_LISTEN and (address := c.laddr) and address[1] in ports
         }
         if {port for _, port in found} == ports:
             return {ip for ip, _ in found}

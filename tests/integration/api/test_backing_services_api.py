@@ -112,6 +112,14 @@ async def test_llm_and_graph_features_say_which_setting_is_missing(
     assert graph.status_code == 503
     assert graph.json()["code"] == "graph_disabled"
     assert "NEO4J_URI" in graph.json()["detail"]
+    # Embeddings need no key: without one, the local model that serves search answers.
+    vectors = await client.post(
+        "/api/v1/llm/embeddings", json={"input": ["lunch at noon", "badges"]}, headers=owner.headers
+    )
+    assert vectors.status_code == 200, vectors.text
+    assert vectors.json()["model"] == "local-minilm-l6-v2"
+    assert [len(vector) for vector in vectors.json()["data"]] == [384, 384]
+    assert vectors.json()["usage"]["total_tokens"] == 0
 
 
 async def test_llm_chat_stream_and_embeddings_through_the_api(

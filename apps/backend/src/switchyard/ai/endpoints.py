@@ -22,7 +22,8 @@ from switchyard.ai.schemas import (
 from switchyard.auth.dependencies import TenantDep, require_scope
 from switchyard.documents.dependencies import GraphDep
 from switchyard.errors import SwitchyardError
-from switchyard.platform.dependencies import LLMDep
+from switchyard.platform.dependencies import LLMDep, ServicesDep
+from switchyard.services.embeddings import ZhipuEmbedder
 
 llm_router = APIRouter(
     prefix="/llm", tags=["llm"], dependencies=[Depends(require_scope("llm:use"))]
@@ -77,12 +78,19 @@ async def chat(body: ChatRequest, llm: LLMDep, tenant_id: TenantDep) -> Any:
 
 @llm_router.post("/embeddings")
 async def embeddings(
-    body: EmbeddingsRequest, llm: LLMDep, tenant_id: TenantDep
+    body: EmbeddingsRequest, services: ServicesDep, tenant_id: TenantDep
 ) -> EmbeddingsResponse:
-    result = await llm.embed(tenant_id, body.input)
-    return EmbeddingsResponse(
-        model=result.model, data=result.vectors, usage=UsageOut(**vars(result.usage))
-    )
+    """Vectors from the deployment's embedder (EMBEDDING_PROVIDER), the one search uses:
+    Zhipu's model with ZHIPUAI_API_KEY, else all-MiniLM-L6-v2 in process (no tokens)."""
+    embedder = services.embedder
+    if isinstance(embedder, ZhipuEmbedder):
+        result = await embedder.llm.embed(tenant_id, body.input)
+        return EmbeddingsResponse(
+            model=result.model, data=result.vectors, usage=UsageOut(**vars(result.usage))
+        )
+    vectors = await embedder.embed(tenant_id, body.input)  # 503 naming what is missing
+    none = UsageOut(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+    return EmbeddingsResponse(model=embedder.name, data=vectors, usage=none)
 
 
 @graph_router.get("/entities")
