@@ -206,11 +206,20 @@ class FakeZhipu:
             }
         )
 
+    async def files(self, request: Request) -> Response:
+        """The account's files (none): what the health probe asks, free, to check the key."""
+        authorization = request.headers.get("authorization")
+        self.requests.append(Recorded(request.url.path, {}, authorization))
+        if authorization != f"Bearer {self.api_key}":
+            return _error(401, "1000", "身份验证失败。")
+        return JSONResponse({"object": "list", "data": []})
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route(f"{BASE_PATH}/chat/completions", self.chat, methods=["POST"]),
                 Route(f"{BASE_PATH}/embeddings", self.embeddings, methods=["POST"]),
+                Route(f"{BASE_PATH}/files", self.files, methods=["GET"]),
             ]
         )
 

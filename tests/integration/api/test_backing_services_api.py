@@ -63,7 +63,8 @@ async def test_health_lists_every_backing_service(
         "rabbitmq",
     }
     assert all(check["latency_ms"] >= 0 for check in checks.values())
-    assert zhipu.requests == []  # the probe is no paid call
+    # The probe is no paid call: it lists the account's files with the key.
+    assert {request.path for request in zhipu.requests} == {"/api/paas/v4/files"}
 
 
 async def test_critical_checks_come_from_settings(make_settings: SettingsFactory) -> None:

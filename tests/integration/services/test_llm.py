@@ -218,11 +218,14 @@ async def test_tenant_concurrency_is_capped_per_tenant(zhipu: FakeZhipu) -> None
     await client.close()
 
 
-async def test_probe_is_reachability_without_a_completion(
-    llm: ZhipuClient, zhipu: FakeZhipu
-) -> None:
+async def test_probe_checks_the_key_without_a_paid_call(llm: ZhipuClient, zhipu: FakeZhipu) -> None:
     await llm.probe()
-    assert zhipu.requests == []
+    assert [request.path for request in zhipu.requests] == ["/api/paas/v4/files"]
+    assert not any(r.path.endswith(("completions", "embeddings")) for r in zhipu.requests)
+    wrong_key = ZhipuClient(llm_settings(zhipu, zhipuai_api_key="not-the-key"))
+    with pytest.raises(LLMError, match=r"^auth failed: .*ZHIPUAI_API_KEY"):
+        await wrong_key.probe()
+    await wrong_key.close()
     unreachable = ZhipuClient(
         Settings(zhipuai_api_key="k", zhipuai_base_url="http://127.0.0.1:9/api/paas/v4/")
     )

@@ -67,6 +67,12 @@ class LLMError(SwitchyardError):
     title = "LLM provider error"
 
 
+class LLMAuthError(LLMError):
+    """The provider refused the key (health: `auth failed`)."""
+
+    code = "llm_auth_failed"
+
+
 class LLMBusyError(LLMError):
     status = 503
     code = "llm_rate_limited"
@@ -395,8 +401,14 @@ class ZhipuClient:
         return result
 
     async def probe(self) -> None:
-        """Reachability only (no paid call): any answer below 500 from the API's host."""
-        response = await self._http.get("", timeout=5.0)
+        """The host and the key, with a call that costs nothing: listing the account's files
+        (`GET files`). A key the API refuses (401, 403) is `auth failed`; an error of its own
+        (5xx) is down; any other answer means the key was accepted."""
+        response = await self._http.get("files", params={"limit": 1}, timeout=5.0)
+        if response.status_code in (401, 403):
+            raise LLMAuthError(
+                f"auth failed: the Zhipu API refused ZHIPUAI_API_KEY ({response.status_code})"
+            )
         if response.status_code >= 500:
             raise LLMError(f"Zhipu answered {response.status_code}")
 
