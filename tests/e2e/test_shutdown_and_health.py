@@ -275,3 +275,68 @@ def test_beats_expose_leader_state_and_last_tick(
         assert records
         assert {record["service_type"] for record in records} == {"beat"}
         assert beat.stdout() == ""
+
+
+def test_a_stopping_gateway_ends_live_event_streams_with_a_reconnect_event(
+    start_role: Callable[..., RunningRole], database_url: URL, redis_url: str, own_broker: str
+) -> None:
+    """SIGTERM with three clients following a run: each gets a `reconnect` event and a stream
+    that ends as a response does (no cut mid-message, no ASGI error in the log)."""
+    port = free_port()
+    gateway = start_role(
+        "api-gateway",
+        port,
+        DATABASE_URL=database_url.render_as_string(hide_password=False),
+        REDIS_URL=redis_url,
+        CELERY_BROKER_URL=own_broker,
+        API_SHUTDOWN_GRACE_SECONDS="15",
+        LOG_LEVEL="INFO",
+    )
+    gateway.wait_healthy()
+    base = gateway.base_url
+    email = f"streams-{time.monotonic_ns()}@example.com"
+    password = "a long enough password"
+    registered = httpx.post(
+        f"{base}/api/v1/auth/register",
+        json={"email": email, "password": password, "tenant_name": "Streams"},
+    )
+    assert registered.status_code == 201, registered.text
+    token = httpx.post(
+        f"{base}/api/v1/auth/login", json={"email": email, "password": password}
+    ).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    run = httpx.post(
+        f"{base}/api/v1/tasks/run",
+        json={"task": "system.echo", "payload": {"message": "x"}},
+        headers=headers,
+    )
+    assert run.status_code == 202, run.text  # no worker: it stays queued, the streams open
+    events_url = f"{base}/api/v1/tasks/{run.json()['task_id']}/events"
+
+    received: list[list[str]] = [[] for _ in range(3)]
+    failures: list[BaseException] = []
+    following = threading.Barrier(4)
+
+    def follow(lines: list[str]) -> None:
+        try:
+            with httpx.stream("GET", events_url, headers=headers, timeout=60) as stream:
+                for line in stream.iter_lines():
+                    lines.append(line)
+                    if line.startswith("data:") and len(lines) < 4:
+                        following.wait(30)  # the first event (the current state) is in
+        except BaseException as error:  # a stream cut mid-message raises here
+            failures.append(error)
+
+    threads = [threading.Thread(target=follow, args=(lines,)) for lines in received]
+    for thread in threads:
+        thread.start()
+    following.wait(30)
+    gateway.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(30)
+    assert gateway.process.wait(30) == 0
+    assert failures == []
+    for lines in received:
+        assert "event: reconnect" in lines, lines
+        assert any(line.startswith("retry:") for line in lines), lines
+    assert "ASGI callable returned without completing response" not in gateway.stderr()

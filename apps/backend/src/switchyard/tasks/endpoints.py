@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -35,6 +36,10 @@ from switchyard.tasks.schemas import (
     UtcDatetime,
     WorkersOverview,
 )
+
+# A stopping gateway gives live streams this long to send their `reconnect` event and end
+# (well within API_SHUTDOWN_GRACE_SECONDS); then they are cut.
+SHUTDOWN_GRACE_SECONDS = 2.0
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -270,14 +275,20 @@ async def run_events(
     services: ServicesDep,
     tenant_id: TenantDep,
 ) -> EventSourceResponse:
-    """Server-Sent Events: the current state first, then each change, closing after a final one."""
+    """Server-Sent Events: the current state first, then each change, closing after a final one.
+    A stopping gateway ends the stream with a `reconnect` event (and `retry`)."""
     await service.get_run(session, tenant_id, task_id)
     pubsub = await follow.subscribe(services, task_id)  # 503 when Redis is down
 
+    shutdown = anyio.Event()  # set as the server stops (SIGTERM)
+
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for event in follow.follow(services, tenant_id, task_id, pubsub):
+        changes = follow.follow(services, tenant_id, task_id, pubsub)
+        async for event in follow.until_shutdown(changes, shutdown):
             if await request.is_disconnected():
                 return
             yield event
 
-    return EventSourceResponse(stream(), ping=15)
+    return EventSourceResponse(
+        stream(), ping=15, shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_SECONDS
+    )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 
+import anyio
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
@@ -90,3 +92,38 @@ async def follow(
         if pubsub is not None:
             with contextlib.suppress(RedisError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+# What a stream sends as the server stops: reconnect (to another gateway) in about a second.
+RECONNECT_MILLISECONDS = 1000
+
+
+async def until_shutdown(
+    stream: AsyncIterator[ServerSentEvent], shutdown: anyio.Event
+) -> AsyncIterator[ServerSentEvent]:
+    """`stream`'s events until it ends, or until the server stops (`shutdown`): then a last
+    `reconnect` event, and the response ends as every response does, not cut mid-message."""
+    iterator = aiter(stream)
+    stopping = asyncio.ensure_future(shutdown.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(iterator))
+            await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
+                yield ServerSentEvent(
+                    json.dumps({"reason": "the server is stopping; reconnect"}),
+                    event="reconnect",
+                    retry=RECONNECT_MILLISECONDS,
+                )
+                return
+            try:
+                yield following.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
