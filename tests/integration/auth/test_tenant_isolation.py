@@ -76,10 +76,10 @@ CASES: dict[tuple[str, str], tuple[str, int]] = {
     ("get", "/api/v1/documents/{document_id}/content"): ("document_id", 404),
     ("post", "/api/v1/documents/{document_id}/ingest"): ("document_id", 404),
     ("post", "/api/v1/documents/{document_id}/entities"): ("document_id", 404),
-    # Deleting is idempotent: an unknown id and another tenant's both answer 204, deleting nothing.
-    ("delete", "/api/v1/documents/{document_id}"): ("document_id", 204),
-    # Without Neo4j the graph answers 503 before looking at the id.
-    ("get", "/api/v1/documents/{document_id}/graph"): ("document_id", 503),
+    # An unknown id and another tenant's both answer 404, deleting nothing.
+    ("delete", "/api/v1/documents/{document_id}"): ("document_id", 404),
+    # The id is looked at first: 404, whether or not this deployment has a graph.
+    ("get", "/api/v1/documents/{document_id}/graph"): ("document_id", 404),
     # Superuser routes: a tenant's owner is refused whatever the id, so nothing is revealed.
     ("post", "/api/v1/tenants/{tenant_id}/suspend"): ("tenant_id", 403),
     ("post", "/api/v1/tenants/{tenant_id}/activate"): ("tenant_id", 403),
