@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from celery import Celery
 
+from switchyard.errors import RoleConfigurationError
 from switchyard.platform.celery_app import Transport, create_celery
 from switchyard.platform.publisher import RunPublisher
+from switchyard.platform.topology import TopologyMismatchError
 from switchyard.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def broker_check_name(settings: Settings) -> str:
@@ -38,9 +43,33 @@ class Broker:
             connection.ensure_connection(max_retries=0, timeout=self.publisher.timeout)
 
     async def probe(self) -> None:
-        """Raise unless a broker connection can be opened."""
+        """Raise unless a broker connection can be opened and the broker took this
+        deployment's queues (a mismatch found when they were declared)."""
+        if self.publisher.mismatch is not None:
+            raise self.publisher.mismatch
         await asyncio.to_thread(self._connect)
 
     def close(self) -> None:
         self.publisher.close()
         self.celery.close()
+
+
+def check_topology(settings: Settings) -> None:
+    """At a role's start: declare the broker's queues; RoleConfigurationError (exit 78) when
+    one exists with other arguments than the settings give (TASK_DELIVERY_LIMIT changed on a
+    running deployment), which would otherwise refuse every publish. A broker that is down
+    is no error here: the queues are declared at the first publish."""
+    broker = Broker.create(settings)
+    if broker is None:
+        return
+    try:
+        broker.publisher.declare_topology()
+    except TopologyMismatchError as mismatch:
+        raise RoleConfigurationError(str(mismatch)) from None
+    except Exception as exc:
+        logger.warning(
+            "the broker's queues were not declared at start; they are at the first publish",
+            extra={"error": repr(exc)},
+        )
+    finally:
+        broker.close()

@@ -121,6 +121,8 @@ class RunPublisher:
         self.delivery_limit = delivery_limit
         self.timeout = timeout
         self._declared = False
+        # What the broker said when it refused this deployment's queues (health reports it).
+        self.mismatch: topology.TopologyMismatchError | None = None
         self._lock = threading.Lock()
         self._burst_lock = threading.Lock()
         self._burst: _Burst | None = None
@@ -132,8 +134,12 @@ class RunPublisher:
                 return
             with self.celery.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1, timeout=self.timeout)
-                topology.declare(connection, self.delivery_limit)
-            self._declared = True
+                try:
+                    topology.declare(connection, self.delivery_limit)
+                except topology.TopologyMismatchError as mismatch:
+                    self.mismatch = mismatch
+                    raise
+            self._declared, self.mismatch = True, None
 
     @property
     def confirms(self) -> bool:

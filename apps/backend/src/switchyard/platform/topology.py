@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from amqp.exceptions import PreconditionFailed
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 from kombu.transport.native_delayed_delivery import (
@@ -41,13 +42,30 @@ def work_queues(delivery_limit: int) -> list[Queue]:
     return [work_queue(name, delivery_limit) for name in WORK_QUEUES]
 
 
+class TopologyMismatchError(Exception):
+    """A queue exists with other arguments than this deployment declares: RabbitMQ refuses
+    the declaration (406), and with it every publish, until the setting or the queue changes."""
+
+    def __init__(self, queue: str, delivery_limit: int, reply: str) -> None:
+        super().__init__(
+            f"TASK_DELIVERY_LIMIT: the queue {queue!r} exists with other arguments than this "
+            f"deployment declares (x-delivery-limit {delivery_limit}; RabbitMQ: {reply}). Set "
+            "TASK_DELIVERY_LIMIT back, or drain and delete the queue so that it is declared anew"
+        )
+        self.queue = queue
+
+
 def declare(connection: Connection, delivery_limit: int) -> None:
-    """Declare every exchange, queue and binding (idempotent), delayed delivery included."""
+    """Declare every exchange, queue and binding (idempotent), delayed delivery included;
+    TopologyMismatchError when a queue exists with other arguments."""
     channel = connection.default_channel
-    DEAD_LETTER_QUEUE(channel).declare()
     queues = work_queues(delivery_limit)
-    for queue in queues:
-        queue(channel).declare()
+    for queue in (DEAD_LETTER_QUEUE, *queues):
+        try:
+            queue(channel).declare()
+        except PreconditionFailed as refused:
+            reply = str(getattr(refused, "reply_text", refused))
+            raise TopologyMismatchError(str(queue.name), delivery_limit, reply) from None
     declare_native_delayed_delivery_exchanges_and_queues(connection, "quorum")
     for queue in queues:
         bind_queue_to_native_delayed_delivery_exchange(connection, queue)

@@ -8,6 +8,7 @@ from switchyard.api.app import create_app
 from switchyard.api.http_protocol import bounded_head_protocol
 from switchyard.errors import RoleConfigurationError
 from switchyard.logging import logging_config
+from switchyard.platform.broker import check_topology
 from switchyard.roles.worker import require_vector_server
 from switchyard.settings import Settings
 
@@ -36,5 +37,6 @@ def run(settings: Settings) -> int:
     if settings.database is None:
         raise RoleConfigurationError("DATABASE_URL: required by the api-gateway role")
     require_vector_server(settings, "api-gateway")
+    check_topology(settings)
     serve(settings, "api-gateway")
     return 0

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from switchyard.domains import registry_for
 from switchyard.platform.beat import Beat
-from switchyard.platform.broker import Broker
+from switchyard.platform.broker import Broker, check_topology
 from switchyard.platform.metrics import MetricsServer
 from switchyard.platform.runs import admission
 from switchyard.roles.worker import require_task_backends
@@ -72,5 +72,6 @@ async def _serve(settings: Settings) -> None:
 
 def run(settings: Settings) -> int:
     require_task_backends(settings, "beat")
+    check_topology(settings)
     asyncio.run(_serve(settings))
     return 0

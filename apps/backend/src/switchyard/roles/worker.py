@@ -99,6 +99,7 @@ def run_process(settings: Settings, index: int, service_type: str = "worker") ->
     from switchyard.platform import runtime
     from switchyard.platform.broker import Broker
     from switchyard.platform.runs import admission
+    from switchyard.platform.topology import TopologyMismatchError
     from switchyard.platform.worker import configure_worker, json_shutdown_lines
 
     broker = Broker.create(settings)
@@ -115,7 +116,10 @@ def run_process(settings: Settings, index: int, service_type: str = "worker") ->
             settings,
             loop,
         )
-        broker.publisher.declare_topology()
+        try:
+            broker.publisher.declare_topology()
+        except TopologyMismatchError as mismatch:
+            raise RoleConfigurationError(str(mismatch)) from None
         broker.celery.worker_main(
             [
                 "--quiet",  # no banner on stdout: logs are JSON lines on stderr
