@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL
 from tests.fixtures.containers import Container, json_lines, run_once, start, volume
 from tests.fixtures.messaging import local_vhost
 from tests.fixtures.postgres import DatabaseFactory
-from tests.fixtures.processes import NO_VECTOR_SERVER
+from tests.fixtures.processes import NO_VECTOR_SERVER, said
 from tests.fixtures.servers import free_port, unavailable
 
 # 600 s: the first test may build the image when it is missing (.ci/run builds it first).
@@ -192,9 +192,19 @@ async def test_migrate_exits_zero_twice_and_two_at_once(
 def test_a_bad_role_exits_2_naming_the_valid_roles(image: str) -> None:
     result = run_once(image, "scheduler", {})
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"switchyard: unknown role 'scheduler'; {VALID_ROLES}"
+    assert said(result.stderr) == [f"switchyard: unknown role 'scheduler'; {VALID_ROLES}"]
+
+
+def test_a_read_only_root_without_a_writable_var_dir_exits_78_naming_it(image: str) -> None:
+    """The documented tmpfs at VAR_DIR left out: one line naming VAR_DIR, not a traceback."""
+    result = run_once(image, "api-gateway", NO_VECTOR_SERVER, "--read-only", read_only_var=False)
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert said(result.stderr) == [
+        "switchyard: configuration error: VAR_DIR: /app/var is not writable (Read-only file "
+        "system) and no temporary directory is; on a read-only root, mount a writable volume "
+        "or tmpfs at VAR_DIR"
     ]
+    assert "Traceback" not in result.stderr
 
 
 def test_production_with_the_example_secrets_exits_78_naming_each(
@@ -208,7 +218,7 @@ def test_production_with_the_example_secrets_exits_78_naming_each(
         str(repo_root / ".env.backend.example"),
     )
     assert result.returncode == 78, result.stderr
-    named = [line.split(":")[2].strip() for line in result.stderr.strip().splitlines()]
+    named = [line.split(":")[2].strip() for line in said(result.stderr)]
     assert named == [
         "JWT_SECRET",
         "DATABASE_URL",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import asyncpg
 from sqlalchemy.engine import URL
 
 from tests.fixtures.postgres import DatabaseFactory
-from tests.fixtures.processes import SWITCHYARD, switchyard_env
+from tests.fixtures.processes import SWITCHYARD, said, switchyard_env
 from tests.fixtures.servers import free_port
 
 VALID = "valid roles: api-gateway, worker, beat, migrate, standalone"
@@ -52,7 +53,7 @@ def test_unknown_role_exits_2_with_one_line_naming_the_roles(tmp_path: Path) -> 
         switchyard("run", cwd=tmp_path, SERVICE_TYPE="scheduler"),
     ):
         assert result.returncode == 2
-        assert result.stderr.splitlines() == [f"switchyard: unknown role 'scheduler'; {VALID}"]
+        assert said(result.stderr) == [f"switchyard: unknown role 'scheduler'; {VALID}"]
 
 
 def test_production_with_default_secrets_refuses_to_start(tmp_path: Path) -> None:
@@ -60,7 +61,7 @@ def test_production_with_default_secrets_refuses_to_start(tmp_path: Path) -> Non
         "run", "api-gateway", cwd=tmp_path, ENVIRONMENT="production", JWT_SECRET="changethis"
     )
     assert result.returncode == 78
-    assert result.stderr.splitlines() == [
+    assert said(result.stderr) == [
         "switchyard: configuration error: JWT_SECRET: a known default, with which anyone can "
         "sign tokens; set a random secret (or leave it unset outside production)",
         "switchyard: configuration error: DATABASE_URL: missing; set the PostgreSQL URL",
@@ -75,8 +76,24 @@ def test_invalid_setting_is_one_line_without_traceback(tmp_path: Path) -> None:
     result = switchyard("run", "api-gateway", cwd=tmp_path, API_PORT="eighty")
     assert result.returncode == 78
     assert len(result.stderr.splitlines()) == 1
-    assert result.stderr.startswith("switchyard: configuration error: API_PORT: ")
+    assert said(result.stderr)[0].startswith("switchyard: configuration error: API_PORT: ")
     assert "Traceback" not in result.stderr
+    # Not a terminal: a JSON line like every other log line.
+    record = json.loads(result.stderr)
+    assert (record["level"], record["logger"], record["service_type"]) == (
+        "ERROR",
+        "switchyard.cli",
+        "api-gateway",
+    )
+
+
+def test_every_missing_setting_of_a_role_is_named_at_once(tmp_path: Path) -> None:
+    result = switchyard("run", "api-gateway", cwd=tmp_path, CHROMA_HOST="")
+    assert result.returncode == 78
+    assert [line.split(":")[2].strip() for line in said(result.stderr)] == [
+        "DATABASE_URL",
+        "CHROMA_HOST",
+    ]
 
 
 def test_a_superuser_address_sign_in_refuses_stops_migrate_before_it_is_created(
@@ -93,7 +110,7 @@ def test_a_superuser_address_sign_in_refuses_stops_migrate_before_it_is_created(
     )
     assert result.returncode == 78, result.stderr
     assert len(result.stderr.splitlines()) == 1
-    assert result.stderr.startswith(
+    assert said(result.stderr)[0].startswith(
         "switchyard: configuration error: FIRST_SUPERUSER_EMAIL: is not an address sign-in accepts"
     )
 
@@ -101,7 +118,7 @@ def test_a_superuser_address_sign_in_refuses_stops_migrate_before_it_is_created(
 def test_gateway_without_database_url_refuses_to_start(tmp_path: Path) -> None:
     result = switchyard("run", "api-gateway", cwd=tmp_path)
     assert result.returncode == 78
-    assert result.stderr.splitlines()[-1] == (
+    assert said(result.stderr)[-1] == (
         "switchyard: configuration error: DATABASE_URL: required by the api-gateway role"
     )
 
@@ -249,6 +266,6 @@ def test_gateway_and_worker_without_a_chroma_server_refuse_to_start(
             **extra,
         )
         assert result.returncode == 78, result.stderr
-        assert result.stderr.splitlines()[-1].startswith(
+        assert said(result.stderr)[-1].startswith(
             f"switchyard: configuration error: CHROMA_HOST: required by the {role} role"
         )

@@ -14,7 +14,7 @@ import pytest
 
 from tests.fixtures.accounts import sign_up
 from tests.fixtures.postgres import DatabaseFactory, tables
-from tests.fixtures.processes import SWITCHYARD, RunningRole, switchyard_env
+from tests.fixtures.processes import SWITCHYARD, RunningRole, said, switchyard_env
 from tests.fixtures.servers import free_port
 from tests.fixtures.tasks import wait_for_run
 
@@ -101,3 +101,20 @@ async def test_the_example_domain_migrates_serves_and_runs_its_task(
 
         assert (await client.delete(f"/api/v1/notes/{note['id']}")).status_code == 204
         assert (await client.get(f"/api/v1/notes/{note['id']}")).status_code == 404
+
+    # The package taken out of DOMAIN_PACKAGES again: migrate names it, no Alembic traceback.
+    without = await asyncio.to_thread(
+        subprocess.run,
+        [SWITCHYARD, "run", "migrate"],
+        env=switchyard_env(**{**env, "DOMAIN_PACKAGES": ""}),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert without.returncode == 78, without.stderr[-2000:]
+    assert said(without.stderr)[-1].startswith(
+        "switchyard: configuration error: DOMAIN_PACKAGES: the database has revision "
+    )
+    assert "Traceback" not in without.stderr

@@ -13,7 +13,7 @@ import pytest
 from switchyard.roles.worker import EXIT_AFTER_GRACE_SECONDS
 from switchyard.settings import Settings
 from tests.fixtures.accounts import PASSWORD
-from tests.fixtures.processes import RunningRole, healthcheck
+from tests.fixtures.processes import RunningRole, healthcheck, said
 from tests.fixtures.servers import free_port
 
 # Standalone's own stop budget (its worker's grace and hand-back) and the embedded servers'.
@@ -173,7 +173,7 @@ def test_second_standalone_on_the_same_data_refuses_with_one_line(
     first.wait_healthy()
     second = start_role("standalone", free_port())
     assert second.process.wait(30) == 1
-    assert second.stderr().splitlines()[-1] == (
+    assert said(second.stderr())[-1] == (
         f"switchyard: standalone could not start: {tmp_path / 'var'} "
         "is in use by another running Switchyard; stop it or set VAR_DIR"
     )

@@ -15,7 +15,7 @@ from switchyard.api.app import create_app
 from switchyard.platform import topology
 from tests.fixtures.accounts import sign_up
 from tests.fixtures.gateway import SettingsFactory, running
-from tests.fixtures.processes import SWITCHYARD, switchyard_env
+from tests.fixtures.processes import SWITCHYARD, said, switchyard_env
 
 pytestmark = pytest.mark.e2e
 
@@ -54,9 +54,7 @@ def test_a_role_refuses_to_start_naming_the_setting_and_the_queue(
         check=False,
     )
     assert result.returncode == 78, result.stderr[-3000:]
-    line = next(
-        line for line in result.stderr.splitlines() if line.startswith("switchyard: configuration")
-    )
+    line = next(line for line in said(result.stderr) if line.startswith("switchyard: config"))
     assert line.startswith("switchyard: configuration error: TASK_DELIVERY_LIMIT: the queue ")
     assert "'default'" in line
     assert "Traceback" not in result.stderr

@@ -114,7 +114,12 @@ class InvalidInputError(SwitchyardError):
 
 
 class RoleConfigurationError(Exception):
-    """A role cannot start with this configuration; the message is one line for the operator."""
+    """A role cannot start with this configuration: one line per problem for the operator
+    (every problem found at once, not one per start)."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)
 
 
 class RoleStartupError(Exception):

@@ -6,10 +6,9 @@ import uvicorn
 
 from switchyard.api.app import create_app
 from switchyard.api.http_protocol import bounded_head_protocol
-from switchyard.errors import RoleConfigurationError
 from switchyard.logging import logging_config
 from switchyard.platform.broker import check_topology
-from switchyard.roles.worker import require_vector_server
+from switchyard.roles.worker import require, vector_server_problems
 from switchyard.settings import Settings
 
 
@@ -34,9 +33,8 @@ def serve(settings: Settings, service_type: str) -> None:
 
 
 def run(settings: Settings) -> int:
-    if settings.database is None:
-        raise RoleConfigurationError("DATABASE_URL: required by the api-gateway role")
-    require_vector_server(settings, "api-gateway")
+    database = [] if settings.database else ["DATABASE_URL: required by the api-gateway role"]
+    require(database, vector_server_problems(settings, "api-gateway"))
     check_topology(settings)
     serve(settings, "api-gateway")
     return 0

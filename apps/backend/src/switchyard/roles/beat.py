@@ -15,7 +15,7 @@ from switchyard.platform.beat import Beat
 from switchyard.platform.broker import Broker, check_topology
 from switchyard.platform.metrics import MetricsServer
 from switchyard.platform.runs import admission
-from switchyard.roles.worker import require_task_backends
+from switchyard.roles.worker import require, task_backend_problems
 from switchyard.services.container import Services
 from switchyard.settings import Settings
 
@@ -71,7 +71,7 @@ async def _serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> int:
-    require_task_backends(settings, "beat")
+    require(task_backend_problems(settings, "beat"))
     check_topology(settings)
     asyncio.run(_serve(settings))
     return 0

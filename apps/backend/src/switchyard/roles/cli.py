@@ -17,7 +17,7 @@ import click
 
 from switchyard import __version__
 from switchyard.errors import RoleConfigurationError, RoleStartupError
-from switchyard.logging import configure_logging
+from switchyard.logging import configure_logging, signal_safe_line
 from switchyard.reporting import init_reporting
 from switchyard.settings import Role, Settings, SettingsError, load_settings
 
@@ -32,12 +32,31 @@ ROLES: dict[Role, str] = {
     Role.STANDALONE: "switchyard.roles.standalone",
 }
 VALID_ROLES = ", ".join(role.value for role in Role)
+CLI_LOGGER = "switchyard.cli"
 EXIT_USAGE = 2
 EXIT_CONFIG = 78
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"switchyard: {message}", err=True)
+def _say(message: str, role: str | None = None) -> None:
+    """One line for the operator: plain on a terminal; elsewhere (a container's log, CI) a
+    JSON line in the shape of every other log line, at level ERROR."""
+    if sys.stderr.isatty():
+        click.echo(f"switchyard: {message}", err=True)
+        return
+    service_type = role or os.environ.get("SERVICE_TYPE") or "switchyard"
+    sys.stderr.write(signal_safe_line(CLI_LOGGER, message, service_type, "ERROR").decode())
+    sys.stderr.flush()
+
+
+def _fail(message: str, code: int, role: str | None = None) -> NoReturn:
+    _say(message, role)
+    sys.exit(code)
+
+
+def _fail_lines(prefix: str, lines: list[str], code: int, role: str | None = None) -> NoReturn:
+    """Every problem found, one line each, then exit."""
+    for line in lines:
+        _say(f"{prefix}: {line}", role)
     sys.exit(code)
 
 
@@ -52,13 +71,11 @@ def _role(value: str | None) -> Role:
         _fail(f"unknown role {value!r}; valid roles: {VALID_ROLES}", EXIT_USAGE)
 
 
-def _settings() -> Settings:
+def _settings(role: str | None = None) -> Settings:
     try:
         return load_settings()
     except SettingsError as exc:
-        for line in exc.lines:
-            click.echo(f"switchyard: configuration error: {line}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _fail_lines("configuration error", exc.lines, EXIT_CONFIG, role)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -80,7 +97,15 @@ def _temporary_files_under_var_dir(settings: Settings) -> None:
         tempfile.gettempdir()
     except FileNotFoundError:
         directory = (settings.var_dir / "tmp").absolute()
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(
+                f"configuration error: VAR_DIR: {settings.var_dir.absolute()} is not writable "
+                f"({exc.strerror}) and no temporary directory is; on a read-only root, mount a "
+                "writable volume or tmpfs at VAR_DIR",
+                EXIT_CONFIG,
+            )
         os.environ["TMPDIR"] = str(directory)
         tempfile.tempdir = None
         logger.info("no writable temporary directory: using %s", directory)
@@ -91,7 +116,7 @@ def _temporary_files_under_var_dir(settings: Settings) -> None:
 def run(role: str | None) -> None:
     """Start ROLE (default: $SERVICE_TYPE): api-gateway, worker, beat, migrate or standalone."""
     chosen = _role(role)
-    settings = _settings()
+    settings = _settings(chosen.value)
     configure_logging(settings.log_level, chosen.value)
     _temporary_files_under_var_dir(settings)
     init_reporting(settings, chosen.value)
@@ -107,9 +132,9 @@ def run(role: str | None) -> None:
         start: Callable[[Settings], int] = importlib.import_module(ROLES[chosen]).run
         code = start(settings)
     except RoleConfigurationError as exc:
-        _fail(f"configuration error: {exc}", EXIT_CONFIG)
+        _fail_lines("configuration error", exc.lines, EXIT_CONFIG, chosen.value)
     except RoleStartupError as exc:
-        _fail(f"{chosen.value} could not start: {exc}", 1)
+        _fail(f"{chosen.value} could not start: {exc}", 1, chosen.value)
     except KeyboardInterrupt:
         code = 0
     finally:

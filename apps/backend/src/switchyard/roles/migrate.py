@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -16,10 +18,26 @@ from switchyard.errors import RoleConfigurationError
 from switchyard.services.neo4j import create_neo4j
 from switchyard.settings import Settings
 
+# Alembic's words for a revision in the database that none of its scripts has.
+UNKNOWN_REVISION = re.compile(r"Can't locate revision identified by '(?P<revision>[^']+)'")
+
 
 async def prepare_database(settings: Settings, url: URL) -> None:
     """Main database, then every bind, then the graph's constraints; then the superuser."""
-    await migrate(url, version_locations=version_locations(load_domains(settings.domain_packages)))
+    try:
+        await migrate(
+            url, version_locations=version_locations(load_domains(settings.domain_packages))
+        )
+    except CommandError as exc:
+        unknown = UNKNOWN_REVISION.search(str(exc))
+        if unknown is None:
+            raise
+        raise RoleConfigurationError(
+            f"DOMAIN_PACKAGES: the database has revision {unknown['revision']}, which no "
+            "migration here knows: a domain package that migrated this database is missing "
+            f"from DOMAIN_PACKAGES ({','.join(settings.domain_packages) or 'none'}); add it "
+            "back (a removed domain's tables stay until its own downgrade removes them)"
+        ) from None
     for name, bind_url in settings.database_binds.items():
         await migrate_bind(name, bind_url.get_secret_value())
     neo4j = create_neo4j(settings)

@@ -41,24 +41,34 @@ HEALTHY_LIFETIME_SECONDS = 60.0
 EXIT_AFTER_GRACE_SECONDS = 10.0
 
 
-def require_task_backends(settings: Settings, role: str) -> None:
-    for name, value in (
-        ("DATABASE_URL", settings.database_url),
-        ("CELERY_BROKER_URL", settings.celery_broker_url),
-        ("REDIS_URL", settings.redis_url),
-    ):
-        if value is None:
-            raise RoleConfigurationError(f"{name}: required by the {role} role")
+def task_backend_problems(settings: Settings, role: str) -> list[str]:
+    return [
+        f"{name}: required by the {role} role"
+        for name, value in (
+            ("DATABASE_URL", settings.database_url),
+            ("CELERY_BROKER_URL", settings.celery_broker_url),
+            ("REDIS_URL", settings.redis_url),
+        )
+        if value is None
+    ]
 
 
-def require_vector_server(settings: Settings, role: str) -> None:
+def vector_server_problems(settings: Settings, role: str) -> list[str]:
     """Gateways search what workers ingest: separate processes share vectors only through a
     Chroma server (an embedded store per process would never see the others' writes)."""
-    if not settings.chroma_host:
-        raise RoleConfigurationError(
-            f"CHROMA_HOST: required by the {role} role (gateways and workers share vectors "
-            "through a Chroma server; only `standalone` runs with an embedded one)"
-        )
+    if settings.chroma_host:
+        return []
+    return [
+        f"CHROMA_HOST: required by the {role} role (gateways and workers share vectors "
+        "through a Chroma server; only `standalone` runs with an embedded one)"
+    ]
+
+
+def require(*problems: list[str]) -> None:
+    """Refuse to start, naming every problem at once."""
+    lines = [line for found in problems for line in found]
+    if lines:
+        raise RoleConfigurationError(*lines)
 
 
 def node_name(index: int) -> str:
@@ -73,14 +83,20 @@ def process_heartbeat(settings: Settings, index: int) -> Path:
 
 
 def run(settings: Settings, service_type: str = "worker") -> int:
-    require_task_backends(settings, service_type)
-    require_vector_server(settings, service_type)
     unknown = sorted(set(settings.worker_queues) - set(WORK_QUEUES))
-    if unknown or not settings.worker_queues:
-        raise RoleConfigurationError(
+    queues = (
+        [
             f"WORKER_QUEUES: unknown queue(s) {', '.join(unknown) or '(none given)'}; "
             f"known: {', '.join(WORK_QUEUES)}"
-        )
+        ]
+        if unknown or not settings.worker_queues
+        else []
+    )
+    require(
+        task_backend_problems(settings, service_type),
+        vector_server_problems(settings, service_type),
+        queues,
+    )
     index = os.environ.get(PROCESS_ENV)
     if index is not None:
         return run_process(settings, int(index), service_type)
