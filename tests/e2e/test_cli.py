@@ -87,6 +87,27 @@ def test_invalid_setting_is_one_line_without_traceback(tmp_path: Path) -> None:
     )
 
 
+def test_a_production_gateway_requires_redis_and_a_broker(tmp_path: Path) -> None:
+    result = switchyard(
+        "run",
+        "api-gateway",
+        cwd=tmp_path,
+        ENVIRONMENT="production",
+        DATABASE_URL="postgresql://app:a-real-password@127.0.0.1:1/app",
+        JWT_SECRET="s" * 64,
+        METRICS_TOKEN="a metrics token",
+        DATA_SOURCE_KEYS="x5ZJpQWcZpEtIbTbpTAK7pUZZpzGg5DXCi0ZdJmp3Jk=",
+        FIRST_SUPERUSER_EMAIL="",
+    )
+    assert result.returncode == 78, result.stderr
+    assert said(result.stderr) == [
+        "switchyard: configuration error: REDIS_URL: required by the api-gateway role in "
+        "production",
+        "switchyard: configuration error: CELERY_BROKER_URL: required by the api-gateway role "
+        "in production",
+    ]
+
+
 def test_every_missing_setting_of_a_role_is_named_at_once(tmp_path: Path) -> None:
     result = switchyard("run", "api-gateway", cwd=tmp_path, CHROMA_HOST="")
     assert result.returncode == 78

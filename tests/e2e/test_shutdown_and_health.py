@@ -184,7 +184,7 @@ def silent_port() -> Iterator[int]:
 
 
 @pytest.mark.parametrize("broker", ["closed", "silent"])
-def test_worker_healthcheck_answers_within_seconds_when_the_broker_is_dead(
+def test_worker_healthcheck_passes_within_seconds_when_the_broker_is_dead(
     broker: str, silent_port: int, tmp_path: Path
 ) -> None:
     write_heartbeat(
@@ -201,11 +201,13 @@ def test_worker_healthcheck_answers_within_seconds_when_the_broker_is_dead(
         tmp_path,
     )
     took = time.monotonic() - started
-    assert check.returncode == 1
+    # A broker outage is not the worker's fault: liveness must not restart every worker.
+    assert check.returncode == 0, check.stderr
     assert took < 15, took
-    assert "broker unreachable" in check.stderr
-    assert "Traceback" not in check.stderr
-    assert check.stderr.count("\n") == 1  # one line
+    assert "broker unreachable" in check.stdout
+    assert "not this worker's fault" in check.stdout
+    assert "Traceback" not in check.stdout + check.stderr
+    assert check.stdout.count("\n") == 1  # one line
 
 
 STALLED = {"hostname": "worker-2@nowhere", "pid": 2, "stalled_seconds": 12.5}

@@ -57,14 +57,26 @@ async def test_health_lists_every_backing_service(
         "neo4j": "disabled",
         "zhipu": "up",
     }
-    assert {name for name, check in checks.items() if check["critical"]} == {
-        "postgres",
-        "redis",
-        "rabbitmq",
-    }
+    # By default only PostgreSQL decides readiness: a Redis or broker outage degrades.
+    assert {name for name, check in checks.items() if check["critical"]} == {"postgres"}
     assert all(check["latency_ms"] >= 0 for check in checks.values())
     # The probe is no paid call: it lists the account's files with the key.
     assert {request.path for request in zhipu.requests} == {"/api/paas/v4/files"}
+
+
+async def test_a_critical_dependency_that_is_not_configured_fails_readiness(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(health_critical="postgres,neo4j")  # and no NEO4J_URI
+    async with running(create_app(settings)) as client:
+        ready = await client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "error"
+    assert ready.json()["checks"]["neo4j"] | {"latency_ms": 0} == {
+        "status": "disabled",
+        "critical": True,
+        "latency_ms": 0,
+    }
 
 
 async def test_critical_checks_come_from_settings(make_settings: SettingsFactory) -> None:

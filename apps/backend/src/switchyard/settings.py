@@ -261,7 +261,9 @@ class Settings(BaseSettings):
     document_extract_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
     beat_tick_seconds: float = Field(default=1.0, gt=0, le=60)
     heartbeat_max_age_seconds: float = Field(default=60.0, gt=0)
-    health_critical: CommaList = Field(default_factory=lambda: ["postgres", "redis", "rabbitmq"])
+    # What /health/ready needs: without PostgreSQL nothing works. A Redis or broker outage
+    # only degrades the gateway (its reads go on), so it stays in its Service by default.
+    health_critical: CommaList = Field(default_factory=lambda: ["postgres"])
     # SIGTERM: the worker finishes in-flight tasks for this long, then hands the rest back.
     worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
     # SIGTERM: the gateway lets in-flight requests finish for this long, then closes them.

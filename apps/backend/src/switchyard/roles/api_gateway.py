@@ -9,7 +9,7 @@ from switchyard.api.http_protocol import bounded_head_protocol
 from switchyard.logging import logging_config
 from switchyard.platform.broker import check_topology
 from switchyard.roles.worker import require, vector_server_problems
-from switchyard.settings import Settings
+from switchyard.settings import Environment, Settings
 
 
 def serve(settings: Settings, service_type: str) -> None:
@@ -32,9 +32,22 @@ def serve(settings: Settings, service_type: str) -> None:
     )
 
 
+def gateway_problems(settings: Settings) -> list[str]:
+    """DATABASE_URL always; in production also what a gateway uses for every request (rate
+    limits, live events, the run cache) and to accept runs, which elsewhere may be left out."""
+    problems = [] if settings.database_url else ["DATABASE_URL: required by the api-gateway role"]
+    if settings.environment is Environment.PRODUCTION:
+        for name, value in (
+            ("REDIS_URL", settings.redis_url),
+            ("CELERY_BROKER_URL", settings.celery_broker_url),
+        ):
+            if value is None:
+                problems.append(f"{name}: required by the api-gateway role in production")
+    return problems
+
+
 def run(settings: Settings) -> int:
-    database = [] if settings.database else ["DATABASE_URL: required by the api-gateway role"]
-    require(database, vector_server_problems(settings, "api-gateway"))
+    require(gateway_problems(settings), vector_server_problems(settings, "api-gateway"))
     check_topology(settings)
     serve(settings, "api-gateway")
     return 0

@@ -73,7 +73,12 @@ def _worker(settings: Settings) -> tuple[bool, str]:
                 destination=hostnames, timeout=TIMEOUT_SECONDS, connection=connection
             )
     except Exception as exc:  # the transports raise their own kinds; all mean "no answer"
-        return False, f"{reason}; broker unreachable ({type(exc).__name__}: {exc})"
+        # A broker outage is not this worker's fault, and restarting it would not help: every
+        # worker would be restarted while the broker is down. It reconnects by itself.
+        return True, (
+            f"{reason}; broker unreachable ({type(exc).__name__}: {exc}), not this worker's "
+            "fault: it reconnects"
+        )
     finally:
         broker.close()
     answered = {name for reply in replies or [] for name in reply}

@@ -85,7 +85,9 @@ class HealthMonitor:
         checks = [check for check in self.checks if check.critical or not critical_only]
         results = await asyncio.gather(*(self._run(check) for check in checks))
         by_name = {check.name: result for check, result in zip(checks, results, strict=True)}
-        if any(r.status == "down" and r.critical for r in results):
+        # A critical check that is not configured fails too: a deployment that names a
+        # dependency critical and forgets its URL is not ready.
+        if any(r.status != "up" and r.critical for r in results):
             status: Literal["ok", "degraded", "error"] = "error"
         elif any(r.status == "down" for r in results):
             status = "degraded"
