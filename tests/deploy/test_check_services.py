@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
+from tests.fixtures import names
 from tests.fixtures.servers import free_port, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +99,9 @@ def test_real_services_are_up_and_secrets_are_not_printed(
     rows = by_service(report)
     assert report["ok"] is True
     assert rows["postgres"]["status"] == "up"
-    assert rows["postgres"]["detail"].startswith("signed in as postgres to switchyard_test_")
+    assert rows["postgres"]["detail"].startswith(
+        f"signed in as postgres to {names.DATABASE_PREFIX}"
+    )
     assert rows["redis"] | {"latency_ms": 0} == rows["redis"] | {"latency_ms": 0, "status": "up"}
     assert rows["redis"]["detail"] == "PONG"
     assert rows["rabbitmq"]["detail"].startswith("logged in as guest, virtual host ")

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.api.app import create_app
 from switchyard.db.models import DeadLetter, TaskRun
+from tests.fixtures import names
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
 from tests.fixtures.messaging import ready_messages
@@ -140,7 +141,7 @@ async def test_two_hundred_awaiting_runs_overlap_on_one_process_within_its_pool(
     port = engine.url.port or 5432
     # Each run arrives at a counter and awaits until all 200 have: they can only succeed if
     # the one process holds all 200 at once (with fewer slots, those held time out and fail).
-    meeting = f"switchyard-test:rendezvous:{uuid.uuid4().hex}"
+    meeting = f"{names.PREFIX}:rendezvous:{uuid.uuid4().hex}"
     payload = {"key": meeting, "expected": 200, "seconds": 90}
     run_ids = await asyncio.gather(
         *(submit(client, "testing.rendezvous", payload) for _ in range(200))
@@ -274,7 +275,7 @@ async def test_sigterm_with_fifty_in_flight_loses_none_and_runs_none_twice(
     tmp_path: Path,
 ) -> None:
     client, _ = gateway
-    completions = f"switchyard-test:completions:{uuid.uuid4().hex}"
+    completions = f"{names.PREFIX}:completions:{uuid.uuid4().hex}"
 
     def start(name: str) -> RunningRole:
         return start_worker_on(

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.api.app import create_app
 from switchyard.db.models import FINAL_STATES, TaskRun
+from tests.fixtures import names
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
 from tests.fixtures.processes import RunningRole
@@ -76,7 +77,7 @@ async def test_runs_survive_a_worker_killed_five_times(
     tmp_path: Path,
 ) -> None:
     client, account = gateway
-    executions = f"switchyard-test:executions:{uuid.uuid4().hex}"
+    executions = f"{names.PREFIX}:executions:{uuid.uuid4().hex}"
     random.seed(RUNS)
 
     def start_worker(number: int) -> RunningRole:
