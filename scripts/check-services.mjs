@@ -1,12 +1,15 @@
 #!/usr/bin/env node
 // `pnpm check:services`: is every backing service of this configuration reachable?
 //
-// Reads .env.infrastructure, then .env.backend (if present), then the environment (strongest),
-// and probes each configured service with its own protocol, using Node's built-ins only:
+// Reads .env.infrastructure, then .env.backend (if present), then what a running `make run`
+// (standalone) wrote about its embedded servers ($VAR_DIR or ./var, standalone.env), then the
+// environment (strongest), and probes each configured service with its own protocol, using
+// Node's built-ins only:
 // PostgreSQL (signs in as the URL's user to its database: trust, password, md5 or SCRAM),
 // Redis (PING), RabbitMQ (AMQP 0-9-1: logs in and opens the URL's virtual host; and the
 // management API when RABBITMQ_MANAGEMENT_URL is set), Neo4j (Bolt handshake), MinIO
-// (/minio/health/live), Chroma (/api/v2/heartbeat) and the gateway (/health). Every probe is
+// (/minio/health/live), Chroma (/api/v2/heartbeat) and the gateway (/health, which must be
+// Switchyard's report: any HTTP 200 is not enough). Every probe is
 // bounded by --timeout. A service that answers but refuses the credentials, the database or
 // the virtual host is `auth failed`, not `down`. Prints a table, or JSON with --json; exits 1
 // when a required service is not up.
@@ -18,7 +21,8 @@ import { readFileSync, existsSync } from "node:fs";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
 
-const DEFAULT_REQUIRED = ["postgres", "redis", "rabbitmq"];
+// PostgreSQL, Redis and the broker: RabbitMQ, or Redis as standalone's broker.
+const DEFAULT_REQUIRED = ["postgres", "redis", "broker"];
 
 export function parseEnvFile(text) {
   const values = {};
@@ -42,6 +46,11 @@ export function loadSettings(cwd = process.cwd(), env = process.env) {
     const path = `${cwd}/${name}`;
     if (existsSync(path)) Object.assign(settings, parseEnvFile(readFileSync(path, "utf8")));
   }
+  // A standalone running here says where its embedded servers listen (it removes the file
+  // when it stops): those are the services of this checkout while it runs.
+  const varDir = env.VAR_DIR || settings.VAR_DIR || `${cwd}/var`;
+  const standalone = `${varDir.startsWith("/") ? "" : `${cwd}/`}${varDir}/standalone.env`;
+  if (existsSync(standalone)) Object.assign(settings, parseEnvFile(readFileSync(standalone, "utf8")));
   for (const [key, value] of Object.entries(env)) {
     if (value !== undefined && value !== "") settings[key] = value;
   }
@@ -340,6 +349,30 @@ async function probeHttp(url, ms, { headers = {}, okStatus = (s) => s >= 200 && 
   return { address: started.host, detail: `HTTP ${response.status}` };
 }
 
+// Another program on the gateway's port may answer 200 too: up only for Switchyard's report.
+async function probeGateway(url, ms) {
+  const response = await withTimeout(
+    fetch(url, { signal: AbortSignal.timeout(ms) }).catch((error) => {
+      const cause = error.cause && (error.cause.code || error.cause.message);
+      throw new Error(error.name === "TimeoutError" ? `no answer within ${ms} ms` : cause || error.message);
+    }),
+    ms,
+    "HTTP",
+  );
+  const body = await response.text().catch(() => "");
+  let report;
+  try {
+    report = JSON.parse(body);
+  } catch {
+    report = null;
+  }
+  if (!report || typeof report.service_type !== "string" || typeof report.checks !== "object") {
+    throw new Error(`HTTP ${response.status}, not a Switchyard health report (another program on this port?)`);
+  }
+  if (response.status !== 200) throw new Error(`HTTP ${response.status} (${report.status})`);
+  return { address: new URL(url).host, detail: `${report.service_type} ${report.version || ""}, ${report.status}`.replace(" ,", ",") };
+}
+
 export function plannedChecks(settings) {
   const checks = [];
   const add = (name, target, run) => checks.push({ name, target, run });
@@ -347,6 +380,7 @@ export function plannedChecks(settings) {
   if (settings.REDIS_URL) add("redis", settings.REDIS_URL, (ms) => probeRedis(settings.REDIS_URL, ms));
   const broker = settings.CELERY_BROKER_URL || "";
   if (/^(py)?amqps?:/.test(broker)) add("rabbitmq", broker, (ms) => probeAmqp(broker, ms));
+  if (/^rediss?:/.test(broker)) add("broker", broker, (ms) => probeRedis(broker, ms));
   if (settings.RABBITMQ_MANAGEMENT_URL) {
     const management = new URL(settings.RABBITMQ_MANAGEMENT_URL);
     const auth = Buffer.from(`${decodeURIComponent(management.username)}:${decodeURIComponent(management.password)}`).toString("base64");
@@ -370,7 +404,7 @@ export function plannedChecks(settings) {
     settings.SWITCHYARD_API_URL ||
     `http://${settings.API_HOST && settings.API_HOST !== "0.0.0.0" ? settings.API_HOST : "127.0.0.1"}:${settings.API_PORT || 8000}`;
   const health = `${gateway.replace(/\/$/, "")}/health`;
-  add("gateway", health, (ms) => probeHttp(health, ms));
+  add("gateway", health, (ms) => probeGateway(health, ms));
   return checks;
 }
 
@@ -384,10 +418,13 @@ function redact(target) {
   }
 }
 
-const SETTING_OF = { postgres: "DATABASE_URL", redis: "REDIS_URL", rabbitmq: "CELERY_BROKER_URL (amqp://)", neo4j: "NEO4J_URI", minio: "MINIO_ENDPOINT", chroma: "CHROMA_HOST" };
+const SETTING_OF = { postgres: "DATABASE_URL", redis: "REDIS_URL", broker: "CELERY_BROKER_URL", rabbitmq: "CELERY_BROKER_URL (amqp://)", neo4j: "NEO4J_URI", minio: "MINIO_ENDPOINT", chroma: "CHROMA_HOST" };
 
 export async function runChecks(settings, { timeout = 3000, required = DEFAULT_REQUIRED } = {}) {
   const planned = plannedChecks(settings);
+  // "broker" is whichever the broker URL names: RabbitMQ's check, or Redis's (standalone).
+  const brokerCheck = planned.some((check) => check.name === "rabbitmq") ? "rabbitmq" : "broker";
+  required = required.map((name) => (name === "broker" ? brokerCheck : name));
   const missing = required
     .filter((name) => !planned.some((check) => check.name === name))
     .map((name) => ({

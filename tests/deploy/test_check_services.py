@@ -3,6 +3,7 @@ and RabbitMQ, and against closed and silent ports."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.fixtures import names
+from tests.fixtures.processes import RunningRole
 from tests.fixtures.servers import free_port, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -325,3 +327,58 @@ def test_postgres_signs_in_with_each_method_and_tells_a_refusal_from_down(
     code, row = postgres(f"postgresql://{user}:pw-{user}@{base}/no_such_database")
     assert (code, row["status"]) == (1, "auth failed"), row
     assert "3D000" in row["detail"]
+
+
+@pytest.mark.e2e
+def test_a_running_standalone_is_found_and_checked(
+    start_role: Callable[..., RunningRole], tmp_path: Path
+) -> None:
+    """`make run`, then `pnpm check:services` in the same checkout: the embedded servers, on
+    their ports of the day, are found (var/standalone.env) and checked, Redis as the broker."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    standalone = start_role("standalone", free_port(), cwd=checkout)
+    standalone.wait_healthy()
+    code, report, _ = check(checkout, "--json")
+    rows = by_service(report)
+    assert code == 0, report
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "postgres": "up",
+        "redis": "up",
+        "broker": "up",
+        "chroma": "up",
+        "gateway": "up",
+    }
+    assert {name for name, row in rows.items() if row["required"]} == {
+        "postgres",
+        "redis",
+        "broker",
+    }
+    assert rows["gateway"]["detail"].startswith("standalone ")
+    assert standalone.stop(timeout=90) == 0
+    assert not (checkout / "var" / "standalone.env").exists()
+
+
+def test_a_foreign_program_answering_200_is_not_the_gateway(
+    tmp_path: Path, servers: dict[str, str]
+) -> None:
+    class Anything(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>my other app</html>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Anything)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{other.server_address[1]}"
+        _, report, _ = check(tmp_path, "--json", **{**servers, "SWITCHYARD_API_URL": url})
+    finally:
+        other.shutdown()
+    gateway = by_service(report)["gateway"]
+    assert gateway["status"] == "down"
+    assert "not a Switchyard health report" in gateway["detail"]

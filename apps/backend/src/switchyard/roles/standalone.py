@@ -68,6 +68,25 @@ def _banner(
     )
 
 
+def _describe(
+    settings: Settings, postgres: EmbeddedPostgres, redis: EmbeddedRedis, chroma: EmbeddedChroma
+) -> Path:
+    """VAR_DIR/standalone.env: where the embedded servers listen, for `pnpm check:services`
+    (and `psql`, alembic) while this runs; removed when it stops."""
+    database = postgres.url(DATABASE).set(drivername="postgresql")
+    path = settings.var_dir / "standalone.env"
+    path.write_text(
+        "# Written by `switchyard run standalone` while it runs; removed when it stops.\n"
+        f"DATABASE_URL={database.render_as_string(hide_password=False)}\n"
+        f"REDIS_URL={redis.url(0)}\n"
+        f"CELERY_BROKER_URL={redis.url(1)}\n"
+        "CHROMA_HOST=127.0.0.1\n"
+        f"CHROMA_PORT={chroma.port}\n"
+        f"SWITCHYARD_API_URL=http://{settings.api_host}:{settings.api_port}\n"
+    )
+    return path
+
+
 class Children:
     """`switchyard run ROLE` child processes that die with this one."""
 
@@ -150,6 +169,8 @@ def run(settings: Settings) -> int:
         stack.callback(children.stop)
         children.start("worker")
         children.start("beat")
+        described = _describe(settings, postgres, redis, chroma)
+        stack.callback(described.unlink, missing_ok=True)
         print(_banner(settings, postgres, redis, chroma), flush=True)
         serve(embedded, "standalone")
     return 0
