@@ -331,12 +331,10 @@ def test_postgres_signs_in_with_each_method_and_tells_a_refusal_from_down(
 
 @pytest.mark.e2e
 def test_a_running_standalone_is_found_and_checked(
-    start_role: Callable[..., RunningRole], tmp_path: Path
+    start_role: Callable[..., RunningRole], checkout: Path
 ) -> None:
     """`make run`, then `pnpm check:services` in the same checkout: the embedded servers, on
     their ports of the day, are found (var/standalone.env) and checked, Redis as the broker."""
-    checkout = tmp_path / "checkout"
-    checkout.mkdir()
     standalone = start_role("standalone", free_port(), cwd=checkout)
     standalone.wait_healthy()
     code, report, _ = check(checkout, "--json")

@@ -56,9 +56,9 @@ def postgres_processes(data_dir: Path) -> list[psutil.Process]:
 
 
 def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
-    start_role: Callable[..., RunningRole], tmp_path: Path
+    start_role: Callable[..., RunningRole], checkout: Path
 ) -> None:
-    workdir = tmp_path / "fresh-clone"
+    workdir = checkout / "fresh-clone"
     workdir.mkdir()
     data_dir = workdir / "var" / "postgres"
 
@@ -167,14 +167,14 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
 
 
 def test_second_standalone_on_the_same_data_refuses_with_one_line(
-    start_role: Callable[..., RunningRole], tmp_path: Path
+    start_role: Callable[..., RunningRole], checkout: Path
 ) -> None:
-    first = start_role("standalone", free_port())
+    first = start_role("standalone", free_port(), cwd=checkout)
     first.wait_healthy()
-    second = start_role("standalone", free_port())
+    second = start_role("standalone", free_port(), cwd=checkout)
     assert second.process.wait(30) == 1
     assert said(second.stderr())[-1] == (
-        f"switchyard: standalone could not start: {tmp_path / 'var'} "
+        f"switchyard: standalone could not start: {checkout / 'var'} "
         "is in use by another running Switchyard; stop it or set VAR_DIR"
     )
     assert httpx.get(f"{first.base_url}/health").json()["checks"]["postgres"]["status"] == "up"
@@ -189,9 +189,9 @@ def described(process: psutil.Process) -> str:
 
 
 def test_killed_standalone_takes_its_postgres_along(
-    start_role: Callable[..., RunningRole], tmp_path: Path
+    start_role: Callable[..., RunningRole], checkout: Path
 ) -> None:
-    standalone = start_role("standalone", free_port())
+    standalone = start_role("standalone", free_port(), cwd=checkout)
     standalone.wait_healthy()
     assert standalone.descendants
     standalone.stop(signal.SIGKILL)

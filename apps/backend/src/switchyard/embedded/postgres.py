@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -91,7 +92,16 @@ class EmbeddedPostgres:
         self._prepare_permissions()
         self._stop_leftover()
         if not (self.data_dir / "PG_VERSION").exists():
-            logger.info("initialising embedded PostgreSQL", extra={"data_dir": str(self.data_dir)})
+            self._initdb()
+        self._spawn()
+        self._wait_ready()
+
+    def _initdb(self, attempts: int = 2) -> None:
+        """A new cluster in the data dir. A failed attempt's leftovers are removed here (initdb,
+        running as the server's user, may not be allowed to) and it is tried once more: a CI
+        run saw initdb abort once in its bootstrap (exit 134) while other servers started."""
+        logger.info("initialising embedded PostgreSQL", extra={"data_dir": str(self.data_dir)})
+        for attempt in range(1, attempts + 1):
             result = subprocess.run(
                 [
                     str(POSTGRES_BIN_PATH / "initdb"),
@@ -109,10 +119,17 @@ class EmbeddedPostgres:
                 user=self.system_user,
                 timeout=self.startup_timeout,
             )
-            if result.returncode != 0:
-                raise EmbeddedPostgresError(f"initdb failed: {result.stderr.strip()[-500:]}")
-        self._spawn()
-        self._wait_ready()
+            if result.returncode == 0:
+                return
+            failure = result.stderr.strip()[-500:]
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self._prepare_permissions()
+            if attempt < attempts:
+                logger.warning(
+                    "initdb failed; trying again on a clean directory",
+                    extra={"exit_code": result.returncode, "error": failure},
+                )
+        raise EmbeddedPostgresError(f"initdb failed: {failure}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown; kill after `timeout`."""
