@@ -8,14 +8,23 @@ seeds it as the benchmark does), vacuumed and analysed as autovacuum would leave
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench import ledger_queries as hot
 from switchyard.db.migrate import migrate
+from switchyard.embedded.postgres import EmbeddedPostgres
+from tests.fixtures import names
 from tests.fixtures.postgres import DatabaseFactory
 
 RUNS = 200_000
@@ -25,11 +34,41 @@ LARGE = {"task_runs", "dead_letters", "task_definitions"}
 HOT = {query.name: query for query in hot.HOT_QUERIES}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["server", "embedded"])
 async def ledger(
-    create_database: DatabaseFactory,
+    request: pytest.FixtureRequest, create_database: DatabaseFactory
 ) -> AsyncIterator[tuple[AsyncEngine, list[hot.Sample]]]:
-    url = await create_database()
+    """On the test server (PostgreSQL 15 here) and on the embedded one standalone falls back
+    to (18): a plan must not depend on the version's planner."""
+    async with AsyncExitStack() as stack:
+        if request.param == "server":
+            url = await create_database()
+        else:
+            url = await stack.enter_async_context(embedded_database())
+        async for prepared in _seeded(url):
+            yield prepared
+
+
+@asynccontextmanager
+async def embedded_database() -> AsyncIterator[URL]:
+    root = Path(tempfile.mkdtemp(prefix=f"{names.PREFIX}-plans-"))  # outside pytest's 0700 temp
+    server = EmbeddedPostgres(root)
+    await asyncio.to_thread(server.start)
+    try:
+        connection = await asyncpg.connect(
+            host="127.0.0.1", port=server.port, user="postgres", database="postgres"
+        )
+        try:
+            await connection.execute('CREATE DATABASE "plans"')
+        finally:
+            await connection.close()
+        yield server.url("plans")
+    finally:
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _seeded(url: URL) -> AsyncIterator[tuple[AsyncEngine, list[hot.Sample]]]:
     await migrate(url)
     engine = create_async_engine(url)
     hot.install_capture(engine)

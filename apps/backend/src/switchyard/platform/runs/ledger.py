@@ -31,6 +31,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -144,12 +145,22 @@ async def claim_group(
 ) -> dict[uuid.UUID, RunChange]:
     """`claim` for many (run, tenant) pairs in one statement: the runs claimed, by id. A run
     not among them is claimed (or explained) by `claim` alone."""
+    # One statement text whatever the group's size (arrays, not lists of parameters): its
+    # plan does not change with the size, and the driver prepares it once.
+    ids = [run_id for run_id, _ in runs]
+    pairs = (
+        func.unnest(
+            literal(ids, ARRAY(Uuid)), literal([tenant for _, tenant in runs], ARRAY(Uuid))
+        )
+        .table_valued("id", "tenant_id")
+        .render_derived(name="given")
+    )
     locked = in_id_order(
         # The ids alone first: the primary key finds the rows, whatever else the planner
         # thinks of the (run, tenant) pairs (a tenant's state index, say, which reads all of
         # a tenant's queued runs: its backlog waiting for its share too).
-        _RUNS.c.id.in_([run_id for run_id, _ in runs]),
-        tuple_(_RUNS.c.id, _RUNS.c.tenant_id).in_(runs),
+        _RUNS.c.id == any_(literal(ids, ARRAY(Uuid))),
+        tuple_(_RUNS.c.id, _RUNS.c.tenant_id).in_(select(pairs.c.id, pairs.c.tenant_id)),
         _RUNS.c.state.in_((*CLAIMABLE, RunState.STARTED) if redelivered else CLAIMABLE),
         _RUNS.c.admitted_at.is_not(None),
     )
@@ -207,7 +218,7 @@ async def finish_group(
         name="outcome",
     ).data(rows)
     locked = in_id_order(
-        _RUNS.c.id.in_([outcome.run_id for outcome in outcomes]),
+        _RUNS.c.id == any_(literal([outcome.run_id for outcome in outcomes], ARRAY(Uuid))),
         _RUNS.c.state == RunState.STARTED,
     )
     statement = (
