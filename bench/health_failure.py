@@ -86,6 +86,9 @@ def measure(database: str, redis_url: str, requests: int) -> tuple[list[float], 
         API_PORT=str(port),
         HEALTH_CACHE_SECONDS="0",
         HEALTH_PROBE_TIMEOUT_SECONDS=str(PROBE_TIMEOUT),
+        # Redis critical (the default critical set is PostgreSQL alone since issue 34): a silent
+        # critical dependency must be reported not ready, within the probe's timeout.
+        HEALTH_CRITICAL="postgres,redis",
         REDIS_SOCKET_TIMEOUT_SECONDS="30",  # the probe's own timeout must be what bounds it
     )
     base = f"http://127.0.0.1:{port}"

@@ -149,9 +149,7 @@ async def claim_group(
     # plan does not change with the size, and the driver prepares it once.
     ids = [run_id for run_id, _ in runs]
     pairs = (
-        func.unnest(
-            literal(ids, ARRAY(Uuid)), literal([tenant for _, tenant in runs], ARRAY(Uuid))
-        )
+        func.unnest(literal(ids, ARRAY(Uuid)), literal([tenant for _, tenant in runs], ARRAY(Uuid)))
         .table_valued("id", "tenant_id")
         .render_derived(name="given")
     )
