@@ -325,8 +325,8 @@ async function probeBolt(url, ms) {
   return { address: `${host}:${port}`, detail: answer };
 }
 
-async function probeHttp(url, ms, { headers = {}, okStatus = (s) => s >= 200 && s < 300 } = {}) {
-  const started = new URL(url);
+// A GET bounded by `ms`: its response and body text, or an error that says why not.
+async function fetchText(url, ms, headers = {}) {
   const response = await withTimeout(
     fetch(url, { headers, signal: AbortSignal.timeout(ms) }).catch((error) => {
       const cause = error.cause && (error.cause.code || error.cause.message);
@@ -335,7 +335,12 @@ async function probeHttp(url, ms, { headers = {}, okStatus = (s) => s >= 200 && 
     ms,
     "HTTP",
   );
-  const body = await response.text().catch(() => "");
+  return { response, body: await response.text().catch(() => "") };
+}
+
+async function probeHttp(url, ms, { headers = {}, okStatus = (s) => s >= 200 && s < 300 } = {}) {
+  const started = new URL(url);
+  const { response, body } = await fetchText(url, ms, headers);
   if (!okStatus(response.status)) {
     let detail = `HTTP ${response.status}`;
     try {
@@ -351,15 +356,7 @@ async function probeHttp(url, ms, { headers = {}, okStatus = (s) => s >= 200 && 
 
 // Another program on the gateway's port may answer 200 too: up only for Switchyard's report.
 async function probeGateway(url, ms) {
-  const response = await withTimeout(
-    fetch(url, { signal: AbortSignal.timeout(ms) }).catch((error) => {
-      const cause = error.cause && (error.cause.code || error.cause.message);
-      throw new Error(error.name === "TimeoutError" ? `no answer within ${ms} ms` : cause || error.message);
-    }),
-    ms,
-    "HTTP",
-  );
-  const body = await response.text().catch(() => "");
+  const { response, body } = await fetchText(url, ms);
   let report;
   try {
     report = JSON.parse(body);

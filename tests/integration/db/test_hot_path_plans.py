@@ -9,12 +9,9 @@ seeds it as the benchmark does), vacuumed and analysed as autovacuum would leave
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -24,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bench import ledger_queries as hot
 from switchyard.db.migrate import migrate
 from switchyard.embedded.postgres import EmbeddedPostgres
-from tests.fixtures import names
 from tests.fixtures.postgres import DatabaseFactory
+from tests.fixtures.processes import outside_pytest_temp
 
 RUNS = 200_000
 TENANTS = 1000
@@ -51,8 +48,14 @@ async def ledger(
 
 @asynccontextmanager
 async def embedded_database() -> AsyncIterator[URL]:
-    root = Path(tempfile.mkdtemp(prefix=f"{names.PREFIX}-plans-"))  # outside pytest's 0700 temp
-    server = EmbeddedPostgres(root)
+    with outside_pytest_temp("plans") as root:
+        async with _running(EmbeddedPostgres(root)) as server:
+            yield server.url("plans")
+
+
+@asynccontextmanager
+async def _running(server: EmbeddedPostgres) -> AsyncIterator[EmbeddedPostgres]:
+    """The server started, with an empty database `plans`; stopped after."""
     await asyncio.to_thread(server.start)
     try:
         connection = await asyncpg.connect(
@@ -62,10 +65,9 @@ async def embedded_database() -> AsyncIterator[URL]:
             await connection.execute('CREATE DATABASE "plans"')
         finally:
             await connection.close()
-        yield server.url("plans")
+        yield server
     finally:
         await asyncio.to_thread(server.stop)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _seeded(url: URL) -> AsyncIterator[tuple[AsyncEngine, list[hot.Sample]]]:
