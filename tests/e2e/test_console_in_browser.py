@@ -384,8 +384,12 @@ def test_a_superuser_sees_the_workers_and_suspends_a_tenant(
     page.screenshot(path=str(screenshots / "workers.png"), full_page=True)
 
     page.goto(f"{stack.base_url}/console/tenants")
+    # The page's list first: a fill made while it still renders can be lost (a CI run
+    # submitted an empty search and saw every tenant).
+    page.locator("tbody tr").first.wait_for()
     page.get_by_label("Find a tenant (name or slug)").fill(slug)
     page.get_by_role("button", name="Find").click()
+    page.wait_for_url(re.compile(rf"search={re.escape(slug)}"))
     row = page.locator("tr", has_text=slug)
     row.wait_for()
     assert page.locator("tbody tr").count() == 1
