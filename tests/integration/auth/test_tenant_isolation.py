@@ -282,6 +282,9 @@ PUBLIC = {
     ("post", "/api/v1/auth/verify-email/resend"),
     ("post", "/api/v1/invitations/accept"),
     ("post", "/api/v1/oauth/token"),
+    # Development without SMTP_HOST, to loopback callers only (tests/integration/accounts/
+    # test_dev_mailbox.py); 404 everywhere else.
+    ("get", "/api/v1/dev-mailbox"),
     ("get", "/api/v1/"),
     ("get", "/api/v1/health"),
     ("get", "/api/v1/health/live"),

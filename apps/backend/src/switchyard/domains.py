@@ -50,7 +50,11 @@ class Domain:
 
 DOMAINS: Final = (
     Domain("auth", routers=("router", "keys_router")),
-    Domain("accounts", routers=("router", "members_router", "invitations_router"), tasks=True),
+    Domain(
+        "accounts",
+        routers=("router", "members_router", "invitations_router", "mailbox_router"),
+        tasks=True,
+    ),
     Domain("oauth", routers=("router", "clients_router")),
     Domain("tenants"),
     Domain("audit"),

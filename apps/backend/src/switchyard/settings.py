@@ -465,7 +465,11 @@ class Settings(BaseSettings):
 
     @property
     def account_link_base(self) -> str:
-        return (self.account_link_base_url or self.public_url).rstrip("/")
+        """Where account emails link to: ACCOUNT_LINK_BASE_URL (a product's own pages), else
+        the console's pages, else the gateway (where a product must serve them)."""
+        if self.account_link_base_url:
+            return self.account_link_base_url.rstrip("/")
+        return f"{self.public_url}/console" if self.console_enabled else self.public_url
 
     @property
     def email_logged(self) -> bool:

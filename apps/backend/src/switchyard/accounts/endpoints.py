@@ -3,10 +3,13 @@ verification). Answers about an address never say whether it has an account."""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import time
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Request, status
 
 from switchyard.accounts import service
 from switchyard.accounts.repository import InvitationRepository
@@ -25,7 +28,14 @@ from switchyard.accounts.schemas import (
     OwnershipTransfer,
     PasswordResetIn,
 )
-from switchyard.auth.dependencies import OwnerDep, TenantAdminDep, UserDep, limit_by_client_ip
+from switchyard.auth.dependencies import (
+    OwnerDep,
+    TenantAdminDep,
+    UserDep,
+    client_address,
+    limit_by_client_ip,
+)
+from switchyard.errors import NotFoundError
 from switchyard.platform.dependencies import (
     OutboxDep,
     RateLimiterDep,
@@ -38,6 +48,8 @@ from switchyard.platform.outbox import Outbox
 members_router = APIRouter(prefix="/members", tags=["members"])
 invitations_router = APIRouter(prefix="/invitations", tags=["members"])
 router = APIRouter(prefix="/auth", tags=["auth"])
+# Development only, so not in the API's document.
+mailbox_router = APIRouter(prefix="/dev-mailbox", tags=["auth"], include_in_schema=False)
 LIMITED = [Depends(limit_by_client_ip)]
 
 
@@ -194,3 +206,47 @@ async def resend_verification(
     await _limit_address(body.email, settings, limiter)
     await service.request_verification(session, outbox, body.email)
     return QUEUED
+
+
+NO_MAILBOX = (
+    "No development mailbox here: it exists in development without SMTP_HOST (standalone), "
+    "for callers on this machine (a loopback address) only."
+)
+MAILBOX_POLL_SECONDS = 0.1
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+@mailbox_router.get("")
+async def read_mailbox(
+    request: Request,
+    services: ServicesDep,
+    to: Annotated[str | None, Query(max_length=320)] = None,
+    kind: Annotated[str | None, Query(pattern="^(invitation|password_reset|verify_email)$")] = None,
+    wait: Annotated[float, Query(ge=0, le=30)] = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """The account email development wrote instead of sending, newest first (the last 100, a
+    week at most), optionally only those to `to` and of `kind`; with `wait`, up to that many
+    seconds for one to arrive (the email task runs in the worker, a moment after the request
+    that asked for it). Each has its links and the first link's `token`. Loopback callers
+    only: the messages hold every tenant's links."""
+    mailbox = services.mailbox
+    if mailbox is None or not _loopback(client_address(request)):
+        raise NotFoundError(NO_MAILBOX)
+    deadline = time.monotonic() + wait
+    address = to.lower() if to is not None else None
+    while True:
+        found = [
+            entry
+            for entry in await mailbox.messages()
+            if (address is None or str(entry["to"]).lower() == address)
+            and (kind is None or entry["kind"] == kind)
+        ]
+        if found or time.monotonic() >= deadline:
+            return {"items": found}
+        await asyncio.sleep(MAILBOX_POLL_SECONDS)

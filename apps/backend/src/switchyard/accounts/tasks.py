@@ -81,7 +81,7 @@ async def _invitation(
         "If you did not expect it, ignore this email.\n"
     )
     subject = f"You are invited to {tenant.name} on {settings.app_name}"
-    return email.message(settings, invitation.email, subject, text)
+    return email.message(settings, invitation.email, subject, text, "invitation")
 
 
 async def _user_link(
@@ -108,7 +108,7 @@ async def _user_link(
             f"Confirm that {user.email} is yours: {url}\n\n"
             f"The link works once and expires at {until}.\n"
         )
-    return email.message(settings, user.email, subject, text)
+    return email.message(settings, user.email, subject, text, kind)
 
 
 @task(

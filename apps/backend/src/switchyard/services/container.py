@@ -20,7 +20,12 @@ from switchyard.errors import ServiceUnavailableError
 from switchyard.services import redis
 from switchyard.services.cache import Cache
 from switchyard.services.cpu import CpuPool
-from switchyard.services.email import EmailNotConfiguredError, Mailer, create_mailer
+from switchyard.services.email import (
+    DevelopmentMailbox,
+    EmailNotConfiguredError,
+    Mailer,
+    create_mailer,
+)
 from switchyard.services.embeddings import Embedder, LocalEmbedder, create_embedder
 from switchyard.services.health import HealthCheck, HealthMonitor
 from switchyard.services.llm import LLMDisabledError, ZhipuClient, create_llm
@@ -65,6 +70,8 @@ class Services:
     binds: dict[str, Bind] = field(init=False)
     # None: production without SMTP_HOST (account email is refused).
     mailer: Mailer | None = field(init=False)
+    # Development without SMTP_HOST: the email written instead of sent (None otherwise).
+    mailbox: DevelopmentMailbox | None = field(init=False)
     # Admits and publishes waiting runs when a slot of a tenant's share frees (fair share):
     # given by a role with a broker and a database (`create(..., admission=...)`).
     admission: Admission | None = None
@@ -81,7 +88,12 @@ class Services:
         self.embedder = create_embedder(settings, self.llm, self.cpu)
         self.vectors = VectorStore.from_settings(settings, space=self.embedder.name)
         self.binds = create_binds(settings, f"switchyard-{self.service_type}")
-        self.mailer = create_mailer(settings)
+        self.mailbox = (
+            DevelopmentMailbox(self.redis_breaker, settings.cache_namespace)
+            if settings.email_logged
+            else None
+        )
+        self.mailer = create_mailer(settings, self.mailbox)
 
     @classmethod
     def create(

@@ -175,7 +175,147 @@ function signInPage() {
       error.replaceChildren(stateBox("error", problem.message));
     }
   });
-  show(h("section", { class: "signin" }, h("h1", {}, "Sign in to the console"), form));
+  show(h("section", { class: "signin" }, h("h1", {}, "Sign in to the console"), form,
+    h("p", {}, h("a", { href: "/console/forgot-password" }, "Forgot your password?")),
+    mailboxHint()));
+}
+
+// ---- the pages account emails link to (no session: the link's token is the credential)
+
+function bare() {
+  document.getElementById("top").replaceChildren(h("a", { class: "brand", href: "/console/sign-in" }, "Switchyard"));
+}
+
+// The link's token, taken out of the address bar (and so out of history) once read.
+function linkToken() {
+  const token = new URLSearchParams(location.search).get("token") || "";
+  if (token) history.replaceState(null, "", location.pathname);
+  return token;
+}
+
+function accountForm(title, intro, fields, label, submit) {
+  const error = h("div", {});  // the message inside is the alert
+  const button = h("button", { type: "submit", class: "primary" }, label);
+  const form = h("form", { class: "card", novalidate: true }, ...fields, error, button);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    button.disabled = true;
+    try {
+      const done = await submit(new FormData(form));
+      form.replaceWith(h("div", { class: "card", role: "status", id: "done" }, ...done));
+    } catch (problem) {
+      error.replaceChildren(stateBox("error", problem.message));
+      button.disabled = false;
+    }
+  });
+  show(h("section", { class: "signin" }, h("h1", {}, title), intro ? h("p", {}, intro) : null, form));
+}
+
+function passwordFields(autocomplete) {
+  return [
+    h("label", { for: "password" }, "Password", h("input", { id: "password", name: "password", type: "password", required: true, autocomplete })),
+    h("label", { for: "password-again" }, "The same password again", h("input", { id: "password-again", name: "again", type: "password", required: true, autocomplete })),
+  ];
+}
+
+function samePassword(fields) {
+  if (fields.get("password") !== fields.get("again")) throw new Problem(422, { detail: "The two passwords differ." });
+  return fields.get("password");
+}
+
+const signInLink = () => h("a", { href: "/console/sign-in" }, "Sign in");
+const missingToken = () => show(stateBox("error", "This link has no token: open the whole link from the email."));
+
+function acceptInvitationPage() {
+  bare();
+  const token = linkToken();
+  if (!token) { missingToken(); return; }
+  const password = h("input", { id: "password", name: "password", type: "password", autocomplete: "new-password" });
+  accountForm("Accept the invitation",
+    "New to Switchyard? Choose a password for your account. Already have an account with this address? Leave it empty and join with the account you have.",
+    [h("label", { for: "password" }, "Password (new accounts only)", password)],
+    "Join", async (fields) => {
+      const body = { token };
+      if (fields.get("password")) body.password = fields.get("password");
+      const joined = await call("POST", "/api/v1/invitations/accept", body);
+      const tenant = joined.tenant ? joined.tenant.name : "the tenant";
+      return [h("p", {}, `You joined ${tenant}${joined.role ? ` as ${joined.role}` : ""}.`), signInLink()];
+    });
+}
+
+function resetPasswordPage() {
+  bare();
+  const token = linkToken();
+  if (!token) { missingToken(); return; }
+  accountForm("Choose a new password", "Every sign-in of the account ends when it changes.",
+    passwordFields("new-password"), "Change the password", async (fields) => {
+      await call("POST", "/api/v1/auth/password-reset/confirm", { token, password: samePassword(fields) });
+      return [h("p", {}, "Your password is changed."), signInLink()];
+    });
+}
+
+function verifyEmailPage() {
+  bare();
+  const token = linkToken();
+  if (!token) { missingToken(); return; }
+  // A button, not a request on load: mail scanners that open links must not spend the token.
+  accountForm("Confirm your email address", null, [], "Confirm my address", async () => {
+    await call("POST", "/api/v1/auth/verify-email", { token });
+    return [h("p", {}, "Your address is confirmed."), signInLink()];
+  });
+}
+
+function forgotPasswordPage() {
+  bare();
+  accountForm("Forgot your password?", "We email a link to choose a new one, if the address has an account.",
+    [h("label", { for: "email" }, "Email", h("input", { id: "email", name: "email", type: "email", required: true, autocomplete: "username" }))],
+    "Email me a link", async (fields) => {
+      await call("POST", "/api/v1/auth/password-reset", { email: fields.get("email") });
+      return [h("p", {}, "If the address has an account, an email is on its way."), mailboxHint()];
+    });
+}
+
+// Development without SMTP: the email written instead of sent, for this machine's browser.
+function mailboxHint() {
+  const hint = h("p", { class: "muted", id: "mailbox-hint" });
+  fetch("/api/v1/dev-mailbox", { credentials: "same-origin" }).then((answer) => {
+    if (answer.ok) hint.replaceChildren("No email is sent here (no SMTP_HOST): ", h("a", { href: "/console/mailbox" }, "the development mailbox"), " shows it.");
+  }).catch(() => {});
+  return hint;
+}
+
+function linkedText(text) {
+  // Links from the server's own emails become anchors (http and https only); the rest is text.
+  const parts = [];
+  let last = 0;
+  for (const match of text.matchAll(/https?:\/\/[^\s<>"']+/g)) {
+    parts.push(text.slice(last, match.index), h("a", { href: match[0] }, match[0]));
+    last = match.index + match[0].length;
+  }
+  parts.push(text.slice(last));
+  return parts;
+}
+
+async function mailboxPage() {
+  bare();
+  show(stateBox("loading", "Loading…"));
+  let messages;
+  try {
+    messages = (await call("GET", "/api/v1/dev-mailbox")).items;
+  } catch (problem) {
+    show(h("h1", {}, "Development mailbox"), stateBox("error", problem.message));
+    return;
+  }
+  const list = messages.length
+    ? h("ol", { class: "mailbox" }, messages.map((m) => h("li", { class: "card" },
+      h("h2", {}, m.subject),
+      h("p", { class: "muted" }, "To ", m.to, " · ", when(m.written_at)),
+      h("pre", { class: "mail" }, linkedText(m.text)))))
+    : stateBox("empty", "No email yet.");
+  show(h("h1", {}, "Development mailbox"),
+    h("p", { class: "muted" }, "Email written instead of sent (SMTP_HOST is unset), newest first; only browsers on this machine see it."),
+    h("p", {}, h("button", { type: "button", onclick: mailboxPage }, "Refresh"), " ", signInLink()),
+    list);
 }
 
 // ---- runs
@@ -553,7 +693,15 @@ async function tenantsPage() {
 async function start() {
   const path = location.pathname.replace(/\/+$/, "");
   const [, , page = "runs", id] = path.split("/");
-  if (page === "sign-in") { signInPage(); return; }
+  const open = {
+    "sign-in": signInPage,
+    "forgot-password": forgotPasswordPage,
+    "reset-password": resetPasswordPage,
+    "accept-invitation": acceptInvitationPage,
+    "verify-email": verifyEmailPage,
+    mailbox: mailboxPage,
+  };
+  if (open[page]) { await open[page](); return; }
   try {
     session = await call("GET", "/console/session");
   } catch (error) {
