@@ -4,9 +4,13 @@ handled once and logged for what it is."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.platform.broker import Broker
 from switchyard.settings import Settings
-from tests.fixtures.processes import RunningRole
+from tests.fixtures.processes import RunningRole, untraced_env
 from tests.fixtures.tasks import publish_run, submit
 
 pytestmark = [pytest.mark.e2e]
@@ -119,3 +123,45 @@ async def test_cancelling_runs_logs_no_backend_warning(
         lines = _log_lines(default_worker, run)
         assert not [line for line in lines if '"level": "WARNING"' in line or "ERROR" in line]
     assert _log_lines(default_worker, "as revoked in backend") == []
+
+
+def test_the_worker_answers_celerys_own_inspect_ping(
+    default_worker: RunningRole, task_settings: Settings
+) -> None:
+    """Celery's command line, not ours: `celery inspect ping` reaches the worker's node over
+    the broker's control exchange and gets its pong (the image's healthcheck pings it so too)."""
+    assert task_settings.celery_broker_url is not None
+    ready = _until_ready(default_worker)
+    answered = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("celery")),
+            "--broker",
+            task_settings.celery_broker_url.get_secret_value(),
+            "inspect",
+            "ping",
+            "--destination",
+            ready,
+            "--timeout",
+            "10",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env=untraced_env(),
+    )
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout) == {ready: {"ok": "pong"}}
+
+
+def _until_ready(worker: RunningRole, within: float = 30) -> str:
+    """The worker's node name, from its "… ready." line."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for line in _log_lines(worker, " ready."):
+            message = str(json.loads(line)["message"])
+            if message.endswith(" ready."):
+                return message.removesuffix(" ready.")
+        time.sleep(0.2)
+    raise AssertionError("the worker never said it was ready")
