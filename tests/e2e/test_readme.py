@@ -171,6 +171,14 @@ def test_the_readme_blocks_run_as_written_against_standalone(standalone: Standal
     letters = wait_for(lambda: httpx.get(f"{api}/tasks/dead-letters", headers=ada).json())
     assert [letter["task_id"] for letter in letters] == [replays[0]["task_id"]]
     assert httpx.get(f"{api}/api-keys", headers=ada).json() == []  # the one key, revoked
+    usage = httpx.get(f"{api}/usage", headers=ada).json()
+    used = {(t["meter"], t["subject"]): t["quantity"] for t in usage["totals"]}
+    # The echo and the bulk's (the delayed ones have not run); the failure and its replay.
+    assert used[("run.attempts", "system.echo")] == 2
+    assert used[("run.attempts", "system.fail")] == 2
+    assert used[("search.queries", "search")] >= 2  # the search, and the answer's retrieval
+    assert used[("llm.completion_tokens", "answer/glm-4-flash")] > 0  # the fake's tokens
+    assert usage["stocks"] == {"documents": 0, "stored.bytes": 0}  # uploaded, then deleted
     audit = httpx.get(f"{api}/audit-events", headers=ada, params={"limit": 200}).json()["items"]
     actions = {event["action"] for event in audit}
     assert {"member.role_changed", "invitation.accepted", "oauth_client.revoked"} <= actions

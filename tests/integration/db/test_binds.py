@@ -50,8 +50,8 @@ async def test_bind_migrates_from_its_own_version_table(mariadb_url: str) -> Non
     async with engine.connect() as connection:
         tables = set((await connection.execute(text("SHOW TABLES"))).scalars())
         version = await connection.scalar(text("SELECT version_num FROM alembic_version_analytics"))
-    assert tables == {"usage_events", "alembic_version_analytics"}
-    assert version == "analytics_0001"
+    assert tables == {"usage_events", "usage_counters", "alembic_version_analytics"}
+    assert version == "analytics_0002"
 
     await migrate_bind("analytics", mariadb_url, "base", downgrade=True)
     async with engine.connect() as connection:
@@ -129,4 +129,4 @@ async def test_the_migrate_role_migrates_every_bind(mariadb_url: str, database_u
     async with engine.connect() as connection:
         version = await connection.scalar(text("SELECT version_num FROM alembic_version_analytics"))
     await engine.dispose()
-    assert version == "analytics_0001"
+    assert version == "analytics_0002"

@@ -119,7 +119,8 @@ async def test_a_success_after_a_retry_keeps_the_last_error_as_a_finish_alone_do
     alone = (await insert_run(engine, tenant_id, state=RunState.STARTED, attempts=1)).id
     for run_id in (grouped, alone):
         async with engine.begin() as connection:
-            await ledger.finish(connection, run_id, RunState.RETRYING, error=OSError("flaky"))
+            retrying = ledger.Finish(run_id, RunState.RETRYING, error=OSError("flaky"))
+            await ledger.finish_group(connection, [retrying])
             await connection.execute(
                 update(TaskRun)
                 .where(TaskRun.id == run_id)
@@ -127,7 +128,9 @@ async def test_a_success_after_a_retry_keeps_the_last_error_as_a_finish_alone_do
             )
     await writes.finish(ledger.Finish(grouped, RunState.SUCCEEDED, result=[1, 2]))
     async with engine.begin() as connection:
-        await ledger.finish(connection, alone, RunState.SUCCEEDED, result=[1, 2])
+        await ledger.finish_group(
+            connection, [ledger.Finish(alone, RunState.SUCCEEDED, result=[1, 2])]
+        )
     one, other = await stored(engine, grouped), await stored(engine, alone)
     assert (one.state, one.result, one.error_type, one.error_message) == (
         other.state,

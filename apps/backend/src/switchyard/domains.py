@@ -58,6 +58,7 @@ DOMAINS: Final = (
     Domain("oauth", routers=("router", "clients_router")),
     Domain("tenants"),
     Domain("audit"),
+    Domain("usage"),
     Domain("tasks"),
     Domain("datasources", tasks=True),
     Domain("documents", tasks=True),

@@ -237,6 +237,8 @@ class Settings(BaseSettings):
     # tenth of one connection's time (more: gentler on the API, slower on a backlog).
     retention_rest_ratio: float = Field(default=9.0, ge=0, le=100)
     retention_every_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
+    # How often beat copies the usage counters changed lately to the `analytics` bind (if any).
+    usage_ship_seconds: float = Field(default=60.0, gt=0, le=24 * 3600)
     # system.sleep and system.fail (test and demo tasks): registered outside production, and
     # in production only when this is true. system.fail's `crash` never runs in production.
     system_tasks_enabled: bool | None = None

@@ -39,6 +39,7 @@ from switchyard.errors import (
     SwitchyardError,
 )
 from switchyard.platform.dependencies import RateLimiterDep, ServicesDep, SessionDep
+from switchyard.services import usage
 from switchyard.services.ratelimit import RateLimiter
 from switchyard.tasks.dependencies import RunSubmitter, SubmitterDep
 from switchyard.tasks.schemas import RunAccepted, RunRequest
@@ -143,6 +144,7 @@ async def delete_document(
     one deleted already, is 404 like everywhere else."""
     document = await DocumentRepository(session, tenant_id).get_or_404(document_id)
     await service.purge(services, tenant_id, document.id)
+    await usage.add_in(session, *service.stored_uses(tenant_id, -1, -document.size_bytes))
     await session.delete(document)
 
 

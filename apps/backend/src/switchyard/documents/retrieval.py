@@ -11,6 +11,7 @@ from switchyard.documents.repository import DocumentRepository
 from switchyard.documents.schemas import Citation, SearchHit
 from switchyard.services.container import Services
 from switchyard.services.llm import ChatChunk, ChatMessage, ChatResult
+from switchyard.services.usage import Meter, Use
 
 SNIPPET_CHARS: Final = 500
 NOTHING_FOUND: Final = "Nothing in your documents answers this."
@@ -30,6 +31,7 @@ async def search(
 ) -> list[SearchHit]:
     """Ranked chunks of the tenant's existing documents (vectors of a deleted one never show)."""
     top_k = min(top_k, services.settings.search_max_top_k)
+    services.usage.count(Use(tenant_id, Meter.SEARCH_QUERIES, "search", 1))
     [embedding] = await services.embedder.embed(tenant_id, [query])
     where = {"document_id": [str(d) for d in document_ids]} if document_ids else None
     matches = await services.vectors.query(tenant_id, embedding, top_k=top_k, where=where)
@@ -99,10 +101,14 @@ async def answer(
     """The completion, or None when nothing was retrieved (no paid call then)."""
     if not hits:
         return None
-    return await services.require_llm().chat(tenant_id, prompt(question, hits), temperature=0.2)
+    return await services.require_llm().chat(
+        tenant_id, prompt(question, hits), temperature=0.2, purpose="answer"
+    )
 
 
 def answer_stream(
     services: Services, tenant_id: uuid.UUID, question: str, hits: Sequence[SearchHit]
 ) -> AsyncGenerator[ChatChunk]:
-    return services.require_llm().chat_stream(tenant_id, prompt(question, hits), temperature=0.2)
+    return services.require_llm().chat_stream(
+        tenant_id, prompt(question, hits), temperature=0.2, purpose="answer"
+    )

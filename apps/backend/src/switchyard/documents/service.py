@@ -16,7 +16,9 @@ from switchyard.db.session import on_failure
 from switchyard.documents.graph import graph_of
 from switchyard.documents.repository import DocumentRepository
 from switchyard.errors import TooManyRequestsError
+from switchyard.services import usage
 from switchyard.services.container import Services
+from switchyard.services.usage import Meter, Use
 from switchyard.tasks.dependencies import RunSubmitter
 from switchyard.tasks.schemas import RunRequest
 
@@ -115,8 +117,17 @@ async def accept_upload(
     )
     session.add(document)
     await session.flush()
+    await usage.add_in(session, *stored_uses(tenant_id, 1, size))
     await session.refresh(document)
     return document, run
+
+
+def stored_uses(tenant_id: uuid.UUID, documents: int, size: int) -> tuple[Use, Use]:
+    """A change of the tenant's stored documents and bytes (usage's stocks)."""
+    return (
+        Use(tenant_id, Meter.DOCUMENTS, "", documents),
+        Use(tenant_id, Meter.STORED_BYTES, "", size),
+    )
 
 
 async def discard_upload(services: Services, tenant_id: uuid.UUID, document_id: uuid.UUID) -> None:
@@ -125,6 +136,7 @@ async def discard_upload(services: Services, tenant_id: uuid.UUID, document_id: 
     async with services.database_sessions.begin() as session:
         stored = await DocumentRepository(session, tenant_id).get(document_id)
         if stored is not None:
+            await usage.add_in(session, *stored_uses(tenant_id, -1, -stored.size_bytes))
             await session.delete(stored)
     await services.objects.delete(tenant_id, object_key(document_id))
 

@@ -186,6 +186,7 @@ async def extract_entities(
                 ChatMessage(role="user", content=chunk.text),
             ],
             temperature=0,
+            purpose="entities",
         )
         chunk_id = f"{document_id}:{chunk.index}"
         mentions.extend(Mention(chunk_id, n, k) for n, k in parse_entities(result.content))

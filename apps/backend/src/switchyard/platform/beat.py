@@ -30,8 +30,10 @@ from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.runs import ledger, retention
 from switchyard.platform.schedules import from_stored, latest_due, next_due
 from switchyard.platform.submission import OnRefusal, Submissions
+from switchyard.services import usage
 from switchyard.services.container import Services
 from switchyard.services.outages import unreachable_dependency
+from switchyard.services.usage import ANALYTICS
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class Beat:
         self.leader_since: float | None = None
         self.last_outbox = 0.0
         self.last_audit_purge: float | None = None  # the first tick as leader purges
+        self.last_usage_shipped = -float("inf")  # the first tick as leader copies usage
         self.last_retention: float | None = None  # ...and starts a retention pass
         self.retention: asyncio.Task[retention.Expired | None] | None = None
         # Fair share's backstop sweep: the role's admission (roles.beat gives it).
@@ -138,6 +141,16 @@ class Beat:
             self.last_audit_purge = time.monotonic()
             try:
                 await self.purge_audit_events()
+            except Exception as exc:
+                failures.append(exc)
+        if ANALYTICS in self.services.binds and (
+            time.monotonic() - self.last_usage_shipped >= self.settings.usage_ship_seconds
+        ):
+            self.last_usage_shipped = time.monotonic()
+            try:
+                copied = await usage.ship(self.engine, self.services.binds[ANALYTICS])
+                if copied:
+                    logger.info("usage copied to the analytics bind", extra={"rows": copied})
             except Exception as exc:
                 failures.append(exc)
         self._start_retention()

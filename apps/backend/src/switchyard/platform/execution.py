@@ -43,8 +43,11 @@ async def _record(
     *,
     result: Any = None,
     error: BaseException | None = None,
+    elapsed: float = 0.0,
 ) -> bool:
-    run = await _writes(services).finish(ledger.Finish(run_id, state, result, error))
+    """Record an attempt's outcome (and its usage: `elapsed` seconds of its handler)."""
+    outcome = ledger.Finish(run_id, state, result, error, round(elapsed * 1000))
+    run = await _writes(services).finish(outcome)
     if run is None:
         return False
     await changes.changed(services, run)
@@ -68,12 +71,16 @@ async def close_writes(services: Services) -> None:
 
 
 async def record_outcome(
-    services: Services, spec: TaskSpec[Any], run_id: uuid.UUID, error: BaseException
+    services: Services,
+    spec: TaskSpec[Any],
+    run_id: uuid.UUID,
+    error: BaseException,
+    elapsed: float = 0.0,
 ) -> bool:
-    """Fail a run stopped from outside its handler (its time limit); False when it was no
-    longer `started` (cancelled or concluded meanwhile)."""
+    """Fail a run stopped from outside its handler (its time limit) after `elapsed` seconds;
+    False when it was no longer `started` (cancelled or concluded meanwhile)."""
     TASK_EVENTS.labels(task=spec.name, event="failed").inc()
-    return await _record(services, run_id, RunState.FAILED, error=error)
+    return await _record(services, run_id, RunState.FAILED, error=error, elapsed=elapsed)
 
 
 async def hand_back(services: Services, run_id: uuid.UUID) -> None:
@@ -221,15 +228,19 @@ async def _attempt(
             delay = spec.retry.delay(run.attempts)
             finished("retried")
             log.warning("attempt failed; retrying in %s s", delay, extra={"error": repr(exc)})
-            if await _record(services, run_id, RunState.RETRYING, error=exc):
+            elapsed = time.perf_counter() - started
+            if await _record(services, run_id, RunState.RETRYING, error=exc, elapsed=elapsed):
                 return Outcome("retry", delay=delay, error=exc)
             return Outcome("done")
         finished("failed")
         log.error("run failed", extra={"error": repr(exc)})
-        if await _record(services, run_id, RunState.FAILED, error=exc):
+        elapsed = time.perf_counter() - started
+        if await _record(services, run_id, RunState.FAILED, error=exc, elapsed=elapsed):
             return Outcome("dead_letter", error=exc)
         return Outcome("done")
     finished("succeeded")
-    await _record(services, run_id, RunState.SUCCEEDED, result=to_jsonable_python(result))
+    elapsed = time.perf_counter() - started
+    result = to_jsonable_python(result)
+    await _record(services, run_id, RunState.SUCCEEDED, result=result, elapsed=elapsed)
     log.info("run succeeded")
     return Outcome("done")

@@ -248,7 +248,8 @@ class WorkerLoop:
                 f"{flight.spec.name} ran past its time limit of {flight.spec.time_limit:g} s"
             )
             logger.error("run failed: time limit", extra={"task": flight.spec.name})
-            if await record_outcome(self.services, flight.spec, flight.run_id, error):
+            elapsed = time.monotonic() - flight.started
+            if await record_outcome(self.services, flight.spec, flight.run_id, error, elapsed):
                 return Outcome("dead_letter", error=error)
             return Outcome("done")
 
@@ -430,7 +431,11 @@ async def fail_blocked(settings: Settings, flight: Flight) -> None:
     try:
         async with async_sessionmaker(engine).begin() as session:
             connection = await session.connection()
-            await ledger.finish(connection, flight.run_id, RunState.FAILED, error=error)
+            elapsed_ms = round((time.monotonic() - flight.started) * 1000)
+            outcome = ledger.Finish(
+                flight.run_id, RunState.FAILED, error=error, elapsed_ms=elapsed_ms
+            )
+            await ledger.finish_group(connection, [outcome])
             await store(
                 session,
                 DeadLetterRecord(

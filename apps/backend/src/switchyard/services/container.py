@@ -32,6 +32,7 @@ from switchyard.services.llm import LLMDisabledError, ZhipuClient, create_llm
 from switchyard.services.neo4j import Neo4j, create_neo4j
 from switchyard.services.objects import ObjectStore, create_object_store
 from switchyard.services.redis import Announcer, RedisBreaker
+from switchyard.services.usage import UsageRecorder
 from switchyard.services.vectors import VectorStore
 from switchyard.settings import Settings
 
@@ -66,6 +67,8 @@ class Services:
     neo4j: Neo4j | None = field(init=False)
     llm: ZhipuClient | None = field(init=False)
     embedder: Embedder = field(init=False)
+    # What tenants use, recorded where it happens (services.usage).
+    usage: UsageRecorder = field(init=False)
     cpu: CpuPool = field(init=False)
     binds: dict[str, Bind] = field(init=False)
     # None: production without SMTP_HOST (account email is refused).
@@ -83,9 +86,10 @@ class Services:
         self.cache = Cache(self.redis, settings.cache_namespace, self.redis_breaker)
         self.objects = create_object_store(settings)
         self.neo4j = create_neo4j(settings)
-        self.llm = create_llm(settings)
+        self.usage = UsageRecorder(self.database)
+        self.llm = create_llm(settings, self.usage)
         self.cpu = CpuPool(settings.worker_cpu_processes, settings.worker_cpu_memory_mb)
-        self.embedder = create_embedder(settings, self.llm, self.cpu)
+        self.embedder = create_embedder(settings, self.llm, self.cpu, self.usage)
         self.vectors = VectorStore.from_settings(settings, space=self.embedder.name)
         self.binds = create_binds(settings, f"switchyard-{self.service_type}")
         self.mailbox = (
@@ -123,6 +127,7 @@ class Services:
         return cls(settings, service_type, engine, sessions, redis_client, admission=given)
 
     async def close(self) -> None:
+        await self.usage.close()  # what is counted and not yet written, first
         if self.database is not None:
             await self.database.dispose()
         await self.announcer.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from switchyard.errors import ServiceUnavailableError
+from switchyard.services.usage import Meter, UsageRecorder, Use
 
 if TYPE_CHECKING:
     import numpy as np
@@ -304,9 +305,15 @@ class LocalEmbedder:
 
     name = "local-minilm-l6-v2"
 
-    def __init__(self, cpu: CpuPool | None = None, timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        cpu: CpuPool | None = None,
+        timeout: float = 300.0,
+        usage: UsageRecorder | None = None,
+    ) -> None:
         self.cpu = cpu
         self.timeout = timeout
+        self.usage = usage
 
     def model(self) -> MiniLM:
         return shared_model()
@@ -326,21 +333,28 @@ class LocalEmbedder:
 
     async def embed(self, tenant_id: uuid.UUID, texts: Sequence[str]) -> list[list[float]]:
         if self.cpu is None:
-            return await asyncio.to_thread(self.encode, texts)
-        return await self.cpu.run(
-            encode_locally, list(texts), limit=self.timeout, what="local embedding"
-        )
+            vectors = await asyncio.to_thread(self.encode, texts)
+        else:
+            vectors = await self.cpu.run(
+                encode_locally, list(texts), limit=self.timeout, what="local embedding"
+            )
+        if self.usage is not None:  # texts, in the tenant's usage (a search's: written soon)
+            self.usage.count(Use(tenant_id, Meter.EMBEDDING_TEXTS, self.name, len(texts)))
+        return vectors
 
 
 def create_embedder(
-    settings: Settings, llm: ZhipuClient | None, cpu: CpuPool | None = None
+    settings: Settings,
+    llm: ZhipuClient | None,
+    cpu: CpuPool | None = None,
+    usage: UsageRecorder | None = None,
 ) -> Embedder:
     """EMBEDDING_PROVIDER: `zhipu`, `local`, or `auto` (zhipu with a key, local without)."""
     provider = settings.embedding_provider
     if provider == "auto":
         provider = "zhipu" if llm is not None else "local"
     if provider == "local":
-        return LocalEmbedder(cpu, settings.worker_cpu_job_seconds)
+        return LocalEmbedder(cpu, settings.worker_cpu_job_seconds, usage)
     return ZhipuEmbedder(llm) if llm is not None else UnavailableEmbedder()
 
 

@@ -31,6 +31,7 @@ from tenacity import (
 )
 
 from switchyard.errors import ServiceUnavailableError, SwitchyardError
+from switchyard.services.usage import Meter, UsageRecorder, Use
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -209,10 +210,16 @@ class _TenantSlots:
 class ZhipuClient:
     """The production client; tests point `base_url` at a local fake of the same API."""
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        usage: UsageRecorder | None = None,
+    ):
         if settings.zhipuai_api_key is None:
             raise LLMDisabledError
         self.settings = settings
+        self.usage = usage
         self.chat_model = settings.zhipuai_chat_model
         self.embedding_model = settings.zhipuai_embedding_model
         self.timeout = settings.zhipuai_timeout_seconds
@@ -257,6 +264,19 @@ class ZhipuClient:
             raise _as_error(exc, self.timeout) from None
         REQUESTS.labels(operation, "ok").inc()
         return data
+
+    async def _spent(
+        self, purpose: str, tenant_id: uuid.UUID, model: str, usage: Usage, started: float
+    ) -> None:
+        """A chat's tokens, as the provider reported them: logged, counted, and recorded as
+        the tenant's usage (by purpose and model)."""
+        self._log_usage(purpose, tenant_id, model, usage, started)
+        if self.usage is not None:
+            subject = f"{purpose}/{model}"
+            await self.usage.add(
+                Use(tenant_id, Meter.LLM_PROMPT_TOKENS, subject, usage.prompt_tokens),
+                Use(tenant_id, Meter.LLM_COMPLETION_TOKENS, subject, usage.completion_tokens),
+            )
 
     def _log_usage(
         self, operation: str, tenant_id: uuid.UUID, model: str, usage: Usage, started: float
@@ -303,7 +323,10 @@ class ZhipuClient:
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        purpose: str = "chat",
     ) -> ChatResult:
+        """`purpose` names what the tokens were for in the tenant's usage (chat, answer,
+        entities)."""
         body = self._chat_body(messages, model, temperature, max_tokens, stream=False)
         started = time.perf_counter()
         async with self._slots.hold(tenant_id):
@@ -319,7 +342,7 @@ class ZhipuClient:
             )
         except (KeyError, IndexError, TypeError, AttributeError):
             raise LLMError("Zhipu answered a chat completion without choices") from None
-        self._log_usage("chat", tenant_id, result.model, result.usage, started)
+        await self._spent(purpose, tenant_id, result.model, result.usage, started)
         return result
 
     async def chat_stream(
@@ -330,8 +353,10 @@ class ZhipuClient:
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        purpose: str = "chat",
     ) -> AsyncGenerator[ChatChunk]:
-        """Deltas as they arrive; a failure before the first one is retried like `chat`."""
+        """Deltas as they arrive; a failure before the first one is retried like `chat`. The
+        usage the last chunk reports is recorded once the stream ends."""
         body = self._chat_body(messages, model, temperature, max_tokens, stream=True)
         started = time.perf_counter()
         usage = Usage()
@@ -372,7 +397,7 @@ class ZhipuClient:
             finally:
                 await response.aclose()
         REQUESTS.labels("chat_stream", "ok").inc()
-        self._log_usage("chat_stream", tenant_id, body["model"], usage, started)
+        await self._spent(purpose, tenant_id, body["model"], usage, started)
 
     async def embed(self, tenant_id: uuid.UUID, texts: Sequence[str]) -> Embeddings:
         """One vector per text, in order; long lists go in batches of 64."""
@@ -396,6 +421,12 @@ class ZhipuClient:
             usage = Usage.parse(data.get("usage"))
             prompt += usage.prompt_tokens
             total += usage.total_tokens
+            if self.usage is not None:  # each batch as it is spent: a later one may fail
+                model = self.embedding_model
+                await self.usage.add(
+                    Use(tenant_id, Meter.EMBEDDING_TOKENS, model, usage.total_tokens),
+                    Use(tenant_id, Meter.EMBEDDING_TEXTS, f"zhipu-{model}", len(batch)),
+                )
         result = Embeddings(vectors, self.embedding_model, Usage(prompt, 0, total))
         self._log_usage("embeddings", tenant_id, self.embedding_model, result.usage, started)
         return result
@@ -427,5 +458,5 @@ def _parse_chunk(payload: str) -> ChatChunk:
         raise LLMError("Zhipu streamed a chunk that is not JSON") from None
 
 
-def create_llm(settings: Settings) -> ZhipuClient | None:
-    return ZhipuClient(settings) if settings.zhipuai_api_key is not None else None
+def create_llm(settings: Settings, usage: UsageRecorder | None = None) -> ZhipuClient | None:
+    return ZhipuClient(settings, usage=usage) if settings.zhipuai_api_key is not None else None

@@ -25,3 +25,18 @@ class UsageEvent(AnalyticsBase):
     occurred_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class UsageCounterCopy(AnalyticsBase):
+    """The main database's `usage_counters`, copied by beat (services.usage.ship): what each
+    tenant used per hour, by meter and subject, for reporting outside PostgreSQL."""
+
+    __tablename__ = "usage_counters"
+    __table_args__ = (Index("ix_usage_counters_updated_at", "updated_at"),)
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    meter: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

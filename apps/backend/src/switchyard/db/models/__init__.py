@@ -7,6 +7,7 @@ from switchyard.db.models.document import DocumentStatus, KnowledgeDocument
 from switchyard.db.models.task_definition import UNPLANNED, TaskDefinition
 from switchyard.db.models.task_run import FINAL_STATES, RunState, TaskRun
 from switchyard.db.models.tenant import DEFAULT_TENANT_ID, Tenant, TenantStatus
+from switchyard.db.models.usage import UsageCounter
 from switchyard.db.models.user import (
     ApiKey,
     Invitation,
@@ -41,6 +42,7 @@ __all__ = [
     "Tenant",
     "TenantStatus",
     "TokenPurpose",
+    "UsageCounter",
     "User",
     "UserToken",
     "WorkerSlots",

@@ -15,9 +15,11 @@ from typing import Any, cast
 
 from sqlalchemy import (
     CTE,
+    BigInteger,
     Boolean,
     ColumnElement,
     Row,
+    Select,
     String,
     Table,
     Text,
@@ -36,6 +38,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    union_all,
     update,
     values,
 )
@@ -48,6 +51,7 @@ from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
 from switchyard.db.models.task_run import OUTBOX
 from switchyard.platform.coalesce import Coalescer
+from switchyard.services import usage
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +188,7 @@ class Finish:
     state: RunState
     result: Any = None
     error: BaseException | None = None
+    elapsed_ms: int = 0  # the handler's time: the attempt's run.milliseconds (services.usage)
 
 
 _STATE_TYPE = _RUNS.c.state.type
@@ -194,7 +199,10 @@ async def finish_group(
 ) -> dict[uuid.UUID, RunChange]:
     """`finish` for many runs in one statement (an UPDATE from a VALUES list): the runs
     recorded, by id; one cancelled meanwhile is not among them. As `finish`, a result or an
-    error not given leaves the stored one as it is."""
+    error not given leaves the stored one as it is.
+
+    The same statement adds the attempts it records to their tenants' usage (run.attempts and
+    run.milliseconds by task, services.usage): counted with the outcome, so exactly once."""
     rows = [
         (
             outcome.run_id,
@@ -203,6 +211,7 @@ async def finish_group(
             type(outcome.error).__name__ if outcome.error is not None else None,
             str(outcome.error)[:MAX_ERROR_MESSAGE] if outcome.error is not None else None,
             outcome.state.final,
+            outcome.elapsed_ms,
         )
         for outcome in outcomes
     ]
@@ -213,6 +222,7 @@ async def finish_group(
         column("error_type", String),
         column("error_message", Text),
         column("final", Boolean),
+        column("elapsed_ms", BigInteger),
         name="outcome",
     ).data(rows)
     locked = in_id_order(
@@ -234,10 +244,35 @@ async def finish_group(
                 (sql_cast(given.c.final, Boolean), func.now()), else_=_RUNS.c.finished_at
             ),
         )
-        .returning(*_CHANGED)
+        .returning(*_CHANGED, _RUNS.c.task, sql_cast(given.c.elapsed_ms, BigInteger).label("ms"))
+        .cte("changed")
     )
-    changed = await connection.execute(statement)
-    return {row.id: RunChange(**row._mapping) for row in changed}
+    counted = usage.add_from(_uses(statement)).cte("counted")
+    rows_changed = await connection.execute(
+        select(*(statement.c[name] for name in _CHANGED_NAMES)).add_cte(counted)
+    )
+    return {row.id: RunChange(**row._mapping) for row in rows_changed}
+
+
+_CHANGED_NAMES = tuple(column.name for column in _CHANGED)
+
+
+def _uses(changed: CTE) -> Select[Any]:
+    """The usage of the attempts `changed` records: per tenant and task, the attempts and
+    their milliseconds."""
+    attempts = select(
+        changed.c.tenant_id,
+        literal(usage.Meter.RUN_ATTEMPTS.value, String).label("meter"),
+        changed.c.task.label("subject"),
+        func.count().label("quantity"),
+    ).group_by(changed.c.tenant_id, changed.c.task)
+    milliseconds = select(
+        changed.c.tenant_id,
+        literal(usage.Meter.RUN_MILLISECONDS.value, String).label("meter"),
+        changed.c.task.label("subject"),
+        func.sum(changed.c.ms).label("quantity"),
+    ).group_by(changed.c.tenant_id, changed.c.task)
+    return select(union_all(attempts, milliseconds).subquery("uses"))
 
 
 class GroupWrites:
@@ -297,35 +332,6 @@ class GroupWrites:
         await self._claims.close()
         await self._finishes.close()
         self._by_engine.pop(self.engine, None)
-
-
-_FINISH = (
-    update(_RUNS)
-    .where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.state == RunState.STARTED)
-    .returning(*_CHANGED)
-)
-# The columns set are the parameters given (state, result, error_*); a final state adds:
-_FINISH_FINAL = _FINISH.values(finished_at=func.now())
-
-
-async def finish(
-    connection: AsyncConnection,
-    run_id: uuid.UUID,
-    state: RunState,
-    *,
-    result: Any = None,
-    error: BaseException | None = None,
-) -> RunChange | None:
-    """Record the outcome of an attempt, unless the run was cancelled meanwhile (None then).
-    One statement."""
-    values: dict[str, Any] = {"run_id": run_id, "state": state}
-    if result is not None:
-        values["result"] = result
-    if error is not None:
-        values["error_type"] = type(error).__name__
-        values["error_message"] = str(error)[:MAX_ERROR_MESSAGE]
-    statement = _FINISH_FINAL if state.final else _FINISH
-    return _change((await connection.execute(statement, values)).one_or_none())
 
 
 _HAND_BACK = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 
 from switchyard.db.binds import BIND_BASES
-from switchyard.db.binds.models import UsageEvent  # noqa: F401  (registers the models)
+from switchyard.db.binds.models import UsageCounterCopy, UsageEvent  # noqa: F401  (registers the models)
 
 name = context.config.attributes["bind"]
 connection = context.config.attributes["connection"]

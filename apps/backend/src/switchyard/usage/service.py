@@ -1,0 +1,38 @@
+"""A tenant's usage report for a calendar month (UTC)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from switchyard.usage.repository import UsageRepository
+from switchyard.usage.schemas import UsageDay, UsageReport, UsageTotal
+
+
+def month_bounds(month: str | None, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """The first instant of `month` ("YYYY-MM", default this one) and of the next, in UTC."""
+    if month is None:
+        current = now or datetime.now(UTC)
+        year, number = current.year, current.month
+    else:
+        year, number = (int(part) for part in month.split("-"))
+    start = datetime(year, number, 1, tzinfo=UTC)
+    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+async def report(session: AsyncSession, tenant_id: uuid.UUID, month: str | None) -> UsageReport:
+    start, end = month_bounds(month)
+    counters = UsageRepository(session, tenant_id)
+    totals = await counters.totals(start, end)
+    daily = await counters.daily(start, end)
+    return UsageReport(
+        tenant_id=tenant_id,
+        period_start=start,
+        period_end=end,
+        totals=[UsageTotal(meter=m, subject=s, quantity=q) for m, s, q in totals],
+        daily=[UsageDay(day=d, meter=m, quantity=q) for d, m, q in daily],
+        stocks=await counters.stocks(),
+    )
