@@ -53,15 +53,16 @@ def totals(body: dict[str, Any]) -> dict[tuple[str, str], int]:
 
 
 async def until_counted(
-    client: httpx.AsyncClient, account: Account, meter: str, within: float = 10
+    client: httpx.AsyncClient, account: Account, counted: dict[tuple[str, str], int]
 ) -> dict[str, Any]:
-    """Counted uses (searches, local embeddings) are written within a second."""
-    deadline = time.monotonic() + within
+    """Counted uses (searches, local embeddings) are written within a second: the report
+    once it holds `counted`."""
+    deadline = time.monotonic() + 10
     while True:
         body = await report(client, account)
-        if any(t["meter"] == meter for t in body["totals"]):
+        if counted.items() <= totals(body).items():
             return body
-        assert time.monotonic() < deadline, f"no {meter} within {within} s: {body}"
+        assert time.monotonic() < deadline, f"not {counted} within 10 s: {body}"
         await asyncio.sleep(0.1)
 
 
@@ -91,14 +92,14 @@ async def test_a_tenants_uploads_ingestion_and_searches_are_in_its_report(
 
     services: Services = app.state.gateway.services
     ingested = await ingest_now(services, ada.tenant_id, kept.json()["document"]["id"])
-    await until_counted(client, ada, "embedding.texts")
+    texts = ("embedding.texts", "local-minilm-l6-v2")  # the local embedder counts texts
+    await until_counted(client, ada, {texts: ingested["chunks"]})
     searched = await client.post("/api/v1/search", json={"query": "lunch", "top_k": 1})
     assert searched.status_code == 200
-    body = await until_counted(client, ada, "search.queries")
-    used = totals(body)
-    # The chunks, then the query (one text each): the local embedder counts texts.
-    assert used[("embedding.texts", "local-minilm-l6-v2")] == ingested["chunks"] + 1
-    assert used[("search.queries", "search")] == 1
+    # The query: one text more, one search.
+    body = await until_counted(
+        client, ada, {texts: ingested["chunks"] + 1, ("search.queries", "search"): 1}
+    )
     today = datetime.now(UTC).date().isoformat()
     assert {(d["day"], d["meter"]) for d in body["daily"]} == {
         (today, "embedding.texts"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -40,7 +41,6 @@ from sqlalchemy import (
     tuple_,
     union_all,
     update,
-    values,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -149,11 +149,19 @@ async def claim_group(
 ) -> dict[uuid.UUID, RunChange]:
     """`claim` for many (run, tenant) pairs in one statement: the runs claimed, by id. A run
     not among them is claimed (or explained) by `claim` alone."""
-    # One statement text whatever the group's size (arrays, not lists of parameters): its
-    # plan does not change with the size, and the driver prepares it once.
-    ids = [run_id for run_id, _ in runs]
+    parameters = {"ids": [run_id for run_id, _ in runs], "tenants": [t for _, t in runs]}
+    rows = await connection.execute(_claim_group_statement(redelivered), parameters)
+    return {row.id: RunChange(**row._mapping) for row in rows}
+
+
+@cache
+def _claim_group_statement(redelivered: bool) -> Update:
+    """Built once per shape, one statement text whatever the group's size (arrays, not lists
+    of parameters): its plan does not change with the size, the driver prepares it once, and
+    no group pays for building and compiling it."""
+    ids = bindparam("ids", type_=ARRAY(Uuid))
     pairs = (
-        func.unnest(literal(ids, ARRAY(Uuid)), literal([tenant for _, tenant in runs], ARRAY(Uuid)))
+        func.unnest(ids, bindparam("tenants", type_=ARRAY(Uuid)))
         .table_valued("id", "tenant_id")
         .render_derived(name="given")
     )
@@ -161,12 +169,12 @@ async def claim_group(
         # The ids alone first: the primary key finds the rows, whatever else the planner
         # thinks of the (run, tenant) pairs (a tenant's state index, say, which reads all of
         # a tenant's queued runs: its backlog waiting for its share too).
-        _RUNS.c.id == any_(literal(ids, ARRAY(Uuid))),
+        _RUNS.c.id == any_(ids),
         tuple_(_RUNS.c.id, _RUNS.c.tenant_id).in_(select(pairs.c.id, pairs.c.tenant_id)),
         _RUNS.c.state.in_((*CLAIMABLE, RunState.STARTED) if redelivered else CLAIMABLE),
         _RUNS.c.admitted_at.is_not(None),
     )
-    statement = (
+    return (
         update(_RUNS)
         .where(_RUNS.c.id == locked.c.id)
         .values(
@@ -176,8 +184,6 @@ async def claim_group(
         )
         .returning(*_CHANGED)
     )
-    rows = await connection.execute(statement)
-    return {row.id: RunChange(**row._mapping) for row in rows}
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,61 +203,73 @@ _STATE_TYPE = _RUNS.c.state.type
 async def finish_group(
     connection: AsyncConnection, outcomes: list[Finish]
 ) -> dict[uuid.UUID, RunChange]:
-    """`finish` for many runs in one statement (an UPDATE from a VALUES list): the runs
-    recorded, by id; one cancelled meanwhile is not among them. As `finish`, a result or an
-    error not given leaves the stored one as it is.
+    """`finish` for many runs in one statement (an UPDATE from the outcomes as arrays): the
+    runs recorded, by id; one cancelled meanwhile is not among them. A result or an error not
+    given leaves the stored one as it is.
 
     The same statement adds the attempts it records to their tenants' usage (run.attempts and
     run.milliseconds by task, services.usage): counted with the outcome, so exactly once."""
-    rows = [
-        (
-            outcome.run_id,
-            outcome.state,
-            outcome.result,
-            type(outcome.error).__name__ if outcome.error is not None else None,
-            str(outcome.error)[:MAX_ERROR_MESSAGE] if outcome.error is not None else None,
-            outcome.state.final,
-            outcome.elapsed_ms,
+    errors = [outcome.error for outcome in outcomes]
+    parameters = {
+        "ids": [outcome.run_id for outcome in outcomes],
+        "states": [outcome.state.value for outcome in outcomes],
+        "results": [
+            None if outcome.result is None else json.dumps(outcome.result) for outcome in outcomes
+        ],
+        "error_types": [None if error is None else type(error).__name__ for error in errors],
+        "error_messages": [
+            None if error is None else str(error)[:MAX_ERROR_MESSAGE] for error in errors
+        ],
+        "finals": [outcome.state.final for outcome in outcomes],
+        "elapsed": [outcome.elapsed_ms for outcome in outcomes],
+    }
+    changed = await connection.execute(_finish_statement(), parameters)
+    return {row.id: RunChange(**row._mapping) for row in changed}
+
+
+@cache
+def _finish_statement() -> Select[Any]:
+    """Built once: one statement text whatever the group's size (arrays, not a VALUES list),
+    so neither building nor compiling it costs anything per group (it cost more CPU than the
+    database spent on it), and the driver prepares it once."""
+    ids = bindparam("ids", type_=ARRAY(Uuid))
+    given = (
+        func.unnest(
+            ids,
+            bindparam("states", type_=ARRAY(String)),
+            bindparam("results", type_=ARRAY(Text)),
+            bindparam("error_types", type_=ARRAY(String)),
+            bindparam("error_messages", type_=ARRAY(Text)),
+            bindparam("finals", type_=ARRAY(Boolean)),
+            bindparam("elapsed", type_=ARRAY(BigInteger)),
         )
-        for outcome in outcomes
-    ]
-    given = values(
-        column("id", Uuid),
-        column("state", _STATE_TYPE),
-        column("result", JSONB(none_as_null=True)),
-        column("error_type", String),
-        column("error_message", Text),
-        column("final", Boolean),
-        column("elapsed_ms", BigInteger),
-        name="outcome",
-    ).data(rows)
-    locked = in_id_order(
-        _RUNS.c.id == any_(literal([outcome.run_id for outcome in outcomes], ARRAY(Uuid))),
-        _RUNS.c.state == RunState.STARTED,
+        .table_valued(
+            column("id", Uuid),
+            column("state", String),
+            column("result", Text),
+            column("error_type", String),
+            column("error_message", Text),
+            column("final", Boolean),
+            column("elapsed_ms", BigInteger),
+        )
+        .render_derived(name="outcome", with_types=False)
     )
-    statement = (
+    locked = in_id_order(_RUNS.c.id == any_(ids), _RUNS.c.state == RunState.STARTED)
+    changed = (
         update(_RUNS)
         .where(_RUNS.c.id == given.c.id, _RUNS.c.id == locked.c.id)
         .values(
             state=given.c.state,
-            # Typed again: a VALUES column whose every row is NULL has no type of its own.
             result=func.coalesce(sql_cast(given.c.result, JSONB), _RUNS.c.result),
-            error_type=func.coalesce(sql_cast(given.c.error_type, String), _RUNS.c.error_type),
-            error_message=func.coalesce(
-                sql_cast(given.c.error_message, Text), _RUNS.c.error_message
-            ),
-            finished_at=case(
-                (sql_cast(given.c.final, Boolean), func.now()), else_=_RUNS.c.finished_at
-            ),
+            error_type=func.coalesce(given.c.error_type, _RUNS.c.error_type),
+            error_message=func.coalesce(given.c.error_message, _RUNS.c.error_message),
+            finished_at=case((given.c.final, func.now()), else_=_RUNS.c.finished_at),
         )
-        .returning(*_CHANGED, _RUNS.c.task, sql_cast(given.c.elapsed_ms, BigInteger).label("ms"))
+        .returning(*_CHANGED, _RUNS.c.task, given.c.elapsed_ms.label("ms"))
         .cte("changed")
     )
-    counted = usage.add_from(_uses(statement)).cte("counted")
-    rows_changed = await connection.execute(
-        select(*(statement.c[name] for name in _CHANGED_NAMES)).add_cte(counted)
-    )
-    return {row.id: RunChange(**row._mapping) for row in rows_changed}
+    counted = usage.add_from(_uses(changed)).cte("counted")
+    return select(*(changed.c[name] for name in _CHANGED_NAMES)).add_cte(counted)
 
 
 _CHANGED_NAMES = tuple(column.name for column in _CHANGED)
