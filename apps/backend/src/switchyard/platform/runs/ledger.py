@@ -197,9 +197,6 @@ class Finish:
     elapsed_ms: int = 0  # the handler's time: the attempt's run.milliseconds (services.usage)
 
 
-_STATE_TYPE = _RUNS.c.state.type
-
-
 async def finish_group(
     connection: AsyncConnection, outcomes: list[Finish]
 ) -> dict[uuid.UUID, RunChange]:
