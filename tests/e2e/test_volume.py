@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -24,7 +24,7 @@ from switchyard.api.app import create_app
 from switchyard.db.models import DeadLetter, RunState, TaskRun
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
-from tests.fixtures.processes import RunningRole
+from tests.fixtures.processes import RunningRole, Starter
 from tests.fixtures.tasks import DELIVERY_LIMIT, start_worker_on
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +56,7 @@ async def gateway(
 
 
 def two_processes(
-    start_role: Callable[..., RunningRole],
+    start_role: Starter,
     task_env: dict[str, str],
     broker: str,
     engine: AsyncEngine,
@@ -64,7 +64,7 @@ def two_processes(
     concurrency: int,
 ) -> RunningRole:
     return start_worker_on(
-        start_role,
+        start_role.untraced,  # the volume is the point, not the lines: other tests trace workers
         task_env,
         broker,
         workdir,
@@ -93,7 +93,7 @@ async def test_ten_thousand_runs_in_bulk_on_two_processes_all_succeed_once(
     gateway: httpx.AsyncClient,
     own_broker: str,
     engine: AsyncEngine,
-    start_role: Callable[..., RunningRole],
+    start_role: Starter,
     task_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
@@ -135,7 +135,7 @@ async def test_a_lone_tenant_fills_both_processes_and_a_second_gets_its_half_in_
     gateway: httpx.AsyncClient,
     own_broker: str,
     engine: AsyncEngine,
-    start_role: Callable[..., RunningRole],
+    start_role: Starter,
     task_env: dict[str, str],
     tmp_path: Path,
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -283,10 +284,11 @@ async def test_password_reset_answers_alike_works_once_and_ends_every_sign_in(
 
 
 async def test_email_verification_gates_sign_in_when_required(
-    accounts_platform: AccountsPlatform,
+    accounts_platform: AccountsPlatform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, mailbox = accounts_platform.client, accounts_platform.mailbox
-    accounts_platform.settings.require_email_verification = True
+    # The module's gateway: back to its setting after this test.
+    monkeypatch.setattr(accounts_platform.settings, "require_email_verification", True)
     email = f"verify-{uuid.uuid4().hex[:8]}@example.com"
     registered = await client.post(
         "/api/v1/auth/register",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,30 +44,36 @@ UNICODE = [
 ]
 
 
-@pytest.fixture
-async def app(make_settings: SettingsFactory, broker_url: str, tmp_path: Path) -> FastAPI:
+@pytest.fixture(scope="module")
+async def app(
+    make_settings: SettingsFactory, broker_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> FastAPI:
+    """One gateway for the module (its embedding model loads once); each test signs up a
+    tenant of its own."""
     return create_app(
         make_settings(
             celery_broker_url=broker_url,
             task_delivery_limit=DELIVERY_LIMIT,  # the session's queues are declared so
             document_max_bytes=UPLOAD_LIMIT,
-            var_dir=tmp_path,
+            var_dir=tmp_path_factory.mktemp("bad-input"),
             max_request_body_bytes=64 * 1024,
         )
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with running(app) as client:
         yield client
 
 
 @pytest.fixture
-async def owner(client: httpx.AsyncClient) -> Account:
+async def owner(client: httpx.AsyncClient) -> AsyncIterator[Account]:
     account = await sign_up(client)
     client.headers.update(account.headers)
-    return account
+    yield account
+    for name in account.headers:  # the next test starts without them
+        client.headers.pop(name, None)
 
 
 def is_problem(answer: httpx.Response, status: int) -> dict[str, Any]:
