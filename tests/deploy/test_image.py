@@ -28,7 +28,7 @@ PASSWORD = "correct-horse-battery-staple-9"
 VALID_ROLES = "valid roles: api-gateway, worker, beat, migrate, standalone"
 # What compose and the README give a worker: WORKER_SHUTDOWN_GRACE_SECONDS (30) + hand-back.
 WORKER_STOP_TIMEOUT = 45
-HEAD = "0012"
+HEAD = "0013"
 FINAL_STATES = {"succeeded", "failed", "cancelled", "dead_lettered"}
 
 

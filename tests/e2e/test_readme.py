@@ -51,6 +51,9 @@ ELSEWHERE = {
     "cp .env.backend.example .env.backend   # then change every secret in it": "needs the "
     "images of a registry; the compose file is checked by tests/deploy/test_compose.py with "
     "real Compose v2, the image's roles run in tests/deploy/test_image.py",
+    "# As a platform superuser (ROOT: its bearer token):": "needs a platform superuser, "
+    "which `make run` does not create (FIRST_SUPERUSER_*); these requests run in "
+    "tests/integration/usage/test_quotas.py",
     "pnpm check:services": "runs in tests/deploy/test_check_services.py, with pnpm 9, 10 and "
     "the current release, against `make run`'s standalone and the test servers",
 }

@@ -9,6 +9,7 @@ read from the app itself."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from switchyard.api.app import create_app
 from switchyard.auth.dependencies import (
     get_principal,
     require_owner,
@@ -40,6 +42,8 @@ from switchyard.db.models import (
 )
 from switchyard.db.tenancy import tenant_owned
 from tests.fixtures.accounts import Account, sign_up
+from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.tasks import DELIVERY_LIMIT
 
 
 @dataclass
@@ -84,6 +88,10 @@ CASES: dict[tuple[str, str], tuple[str, int]] = {
     ("post", "/api/v1/tenants/{tenant_id}/suspend"): ("tenant_id", 403),
     ("post", "/api/v1/tenants/{tenant_id}/activate"): ("tenant_id", 403),
     ("patch", "/api/v1/tenants/{tenant_id}"): ("tenant_id", 403),
+    # Plans are the platform's: any name is refused to a tenant's owner.
+    ("get", "/api/v1/plans/{name}"): ("tenant_id", 403),
+    ("patch", "/api/v1/plans/{name}"): ("tenant_id", 403),
+    ("delete", "/api/v1/plans/{name}"): ("tenant_id", 403),
     ("patch", "/api/v1/members/{user_id}"): ("member_id", 404),
     ("delete", "/api/v1/members/{user_id}"): ("member_id", 404),
     ("post", "/api/v1/invitations/{invitation_id}/resend"): ("invitation_id", 404),
@@ -94,14 +102,27 @@ BODIES = {
     ("patch", "/api/v1/tasks/definitions/{name}"): {"enabled": False},
     ("patch", "/api/v1/data-sources/{source_id}"): {"name": "taken over"},
     ("patch", "/api/v1/tenants/{tenant_id}"): {"max_runs_in_flight": 5},
+    ("patch", "/api/v1/plans/{name}"): {"description": "taken over"},
     ("patch", "/api/v1/members/{user_id}"): {"role": "admin"},
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+async def api_client(
+    make_settings: SettingsFactory, broker_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One gateway for the module: its tests only read, or are refused."""
+    settings = make_settings(celery_broker_url=broker_url, task_delivery_limit=DELIVERY_LIMIT)
+    async with running(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 async def tenants(
     api_client: httpx.AsyncClient, engine: AsyncEngine
 ) -> tuple[Account, Account, Owned]:
+    """Two tenants, and one of each of A's resources: made once for the module, whose tests
+    change none of them (every call they make is refused, or reads)."""
     a, b = await sign_up(api_client, "Tenant A"), await sign_up(api_client, "Tenant B")
     name = f"def-{uuid.uuid4().hex[:6]}"
     created = await api_client.post(
@@ -314,7 +335,7 @@ def guards(app: FastAPI, method: str, template: str) -> set[str]:
     return found
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def app(api_client: httpx.AsyncClient) -> FastAPI:
     transport = api_client._transport
     assert isinstance(transport, httpx.ASGITransport)

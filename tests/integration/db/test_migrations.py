@@ -108,4 +108,4 @@ def test_the_head_is_the_newest_migration_file() -> None:
     from switchyard.db.migrate import MIGRATIONS_DIR
 
     newest = max(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))
-    assert HEAD == newest.split("_")[0] == "0012"
+    assert HEAD == newest.split("_")[0] == "0013"

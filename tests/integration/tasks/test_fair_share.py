@@ -246,6 +246,40 @@ async def test_the_superuser_sets_one_tenants_cap(
     assert share["limit"] == CAP
 
 
+async def test_a_plans_runs_in_flight_caps_its_tenants_share(
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
+) -> None:
+    async with async_sessionmaker(engine).begin() as session:
+        await ensure_superuser(session, settings)
+    assert settings.first_superuser_email is not None
+    tokens = await login(client, settings.first_superuser_email, SUPERUSER_PASSWORD)
+    root = {"Authorization": f"Bearer {tokens['access_token']}"}
+    plan = f"single-{uuid.uuid4().hex[:6]}"
+    made = await client.post(
+        "/api/v1/plans", json={"name": plan, "runs_in_flight": 1}, headers=root
+    )
+    assert made.status_code == 201, made.text
+    a = await sign_up(client)
+    on_it = await client.patch(f"/api/v1/tenants/{a.tenant_id}", json={"plan": plan}, headers=root)
+    assert on_it.status_code == 200, on_it.text
+
+    answers = [await run(client, a, SLEEP) for _ in range(3)]
+    assert [answer["state_detail"] for answer in answers] == [None] + ["waiting_for_capacity"] * 2
+    share = (await client.get("/api/v1/tasks/", headers=a.headers)).json()["share"]
+    assert (share["limit"], share["in_flight"]) == (1, 1)
+
+    # Its own value of the limit goes first: raised, its waiting runs are admitted at once.
+    raised = await client.patch(
+        f"/api/v1/tenants/{a.tenant_id}",
+        json={"limit_overrides": {"runs_in_flight": 3}},
+        headers=root,
+    )
+    assert raised.status_code == 200, raised.text
+    await wait_published(engine, uuid.UUID(answers[-1]["task_id"]))
+    share = (await client.get("/api/v1/tasks/", headers=a.headers)).json()["share"]
+    assert (share["limit"], share["in_flight"], share["waiting_for_capacity"]) == (3, 3, 0)
+
+
 async def test_concurrent_submissions_never_pass_the_cap(
     client: httpx.AsyncClient, engine: AsyncEngine, own_broker: str
 ) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from switchyard.db.models import RunState, UsageCounter
 from switchyard.platform.runs import ledger
 from switchyard.services.llm import ChatMessage, ZhipuClient
+from switchyard.services.quotas import LlmBudget
 from switchyard.services.usage import WRITES_FAILED, Meter, UsageRecorder, Use
 from tests.fakes.zhipu import FakeZhipu
 from tests.fixtures.tasks import insert_run
@@ -74,7 +75,7 @@ async def test_an_attempt_is_counted_with_its_outcome_once(
 async def test_tokens_are_the_providers_once_whatever_the_client_retried(
     engine: AsyncEngine, tenant_id: uuid.UUID, zhipu: FakeZhipu, recorder: UsageRecorder
 ) -> None:
-    llm = ZhipuClient(llm_settings(zhipu), usage=recorder)
+    llm = ZhipuClient(llm_settings(zhipu), budget=LlmBudget(engine))
     try:
         zhipu.fail_next(429, times=2)  # two refusals the client retries: no tokens spent
         chatted = await llm.chat(tenant_id, USER, purpose="answer")

@@ -103,8 +103,11 @@ async def test_a_tenants_uploads_ingestion_and_searches_are_in_its_report(
     today = datetime.now(UTC).date().isoformat()
     assert {(d["day"], d["meter"]) for d in body["daily"]} == {
         (today, "embedding.texts"),
+        (today, "run.accepted"),
         (today, "search.queries"),
     }
+    # Each upload's ingestion run, as the submission stored it.
+    assert totals(body)[("run.accepted", "documents.ingest")] == 2
     start = datetime.fromisoformat(body["period_start"])
     assert (start.day, start.hour, start.utcoffset()) == (1, 0, datetime.now(UTC).utcoffset())
 

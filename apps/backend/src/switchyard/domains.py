@@ -56,7 +56,7 @@ DOMAINS: Final = (
         tasks=True,
     ),
     Domain("oauth", routers=("router", "clients_router")),
-    Domain("tenants"),
+    Domain("tenants", routers=("router", "plans_router")),
     Domain("audit"),
     Domain("usage"),
     Domain("tasks"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
@@ -40,11 +40,16 @@ class SwitchyardError(Exception):
     title: ClassVar[str] = "Bad request"
     # The unit of work commits, instead of rolling back, before this error is answered.
     persist_changes: ClassVar[bool] = False
+    # False: a run whose task raised it fails at once, without the retries of its policy (it
+    # is dead-lettered; a replay may succeed once the cause is gone: a quota that reset).
+    retry_in_run: ClassVar[bool] = True
 
     def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers
+        # Members the problem body carries besides the standard ones (a quota's figures).
+        self.extensions: dict[str, Any] = {}
 
 
 class NotFoundError(SwitchyardError):

@@ -315,6 +315,9 @@ class Settings(BaseSettings):
     zhipuai_max_retries: int = Field(default=3, ge=0, le=10)
     zhipuai_retry_backoff_seconds: float = Field(default=0.5, ge=0, le=60)
     zhipuai_tenant_concurrency: int = Field(default=4, ge=1, le=256)
+    # The completion tokens a chat that sets no max_tokens is assumed to spend at most, when
+    # its tenant's plan has a token budget (services.quotas reserves that much for it).
+    zhipuai_max_completion_tokens: int = Field(default=4096, ge=1, le=1_000_000)
 
     # Knowledge documents: upload limit, chunking, embeddings, retrieval.
     document_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, le=1024**3)

@@ -47,6 +47,7 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
         instance=request.url.path,
         errors=errors,
         headers=exc.headers,
+        extensions=exc.extensions,
     )
 
 

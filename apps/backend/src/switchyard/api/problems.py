@@ -50,6 +50,7 @@ def problem_response(
     instance: str | None = None,
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> JSONResponse:
     problem = Problem(
         title=title or status_title(status),
@@ -59,6 +60,7 @@ def problem_response(
         code=code or status_code_name(status),
         request_id=request_id_var.get(),
         errors=errors,
+        **(extensions or {}),
     )
     content: dict[str, Any] = problem.model_dump(exclude_none=True)
     return JSONResponse(content, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from switchyard.db.models import Role
+from switchyard.services.quotas import Limits
 
 PrincipalKind = Literal["user", "api_key", "oauth_client"]
 
@@ -25,6 +26,15 @@ class Principal:
     # Set when the caller is a console session (its cookie): the sign-in the CSRF token of its
     # state-changing requests is derived from.
     console_family: uuid.UUID | None = None
+    # Its tenant's plan limits, read with the principal (a change applies at the next
+    # request); None: no plan and no limits of its own.
+    limits: Limits | None = None
+
+    def runs_rate_limit(self, default: str) -> str:
+        """The tenant's limit of runs submitted, of the `limits` library's notation: its
+        plan's task_runs_per_minute, else `default` (RATE_LIMIT_TASK_RUNS)."""
+        value = self.limits.of("task_runs_per_minute") if self.limits is not None else None
+        return f"{value}/minute" if value else default
 
     @property
     def rate_limit_key(self) -> str:

@@ -69,6 +69,10 @@ class TenantSummary(BaseModel):
         description="Its own dead-letter retention in days (0: for ever); null: "
         "DEAD_LETTER_RETENTION_DAYS",
     )
+    plan: str | None = Field(default=None, description="Its plan's name; null: none")
+    limit_overrides: dict[str, int | None] = Field(
+        default_factory=dict, description="Its own values of its plan's limits"
+    )
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantSummary:

@@ -40,6 +40,7 @@ from switchyard.errors import (
 )
 from switchyard.platform import audit
 from switchyard.platform.outbox import Outbox
+from switchyard.services.quotas import Limits, limits_from, with_limits
 from switchyard.services.ratelimit import RateLimiter
 from switchyard.settings import Settings
 
@@ -249,6 +250,17 @@ async def _active_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
     if tenant.status is TenantStatus.SUSPENDED:
         raise ForbiddenError("This tenant is suspended.")
     return tenant
+
+
+async def _active_tenant_limits(session: AsyncSession, tenant_id: uuid.UUID) -> Limits | None:
+    """`_active_tenant`'s checks, and the tenant's limits, in one read."""
+    statement = with_limits(select(Tenant.status).where(Tenant.id == tenant_id))
+    row = (await session.execute(statement)).one_or_none()
+    if row is None:
+        raise UnauthorizedError(BAD_TOKEN)
+    if row.status is TenantStatus.SUSPENDED:
+        raise ForbiddenError("This tenant is suspended.")
+    return limits_from(row)
 
 
 def _access_token(
@@ -483,7 +495,7 @@ async def revoke_refresh_tokens(
 
 # The token's user, membership and tenant as they stand now, and whether its refresh family
 # is still alive, in one round trip (no row when the user, membership or tenant is gone).
-_TOKEN_HOLDER = (
+_TOKEN_HOLDER = with_limits(
     select(
         User.is_active,
         User.is_superuser,
@@ -544,6 +556,7 @@ async def principal_from_token(
         role=role,
         is_superuser=holder.is_superuser,
         console_family=claims.family_id if console else None,
+        limits=limits_from(holder),
     )
 
 
@@ -571,7 +584,7 @@ async def creator_role(
 
 # An OAuth client as it stands now: not revoked, its tenant's status, and the role its creator
 # has in the tenant today (no row for a revoked client; a NULL role for a creator gone).
-_CLIENT_HOLDER = (
+_CLIENT_HOLDER = with_limits(
     select(OAuthClient.scopes, Tenant.status, Membership.role)
     .join(Tenant, Tenant.id == OAuthClient.tenant_id)
     .outerjoin(User, User.id == OAuthClient.created_by)
@@ -602,6 +615,7 @@ async def _principal_of_client(
         # The token's scopes, as far as the client and its creator may still use them.
         scopes=claims.scopes & frozenset(holder.scopes) & ROLE_SCOPES[Role(holder.role)],
         oauth_client_id=claims.client_id,
+        limits=limits_from(holder),
     )
 
 
@@ -617,7 +631,7 @@ async def principal_from_api_key(session: AsyncSession, key: str) -> Principal:
         or not security.same_digest(parts[1], stored.secret_hash)
     ):
         raise UnauthorizedError(BAD_TOKEN)
-    await _active_tenant(session, stored.tenant_id)
+    limits = await _active_tenant_limits(session, stored.tenant_id)
     role = await creator_role(session, stored.created_by, stored.tenant_id)
     if role is None:  # its creator was deactivated, removed or deleted
         raise UnauthorizedError(BAD_TOKEN)
@@ -630,6 +644,7 @@ async def principal_from_api_key(session: AsyncSession, key: str) -> Principal:
         # Never more than its creator may do today (a demoted admin's keys shrink with them).
         scopes=frozenset(stored.scopes) & ROLE_SCOPES[role],
         api_key_id=stored.id,
+        limits=limits,
     )
 
 

@@ -102,7 +102,9 @@ async def test_data_source(
     """Queue a connectivity test; its outcome is the run's result (`GET /tasks/{task_id}`)."""
     tenant_id = principal.tenant_id
     await DataSourceRepository(session, tenant_id).get_or_404(source_id)
-    await limiter.enforce(services.settings.rate_limit_task_runs, "runs", str(tenant_id))
+    await limiter.enforce(
+        principal.runs_rate_limit(services.settings.rate_limit_task_runs), "runs", str(tenant_id)
+    )
     body = RunRequest(task=TEST_TASK, payload={"data_source_id": str(source_id)})
     run, accepted = await submit(body)
     service.tested(session, principal, source_id, run.id)

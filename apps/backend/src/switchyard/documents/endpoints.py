@@ -60,7 +60,11 @@ async def _read(upload: UploadFile) -> AsyncIterator[bytes]:
     "/documents",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=WRITE,
-    responses={413: {"description": "Over DOCUMENT_MAX_BYTES"}, 415: {"description": "Type"}},
+    responses={
+        403: {"description": "Over the plan's stored_bytes or documents quota"},
+        413: {"description": "Over DOCUMENT_MAX_BYTES"},
+        415: {"description": "Type"},
+    },
 )
 async def upload_document(
     request: Request,
@@ -75,14 +79,15 @@ async def upload_document(
 ) -> DocumentAccepted:
     """Store the file, record it as `pending`, and queue `documents.ingest`. A tenant's
     uploads are limited in rate (RATE_LIMIT_UPLOADS) and in documents being ingested at once
-    (DOCUMENT_MAX_INGESTING_PER_TENANT): past either, 429 with Retry-After, nothing stored."""
+    (DOCUMENT_MAX_INGESTING_PER_TENANT): past either, 429 with Retry-After, nothing stored.
+    Past the plan's stored bytes or documents, 403 naming the quota, nothing stored."""
     await limiter.enforce(services.settings.rate_limit_uploads, "uploads", str(principal.tenant_id))
     for field, text in (("body.title", title), ("body.file", file.filename)):
         if text is not None and "\x00" in text:
             raise InvalidInputError.on(field, NUL_MESSAGE, message=NUL_MESSAGE, type="string_nul")
     filename = PurePath(file.filename or "upload").name[:500] or "upload"
     content_type = CONTENT_TYPES[kind_of(filename, file.content_type)]
-    upload = service.Upload(filename, title, content_type, _read(file))
+    upload = service.Upload(filename, title, content_type, _read(file), file.size)
     document, run = await service.accept_upload(session, services, submit, principal, upload)
     response.headers["Location"] = request.url_for("get_document", document_id=document.id).path
     return DocumentAccepted(document=DocumentOut.of(document), task_id=run.id)
@@ -186,7 +191,9 @@ class DocumentRuns:
             require_graph(self.submit.services)
         if document.status not in allowed:
             raise ConflictError(refusal.format(status=document.status.value))
-        limit = self.submit.services.settings.rate_limit_task_runs
+        limit = self.submit.principal.runs_rate_limit(
+            self.submit.services.settings.rate_limit_task_runs
+        )
         await self.limiter.enforce(limit, "runs", str(tenant_id))
         body = RunRequest(task=task, payload={"document_id": str(document.id)})
         _, accepted = await self.submit(body)

@@ -16,7 +16,7 @@ from switchyard.db.session import on_failure
 from switchyard.documents.graph import graph_of
 from switchyard.documents.repository import DocumentRepository
 from switchyard.errors import TooManyRequestsError
-from switchyard.services import usage
+from switchyard.services import quotas, usage
 from switchyard.services.container import Services
 from switchyard.services.usage import Meter, Use
 from switchyard.tasks.dependencies import RunSubmitter
@@ -76,6 +76,18 @@ class Upload:
     title: str | None
     content_type: str
     chunks: AsyncIterator[bytes]
+    size: int | None = None  # as the request gave it, when it did
+
+
+def storage_demands(size: int, *, run: bool, llm: bool) -> dict[str, int]:
+    """What an upload of `size` bytes asks of the tenant's quotas: a document and its bytes
+    and, for its ingestion run, a run (and LLM tokens, with an LLM to spend them)."""
+    demands = {"stored_bytes": size, "documents": 1}
+    if run:
+        demands |= {"runs_per_month": 1, "runs_per_day": 1, "run_seconds_per_month": 1}
+    if run and llm:
+        demands |= dict.fromkeys(quotas.LLM_QUOTAS, 1)
+    return demands
 
 
 async def accept_upload(
@@ -92,14 +104,28 @@ async def accept_upload(
     ingested gets 429 before anything is stored and, counted again under the tenant's upload
     lock, before anything is recorded."""
     tenant_id, limit = principal.tenant_id, services.settings.document_max_ingesting_per_tenant
+    llm = services.llm is not None
     async with (
         services.database_sessions() as reading
     ):  # a read: no transaction is held open during the upload
         await check_ingesting(reading, tenant_id, limit)
+        # Over a quota (its bytes, documents, runs or tokens): refused before it is stored.
+        demands = storage_demands(upload.size or 0, run=True, llm=llm)
+        figures = await quotas.check(
+            await reading.connection(), tenant_id, principal.limits, demands
+        )
+    await services.quotas.warn(tenant_id, principal.limits, figures)
     document_id = uuid.uuid4()
     size = await store_upload(services, tenant_id, document_id, upload.chunks, upload.content_type)
     on_failure(session, lambda: discard_upload(services, tenant_id, document_id))
     await check_ingesting(session, tenant_id, limit, locked=True)
+    # Again with what was stored, under the upload lock: concurrent uploads count each other.
+    await quotas.check(
+        await session.connection(),
+        tenant_id,
+        principal.limits,
+        storage_demands(size, run=False, llm=llm),
+    )
     run, _ = await submit(
         RunRequest(task="documents.ingest", payload={"document_id": str(document_id)})
     )

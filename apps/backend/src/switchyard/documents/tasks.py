@@ -19,6 +19,7 @@ from switchyard.errors import NotFoundError, SwitchyardError
 from switchyard.platform.registry import RetryPolicy, TaskContext, task
 from switchyard.services.container import Services
 from switchyard.services.llm import ChatMessage, LLMError, LLMRequestError
+from switchyard.services.quotas import QuotaExceededError
 from switchyard.services.vectors import VectorChunk
 from switchyard.settings import Settings
 
@@ -204,6 +205,7 @@ async def extract_entities(
     soft_time_limit=900,
     time_limit=960,
     access="internal",  # POST /documents starts it (documents:write)
+    spends_llm_tokens=True,  # with Zhipu's embeddings, and its entity extraction
 )
 async def ingest(payload: DocumentInput, ctx: TaskContext) -> dict[str, Any]:
     services, tenant_id, document_id = ctx.services, ctx.tenant_id, payload.document_id
@@ -214,6 +216,9 @@ async def ingest(payload: DocumentInput, ctx: TaskContext) -> dict[str, Any]:
         raise PermanentIngestError("the document was deleted before it was ingested")
     try:
         chunks = await ingest_document(services, tenant_id, document)
+    except QuotaExceededError as exc:  # not retried: replayed once the quota resets
+        await _set_state(services, tenant_id, document_id, DocumentStatus.FAILED, error=exc.detail)
+        raise
     except Exception as exc:
         if _permanent(exc):
             await _set_state(
@@ -248,6 +253,7 @@ async def ingest(payload: DocumentInput, ctx: TaskContext) -> dict[str, Any]:
     soft_time_limit=900,
     time_limit=960,
     access="internal",  # documents.ingest starts it
+    spends_llm_tokens=True,
 )
 async def extract_entities_task(payload: DocumentInput, ctx: TaskContext) -> dict[str, Any]:
     services = ctx.services

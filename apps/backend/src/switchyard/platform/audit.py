@@ -36,6 +36,8 @@ ACTIONS: Final = (
     "tenant.ownership_transferred",
     "tenant.suspended",
     "tenant.activated",
+    "tenant.plan_changed",
+    "quota.soft_limit_reached",
     "api_key.created",
     "api_key.revoked",
     "oauth_client.created",

@@ -50,7 +50,9 @@ class RetryPolicy:
         return max(MIN_RETRY_DELAY_SECONDS, math.ceil(delay))
 
     def retries(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.retry_on)
+        """Whether an attempt that raised `exc` is tried again: an error that says it is not
+        worth trying within the run (`retry_in_run`, a quota spent) never is."""
+        return isinstance(exc, self.retry_on) and getattr(exc, "retry_in_run", True)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class TaskSpec(Generic[InputT]):
     time_limit: float = 90.0
     access: Access = "public"
     scope: str = "tasks:run"
+    # It calls the LLM provider: a run of it is refused at submission once its tenant's
+    # token budget is spent (services.quotas), as well as guarded at each call.
+    spends_llm_tokens: bool = False
 
     def input_schema(self) -> dict[str, Any]:
         return self.input_model.model_json_schema()
@@ -136,6 +141,7 @@ def task(
     time_limit: float = 90.0,
     access: Access = "public",
     scope: str = "tasks:run",
+    spends_llm_tokens: bool = False,
 ) -> Callable[
     [Callable[[InputT, TaskContext], Awaitable[Any]]],
     Callable[[InputT, TaskContext], Awaitable[Any]],
@@ -157,6 +163,7 @@ def task(
                 time_limit=time_limit,
                 access=access,
                 scope=scope,
+                spends_llm_tokens=spends_llm_tokens,
             )
         )
         return handler

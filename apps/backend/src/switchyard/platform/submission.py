@@ -45,6 +45,7 @@ from switchyard.platform.coalesce import Coalescer
 from switchyard.platform.metrics import RUN_GROUPS, RUNS_ADMITTED, RUNS_SUBMITTED
 from switchyard.platform.publisher import RunBroker, RunMessage
 from switchyard.platform.runs import admission, ledger
+from switchyard.services import usage
 from switchyard.services.outages import RETRY_AFTER_SECONDS
 from switchyard.settings import Settings
 
@@ -243,16 +244,27 @@ class Submissions:
         if on_refusal is OnRefusal.KEEP:
             _kept(unconfirmed)
             return set()
-        return await self._drop([run.id for run in unconfirmed])
+        return await self._drop(unconfirmed)
 
-    async def _drop(self, run_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-        """Remove runs the broker did not confirm; if the database fails too, they stay and
-        the outbox publishes them (accepted, then)."""
-        if not run_ids:
+    async def _drop(self, runs: list[ledger.Stored]) -> set[uuid.UUID]:
+        """Remove runs the broker did not confirm, and take them off the tenants' accepted
+        runs; if the database fails too, they stay and the outbox publishes them (accepted,
+        then)."""
+        if not runs:
             return set()
+        run_ids = [run.id for run in runs]
         try:
             async with self.engine.begin() as connection:
-                return await ledger.drop_unpublished(connection, run_ids)
+                dropped = await ledger.drop_unpublished(connection, run_ids)
+                await usage.add_in(
+                    connection,
+                    *(
+                        usage.Use(run.tenant_id, usage.Meter.RUNS_ACCEPTED, run.task, -1)
+                        for run in runs
+                        if run.id in dropped
+                    ),
+                )
+                return dropped
         except Exception as exc:
             logger.warning(
                 "unconfirmed runs not removed; the outbox publishes them",
@@ -272,6 +284,15 @@ async def _store(
     for run in runs:  # every run sets the same columns: one multi-row INSERT
         run.admitted_at = None if policy.enabled else now
     stored, admitted = await admission.store(connection, runs, policy)
+    if policy is not _OUTSIDE_SHARE:  # the platform's own emails are not the tenant's runs
+        await usage.add_in(
+            connection,
+            *(
+                usage.Use(run.tenant_id, usage.Meter.RUNS_ACCEPTED, run.task, 1)
+                for run in runs
+                if run.id in stored
+            ),
+        )
     admitted_now = {entry.id for entry in admitted}
     for run in runs:
         if run.id in admitted_now:

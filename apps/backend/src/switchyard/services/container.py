@@ -31,6 +31,7 @@ from switchyard.services.health import HealthCheck, HealthMonitor
 from switchyard.services.llm import LLMDisabledError, ZhipuClient, create_llm
 from switchyard.services.neo4j import Neo4j, create_neo4j
 from switchyard.services.objects import ObjectStore, create_object_store
+from switchyard.services.quotas import LlmBudget, Quotas
 from switchyard.services.redis import Announcer, RedisBreaker
 from switchyard.services.usage import UsageRecorder
 from switchyard.services.vectors import VectorStore
@@ -69,6 +70,8 @@ class Services:
     embedder: Embedder = field(init=False)
     # What tenants use, recorded where it happens (services.usage).
     usage: UsageRecorder = field(init=False)
+    # Plans' quotas: checks before the work, soft-limit warnings (services.quotas).
+    quotas: Quotas = field(init=False)
     cpu: CpuPool = field(init=False)
     binds: dict[str, Bind] = field(init=False)
     # None: production without SMTP_HOST (account email is refused).
@@ -87,7 +90,8 @@ class Services:
         self.objects = create_object_store(settings)
         self.neo4j = create_neo4j(settings)
         self.usage = UsageRecorder(self.database)
-        self.llm = create_llm(settings, self.usage)
+        self.quotas = Quotas(self.database, self.redis, settings.cache_namespace)
+        self.llm = create_llm(settings, LlmBudget(self.database, self.quotas))
         self.cpu = CpuPool(settings.worker_cpu_processes, settings.worker_cpu_memory_mb)
         self.embedder = create_embedder(settings, self.llm, self.cpu, self.usage)
         self.vectors = VectorStore.from_settings(settings, space=self.embedder.name)

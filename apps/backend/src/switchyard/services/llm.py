@@ -31,7 +31,8 @@ from tenacity import (
 )
 
 from switchyard.errors import ServiceUnavailableError, SwitchyardError
-from switchyard.services.usage import Meter, UsageRecorder, Use
+from switchyard.services.quotas import LlmBudget, Reservation
+from switchyard.services.usage import Meter, Use
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,20 @@ def _as_error(exc: BaseException, timeout: float) -> LLMError:
     return LLMError(text)
 
 
+@dataclass
+class _Spend:
+    """One call's reservation, settled once with what it spent."""
+
+    budget: LlmBudget | None
+    reservation: Reservation | None
+    settled: bool = False
+
+    async def done(self, *uses: Use) -> None:
+        self.settled = True
+        if self.budget is not None:
+            await self.budget.settle(self.reservation, list(uses))
+
+
 class _TenantSlots:
     """One semaphore per tenant with requests in flight; idle tenants hold nothing."""
 
@@ -214,12 +229,14 @@ class ZhipuClient:
         self,
         settings: Settings,
         transport: httpx.AsyncBaseTransport | None = None,
-        usage: UsageRecorder | None = None,
+        budget: LlmBudget | None = None,
     ):
         if settings.zhipuai_api_key is None:
             raise LLMDisabledError
         self.settings = settings
-        self.usage = usage
+        # Each call's tokens reserved against its tenant's budget first, and recorded as its
+        # usage after (services.quotas); without one, a call is neither guarded nor recorded.
+        self.budget = budget
         self.chat_model = settings.zhipuai_chat_model
         self.embedding_model = settings.zhipuai_embedding_model
         self.timeout = settings.zhipuai_timeout_seconds
@@ -265,18 +282,45 @@ class ZhipuClient:
         REQUESTS.labels(operation, "ok").inc()
         return data
 
+    @asynccontextmanager
+    async def _spending(self, tenant_id: uuid.UUID, tokens: int) -> AsyncIterator[_Spend]:
+        """A call that may spend up to `tokens`: reserved against the tenant's budget before
+        it starts (QuotaExceededError when spent), its actual tokens recorded by `_Spend.done`
+        once it answered, its reservation released if it fails."""
+        spend = _Spend(self.budget, await self._reserve(tenant_id, tokens))
+        try:
+            yield spend
+        finally:
+            if not spend.settled and self.budget is not None:
+                await self.budget.release(spend.reservation)
+
+    async def _reserve(self, tenant_id: uuid.UUID, tokens: int) -> Reservation | None:
+        return await self.budget.reserve(tenant_id, tokens) if self.budget is not None else None
+
+    def _chat_bound(self, body: dict[str, Any]) -> int:
+        """At most the tokens a chat can spend: a token is at least one byte of the prompt
+        (byte-level tokenizers), plus a few per message, plus the completion's max_tokens
+        (ZHIPUAI_MAX_COMPLETION_TOKENS when the call sets none)."""
+        prompt = sum(len(m["content"].encode()) + 8 for m in body["messages"])
+        return prompt + int(body.get("max_tokens") or self.settings.zhipuai_max_completion_tokens)
+
     async def _spent(
-        self, purpose: str, tenant_id: uuid.UUID, model: str, usage: Usage, started: float
+        self,
+        spend: _Spend,
+        purpose: str,
+        tenant_id: uuid.UUID,
+        model: str,
+        usage: Usage,
+        started: float,
     ) -> None:
         """A chat's tokens, as the provider reported them: logged, counted, and recorded as
-        the tenant's usage (by purpose and model)."""
+        the tenant's usage (by purpose and model) in place of its reservation."""
         self._log_usage(purpose, tenant_id, model, usage, started)
-        if self.usage is not None:
-            subject = f"{purpose}/{model}"
-            await self.usage.add(
-                Use(tenant_id, Meter.LLM_PROMPT_TOKENS, subject, usage.prompt_tokens),
-                Use(tenant_id, Meter.LLM_COMPLETION_TOKENS, subject, usage.completion_tokens),
-            )
+        subject = f"{purpose}/{model}"
+        await spend.done(
+            Use(tenant_id, Meter.LLM_PROMPT_TOKENS, subject, usage.prompt_tokens),
+            Use(tenant_id, Meter.LLM_COMPLETION_TOKENS, subject, usage.completion_tokens),
+        )
 
     def _log_usage(
         self, operation: str, tenant_id: uuid.UUID, model: str, usage: Usage, started: float
@@ -329,20 +373,21 @@ class ZhipuClient:
         entities)."""
         body = self._chat_body(messages, model, temperature, max_tokens, stream=False)
         started = time.perf_counter()
-        async with self._slots.hold(tenant_id):
-            data = await self._post("chat", "chat/completions", body)
-        try:
-            choice = data["choices"][0]
-            result = ChatResult(
-                content=choice["message"].get("content") or "",
-                model=data.get("model") or body["model"],
-                finish_reason=choice.get("finish_reason"),
-                usage=Usage.parse(data.get("usage")),
-                request_id=data.get("request_id") or data.get("id"),
-            )
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise LLMError("Zhipu answered a chat completion without choices") from None
-        await self._spent(purpose, tenant_id, result.model, result.usage, started)
+        async with self._spending(tenant_id, self._chat_bound(body)) as spend:
+            async with self._slots.hold(tenant_id):
+                data = await self._post("chat", "chat/completions", body)
+            try:
+                choice = data["choices"][0]
+                result = ChatResult(
+                    content=choice["message"].get("content") or "",
+                    model=data.get("model") or body["model"],
+                    finish_reason=choice.get("finish_reason"),
+                    usage=Usage.parse(data.get("usage")),
+                    request_id=data.get("request_id") or data.get("id"),
+                )
+            except (KeyError, IndexError, TypeError, AttributeError):
+                raise LLMError("Zhipu answered a chat completion without choices") from None
+            await self._spent(spend, purpose, tenant_id, result.model, result.usage, started)
         return result
 
     async def chat_stream(
@@ -360,44 +405,47 @@ class ZhipuClient:
         body = self._chat_body(messages, model, temperature, max_tokens, stream=True)
         started = time.perf_counter()
         usage = Usage()
-        async with self._slots.hold(tenant_id):
-            try:
-                async for attempt in self._retrying():
-                    with attempt:
-                        request = self._http.build_request("POST", "chat/completions", json=body)
-                        response = await self._http.send(request, stream=True)
-                        if response.status_code >= 400:
-                            content = await response.aread()
-                            await response.aclose()
-                            raise _upstream_error(response, content)
-            except (_Upstream, httpx.TransportError) as exc:
-                REQUESTS.labels("chat_stream", "error").inc()
-                raise _as_error(exc, self.timeout) from None
-            try:
-                async for event in EventSource(response).aiter_sse():
-                    payload = event.data.strip()
-                    if not payload:
-                        continue  # an event without data (a keep-alive)
-                    if payload == "[DONE]":
-                        break
-                    chunk = _parse_chunk(payload)
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    if chunk.delta or chunk.finish_reason or chunk.usage:
-                        yield chunk
-            except SSEError:  # before TransportError, which it subclasses
-                REQUESTS.labels("chat_stream", "error").inc()
-                kind = response.headers.get("content-type", "no content type")
-                raise LLMError(
-                    f"Zhipu answered a stream as {kind}, not server-sent events"
-                ) from None
-            except httpx.TransportError as exc:
-                REQUESTS.labels("chat_stream", "error").inc()
-                raise _as_error(exc, self.timeout) from None
-            finally:
-                await response.aclose()
-        REQUESTS.labels("chat_stream", "ok").inc()
-        await self._spent(purpose, tenant_id, body["model"], usage, started)
+        async with self._spending(tenant_id, self._chat_bound(body)) as spend:
+            async with self._slots.hold(tenant_id):
+                try:
+                    async for attempt in self._retrying():
+                        with attempt:
+                            request = self._http.build_request(
+                                "POST", "chat/completions", json=body
+                            )
+                            response = await self._http.send(request, stream=True)
+                            if response.status_code >= 400:
+                                content = await response.aread()
+                                await response.aclose()
+                                raise _upstream_error(response, content)
+                except (_Upstream, httpx.TransportError) as exc:
+                    REQUESTS.labels("chat_stream", "error").inc()
+                    raise _as_error(exc, self.timeout) from None
+                try:
+                    async for event in EventSource(response).aiter_sse():
+                        payload = event.data.strip()
+                        if not payload:
+                            continue  # an event without data (a keep-alive)
+                        if payload == "[DONE]":
+                            break
+                        chunk = _parse_chunk(payload)
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        if chunk.delta or chunk.finish_reason or chunk.usage:
+                            yield chunk
+                except SSEError:  # before TransportError, which it subclasses
+                    REQUESTS.labels("chat_stream", "error").inc()
+                    kind = response.headers.get("content-type", "no content type")
+                    raise LLMError(
+                        f"Zhipu answered a stream as {kind}, not server-sent events"
+                    ) from None
+                except httpx.TransportError as exc:
+                    REQUESTS.labels("chat_stream", "error").inc()
+                    raise _as_error(exc, self.timeout) from None
+                finally:
+                    await response.aclose()
+            REQUESTS.labels("chat_stream", "ok").inc()
+            await self._spent(spend, purpose, tenant_id, body["model"], usage, started)
 
     async def embed(self, tenant_id: uuid.UUID, texts: Sequence[str]) -> Embeddings:
         """One vector per text, in order; long lists go in batches of 64."""
@@ -409,21 +457,23 @@ class ZhipuClient:
             body: dict[str, Any] = {"model": self.embedding_model, "input": batch}
             if self.settings.zhipuai_embedding_dimensions:
                 body["dimensions"] = self.settings.zhipuai_embedding_dimensions
-            async with self._slots.hold(tenant_id):
-                data = await self._post("embeddings", "embeddings", body)
-            try:
-                items = sorted(data["data"], key=lambda item: item["index"])
-                vectors.extend([float(v) for v in item["embedding"]] for item in items)
-            except (KeyError, TypeError, ValueError):
-                raise LLMError("Zhipu answered embeddings without data") from None
-            if len(items) != len(batch):
-                raise LLMError(f"Zhipu answered {len(items)} embeddings for {len(batch)} texts")
-            usage = Usage.parse(data.get("usage"))
-            prompt += usage.prompt_tokens
-            total += usage.total_tokens
-            if self.usage is not None:  # each batch as it is spent: a later one may fail
+            # Each batch reserved and recorded as it is spent: a later one may fail.
+            bound = sum(len(text.encode()) + 2 for text in batch)
+            async with self._spending(tenant_id, bound) as spend:
+                async with self._slots.hold(tenant_id):
+                    data = await self._post("embeddings", "embeddings", body)
+                try:
+                    items = sorted(data["data"], key=lambda item: item["index"])
+                    vectors.extend([float(v) for v in item["embedding"]] for item in items)
+                except (KeyError, TypeError, ValueError):
+                    raise LLMError("Zhipu answered embeddings without data") from None
+                if len(items) != len(batch):
+                    raise LLMError(f"Zhipu answered {len(items)} embeddings for {len(batch)} texts")
+                usage = Usage.parse(data.get("usage"))
+                prompt += usage.prompt_tokens
+                total += usage.total_tokens
                 model = self.embedding_model
-                await self.usage.add(
+                await spend.done(
                     Use(tenant_id, Meter.EMBEDDING_TOKENS, model, usage.total_tokens),
                     Use(tenant_id, Meter.EMBEDDING_TEXTS, f"zhipu-{model}", len(batch)),
                 )
@@ -458,5 +508,5 @@ def _parse_chunk(payload: str) -> ChatChunk:
         raise LLMError("Zhipu streamed a chunk that is not JSON") from None
 
 
-def create_llm(settings: Settings, usage: UsageRecorder | None = None) -> ZhipuClient | None:
-    return ZhipuClient(settings, usage=usage) if settings.zhipuai_api_key is not None else None
+def create_llm(settings: Settings, budget: LlmBudget | None = None) -> ZhipuClient | None:
+    return ZhipuClient(settings, budget=budget) if settings.zhipuai_api_key is not None else None

@@ -28,7 +28,7 @@ from sqlalchemy import Table, column, func, select, tuple_, values
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.selectable import Select
 from sqlalchemy.types import BigInteger, String, Uuid
@@ -61,6 +61,7 @@ class Meter(StrEnum):
     LLM_COMPLETION_TOKENS = "llm.completion_tokens"  # subject: "<purpose>/<model>"
     EMBEDDING_TOKENS = "embedding.tokens"  # the provider's count; subject: the model
     EMBEDDING_TEXTS = "embedding.texts"  # texts embedded; subject: the embedder
+    RUNS_ACCEPTED = "run.accepted"  # runs a submission stored; subject: the task
     RUN_ATTEMPTS = "run.attempts"  # attempts that ended, however; subject: the task
     RUN_MILLISECONDS = "run.milliseconds"  # the handler's time per attempt; subject: the task
     DOCUMENTS = "documents"  # a stock: +1 an upload, -1 a deletion; subject: ""
@@ -142,7 +143,7 @@ def add_statement(rows: Sequence[tuple[uuid.UUID, str, str, int]]) -> Insert:
     )
 
 
-async def add_in(session: AsyncSession, *uses: Use) -> None:
+async def add_in(session: AsyncSession | AsyncConnection, *uses: Use) -> None:
     """Add `uses` in the caller's transaction: counted if, and only if, it commits."""
     rows = merged(uses)
     if rows:

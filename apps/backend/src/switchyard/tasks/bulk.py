@@ -36,7 +36,7 @@ from switchyard.tasks.schemas import (
     BulkRunsAccepted,
     state_detail,
 )
-from switchyard.tasks.service import Submitter, _new_run
+from switchyard.tasks.service import Submitter, _new_run, check_quotas
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Bulk:
     settings: Settings
 
 
-def check_size(count: int, settings: Settings) -> None:
+def check_size(count: int, settings: Settings, rate_limit: str) -> None:
     """422 on `body.runs` for more runs than one request may carry, or than the tenant's
     rate limit allows in a whole window (such a request could never pass it)."""
     most = settings.task_bulk_max_runs
@@ -65,12 +65,13 @@ def check_size(count: int, settings: Settings) -> None:
             message=f"at most {most} items",
             type="too_long",
         )
-    window = parse(settings.rate_limit_task_runs)
+    window = parse(rate_limit)
     if settings.rate_limits_enabled and count > window.amount:
         raise InvalidInputError.on(
             "body.runs",
-            f"The rate limit allows {settings.rate_limit_task_runs} runs per tenant "
-            f"(RATE_LIMIT_TASK_RUNS); a request of {count} runs could never pass it.",
+            f"The rate limit allows {rate_limit} runs per tenant (its plan's "
+            f"task_runs_per_minute, else RATE_LIMIT_TASK_RUNS); a request of {count} runs "
+            "could never pass it.",
             message=f"at most {window.amount} items under the rate limit",
             type="too_long",
         )
@@ -192,6 +193,8 @@ async def submit_many(
         if run.idempotency_key in existing
     }
     new = [run for index, run in enumerate(runs) if index not in duplicates]
+    specs = [bulk.registry.get(run.task) for run in new]
+    await check_quotas(session, submitter, [spec for spec in specs if spec is not None])
     accepted = await bulk.submissions.submit(new, on_refusal=OnRefusal.REFUSE)
     raced = [run for run in new if accepted.outcome(run.id) == "taken"]
     conflicts: set[int] = set()

@@ -62,6 +62,9 @@ class RunSubmitter:
             principal.actor,
             scopes=principal.scopes if over_rest else None,
             internal_ok=replay_of is not None,
+            limits=principal.limits,
+            quotas=self.services.quotas,
+            llm=self.services.llm is not None,
         )
         run, _ = await service.submit(
             self.session,
@@ -87,7 +90,13 @@ class RunSubmitter:
         REST, stored and published together; 207 when the broker refused some of them."""
         principal, services = self.principal, self.services
         submitter = service.Submitter(
-            principal.tenant_id, request_id_var.get(), principal.actor, scopes=principal.scopes
+            principal.tenant_id,
+            request_id_var.get(),
+            principal.actor,
+            scopes=principal.scopes,
+            limits=principal.limits,
+            quotas=services.quotas,
+            llm=services.llm is not None,
         )
         accepted = await bulk.submit_many(
             self.session,

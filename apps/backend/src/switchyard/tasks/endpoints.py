@@ -120,8 +120,8 @@ async def run_task(
     limiter: RateLimiterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> RunAccepted:
-    limit, tenant = services.settings.rate_limit_task_runs, str(principal.tenant_id)
-    await limiter.enforce(limit, "runs", tenant)
+    limit = principal.runs_rate_limit(services.settings.rate_limit_task_runs)
+    await limiter.enforce(limit, "runs", str(principal.tenant_id))
     _, accepted = await submit(
         body,
         idempotency_key=idempotency_key,
@@ -154,10 +154,9 @@ async def run_tasks(
     payload, delay and optional idempotency key. Every run is checked first: one invalid run
     is a 422 naming it by index (`body.runs.3.payload.n`), and nothing is accepted. The runs
     count against the tenant's run rate limit and fair share one by one."""
-    settings = services.settings
-    bulk.check_size(len(body.runs), settings)
-    limit, tenant = settings.rate_limit_task_runs, str(principal.tenant_id)
-    await limiter.enforce(limit, "runs", tenant, cost=len(body.runs))
+    limit = principal.runs_rate_limit(services.settings.rate_limit_task_runs)
+    bulk.check_size(len(body.runs), services.settings, limit)
+    await limiter.enforce(limit, "runs", str(principal.tenant_id), cost=len(body.runs))
     return await submit.many(body.runs)
 
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -39,8 +39,10 @@ from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.platform.runs import admission, changes, ledger
 from switchyard.platform.submission import OnRefusal, RunsRefusedError, Submissions
 from switchyard.platform.topology import WORK_QUEUES
+from switchyard.services import quotas
 from switchyard.services.cache import Cache
 from switchyard.services.container import Services
+from switchyard.services.quotas import Limits, Quotas
 from switchyard.settings import Settings
 from switchyard.tasks import repository
 from switchyard.tasks.schemas import (
@@ -73,6 +75,30 @@ class Submitter:
     # A replay may re-run an internal task: its payload is the platform's own, kept with the
     # dead letter, and replaying needs tasks:admin.
     internal_ok: bool = False
+    # The tenant's plan limits (the principal's), checked before the runs are stored; and
+    # who warns of a soft limit passed. None: no quota.
+    limits: Limits | None = None
+    quotas: Quotas | None = None
+    # Whether an LLM is configured: without one, no run can spend tokens.
+    llm: bool = True
+
+
+async def check_quotas(
+    session: AsyncSession, submitter: Submitter, specs: Sequence[TaskSpec[Any]]
+) -> None:
+    """429 (problem naming the quota) when runs of `specs` would pass the tenant's runs
+    quotas, or its run seconds or (for a task that spends them) LLM tokens are spent."""
+    if submitter.limits is None or not specs:
+        return
+    count = len(specs)
+    demands = {"runs_per_month": count, "runs_per_day": count, "run_seconds_per_month": 1}
+    if submitter.llm and any(spec.spends_llm_tokens for spec in specs):
+        demands |= dict.fromkeys(quotas.LLM_QUOTAS, 1)
+    figures = await quotas.check(
+        await session.connection(), submitter.tenant_id, submitter.limits, demands
+    )
+    if submitter.quotas is not None:
+        await submitter.quotas.warn(submitter.tenant_id, submitter.limits, figures)
 
 
 def check_access(spec: TaskSpec[Any], submitter: Submitter) -> None:
@@ -276,6 +302,7 @@ async def submit(
         existing = await runs.by_idempotency_key(idempotency_key)
         if existing is not None:
             return _duplicate(existing, run.request_hash), False
+    await check_quotas(session, submitter, [spec])
     accepted = await submissions.submit(
         [run], on_refusal=OnRefusal.REFUSE, within=None if alone else session
     )

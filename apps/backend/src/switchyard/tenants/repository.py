@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from switchyard.db.models import Tenant
+from switchyard.db.models import Plan, Tenant
 from switchyard.errors import NotFoundError
 
 
@@ -34,3 +34,35 @@ class TenantsRepository:
                 Tenant.name.ilike(pattern, escape="\\") | Tenant.slug.ilike(pattern, escape="\\")
             )
         return list(await self.session.scalars(statement))
+
+
+class PlansRepository:
+    """Plans (the platform's, not one tenant's)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def by_name_or_404(self, name: str, *, lock: bool = False) -> Plan:
+        statement = select(Plan).where(Plan.name == name)
+        plan = await self.session.scalar(statement.with_for_update() if lock else statement)
+        if plan is None:
+            raise NotFoundError(f"No plan named {name!r}.")
+        return plan
+
+    async def all_with_tenants(self) -> list[tuple[Plan, int]]:
+        """Every plan by name, with the number of tenants on it."""
+        on_it = (
+            select(func.count())
+            .select_from(Tenant)
+            .where(Tenant.plan_id == Plan.id)
+            .correlate(Plan)
+            .scalar_subquery()
+        )
+        rows = await self.session.execute(select(Plan, on_it).order_by(Plan.name))
+        return [(plan, int(count)) for plan, count in rows.all()]
+
+    async def tenants_on(self, plan_id: uuid.UUID) -> int:
+        count = await self.session.scalar(
+            select(func.count()).select_from(Tenant).where(Tenant.plan_id == plan_id)
+        )
+        return int(count or 0)

@@ -3,7 +3,13 @@ sign-in answer with it too."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from switchyard.db.models.plan import LIMITS
 
 
 class TenantIn(BaseModel):
@@ -47,12 +53,124 @@ class TenantLimits(BaseModel):
         "DEAD_LETTER_RETENTION_DAYS default",
     )
 
+    plan: str | None = Field(
+        default=None,
+        description="The name of its plan (`/plans`); null: none (no quota, the settings' "
+        "rate limits and cap)",
+    )
+    limit_overrides: dict[str, Annotated[int, Field(ge=0, le=10**15)] | None] | None = Field(
+        default=None,
+        description="Its own values of some of its plan's limits (the same names; null: no "
+        "limit), replacing all it had; null or {}: none",
+    )
+
+    @field_validator("limit_overrides")
+    @classmethod
+    def _overrides_known(cls, overrides: dict[str, int | None] | None) -> dict[str, int | None]:
+        unknown = sorted(set(overrides or {}) - set(LIMITS))
+        if unknown:
+            raise ValueError(f"not limits: {', '.join(unknown)}; the limits: {', '.join(LIMITS)}")
+        return overrides or {}
+
     @model_validator(mode="after")
     def _some_field(self) -> TenantLimits:
         if not self.model_fields_set:
             raise ValueError("give at least one of " + ", ".join(type(self).model_fields))
         return self
 
-    def given(self) -> dict[str, int | None]:
+    def given(self) -> dict[str, Any]:
         """The fields the request set (an omitted field keeps its value)."""
         return self.model_dump(include=self.model_fields_set)
+
+
+_MOST: Final = 10**15  # a bound no real limit reaches, so a typo of ten digits is refused
+LIMIT_DESCRIPTIONS: Final = {
+    "llm_tokens_per_month": "LLM tokens (prompt, completion and embeddings) per calendar "
+    "month, UTC; a run of a task that spends them is refused once they are spent, and a call "
+    "that would pass them fails its run",
+    "llm_tokens_per_day": "LLM tokens per day, UTC, as the monthly budget",
+    "runs_per_month": "Runs accepted per calendar month, UTC",
+    "runs_per_day": "Runs accepted per day, UTC",
+    "run_seconds_per_month": "Seconds its runs' handlers ran per calendar month; new runs are "
+    "refused once they are spent",
+    "stored_bytes": "Bytes of documents stored; an upload past it is refused before it is stored",
+    "documents": "Documents stored",
+    "api_requests_per_minute": "Requests per minute of all its callers together, in place of "
+    "the per-caller RATE_LIMIT_API",
+    "task_runs_per_minute": "Runs submitted per minute, in place of RATE_LIMIT_TASK_RUNS",
+    "runs_in_flight": "Runs in flight at once (fair share's cap), in place of "
+    "TENANT_MAX_RUNS_IN_FLIGHT",
+}
+assert tuple(LIMIT_DESCRIPTIONS) == LIMITS
+
+
+def _limit(name: str) -> Any:
+    return Field(
+        default=None, ge=0, le=_MOST, description=LIMIT_DESCRIPTIONS[name] + "; null: none"
+    )
+
+
+class PlanLimits(BaseModel):
+    """A plan's limits; null is no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm_tokens_per_month: int | None = _limit("llm_tokens_per_month")
+    llm_tokens_per_day: int | None = _limit("llm_tokens_per_day")
+    runs_per_month: int | None = _limit("runs_per_month")
+    runs_per_day: int | None = _limit("runs_per_day")
+    run_seconds_per_month: int | None = _limit("run_seconds_per_month")
+    stored_bytes: int | None = _limit("stored_bytes")
+    documents: int | None = _limit("documents")
+    api_requests_per_minute: int | None = Field(
+        default=None, ge=1, le=1_000_000, description=LIMIT_DESCRIPTIONS["api_requests_per_minute"]
+    )
+    task_runs_per_minute: int | None = Field(
+        default=None, ge=1, le=1_000_000, description=LIMIT_DESCRIPTIONS["task_runs_per_minute"]
+    )
+    runs_in_flight: int | None = Field(
+        default=None, ge=1, le=100_000, description=LIMIT_DESCRIPTIONS["runs_in_flight"]
+    )
+    soft_limit_percent: int = Field(
+        default=80,
+        ge=1,
+        le=100,
+        description="Past this share of a quota, the tenant is warned once a period (an audit "
+        "event `quota.soft_limit_reached`, a log line, a metric)",
+    )
+
+
+class PlanIn(PlanLimits):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Its name, as a slug")
+    description: str = Field(default="", max_length=500)
+
+
+class PlanPatch(PlanLimits):
+    """Only the fields given change (a limit given as null is then no limit)."""
+
+    description: str = Field(default="", max_length=500)
+
+    @model_validator(mode="after")
+    def _some_field(self) -> PlanPatch:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of " + ", ".join(type(self).model_fields))
+        return self
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(include=self.model_fields_set)
+
+
+class PlanOut(PlanLimits):
+    model_config = ConfigDict(extra="ignore", from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    description: str
+    tenants: int = Field(description="Tenants on it")
+    created_at: datetime
+    updated_at: datetime
+
+
+class PlanPage(BaseModel):
+    items: list[PlanOut]
+    next_cursor: str | None = Field(default=None, description="Always null: one page holds all")

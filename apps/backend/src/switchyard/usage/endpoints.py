@@ -29,5 +29,5 @@ async def read_usage(
     """The month's use by meter and subject, its daily series, and what the tenant holds
     now. Recorded where each use happens: LLM tokens by purpose and model as the provider
     reported them, embedded texts, run attempts and their milliseconds by task, searches;
-    documents and stored bytes as levels."""
-    return await service.report(session, admin.tenant_id, month)
+    documents and stored bytes as levels. With a plan: each of its quotas and its use now."""
+    return await service.report(session, admin.tenant_id, month, admin.limits)

@@ -18,6 +18,14 @@ class UsageDay(BaseModel):
     quantity: int
 
 
+class QuotaUse(BaseModel):
+    quota: str = Field(description="The plan's limit: runs_per_month, stored_bytes, …")
+    limit: int
+    used: int = Field(description="In its current window (this month, today), or held now")
+    unit: str
+    resets_at: datetime | None = Field(description="When its window ends; null for a stock")
+
+
 class UsageReport(BaseModel):
     tenant_id: uuid.UUID
     period_start: datetime
@@ -25,3 +33,10 @@ class UsageReport(BaseModel):
     totals: list[UsageTotal] = Field(description="The period's use, by meter and subject")
     daily: list[UsageDay] = Field(description="Each day's use in the period, by meter (UTC)")
     stocks: dict[str, int] = Field(description="What the tenant holds now: documents, bytes")
+    plan: str | None = Field(default=None, description="Its plan; null: none")
+    soft_limit_percent: int | None = Field(
+        default=None, description="Past this share of a quota, the tenant is warned"
+    )
+    quotas: list[QuotaUse] = Field(
+        default_factory=list, description="Each quota its plan sets, and its use now"
+    )

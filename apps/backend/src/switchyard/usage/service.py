@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from switchyard.services import quotas
+from switchyard.services.quotas import QUOTAS, Limits
 from switchyard.usage.repository import UsageRepository
-from switchyard.usage.schemas import UsageDay, UsageReport, UsageTotal
+from switchyard.usage.schemas import QuotaUse, UsageDay, UsageReport, UsageTotal
 
 
 def month_bounds(month: str | None, now: datetime | None = None) -> tuple[datetime, datetime]:
@@ -23,12 +25,17 @@ def month_bounds(month: str | None, now: datetime | None = None) -> tuple[dateti
     return start, end
 
 
-async def report(session: AsyncSession, tenant_id: uuid.UUID, month: str | None) -> UsageReport:
+async def report(
+    session: AsyncSession, tenant_id: uuid.UUID, month: str | None, limits: Limits | None
+) -> UsageReport:
     start, end = month_bounds(month)
     counters = UsageRepository(session, tenant_id)
     totals = await counters.totals(start, end)
     daily = await counters.daily(start, end)
     return UsageReport(
+        plan=limits.plan if limits else None,
+        soft_limit_percent=limits.soft_limit_percent if limits else None,
+        quotas=await _quota_use(session, tenant_id, limits),
         tenant_id=tenant_id,
         period_start=start,
         period_end=end,
@@ -36,3 +43,25 @@ async def report(session: AsyncSession, tenant_id: uuid.UUID, month: str | None)
         daily=[UsageDay(day=d, meter=m, quantity=q) for d, m, q in daily],
         stocks=await counters.stocks(),
     )
+
+
+async def _quota_use(
+    session: AsyncSession, tenant_id: uuid.UUID, limits: Limits | None
+) -> list[QuotaUse]:
+    """Each quota the tenant's plan sets, with its use in its current window."""
+    named = {name: limits.of(name) for name in QUOTAS} if limits else {}
+    limited = {name: limit for name, limit in named.items() if limit is not None}
+    if not limited:
+        return []
+    now = datetime.now(UTC)
+    figures = await quotas.used(await session.connection(), tenant_id, limited, now)
+    return [
+        QuotaUse(
+            quota=name,
+            limit=limit,
+            used=figures[name],
+            unit=QUOTAS[name].unit,
+            resets_at=quotas.period(QUOTAS[name].window, now)[1],
+        )
+        for name, limit in limited.items()
+    ]

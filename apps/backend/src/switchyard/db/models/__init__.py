@@ -4,10 +4,11 @@ from switchyard.db.models.audit import AuditEvent
 from switchyard.db.models.datasource import DataSourceConnection
 from switchyard.db.models.dead_letter import DeadLetter
 from switchyard.db.models.document import DocumentStatus, KnowledgeDocument
+from switchyard.db.models.plan import Plan
 from switchyard.db.models.task_definition import UNPLANNED, TaskDefinition
 from switchyard.db.models.task_run import FINAL_STATES, RunState, TaskRun
 from switchyard.db.models.tenant import DEFAULT_TENANT_ID, Tenant, TenantStatus
-from switchyard.db.models.usage import UsageCounter
+from switchyard.db.models.usage import LlmReservation, UsageCounter
 from switchyard.db.models.user import (
     ApiKey,
     Invitation,
@@ -32,8 +33,10 @@ __all__ = [
     "DocumentStatus",
     "Invitation",
     "KnowledgeDocument",
+    "LlmReservation",
     "Membership",
     "OAuthClient",
+    "Plan",
     "RefreshToken",
     "Role",
     "RunState",

@@ -29,3 +29,18 @@ class UsageCounter(Base):
     subject: Mapped[str] = mapped_column(String(200), primary_key=True)
     quantity: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LlmReservation(Base):
+    """Tokens an LLM call in flight may spend, held against its tenant's budget until the
+    call's actual tokens are recorded (services.quotas.LlmBudget); one left by a process that
+    died lapses at `expires_at`."""
+
+    __tablename__ = "llm_reservations"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

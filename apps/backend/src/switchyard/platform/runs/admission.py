@@ -10,7 +10,8 @@ sum of WORKER_CONCURRENCY of the worker processes online, `worker_slots`); the t
 runs waiting (*contenders*) divide equally what the other tenants do not hold. A tenant alone
 takes every free slot; a second tenant arriving is admitted its half at once, and the first
 gets no new slot until it holds less than its half: shares converge as runs finish, with no
-run pre-empted. A hard cap (TENANT_MAX_RUNS_IN_FLIGHT, or the tenant's own) bounds a share.
+run pre-empted. A hard cap (the tenant's own, else its plan's runs_in_flight, else
+TENANT_MAX_RUNS_IN_FLIGHT) bounds a share.
 
 A slot frees when a run becomes final; whoever made it final (the worker, a cancel, the dead
 letter archive) admits that tenant's next waiting runs, or another tenant's when it has none
@@ -110,7 +111,15 @@ _ROOM = f"""
         SELECT
             LEAST(
                 COALESCE(NULLIF(COALESCE(
-                    (SELECT max_runs_in_flight FROM tenants WHERE id = :tenant), :hard_cap
+                    -- its own cap, else its plan's runs_in_flight (its override of it first)
+                    (SELECT COALESCE(
+                        t.max_runs_in_flight,
+                        CASE WHEN t.limit_overrides -> 'runs_in_flight' IS NOT NULL
+                             THEN CAST(t.limit_overrides ->> 'runs_in_flight' AS integer)
+                             ELSE p.runs_in_flight END)
+                     FROM tenants AS t LEFT JOIN plans AS p ON p.id = t.plan_id
+                     WHERE t.id = :tenant),
+                    :hard_cap
                 ), 0), 2147483647),
                 GREATEST(
                     1,
