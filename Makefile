@@ -12,13 +12,14 @@ ARGS ?=
 # processes it starts; three keep two cores busy.
 TEST_WORKERS ?= 3
 
-.PHONY: help run test test-fast lint format pytest switchyard uv console-screenshots
+.PHONY: help run test test-fast bench-check lint format pytest switchyard uv console-screenshots
 
 ## List the targets
 help:
 	@echo "make run                    the whole product on embedded backends (http://127.0.0.1:8000)"
 	@echo "make test                   the test suite with coverage, in parallel (as CI runs it)"
 	@echo "make test-fast              unit tests and the task core in process (about 1.5 minutes)"
+	@echo "make bench-check            every benchmark once on a tiny size (CI runs it after make test)"
 	@echo "make lint                   ruff check, ruff format --check, mypy"
 	@echo "make format                 ruff format and ruff check --fix"
 	@echo "make pytest ARGS='...'      pytest with your arguments, e.g. ARGS='tests/unit -k settings'"
@@ -31,14 +32,20 @@ help:
 run: $(UV)
 	$(UV) run --frozen switchyard run standalone
 
-## Run the test suite with coverage (at least 85% of apps/backend/src)
+## Run the test suite with coverage (at least 85% of apps/backend/src); the benchmarks' own
+## check is `bench-check`
 test: $(UV)
-	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist worksteal --durations=30 --cov --cov-report=term-missing:skip-covered
+	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist worksteal --durations=30 --cov --cov-report=term-missing:skip-covered --ignore=tests/bench
 
 ## The fast subset: unit tests and the task core in process, on the real servers (no role
 ## process is started)
 test-fast: $(UV)
 	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist worksteal tests/unit tests/integration/tasks
+
+## Every benchmark under bench/ once, on a tiny size: each still runs and prints its figures
+## and targets (no timing decides anything). Untraced, like the benchmarks themselves.
+bench-check: $(UV)
+	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist worksteal -p no:cacheprovider tests/bench
 
 ## Lint, format check and type check
 lint: $(UV)

@@ -1,4 +1,5 @@
-"""Each benchmark runs with one command on a tiny size and prints its figures and targets.
+"""Each benchmark runs with one command on a tiny size and prints its figures and targets
+(`make bench-check`, which CI runs after `make test`).
 
 Not a measurement: timings never decide a test; this only keeps the benchmarks working."""
 
@@ -180,3 +181,12 @@ def test_ledger_scale_measures_every_hot_path_at_both_sizes_and_retention(
     removed = re.search(r"^runs\s+([\d,]+)", out, re.MULTILINE)
     assert removed is not None, out
     assert 2_500 <= int(removed.group(1).replace(",", "")) <= 3_500
+
+
+def test_llm_budget_prints_each_trials_overshoot_and_the_reservations_cost(
+    repo_root: Path,
+) -> None:
+    out = bench(repo_root, "llm_budget", "--trials=2", "--spenders=5", "--calls=5")
+    assert re.search(r"^1\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+", out, re.MULTILINE), out
+    assert "overshoot < one call's tokens, every trial" in out
+    assert "reservation and settlement: +" in out

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,11 @@ import switchyard.api.metrics
 import switchyard.platform.metrics
 import switchyard.services.cache
 import switchyard.services.llm
+import switchyard.services.quotas
 import switchyard.services.ratelimit
 from switchyard.platform.metrics import BacklogCollector, BacklogSampler
 from switchyard.settings import Settings
+from tests.fixtures.servers import unavailable
 
 MONITORING = Path("apps/monitoring")
 DASHBOARD = MONITORING / "grafana/dashboards/switchyard.json"
@@ -29,6 +33,7 @@ METRIC_MODULES = (
     switchyard.platform.metrics,
     switchyard.services.cache,
     switchyard.services.llm,
+    switchyard.services.quotas,
     switchyard.services.ratelimit,
 )
 SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
@@ -42,7 +47,7 @@ def dashboard(repo_root: Path) -> dict[str, Any]:
 
 def exported_metric_names() -> set[str]:
     """Every metric family any role serves: the registry's, plus the worker's sampled ones."""
-    assert len(METRIC_MODULES) == 5
+    assert len(METRIC_MODULES) == 6
     sampler = BacklogSampler(Settings(_env_file=None))
     sampler.queue_depths = {"default": 0.0}
     sampler.archive_size = 0.0
@@ -152,3 +157,56 @@ def test_compose_monitoring_profile_mounts_the_files_it_needs(
     assert "/etc/grafana/provisioning" in mounts
     # The roles themselves stay outside the profile: `docker compose up` starts no monitoring.
     assert "profiles" not in services["api-gateway"]
+
+
+RULES = MONITORING / "prometheus/rules"
+RULE_TESTS = MONITORING / "prometheus/tests"
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        unavailable("promtool", "the alert rules are checked with it (Debian: prometheus)")
+    assert found is not None
+    return found
+
+
+def test_alert_rules_are_valid_and_fire_as_their_tests_say(repo_root: Path) -> None:
+    """`promtool check rules` on every rules file, `promtool test rules` on every test file,
+    and every rules file has a test."""
+    rules = sorted((repo_root / RULES).glob("*.yml"))
+    tests = sorted((repo_root / RULE_TESTS).glob("*_test.yml"))
+    assert rules
+    assert {path.stem for path in rules} == {path.stem.removesuffix("_test") for path in tests}
+    checked = subprocess.run(
+        [promtool(), "check", "rules", *map(str, rules)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for test in tests:
+        ran = subprocess.run(
+            [promtool(), "test", "rules", test.name],
+            cwd=test.parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "SUCCESS" in ran.stdout
+
+
+def test_alert_rules_ask_only_for_metrics_switchyard_exports(repo_root: Path) -> None:
+    exported = {base_name(name) for name in exported_metric_names()}
+    for path in (repo_root / RULES).glob("*.yml"):
+        asked = {base_name(name) for name in METRIC.findall(path.read_text())}
+        assert asked, path
+        assert asked <= exported, f"{path.name}: {sorted(asked - exported)}"
+
+
+def test_prometheus_loads_the_rules_compose_mounts(repo_root: Path) -> None:
+    config = yaml.safe_load((repo_root / MONITORING / "prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    compose = (repo_root / "docker-compose.yml").read_text()
+    assert "./apps/monitoring/prometheus/rules:/etc/prometheus/rules:ro" in compose

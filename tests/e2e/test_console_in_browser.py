@@ -383,6 +383,29 @@ def test_a_superuser_sees_the_workers_and_suspends_a_tenant(
     assert noisy.locator("td").nth(1).inner_text() == "1"  # its sleeping run, in flight
     page.screenshot(path=str(screenshots / "workers.png"), full_page=True)
 
+    # The tenant on a plan: its owner's usage page charts the month against the quota; the
+    # superuser's lists the top spenders across tenants.
+    plan = f"console-{uuid.uuid4().hex[:6]}"
+    assert root.api.post("/plans", json={"name": plan, "runs_per_month": 100}).status_code == 201
+    placed = root.api.patch(f"/tenants/{tenant.tenant_id}", json={"plan": plan})
+    assert placed.status_code == 200, placed.text
+    owner = signed_in(browser, stack, tenant, errors)
+    owner.goto(f"{stack.base_url}/console/usage?meter=runs")
+    quotas = owner.get_by_label("Quotas")
+    quotas.wait_for()
+    assert owner.locator("#usage-plan").inner_text() == plan
+    used = quotas.locator("tr", has_text="runs_per_month").locator("td")
+    assert (used.nth(1).inner_text(), used.nth(2).inner_text()) == ("1 runs", "100")
+    chart = owner.get_by_role("img", name="Runs accepted by day")
+    assert chart.locator("rect.bar").count() == 1  # today's run
+    assert chart.locator("line.quota").count() == 1
+    owner.screenshot(path=str(screenshots / "usage.png"), full_page=True)
+    owner.context.close()
+    page.goto(f"{stack.base_url}/console/usage")
+    spender = page.get_by_label("Top spenders").locator("tr", has_text=slug)
+    spender.wait_for()
+    assert spender.locator("td").nth(3).inner_text() == "1"  # its runs
+
     page.goto(f"{stack.base_url}/console/tenants")
     # The page's list first: a fill made while it still renders can be lost (a CI run
     # submitted an empty search and saw every tenant).

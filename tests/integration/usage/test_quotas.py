@@ -112,6 +112,12 @@ async def runs_of(engine: AsyncEngine, tenant_id: uuid.UUID) -> int:
     return int(count or 0)
 
 
+async def counted(app: FastAPI) -> None:
+    """Accepted runs are counted within a second (services.usage): now."""
+    services: Services = app.state.gateway.services
+    await services.usage.flush()
+
+
 def refused(answer: httpx.Response, quota: str, status: int = 429) -> dict[str, Any]:
     """The problem of a quota refusal, checked for its shape; its body."""
     assert answer.status_code == status, answer.text
@@ -176,7 +182,7 @@ async def test_the_superuser_defines_plans_and_puts_tenants_on_them(
 
 
 async def test_runs_past_a_quota_are_refused_naming_it_and_a_change_applies_at_once(
-    client: httpx.AsyncClient, root: dict[str, str], engine: AsyncEngine
+    app: FastAPI, client: httpx.AsyncClient, root: dict[str, str], engine: AsyncEngine
 ) -> None:
     owner = await sign_up(client, "Two a day")
     name = await new_plan(client, root, runs_per_day=2)
@@ -184,6 +190,7 @@ async def test_runs_past_a_quota_are_refused_naming_it_and_a_change_applies_at_o
     client.headers.update(owner.headers)  # the superuser's calls name their own
     for _ in range(2):
         assert (await client.post("/api/v1/tasks/run", json=ECHO)).status_code == 202
+    await counted(app)
 
     third = await client.post("/api/v1/tasks/run", json=ECHO)
     body = refused(third, "runs_per_day")
@@ -200,6 +207,7 @@ async def test_runs_past_a_quota_are_refused_naming_it_and_a_change_applies_at_o
     # The superuser raises the plan's limit: the very next request is held to it.
     await change_plan(client, root, name, runs_per_day=4)
     assert (await client.post("/api/v1/tasks/run", json=ECHO)).status_code == 202
+    await counted(app)
     over = await client.post("/api/v1/tasks/runs", json={"runs": [ECHO, ECHO]})
     assert refused(over, "runs_per_day")["used"] == 3
     report = (await client.get("/api/v1/usage")).json()
@@ -310,7 +318,7 @@ async def test_a_plans_rate_limits_replace_the_settings_for_its_tenant(
 
 
 async def test_a_soft_limit_warns_once_a_period(
-    client: httpx.AsyncClient, root: dict[str, str]
+    app: FastAPI, client: httpx.AsyncClient, root: dict[str, str]
 ) -> None:
     owner = await sign_up(client, "Warned")
     name = await new_plan(client, root, runs_per_day=4, soft_limit_percent=50)
@@ -324,9 +332,29 @@ async def test_a_soft_limit_warns_once_a_period(
         return [event["details"] for event in found.json()["items"]]
 
     assert (await client.post("/api/v1/tasks/run", json=ECHO)).status_code == 202
+    await counted(app)
     assert await warnings() == []  # 1 of 4: under half
     for _ in range(2):
         assert (await client.post("/api/v1/tasks/run", json=ECHO)).status_code == 202
+        await counted(app)
     assert await warnings() == [
         {"quota": "runs_per_day", "limit": 4, "used": 2, "soft_limit_percent": 50, "plan": name}
     ]
+
+
+async def test_the_superuser_sees_the_months_top_spenders(
+    client: httpx.AsyncClient, root: dict[str, str], engine: AsyncEngine
+) -> None:
+    owner = await sign_up(client, "Big spender")
+    async with engine.begin() as connection:  # more than any other test's tenant spends
+        await add_in(connection, Use(owner.tenant_id, Meter.LLM_PROMPT_TOKENS, "chat/x", 10**12))
+    refused_to_owner = await client.get("/api/v1/usage/tenants", headers=owner.headers)
+    assert refused_to_owner.status_code == 403
+    answer = await client.get("/api/v1/usage/tenants", params={"limit": 1}, headers=root)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [(item["tenant_id"], item["name"], item["llm_tokens"]) for item in body["items"]] == [
+        (str(owner.tenant_id), "Big spender", 10**12)
+    ]
+    assert set(body["others"]) == {"llm_tokens", "runs", "run_seconds", "searches"}
+    assert min(body["others"].values()) >= 0

@@ -239,6 +239,8 @@ class Settings(BaseSettings):
     retention_every_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
     # How often beat copies the usage counters changed lately to the `analytics` bind (if any).
     usage_ship_seconds: float = Field(default=60.0, gt=0, le=24 * 3600)
+    # Tenants named in the switchyard_tenant_spend metric (the rest are summed as "other").
+    tenant_spend_top: int = Field(default=20, ge=1, le=1000)
     # system.sleep and system.fail (test and demo tasks): registered outside production, and
     # in production only when this is true. system.fail's `crash` never runs in production.
     system_tasks_enabled: bool | None = None

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy import or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from switchyard.db.models import RunState, TaskDefinition, TaskRun, Tenant, TenantStatus
 from switchyard.db.session import unit_of_work
 from switchyard.platform import audit
 from switchyard.platform.heartbeat import write_heartbeat
-from switchyard.platform.metrics import BEAT_LAST_TICK, BEAT_LEADER, BEAT_PUBLISHED
+from switchyard.platform.metrics import BEAT_LAST_TICK, BEAT_LEADER, BEAT_PUBLISHED, TENANT_SPEND
 from switchyard.platform.publisher import RunBroker, RunMessage
 from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.runs import ledger, retention
@@ -85,7 +85,9 @@ class Beat:
         # Fair share's backstop sweep: the role's admission (roles.beat gives it).
         self.dispatcher = services.admission
         self.marks = ledger.PublishedMarks(self.engine)
-        self.submissions = Submissions.create(self.settings, self.engine, publisher, self.marks)
+        self.submissions = Submissions.create(
+            self.settings, self.engine, publisher, self.marks, services.usage
+        )
         self.failed_ticks = 0  # in a row; the healthcheck reads it from the heartbeat
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -143,19 +145,28 @@ class Beat:
                 await self.purge_audit_events()
             except Exception as exc:
                 failures.append(exc)
-        if ANALYTICS in self.services.binds and (
-            time.monotonic() - self.last_usage_shipped >= self.settings.usage_ship_seconds
-        ):
+        if time.monotonic() - self.last_usage_shipped >= self.settings.usage_ship_seconds:
             self.last_usage_shipped = time.monotonic()
+            failures.extend(await self._usage_step(now))
+        self._start_retention()
+        if failures:
+            raise failures[0]
+
+    async def _usage_step(self, now: datetime) -> list[Exception]:
+        """The spend metric, then the copy to the analytics bind (if any); what failed."""
+        failures: list[Exception] = []
+        try:
+            await spend_metric(self.engine, now, self.settings.tenant_spend_top)
+        except Exception as exc:
+            failures.append(exc)
+        if ANALYTICS in self.services.binds:
             try:
                 copied = await usage.ship(self.engine, self.services.binds[ANALYTICS])
                 if copied:
                     logger.info("usage copied to the analytics bind", extra={"rows": copied})
             except Exception as exc:
                 failures.append(exc)
-        self._start_retention()
-        if failures:
-            raise failures[0]
+        return failures
 
     def _start_retention(self) -> None:
         """A retention pass in the background (it may take minutes on a large backlog, and
@@ -337,3 +348,25 @@ class Beat:
         done = [run.id for run, ok in zip(runs, confirmed, strict=True) if ok]
         if done:
             await ledger.mark_published(session, done)
+
+
+async def spend_metric(engine: AsyncEngine, now: datetime, top: int) -> None:
+    """`switchyard_tenant_spend`: this month's top spenders (by slug) and the rest together
+    ("other"), a bounded set of labels."""
+    start = datetime(now.year, now.month, 1, tzinfo=UTC)
+    async with engine.connect() as connection:
+        spenders, rest = await usage.top_spenders(connection, start, now + timedelta(hours=1), top)
+        slugs = dict(
+            (
+                await connection.execute(
+                    select(Tenant.id, Tenant.slug).where(
+                        Tenant.id.in_([spender.tenant_id for spender in spenders])
+                    )
+                )
+            ).all()
+        )
+    TENANT_SPEND.clear()
+    for spender in [*spenders, rest]:
+        label = slugs.get(spender.tenant_id, "other") if spender.tenant_id else "other"
+        for what in ("llm_tokens", "runs", "run_seconds", "searches"):
+            TENANT_SPEND.labels(label, what).set(getattr(spender, what))

@@ -46,7 +46,11 @@ class Gateway:
         if services.database is not None:
             marks = ledger.PublishedMarks(services.database)
             submissions = Submissions.create(
-                settings, services.database, broker.publisher if broker else None, marks
+                settings,
+                services.database,
+                broker.publisher if broker else None,
+                marks,
+                services.usage,
             )
         checks = services.health_checks()
         checks.insert(

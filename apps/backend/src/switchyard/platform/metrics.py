@@ -101,6 +101,13 @@ BEAT_LAST_TICK = Gauge(
     "Unix time of this beat's last completed tick",
     multiprocess_mode="mostrecent",
 )
+TENANT_SPEND = Gauge(
+    "switchyard_tenant_spend",
+    "This month's use (UTC) of the top tenants by LLM tokens (label: its slug), the others "
+    'together (tenant="other"): llm_tokens, runs, run_seconds, searches; set by beat\'s leader',
+    ["tenant", "what"],
+    multiprocess_mode="mostrecent",
+)
 BEAT_PUBLISHED = Counter(
     "switchyard_beat_runs_published_total",
     "Runs beat published, by kind (scheduled, republished)",

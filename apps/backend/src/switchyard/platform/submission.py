@@ -47,6 +47,7 @@ from switchyard.platform.publisher import RunBroker, RunMessage
 from switchyard.platform.runs import admission, ledger
 from switchyard.services import usage
 from switchyard.services.outages import RETRY_AFTER_SECONDS
+from switchyard.services.usage import UsageRecorder
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -104,11 +105,16 @@ class Submissions:
         *,
         window_seconds: float = 0.002,
         most: int = 200,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.engine = engine
         self.broker = broker  # None: a role without one (its platform runs wait for the outbox)
         self.marks = marks
         self.policy = policy
+        # Counts the runs accepted (`run.accepted`, the runs quotas' figure) once they are:
+        # written within a second, several at once, never in the submission's transaction,
+        # where every submission of a tenant would queue for its counter's row lock.
+        self.usage = usage
         self._group: Coalescer[ledger.Stored, Outcome] = Coalescer(
             self._group_of, window_seconds=window_seconds, most=most, observe=RUN_GROUPS.observe
         )
@@ -120,6 +126,7 @@ class Submissions:
         engine: AsyncEngine,
         broker: RunBroker | None,
         marks: ledger.PublishedMarks,
+        usage: UsageRecorder | None = None,
     ) -> Submissions:
         return cls(
             engine,
@@ -128,6 +135,7 @@ class Submissions:
             admission.Policy.of(settings),
             window_seconds=settings.task_group_commit_ms / 1000,
             most=settings.task_group_commit_runs,
+            usage=usage,
         )
 
     async def submit(
@@ -183,6 +191,7 @@ class Submissions:
             stored, admitted = await _store(connection, runs, policy, now)
         unconfirmed = await self._publish(runs, stored, admitted)
         refused = await self._refuse(unconfirmed, on_refusal)
+        self._count(runs, stored - refused, policy)
         return Accepted(frozenset(stored), frozenset(refused))
 
     async def _within(
@@ -198,6 +207,7 @@ class Submissions:
         async def publish() -> None:
             unconfirmed = await self._publish(runs, stored, admitted)
             refused = await self._refuse(unconfirmed, on_refusal)
+            self._count(runs, stored - refused, policy)
             if refused:
                 for run in unconfirmed:
                     RUNS_SUBMITTED.labels(task=run.task, outcome="broker_unavailable").inc()
@@ -236,6 +246,17 @@ class Submissions:
         ]
         return unconfirmed
 
+    def _count(
+        self, runs: Sequence[ledger.Stored], accepted: set[uuid.UUID], policy: admission.Policy
+    ) -> None:
+        """The tenants' accepted runs, by task; not the platform's own emails (outside the
+        share: they are not the tenant's runs)."""
+        if self.usage is None or policy is _OUTSIDE_SHARE:
+            return
+        for run in runs:
+            if run.id in accepted:
+                self.usage.count(usage.Use(run.tenant_id, usage.Meter.RUNS_ACCEPTED, run.task, 1))
+
     async def _refuse(
         self, unconfirmed: list[ledger.Stored], on_refusal: OnRefusal
     ) -> set[uuid.UUID]:
@@ -247,24 +268,14 @@ class Submissions:
         return await self._drop(unconfirmed)
 
     async def _drop(self, runs: list[ledger.Stored]) -> set[uuid.UUID]:
-        """Remove runs the broker did not confirm, and take them off the tenants' accepted
-        runs; if the database fails too, they stay and the outbox publishes them (accepted,
-        then)."""
+        """Remove runs the broker did not confirm; if the database fails too, they stay and
+        the outbox publishes them (accepted, then)."""
         if not runs:
             return set()
         run_ids = [run.id for run in runs]
         try:
             async with self.engine.begin() as connection:
-                dropped = await ledger.drop_unpublished(connection, run_ids)
-                await usage.add_in(
-                    connection,
-                    *(
-                        usage.Use(run.tenant_id, usage.Meter.RUNS_ACCEPTED, run.task, -1)
-                        for run in runs
-                        if run.id in dropped
-                    ),
-                )
-                return dropped
+                return await ledger.drop_unpublished(connection, run_ids)
         except Exception as exc:
             logger.warning(
                 "unconfirmed runs not removed; the outbox publishes them",
@@ -284,15 +295,6 @@ async def _store(
     for run in runs:  # every run sets the same columns: one multi-row INSERT
         run.admitted_at = None if policy.enabled else now
     stored, admitted = await admission.store(connection, runs, policy)
-    if policy is not _OUTSIDE_SHARE:  # the platform's own emails are not the tenant's runs
-        await usage.add_in(
-            connection,
-            *(
-                usage.Use(run.tenant_id, usage.Meter.RUNS_ACCEPTED, run.task, 1)
-                for run in runs
-                if run.id in stored
-            ),
-        )
     admitted_now = {entry.id for entry in admitted}
     for run in runs:
         if run.id in admitted_now:

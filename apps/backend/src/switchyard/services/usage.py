@@ -268,3 +268,60 @@ async def _copy(bind: Bind, rows: list[dict[str, Any]]) -> None:
         )
     async with bind.engine.begin() as connection:
         await connection.execute(statement)
+
+
+@dataclass(frozen=True)
+class Spender:
+    """What one tenant used in a period, in the figures a platform watches."""
+
+    tenant_id: uuid.UUID | None  # None: every tenant past the top ones, together
+    llm_tokens: int
+    runs: int
+    run_seconds: int
+    searches: int
+
+
+_LLM = (Meter.LLM_PROMPT_TOKENS, Meter.LLM_COMPLETION_TOKENS, Meter.EMBEDDING_TOKENS)
+
+
+def _spend_columns() -> tuple[Any, ...]:
+    quantity, meter = _COUNTERS.c.quantity, _COUNTERS.c.meter
+    return (
+        func.coalesce(func.sum(quantity).filter(meter.in_(_LLM)), 0).label("llm_tokens"),
+        func.coalesce(func.sum(quantity).filter(meter == Meter.RUNS_ACCEPTED), 0).label("runs"),
+        func.coalesce(func.sum(quantity).filter(meter == Meter.RUN_MILLISECONDS), 0).label("ms"),
+        func.coalesce(func.sum(quantity).filter(meter == Meter.SEARCH_QUERIES), 0).label("q"),
+    )
+
+
+async def top_spenders(
+    connection: AsyncConnection, start: datetime, end: datetime, limit: int
+) -> tuple[list[Spender], Spender]:
+    """The `limit` tenants that spent the most LLM tokens in [start, end) (then runs), and
+    all the others together: a bounded view of a platform's spend (metrics, the superuser's
+    report)."""
+    within = (_COUNTERS.c.hour >= start) & (_COUNTERS.c.hour < end)
+    by_tenant = (
+        select(_COUNTERS.c.tenant_id, *_spend_columns())
+        .where(within)
+        .group_by(_COUNTERS.c.tenant_id)
+        .subquery("by_tenant")
+    )
+    ranked = (
+        select(by_tenant)
+        .order_by(by_tenant.c.llm_tokens.desc(), by_tenant.c.runs.desc(), by_tenant.c.tenant_id)
+        .limit(limit)
+    )
+    top = [
+        Spender(row.tenant_id, int(row.llm_tokens), int(row.runs), int(row.ms) // 1000, int(row.q))
+        for row in await connection.execute(ranked)
+    ]
+    everyone = (await connection.execute(select(*_spend_columns()).where(within))).one()
+    rest = Spender(
+        None,
+        int(everyone.llm_tokens) - sum(s.llm_tokens for s in top),
+        int(everyone.runs) - sum(s.runs for s in top),
+        int(everyone.ms) // 1000 - sum(s.run_seconds for s in top),
+        int(everyone.q) - sum(s.searches for s in top),
+    )
+    return top, rest

@@ -40,3 +40,25 @@ class UsageReport(BaseModel):
     quotas: list[QuotaUse] = Field(
         default_factory=list, description="Each quota its plan sets, and its use now"
     )
+
+
+class Spend(BaseModel):
+    llm_tokens: int = Field(description="Prompt, completion and embedding tokens")
+    runs: int = Field(description="Runs accepted")
+    run_seconds: int = Field(description="Seconds its runs' handlers ran")
+    searches: int
+
+
+class TenantSpend(Spend):
+    tenant_id: uuid.UUID
+    name: str
+    slug: str
+    plan: str | None
+
+
+class PlatformUsage(BaseModel):
+    period_start: datetime
+    period_end: datetime = Field(description="Exclusive")
+    items: list[TenantSpend] = Field(description="The top spenders: LLM tokens, then runs")
+    others: Spend = Field(description="Every other tenant, together")
+    next_cursor: str | None = Field(default=None, description="Always null: one page")

@@ -5,12 +5,22 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from switchyard.services import quotas
+from switchyard.db.models import Tenant
+from switchyard.services import quotas, usage
 from switchyard.services.quotas import QUOTAS, Limits
 from switchyard.usage.repository import UsageRepository
-from switchyard.usage.schemas import QuotaUse, UsageDay, UsageReport, UsageTotal
+from switchyard.usage.schemas import (
+    PlatformUsage,
+    QuotaUse,
+    Spend,
+    TenantSpend,
+    UsageDay,
+    UsageReport,
+    UsageTotal,
+)
 
 
 def month_bounds(month: str | None, now: datetime | None = None) -> tuple[datetime, datetime]:
@@ -65,3 +75,38 @@ async def _quota_use(
         )
         for name, limit in limited.items()
     ]
+
+
+async def platform_report(session: AsyncSession, month: str | None, limit: int) -> PlatformUsage:
+    """The month's top spenders across tenants, and the rest together (the superuser's)."""
+    start, end = month_bounds(month)
+    top, rest = await usage.top_spenders(await session.connection(), start, end, limit)
+    tenants = {
+        tenant.id: tenant
+        for tenant in await session.scalars(
+            select(Tenant).where(Tenant.id.in_([spender.tenant_id for spender in top]))
+        )
+    }
+    items = [
+        TenantSpend(
+            tenant_id=tenant.id,
+            name=tenant.name,
+            slug=tenant.slug,
+            plan=tenant.plan,
+            **_spend(spender),
+        )
+        for spender in top
+        if (tenant := tenants.get(spender.tenant_id)) is not None  # type: ignore[arg-type]
+    ]
+    return PlatformUsage(
+        period_start=start, period_end=end, items=items, others=Spend(**_spend(rest))
+    )
+
+
+def _spend(spender: usage.Spender) -> dict[str, int]:
+    return {
+        "llm_tokens": spender.llm_tokens,
+        "runs": spender.runs,
+        "run_seconds": spender.run_seconds,
+        "searches": spender.searches,
+    }

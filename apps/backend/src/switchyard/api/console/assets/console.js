@@ -115,6 +115,7 @@ const PAGES = [
   ["definitions", "Definitions"],
   ["documents", "Documents"],
   ["workers", "Workers & queues"],
+  ["usage", "Usage"],
   ["health", "Health"],
 ];
 
@@ -688,6 +689,121 @@ async function tenantsPage() {
       } }, t.status === "active" ? "Suspend" : "Activate"))))))));
 }
 
+// ---- usage
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  for (const child of children.flat()) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+// What the chart can show: its meters in the report, the plan's monthly quota of it, the unit.
+const USAGE_METERS = [
+  ["llm", "LLM tokens", ["llm.prompt_tokens", "llm.completion_tokens", "embedding.tokens"], "llm_tokens_per_month", 1],
+  ["runs", "Runs accepted", ["run.accepted"], "runs_per_month", 1],
+  ["seconds", "Run seconds", ["run.milliseconds"], "run_seconds_per_month", 1000],
+  ["searches", "Searches", ["search.queries"], null, 1],
+  ["texts", "Texts embedded", ["embedding.texts"], null, 1],
+];
+const number = new Intl.NumberFormat();
+
+// Daily bars, the month's running total as a line, and the monthly quota as a dashed line: the
+// running total crossing it is where the quota refuses work. Drawn as SVG, no library.
+function usageChart(days, daily, limit, label) {
+  const width = 760, height = 260, left = 64, right = 12, top = 14, bottom = 30;
+  let total = 0;
+  const running = days.map((day) => (total += daily[day]));
+  const most = Math.max(1, limit || 0, ...running) * 1.05;
+  const x = (i) => left + (i * (width - left - right)) / days.length;
+  const y = (value) => top + (height - top - bottom) * (1 - value / most);
+  const barWidth = Math.max(2, (width - left - right) / days.length - 2);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": `${label} by day` },
+    svg("title", {}, `${label} by day, and this period's running total${limit ? ` against the quota of ${number.format(limit)}` : ""}`));
+  for (const tick of [0, most / 2, most / 1.05]) {
+    chart.append(svg("line", { x1: left, x2: width - right, y1: y(tick), y2: y(tick), class: "grid" }),
+      svg("text", { x: left - 6, y: y(tick) + 4, "text-anchor": "end", class: "axis" }, number.format(Math.round(tick))));
+  }
+  days.forEach((day, i) => {
+    if (daily[day] > 0) {
+      chart.append(svg("rect", { x: x(i) + 1, y: y(daily[day]), width: barWidth, height: y(0) - y(daily[day]), class: "bar" },
+        svg("title", {}, `${day}: ${number.format(daily[day])}`)));
+    }
+    if (i % 7 === 0) chart.append(svg("text", { x: x(i) + barWidth / 2, y: height - 10, "text-anchor": "middle", class: "axis" }, day.slice(5)));
+  });
+  const points = running.map((value, i) => `${x(i) + barWidth / 2},${y(value)}`).join(" ");
+  chart.append(svg("polyline", { points, class: "running" }));
+  if (limit) {
+    chart.append(svg("line", { x1: left, x2: width - right, y1: y(limit), y2: y(limit), class: "quota" }),
+      svg("text", { x: width - right, y: y(limit) - 5, "text-anchor": "end", class: "axis" }, `quota ${number.format(limit)}`));
+  }
+  return chart;
+}
+
+async function usagePage() {
+  const params = new URLSearchParams(location.search);
+  const month = params.get("month") || "";
+  const meter = USAGE_METERS.find((m) => m[0] === params.get("meter")) || USAGE_METERS[0];
+  const form = h("form", { class: "filters card", method: "get", action: "/console/usage" },
+    h("label", { for: "usage-month" }, "Month", h("input", { id: "usage-month", name: "month", type: "month", value: month })),
+    h("label", { for: "usage-meter" }, "Chart", h("select", { id: "usage-meter", name: "meter" },
+      USAGE_METERS.map(([key, label]) => h("option", { value: key, selected: key === meter[0] }, label)))),
+    h("button", { type: "submit" }, "Show"));
+  show(h("h1", {}, "Usage"), form, stateBox("loading", "Loading usage…"));
+  let report;
+  try {
+    report = await call("GET", `/api/v1/usage${query({ month })}`);
+  } catch (error) {
+    show(h("h1", {}, "Usage"), form, stateBox("error", error.status === 403 ? "Usage is shown to the tenant's owners and admins." : error.message));
+    return;
+  }
+  const [, label, meters, quotaName, per] = meter;
+  const days = [];
+  for (let day = new Date(report.period_start); day < new Date(report.period_end); day = new Date(day.getTime() + 86400000)) {
+    days.push(day.toISOString().slice(0, 10));
+  }
+  const daily = Object.fromEntries(days.map((day) => [day, 0]));
+  for (const row of report.daily) if (meters.includes(row.meter) && row.day in daily) daily[row.day] += row.quantity / per;
+  const quota = report.quotas.find((q) => q.quota === quotaName);
+  const plan = h("p", {}, report.plan ? ["Plan ", h("strong", { id: "usage-plan" }, report.plan),
+    report.soft_limit_percent ? ` — warned past ${report.soft_limit_percent} % of a quota` : ""] : "No plan: no quota.");
+  const quotas = report.quotas.length ? h("div", { class: "table-wrap" }, h("table", { "aria-label": "Quotas" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Quota"), h("th", {}, "Used"), h("th", {}, "Limit"), h("th", {}, "Share"), h("th", {}, "Resets"))),
+    h("tbody", {}, report.quotas.map((q) => h("tr", {},
+      h("td", {}, q.quota), h("td", { class: "num" }, `${number.format(q.used)} ${q.unit}`), h("td", { class: "num" }, number.format(q.limit)),
+      h("td", { class: "num" }, q.limit ? `${Math.round((100 * q.used) / q.limit)} %` : "—"), h("td", {}, when(q.resets_at))))))) : "";
+  const stocks = h("dl", { class: "fields", "aria-label": "Held now" },
+    h("dt", {}, "Documents"), h("dd", {}, number.format(report.stocks.documents)),
+    h("dt", {}, "Stored bytes"), h("dd", {}, number.format(report.stocks["stored.bytes"])));
+  const totals = report.totals.length ? h("div", { class: "table-wrap" }, h("table", { "aria-label": "Totals" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Meter"), h("th", {}, "Of"), h("th", {}, "Quantity"))),
+    h("tbody", {}, report.totals.map((t) => h("tr", {}, h("td", {}, t.meter), h("td", {}, t.subject || "—"), h("td", { class: "num" }, number.format(t.quantity))))))) :
+    stateBox("empty", "Nothing used in this period.");
+  const sections = [h("h1", {}, "Usage"), form,
+    h("section", { class: "card" }, plan, quotas, stocks),
+    h("section", { class: "card" }, h("h2", {}, `${label}, ${report.period_start.slice(0, 7)}`), usageChart(days, daily, quota ? quota.limit : null, label)),
+    h("section", { class: "card" }, h("h2", {}, "Totals"), totals)];
+  if (session.is_superuser) sections.push(await topSpenders(month));
+  show(...sections);
+}
+
+async function topSpenders(month) {
+  let platform;
+  try {
+    platform = await call("GET", `/api/v1/usage/tenants${query({ month, limit: "20" })}`);
+  } catch (error) {
+    return h("section", { class: "card" }, h("h2", {}, "Top spenders"), stateBox("error", error.message));
+  }
+  const row = (name, plan, s) => h("tr", {}, h("td", {}, name), h("td", {}, plan || "—"),
+    h("td", { class: "num" }, number.format(s.llm_tokens)), h("td", { class: "num" }, number.format(s.runs)),
+    h("td", { class: "num" }, number.format(s.run_seconds)), h("td", { class: "num" }, number.format(s.searches)));
+  return h("section", { class: "card" }, h("h2", {}, "Top spenders (all tenants)"), h("div", { class: "table-wrap" }, h("table", { "aria-label": "Top spenders" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Tenant"), h("th", {}, "Plan"), h("th", {}, "LLM tokens"), h("th", {}, "Runs"), h("th", {}, "Run seconds"), h("th", {}, "Searches"))),
+    h("tbody", {}, platform.items.map((t) => row(`${t.name} (${t.slug})`, t.plan, t)), row("Every other tenant", null, platform.others)))));
+}
+
 // ---- routing
 
 async function start() {
@@ -715,6 +831,7 @@ async function start() {
     definitions: definitionsPage,
     documents: documentsPage,
     workers: workersPage,
+    usage: usagePage,
     health: healthPage,
     tenants: tenantsPage,
   };
