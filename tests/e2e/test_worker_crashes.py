@@ -14,7 +14,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -29,7 +29,7 @@ from switchyard.db.models import FINAL_STATES, TaskRun
 from tests.fixtures import names
 from tests.fixtures.accounts import Account, sign_up
 from tests.fixtures.gateway import SettingsFactory, running
-from tests.fixtures.processes import RunningRole
+from tests.fixtures.processes import RunningRole, Starter
 from tests.fixtures.tasks import start_worker_on
 
 pytestmark = pytest.mark.e2e
@@ -72,7 +72,7 @@ async def test_runs_survive_a_worker_killed_five_times(
     own_broker: str,
     redis_url: str,
     engine: AsyncEngine,
-    start_role: Callable[..., RunningRole],
+    start_role: Starter,
     task_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
@@ -82,7 +82,7 @@ async def test_runs_survive_a_worker_killed_five_times(
 
     def start_worker(number: int) -> RunningRole:
         return start_worker_on(
-            start_role,
+            start_role.untraced,  # five restarts under load: what survives is the point
             task_env,
             own_broker,
             tmp_path / f"worker-{number}",

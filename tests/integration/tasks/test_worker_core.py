@@ -377,7 +377,11 @@ async def test_a_handler_that_blocks_the_loop_past_its_limit_ends_the_process(
     blocker = spec(settings, "system.echo", handler=blocking, time_limit=0.3)
     run = await insert_run(engine, tenant_id)
     settle(loop, blocker, run)
-    assert exits
+
+    async def ended() -> bool:  # the watchdog's thread ends it once it recorded the failure
+        return bool(exits)
+
+    await until(ended)
     assert set(exits) == {runtime.EXIT_LOOP_BLOCKED}
     row = await stored(engine, run.id)
     assert (row.state, row.error_type) == (RunState.FAILED, "TimeLimitExceededError")
