@@ -23,7 +23,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from switchyard.api.app import create_app
-from switchyard.auth.service import ensure_superuser
 from switchyard.db.models import RunState, TaskRun
 from switchyard.domains import load_task_modules
 from switchyard.platform.beat import Beat
@@ -32,7 +31,7 @@ from switchyard.platform.publisher import RunMessage
 from switchyard.platform.runs.admission import Dispatcher
 from switchyard.services.container import Services
 from switchyard.settings import Settings
-from tests.fixtures.accounts import Account, login, sign_up
+from tests.fixtures.accounts import Account, sign_up, superuser_headers
 from tests.fixtures.gateway import SettingsFactory, running
 from tests.fixtures.messaging import ready_messages
 from tests.fixtures.tasks import DELIVERY_LIMIT, insert_dead_letter, register_due_schedule
@@ -206,11 +205,7 @@ async def test_the_superuser_sets_one_tenants_cap(
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    async with async_sessionmaker(engine).begin() as session:
-        await ensure_superuser(session, settings)
-    assert settings.first_superuser_email is not None
-    tokens = await login(client, settings.first_superuser_email, SUPERUSER_PASSWORD)
-    root = {"Authorization": f"Bearer {tokens['access_token']}"}
+    root = await superuser_headers(client, engine, settings)
     a = await sign_up(client)
     ids = [(await run(client, a, SLEEP))["task_id"] for _ in range(CAP + 2)]
 
@@ -249,11 +244,7 @@ async def test_the_superuser_sets_one_tenants_cap(
 async def test_a_plans_runs_in_flight_caps_its_tenants_share(
     client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
 ) -> None:
-    async with async_sessionmaker(engine).begin() as session:
-        await ensure_superuser(session, settings)
-    assert settings.first_superuser_email is not None
-    tokens = await login(client, settings.first_superuser_email, SUPERUSER_PASSWORD)
-    root = {"Authorization": f"Bearer {tokens['access_token']}"}
+    root = await superuser_headers(client, engine, settings)
     plan = f"single-{uuid.uuid4().hex[:6]}"
     made = await client.post(
         "/api/v1/plans", json={"name": plan, "runs_in_flight": 1}, headers=root

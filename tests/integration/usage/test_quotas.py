@@ -16,16 +16,15 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.api.app import create_app
-from switchyard.auth.service import ensure_superuser
 from switchyard.db.models import DocumentStatus, KnowledgeDocument, TaskRun
 from switchyard.services.container import Services
 from switchyard.services.usage import Meter, Use, add_in
 from switchyard.settings import Settings
 from tests.fakes.zhipu import API_KEY, FakeZhipu
-from tests.fixtures.accounts import Account, login, sign_up
+from tests.fixtures.accounts import Account, sign_up, superuser_headers
 from tests.fixtures.gateway import SettingsFactory, running
 from tests.fixtures.tasks import DELIVERY_LIMIT
 from tests.integration.documents.test_documents_api import upload
@@ -68,18 +67,7 @@ def client(app: FastAPI) -> httpx.AsyncClient:
 async def root(
     client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
 ) -> dict[str, str]:
-    return await root_headers(client, engine, settings)
-
-
-async def root_headers(
-    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
-) -> dict[str, str]:
-    """The platform superuser's headers."""
-    async with async_sessionmaker(engine).begin() as session:
-        await ensure_superuser(session, settings)
-    assert settings.first_superuser_email is not None
-    tokens = await login(client, settings.first_superuser_email, SUPERUSER_PASSWORD)
-    return {"Authorization": f"Bearer {tokens['access_token']}"}
+    return await superuser_headers(client, engine, settings)
 
 
 async def new_plan(client: httpx.AsyncClient, root: dict[str, str], **limits: Any) -> str:
@@ -293,7 +281,7 @@ async def test_a_plans_rate_limits_replace_the_settings_for_its_tenant(
         first_superuser_password=SUPERUSER_PASSWORD,
     )
     async with running(create_app(settings)) as client:
-        headers = await root_headers(client, engine, settings)
+        headers = await superuser_headers(client, engine, settings)
         owner, other = await sign_up(client, "Rated"), await sign_up(client, "Unrated")
         name = await new_plan(client, headers, api_requests_per_minute=3, task_runs_per_minute=2)
         await on_plan(client, headers, owner, plan=name)
