@@ -131,7 +131,9 @@ async def test_worker_finishes_in_flight_tasks_within_its_grace_period_then_hand
 
         # A generous grace period: the task in flight finishes, then the worker exits.
         patient = start_worker(start_role, task_env, own_broker, tmp_path / "patient", 30)
-        short = await submit(client, "system.sleep", {"seconds": 2})
+        # Long enough to be seen started on a loaded machine (a run of 2 s once finished
+        # between two looks at it), short against the grace period.
+        short = await submit(client, "system.sleep", {"seconds": 5})
         await wait_for_run(client, short, ("started",))
         stopped = time.monotonic()
         patient.process.send_signal(signal.SIGTERM)
