@@ -12,7 +12,7 @@ ARGS ?=
 # processes it starts; three keep two cores busy.
 TEST_WORKERS ?= 3
 
-.PHONY: help run test test-fast bench-check lint format pytest switchyard uv console-screenshots
+.PHONY: help run test test-fast bench-check image-check lint format pytest switchyard uv console-screenshots
 
 ## List the targets
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make test                   the test suite with coverage, in parallel (as CI runs it)"
 	@echo "make test-fast              unit tests and the task core in process (about 1.5 minutes)"
 	@echo "make bench-check            every benchmark once on a tiny size (CI runs it after make test)"
+	@echo "make image-check            two clean image builds give one digest (needs a container engine; CI)"
 	@echo "make lint                   ruff check, ruff format --check, mypy"
 	@echo "make format                 ruff format and ruff check --fix"
 	@echo "make pytest ARGS='...'      pytest with your arguments, e.g. ARGS='tests/unit -k settings'"
@@ -35,7 +36,7 @@ run: $(UV)
 ## Run the test suite with coverage (at least 85% of apps/backend/src); the benchmarks' own
 ## check is `bench-check`
 test: $(UV)
-	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist worksteal --durations=30 --cov --cov-report=term-missing:skip-covered --ignore=tests/bench
+	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist worksteal --durations=30 --cov --cov-report=term-missing:skip-covered --ignore=tests/bench --ignore=tests/image
 
 ## The fast subset: unit tests and the task core in process, on the real servers (no role
 ## process is started)
@@ -46,6 +47,11 @@ test-fast: $(UV)
 ## and targets (no timing decides anything). Untraced, like the benchmarks themselves.
 bench-check: $(UV)
 	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist worksteal -p no:cacheprovider tests/bench
+
+## Two clean builds of the image give one digest (tests/image; minutes: two builds). Needs a
+## container engine: ../shared/tools/container-engine up, or Docker and buildah
+image-check: $(UV)
+	$(UV) run --frozen pytest -p no:cacheprovider tests/image
 
 ## Lint, format check and type check
 lint: $(UV)

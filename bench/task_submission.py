@@ -105,10 +105,14 @@ def drain(database: str, tenant_id: uuid.UUID, broker: str) -> None:
         engine = create_async_engine(database)
         try:
             async with engine.begin() as connection:
+                # Locked in id order, as every writer of the ledger locks them: the gateway
+                # may still be marking the round's runs published (a batch in id order).
                 await connection.execute(
                     text(
+                        "WITH locked AS (SELECT id FROM task_runs WHERE tenant_id = :id "
+                        "AND state = 'queued' ORDER BY id FOR UPDATE) "
                         "UPDATE task_runs SET state = 'succeeded', finished_at = now() "
-                        "WHERE tenant_id = :id AND state = 'queued'"
+                        "FROM locked WHERE task_runs.id = locked.id AND task_runs.state = 'queued'"
                     ),
                     {"id": tenant_id},
                 )

@@ -190,3 +190,50 @@ def test_llm_budget_prints_each_trials_overshoot_and_the_reservations_cost(
     assert re.search(r"^1\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+", out, re.MULTILINE), out
     assert "overshoot < one call's tokens, every trial" in out
     assert "reservation and settlement: +" in out
+
+
+def test_tenant_deletion_prints_what_went_and_the_other_tenants_p99(repo_root: Path) -> None:
+    out = bench(repo_root, "tenant_deletion", "--runs=3000", "--documents=30", "--requests=30")
+    assert re.search(r"^runs removed\s+3,000\s*$", out, re.MULTILINE), out
+    assert re.search(r"^objects removed\s+30\s*$", out, re.MULTILINE), out
+    assert re.search(r"^during the deletion\s+\d+\s+[\d.]+\s+[\d.]+", out, re.MULTILINE), out
+    assert re.search(r"nothing of the tenant left \(runs, objects\)\s+0, 0\s+met", out), out
+
+
+def test_metering_prints_both_sides_of_both_paths(repo_root: Path) -> None:
+    out = bench(repo_root, "metering", "--rounds=2", "--seconds=1", "--runs=200", "--e2e-rounds=1")
+    for what in (
+        "single submissions, runs/s",
+        "single submissions, gateway CPU ms/run",
+        "no-op end to end, runs/s",
+    ):
+        assert re.search(rf"^{what}\s+\d+\s+[\d,.]+ ±\d+%\s+[\d,.]+ ±\d+%", out, re.MULTILINE), out
+    assert "metering on within 5 % of off" in out
+
+
+def test_tracing_cost_prints_off_against_before_and_on_against_off(repo_root: Path) -> None:
+    # HEAD as the baseline: always in the clone (a shallow one has no older commit).
+    out = bench(
+        repo_root,
+        "tracing_cost",
+        "--baseline=HEAD",
+        "--rounds=1",
+        "--seconds=1",
+        "--runs=200",
+        "--e2e-rounds=1",
+        "--on",
+    )
+    for what in ("single submissions, runs/s", "no-op end to end, runs/s"):
+        assert len(re.findall(rf"^{what}\s+\d+\s+[\d,.]+ ±\d+%", out, re.MULTILINE)) == 2, out
+    assert "tracing off within 5 % of before" in out
+    assert "TRACING on (every span exported) against off" in out
+
+
+def test_tracing_hooks_counts_the_calls_tracing_off_makes_per_run(repo_root: Path) -> None:
+    out = bench(repo_root, "tracing_hooks", "--runs=20")
+    # Both roles call into switchyard.tracing for every run (its flag tests), and say what it
+    # costs against their CPU per run.
+    for role in ("gateway", "worker"):
+        assert re.search(rf"^{role}\s+enabled\s+[1-9][\d.]*\s+\d+", out, re.MULTILINE), out
+        assert re.search(rf"^{role}\s+all hooks\s+\d+ ns/run\s+CPU [\d.]+ ms/run", out, re.M), out
+    assert "tracing off: under 1 % of a run's CPU, gateway and worker" in out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -21,18 +20,14 @@ from sqlalchemy.engine import URL
 
 from tests.fixtures import names
 from tests.fixtures.processes import RunningRole
-from tests.fixtures.servers import free_port, unavailable
+from tests.fixtures.servers import command, free_port, npm_install
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "check-services.mjs"
 
 
 def node() -> str:
-    found = shutil.which("node")
-    if found is None:
-        unavailable("Node.js", "`node` is not on PATH")
-    assert found is not None
-    return found
+    return command("node", "Node.js", "`node` is not on PATH")
 
 
 def check(cwd: Path, *args: str, **env: str) -> tuple[int, Any, float]:
@@ -211,28 +206,8 @@ def pnpm_releases(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_pnpm_check_services_runs_with_pnpm_9_10_and_the_current_release(
     pnpm_releases: Path, servers: dict[str, str], release: str
 ) -> None:
-    npm = shutil.which("npm")
-    if npm is None:
-        unavailable("npm", "`npm` is not on PATH")
-    assert npm is not None
     prefix = pnpm_releases / release
-    installed = subprocess.run(
-        [
-            npm,
-            "install",
-            "--no-save",
-            "--no-audit",
-            "--no-fund",
-            "--prefix",
-            str(prefix),
-            f"pnpm@{release}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert installed.returncode == 0, installed.stderr[-2000:]
+    npm_install(prefix, f"pnpm@{release}")
     base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     done = subprocess.run(
         [str(prefix / "node_modules" / ".bin" / "pnpm"), "--silent", "check:services", "--json"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -61,6 +62,7 @@ def test_the_runtime_ships_the_environment_and_the_project_as_separate_layers(
     copies = [line for line in runtime if line.startswith("COPY --from=")]
     assert copies == [
         "COPY --from=dependencies /app/.venv /app/.venv",
+        "COPY --from=dependencies /app/sbom.cdx.json /app/sbom.cdx.json",  # kilobytes
         "COPY --from=project /project/ /",
     ]
     # The environment's stage never sees the source, so a source change leaves it cached.
@@ -127,7 +129,10 @@ def test_roles_wait_for_healthy_backends_and_a_finished_migration(
 
 def test_env_files_are_committed_and_the_backend_one_is_ignored(repo_root: Path) -> None:
     assert (repo_root / ".env.infrastructure").is_file()
-    assert ".env.backend" in (repo_root / ".gitignore").read_text().splitlines()
+    ignored = (repo_root / ".gitignore").read_text().splitlines()
+    assert {".env", ".env.backend"} <= set(ignored)  # compose's credentials, the backend's
+    assert (repo_root / ".env.example").is_file()
+    assert {".env", ".env.backend"} <= set((repo_root / ".dockerignore").read_text().splitlines())
     keys = [
         line.split("=", 1)[0]
         for line in (repo_root / ".env.infrastructure").read_text().splitlines()
@@ -190,6 +195,112 @@ def test_compose_config_accepts_the_file_as_docker_reads_it(
     assert "services.worker additional properties 'stop_grace' not allowed" in rejected.stderr
 
 
+# What each infrastructure container is given, and nothing more (compose --profile monitoring).
+INFRASTRUCTURE_ENVIRONMENT = {
+    "postgres": {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"},
+    "redis": set(),
+    "rabbitmq": {"RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS"},
+    "neo4j": {"NEO4J_AUTH"},
+    "minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
+    "chroma": {"ANONYMIZED_TELEMETRY"},
+    "prometheus": set(),
+    "alertmanager": set(),
+    "postgres-exporter": {"DATA_SOURCE_URI", "DATA_SOURCE_USER", "DATA_SOURCE_PASS"},
+    "redis-exporter": {"REDIS_ADDR"},
+    "grafana": {
+        "GF_SECURITY_ADMIN_USER",
+        "GF_SECURITY_ADMIN_PASSWORD",
+        "GF_USERS_ALLOW_SIGN_UP",
+        "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH",
+    },
+}
+
+
+def test_each_infrastructure_service_gets_only_its_own_variables(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """Real Compose v2 resolving the file with compose's .env and .env.backend made from their
+    examples, every secret in them marked: an infrastructure container sees its own
+    credentials only, Switchyard's services see theirs and URLs made from the same ones."""
+    for name in ("docker-compose.yml", ".env.infrastructure"):
+        shutil.copy(repo_root / name, tmp_path / name)
+    credentials = {
+        "POSTGRES_PASSWORD": "pg-Secret-1",
+        "RABBITMQ_USER": "rabbit-user",
+        "RABBITMQ_PASSWORD": "rabbit-Secret-2",
+        "NEO4J_PASSWORD": "neo-Secret-3",
+        "MINIO_ROOT_USER": "minio-user",
+        "MINIO_ROOT_PASSWORD": "minio-Secret-4",
+        "GRAFANA_ADMIN_PASSWORD": "grafana-Secret-5",
+    }
+    example = (repo_root / ".env.example").read_text()
+    assert set(re.findall(r"^(\w+)=", example, re.M)) == set(credentials)
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in credentials.items()))
+    backend_secrets = {
+        "JWT_SECRET": "jwt-Secret-" + "x" * 32,
+        "DATA_SOURCE_KEYS": "datasource-Secret-key",
+        "ZHIPUAI_API_KEY": "zhipu-Secret-key",
+        "METRICS_TOKEN": "metrics-Secret-token",
+        "SMTP_PASSWORD": "smtp-Secret",
+    }
+    backend = (repo_root / ".env.backend.example").read_text()
+    for key, value in backend_secrets.items():
+        backend, count = re.subn(rf"^{key}=.*$", f"{key}={value}", backend, flags=re.M)
+        assert count == 1, key
+    (tmp_path / ".env.backend").write_text(backend)
+    result = tool(
+        "docker-compose", "--profile", "monitoring", "config", "--format", "json", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+
+    switchyard = {name for name, service in services.items() if "build" in service}
+    assert switchyard == {*BACKEND_SERVICES, "backup"}
+    assert set(services) - switchyard == set(INFRASTRUCTURE_ENVIRONMENT)
+    for name, allowed in INFRASTRUCTURE_ENVIRONMENT.items():
+        environment = services[name].get("environment") or {}
+        assert set(environment) == allowed, name
+        assert "env_file" not in services[name], name
+        for secret in backend_secrets.values():
+            assert secret not in json.dumps(services[name]), (name, secret)
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pg-Secret-1"
+    assert services["postgres-exporter"]["environment"]["DATA_SOURCE_PASS"] == "pg-Secret-1"
+    assert services["rabbitmq"]["environment"] == {
+        "RABBITMQ_DEFAULT_USER": "rabbit-user",
+        "RABBITMQ_DEFAULT_PASS": "rabbit-Secret-2",
+    }
+    assert services["neo4j"]["environment"]["NEO4J_AUTH"] == "neo4j/neo-Secret-3"
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == "minio-Secret-4"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "grafana-Secret-5"
+    # No infrastructure container is given another's credentials either.
+    own = {
+        "postgres": {"POSTGRES_PASSWORD"},
+        "postgres-exporter": {"POSTGRES_PASSWORD"},
+        "rabbitmq": {"RABBITMQ_USER", "RABBITMQ_PASSWORD"},
+        "neo4j": {"NEO4J_PASSWORD"},
+        "minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
+        "grafana": {"GRAFANA_ADMIN_PASSWORD"},
+    }
+    for name in INFRASTRUCTURE_ENVIRONMENT:
+        given = json.dumps(services[name])
+        seen = {key for key, value in credentials.items() if value in given}
+        assert seen == own.get(name, set()), name
+
+    for name in switchyard:
+        environment = services[name]["environment"]
+        assert environment["DATABASE_URL"] == (
+            "postgresql://switchyard:pg-Secret-1@postgres:5432/switchyard"
+        ), name
+        assert environment["CELERY_BROKER_URL"] == (
+            "amqp://rabbit-user:rabbit-Secret-2@rabbitmq:5672//"
+        )
+        assert environment["MINIO_ACCESS_KEY"] == "minio-user"
+        assert environment["MINIO_SECRET_KEY"] == "minio-Secret-4"
+        assert environment["NEO4J_PASSWORD"] == "neo-Secret-3"
+        assert environment["JWT_SECRET"] == backend_secrets["JWT_SECRET"]  # .env.backend's
+        assert "GRAFANA_ADMIN_PASSWORD" not in environment
+
+
 def locked_version(repo_root: Path, package: str) -> str:
     lock = tomllib.loads((repo_root / "uv.lock").read_text())
     versions = [entry["version"] for entry in lock["package"] if entry["name"] == package]
@@ -247,3 +358,88 @@ def test_backend_services_share_one_volume_of_generated_secrets(compose: dict[st
         directory = service["environment"]["LOCAL_SECRETS_DIR"]
         assert f"local-secrets:{directory}" in service["volumes"], name
     assert "local-secrets" in compose["volumes"]
+
+
+def test_compose_backs_up_nightly_into_a_bucket_of_its_own(compose: dict[str, Any]) -> None:
+    service = compose["services"]["backup"]
+    environment = service["environment"]
+    assert environment["SERVICE_TYPE"] == "backup"
+    assert len(environment["BACKUP_SCHEDULE"].split()) == 5
+    assert environment["BACKUP_BUCKET"] != compose["services"]["api-gateway"]["environment"].get(
+        "MINIO_BUCKET", "switchyard"
+    )
+    assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    settings = {name.upper() for name in Settings.model_fields}
+    assert {"BACKUP_SCHEDULE", "BACKUP_BUCKET"} <= settings
+
+
+def test_the_dockerfile_builds_without_a_registry_for_its_frontend_or_expiring_pins(
+    repo_root: Path,
+) -> None:
+    text = (repo_root / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax=", text, re.MULTILINE)  # BuildKit's built-in frontend
+    installs = re.findall(r"apt-get install[^\n]*(?:\\\n[^\n]*)*", text)
+    assert installs
+    for install in installs:
+        assert not re.search(r"\b[a-z0-9.+-]+=[0-9]", install), install  # no Debian revision pins
+    labels = dict(re.findall(r'(org\.opencontainers\.image\.[a-z]+)="([^"]*)"', text))
+    assert set(labels) >= {
+        f"org.opencontainers.image.{name}"
+        for name in ("title", "description", "version", "revision", "source", "licenses")
+    }
+    project = tomllib.loads((repo_root / "apps/backend/pyproject.toml").read_text())["project"]
+    assert labels["org.opencontainers.image.licenses"] == project["license"]
+    assert f"ARG VERSION={project['version']}" in text
+    assert "COPY --from=dependencies /app/sbom.cdx.json /app/sbom.cdx.json" in text
+
+
+def test_the_bill_of_materials_is_the_same_bytes_for_the_same_lock(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """scripts/sbom.py on two exports of one lock (uv writes a random serial and the time into
+    each): the same file, without the packages this platform does not install."""
+    uv = shutil.which("uv") or str(repo_root / ".tools" / "bin" / "uv")
+    outputs = []
+    for attempt in range(2):
+        exported = tmp_path / f"export-{attempt}.json"
+        made = subprocess.run(
+            [
+                uv,
+                "export",
+                "--frozen",
+                "--no-dev",
+                "--package",
+                "switchyard",
+                "--group",
+                "container",
+                "--no-emit-project",
+                "--format",
+                "cyclonedx1.5",
+                "--quiet",
+                "--output-file",
+                str(exported),
+            ],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert made.returncode == 0, made.stderr
+        normalised = tmp_path / f"sbom-{attempt}.json"
+        ran = subprocess.run(
+            [sys.executable, "scripts/sbom.py", str(exported), "uv.lock", str(normalised)],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "SOURCE_DATE_EPOCH": "1765000000"},
+        )
+        assert ran.returncode == 0, ran.stderr
+        outputs.append(normalised.read_bytes())
+    assert outputs[0] == outputs[1]
+    bom = json.loads(outputs[0])
+    names = {component["name"] for component in bom["components"]}
+    assert {"fastapi", "celery", "sqlalchemy", "dumb-init"} <= names
+    # Overridden away by the lock, or another platform's: not installed, so not listed.
+    assert not names & {"sentence-transformers", "pandas", "kubernetes", "pywin32"}
+    assert bom["metadata"]["timestamp"] == "2025-12-06T05:46:40Z"

@@ -4,6 +4,8 @@ VAR_DIR alone writable) against the test servers, as a user runs it."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +17,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.fixtures.containers import Container, json_lines, run_once, start, volume
+from switchyard import __version__
+from tests.fixtures.containers import Container, docker, json_lines, run_once, start, volume
 from tests.fixtures.messaging import local_vhost
 from tests.fixtures.postgres import DatabaseFactory
 from tests.fixtures.processes import NO_VECTOR_SERVER, said
@@ -25,10 +28,10 @@ from tests.fixtures.servers import free_port, unavailable
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 PASSWORD = "correct-horse-battery-staple-9"
-VALID_ROLES = "valid roles: api-gateway, worker, beat, migrate, standalone"
+VALID_ROLES = "valid roles: api-gateway, worker, beat, migrate, standalone, backup"
 # What compose and the README give a worker: WORKER_SHUTDOWN_GRACE_SECONDS (30) + hand-back.
 WORKER_STOP_TIMEOUT = 45
-HEAD = "0013"
+HEAD = "0017"
 FINAL_STATES = {"succeeded", "failed", "cancelled", "dead_lettered"}
 
 
@@ -380,3 +383,56 @@ def test_standalone_runs_its_embedded_servers_as_the_unprivileged_user(image: st
     assert standalone.exit_code() == 0
     roles = {record.get("service_type") for record in standalone.log_records()}
     assert {"standalone", "worker", "beat"} <= roles
+
+
+def test_the_image_is_labelled_and_carries_the_bill_of_materials_of_what_it_installed(
+    image: str,
+) -> None:
+    """OCI labels (title, version, revision, source, licence) and /app/sbom.cdx.json, which
+    lists exactly the distributions installed in the image's environment (the project aside)."""
+    inspected = json.loads(docker("image", "inspect", image).stdout)
+    labels = inspected[0]["Config"]["Labels"]
+    assert labels["org.opencontainers.image.title"] == "switchyard"
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    assert labels["org.opencontainers.image.version"] == __version__
+    for name in ("revision", "source", "description"):
+        assert labels[f"org.opencontainers.image.{name}"], name
+    listed = docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/app/.venv/bin/python",
+        image,
+        "-c",
+        "import json, importlib.metadata as m;"
+        "print(json.dumps({'sbom': json.load(open('/app/sbom.cdx.json')),"
+        "'installed': sorted(d.metadata['Name'] for d in m.distributions())}))",
+    )
+    found = json.loads(listed.stdout)
+    sbom = found["sbom"]
+    assert (sbom["bomFormat"], sbom["specVersion"]) == ("CycloneDX", "1.5")
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    components = {canonical(c["name"]) for c in sbom["components"]}
+    installed = {canonical(name) for name in found["installed"]} - {"switchyard"}
+    assert components == installed
+    for component in sbom["components"]:
+        assert component["purl"] == f"pkg:pypi/{component['name']}@{component['version']}"
+
+
+async def test_the_backup_role_makes_a_verified_backup_on_a_read_only_root(
+    image: str, create_database: DatabaseFactory
+) -> None:
+    """The image's own PostgreSQL tools (the embedded package's, newer than the test server)
+    dump, restore into a scratch database and verify; the archive is built under VAR_DIR."""
+    fresh = await create_database()
+    migrated = run_once(image, "migrate", {**database_env(fresh), **NO_VECTOR_SERVER})
+    assert migrated.returncode == 0, migrated.stderr[-2000:]
+    # CHROMA_HOST empty: the vectors of an embedded store under VAR_DIR (none yet).
+    result = run_once(image, "backup", {**database_env(fresh), "CHROMA_HOST": ""}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [made] = [r for r in json_lines(result.stderr, "backup") if r["message"] == "backup made"]
+    assert made["verified"] is True
+    assert str(made["location"]).startswith("/app/var/backups")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,14 @@ from prometheus_client import REGISTRY
 
 import switchyard.api.metrics
 import switchyard.platform.metrics
+import switchyard.roles.backup
 import switchyard.services.cache
 import switchyard.services.llm
 import switchyard.services.quotas
 import switchyard.services.ratelimit
 from switchyard.platform.metrics import BacklogCollector, BacklogSampler
 from switchyard.settings import Settings
-from tests.fixtures.servers import unavailable
+from tests.fixtures.servers import command
 
 MONITORING = Path("apps/monitoring")
 DASHBOARD = MONITORING / "grafana/dashboards/switchyard.json"
@@ -31,6 +31,7 @@ METRIC = re.compile(r"\bswitchyard_[a-z_]+")
 METRIC_MODULES = (
     switchyard.api.metrics,
     switchyard.platform.metrics,
+    switchyard.roles.backup,
     switchyard.services.cache,
     switchyard.services.llm,
     switchyard.services.quotas,
@@ -47,7 +48,7 @@ def dashboard(repo_root: Path) -> dict[str, Any]:
 
 def exported_metric_names() -> set[str]:
     """Every metric family any role serves: the registry's, plus the worker's sampled ones."""
-    assert len(METRIC_MODULES) == 6
+    assert len(METRIC_MODULES) == 7
     sampler = BacklogSampler(Settings(_env_file=None))
     sampler.queue_depths = {"default": 0.0}
     sampler.archive_size = 0.0
@@ -118,6 +119,12 @@ def test_dashboard_shows_what_an_operator_needs_first(dashboard: dict[str, Any])
     )
     assert "switchyard_queue_depth" in queries
     assert "switchyard_dead_letter_archive_size" in queries
+    # loop lag, runs by state, tenants waiting, the host's limits
+    assert "switchyard_worker_loop_lag_seconds" in queries
+    assert "sum by (state) (switchyard_tenant_runs)" in queries
+    assert 'switchyard_tenant_runs{state="waiting_for_capacity"}' in queries
+    assert "switchyard_host_disk_free_ratio" in queries
+    assert "switchyard_host_memory_used_ratio" in queries
 
 
 def test_prometheus_scrapes_every_role_on_its_configured_port(repo_root: Path) -> None:
@@ -164,11 +171,7 @@ RULE_TESTS = MONITORING / "prometheus/tests"
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        unavailable("promtool", "the alert rules are checked with it (Debian: prometheus)")
-    assert found is not None
-    return found
+    return command("promtool", "promtool", "the rules are checked with it (Debian: prometheus)")
 
 
 def test_alert_rules_are_valid_and_fire_as_their_tests_say(repo_root: Path) -> None:
@@ -210,3 +213,82 @@ def test_prometheus_loads_the_rules_compose_mounts(repo_root: Path) -> None:
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
     compose = (repo_root / "docker-compose.yml").read_text()
     assert "./apps/monitoring/prometheus/rules:/etc/prometheus/rules:ro" in compose
+
+
+def amtool() -> str:
+    return command("amtool", "amtool", "the config is checked with it (Debian: alertmanager)")
+
+
+ALERTMANAGER = MONITORING / "alertmanager/alertmanager.yml"
+
+
+def test_alertmanager_config_is_valid_and_routes_every_severity(repo_root: Path) -> None:
+    config = str(repo_root / ALERTMANAGER)
+    checked = subprocess.run(
+        [amtool(), "check-config", config], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for severity in ("critical", "warning", "info"):
+        routed = subprocess.run(
+            [
+                amtool(),
+                "config",
+                "routes",
+                "test",
+                f"--config.file={config}",
+                "alertname=SwitchyardRoleDown",
+                f"severity={severity}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert routed.returncode == 0, routed.stdout + routed.stderr
+        assert routed.stdout.strip() == "default"
+
+
+def test_the_alerts_cover_what_an_operator_is_paged_for(repo_root: Path) -> None:
+    rules = yaml.safe_load((repo_root / RULES / "operations.yml").read_text())
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    assert {
+        "SwitchyardRoleDown",
+        "SwitchyardWorkerLoopStalled",
+        "SwitchyardQueueBacklog",
+        "SwitchyardDeadLettersGrowing",
+        "SwitchyardTenantWaitingForCapacity",
+        "SwitchyardHighServerErrorRate",
+        "SwitchyardDatabasePoolNearlyFull",
+        "SwitchyardDiskAlmostFull",
+        "SwitchyardMemoryHigh",
+        "SwitchyardBackupStale",
+        "SwitchyardBackupFailed",
+    } <= set(alerts)
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        assert rule["annotations"]["summary"], name
+        assert rule["annotations"]["description"], name
+
+
+def test_compose_monitoring_profile_runs_alertmanager_and_the_exporters(
+    compose: dict[str, Any], repo_root: Path
+) -> None:
+    services = compose["services"]
+    for name in ("alertmanager", "postgres-exporter", "redis-exporter"):
+        assert services[name]["profiles"] == ["monitoring"], name
+        # Only what each needs: none of them gets the backend's secrets file.
+        assert "env_file" not in services[name], name
+    mounts = services["alertmanager"]["volumes"]
+    assert f"./{ALERTMANAGER}:/etc/alertmanager/alertmanager.yml:ro" in mounts
+    config = yaml.safe_load((repo_root / MONITORING / "prometheus/prometheus.yml").read_text())
+    [alertmanagers] = config["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"][0]
+        for job in config["scrape_configs"]
+        if "static_configs" in job
+    }
+    assert targets["postgres"].split(":")[0] in services
+    assert targets["redis"].split(":")[0] in services
+    # RabbitMQ serves its own metrics (the rabbitmq_prometheus plugin) on 15692.
+    assert targets["rabbitmq"] == "rabbitmq:15692"
+    assert "management" in services["rabbitmq"]["image"]

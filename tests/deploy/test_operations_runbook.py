@@ -86,14 +86,26 @@ def test_the_runbook_covers_what_operators_ask() -> None:
         "## Running two beats",
         "## Replaying dead letters",
         "## Rotating keys",
-        "## Backups of PostgreSQL",
+        "## Backups",
+        "## Backups of PostgreSQL by hand",
         "## Stopping gracefully",
         "## Metrics",
+        "## Alerts",
         "## Logs",
         "## Error reporting",
     ):
         assert heading in text
-    for check in ("postgres", "redis", "rabbitmq", "minio", "chroma", "neo4j", "zhipu"):
+    for check in (
+        "postgres",
+        "redis",
+        "rabbitmq",
+        "minio",
+        "chroma",
+        "neo4j",
+        "zhipu",
+        "disk",
+        "memory",
+    ):
         assert f"| `{check}` |" in text
     assert "switchyard rotate-data-source-keys" in text
     for setting in (

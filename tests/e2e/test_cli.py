@@ -12,7 +12,7 @@ from tests.fixtures.postgres import DatabaseFactory
 from tests.fixtures.processes import SWITCHYARD, said, switchyard_env
 from tests.fixtures.servers import free_port
 
-VALID = "valid roles: api-gateway, worker, beat, migrate, standalone"
+VALID = "valid roles: api-gateway, worker, beat, migrate, standalone, backup"
 
 
 def switchyard(

@@ -48,12 +48,16 @@ ELSEWHERE = {
     "(~1.5 min)": "development commands: the suite and `make lint` run in .ci/run; "
     "`make format` rewrites files",
     "make console-screenshots": "runs tests/e2e/test_console_in_browser.py, part of the suite",
-    "cp .env.backend.example .env.backend   # then change every secret in it": "needs the "
-    "images of a registry; the compose file is checked by tests/deploy/test_compose.py with "
-    "real Compose v2, the image's roles run in tests/deploy/test_image.py",
+    "cp .env.example .env                   # the infrastructure's credentials: change each "
+    "one": "needs the images of a registry; the compose file is checked by "
+    "tests/deploy/test_container_files.py with real Compose v2, the image's roles run in "
+    "tests/deploy/test_image.py",
     "# As a platform superuser (ROOT: its bearer token):": "needs a platform superuser, "
     "which `make run` does not create (FIRST_SUPERUSER_*); these requests run in "
     "tests/integration/usage/test_quotas.py",
+    "# As a platform superuser (ROOT): a tenant's deletion at beat's next look, no grace "
+    "period": "needs a platform superuser (see above); deletion runs in "
+    "tests/integration/tenants/test_export_and_deletion.py",
     "pnpm check:services": "runs in tests/deploy/test_check_services.py, with pnpm 9, 10 and "
     "the current release, against `make run`'s standalone and the test servers",
 }
@@ -174,10 +178,20 @@ def test_the_readme_blocks_run_as_written_against_standalone(standalone: Standal
     letters = wait_for(lambda: httpx.get(f"{api}/tasks/dead-letters", headers=ada).json())
     assert [letter["task_id"] for letter in letters] == [replays[0]["task_id"]]
     assert httpx.get(f"{api}/api-keys", headers=ada).json() == []  # the one key, revoked
-    usage = httpx.get(f"{api}/usage", headers=ada).json()
-    used = {(t["meter"], t["subject"]): t["quantity"] for t in usage["totals"]}
-    # The echo and the bulk's (the delayed ones have not run); the failure and its replay.
-    assert used[("run.attempts", "system.echo")] == 2
+
+    def used_so_far() -> tuple[dict[str, Any], dict[tuple[str, str], int]] | None:
+        # Counted uses (searches, an LLM call's tokens) are written within a second of the
+        # use (services.usage.FLUSH_SECONDS), not with the request: wait for them.
+        usage = httpx.get(f"{api}/usage", headers=ada).json()
+        used = {(t["meter"], t["subject"]): t["quantity"] for t in usage["totals"]}
+        if used.get(("search.queries", "search"), 0) < 2:
+            return None
+        return usage, used
+
+    usage, used = wait_for(used_so_far)
+    # The echo and the bulk's (the delayed ones have not run), and the workflow's five (its
+    # first step, one per item of its map, its last); the failure and its replay.
+    assert used[("run.attempts", "system.echo")] == 2 + 5
     assert used[("run.attempts", "system.fail")] == 2
     assert used[("search.queries", "search")] >= 2  # the search, and the answer's retrieval
     assert used[("llm.completion_tokens", "answer/glm-4-flash")] > 0  # the fake's tokens

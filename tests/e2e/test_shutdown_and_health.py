@@ -273,11 +273,19 @@ def test_beats_expose_leader_state_and_last_tick(
         raise AssertionError(f"no leader and standby among the beats: {texts}")
     for text in texts:
         assert "switchyard_beat_runs_published_total" in (text or "")
+    for port in ports:  # the probe a kubelet sends: leader and standby are both healthy
+        probed = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        assert (probed.status_code, probed.text) == (200, "ok\n")
     for beat in beats:
+        while "backing services at start" not in beat.stderr():  # once its probes answered
+            assert time.monotonic() < deadline + 30, "a beat logged no start-up line"
+            time.sleep(0.1)
         assert beat.stop(signal.SIGTERM) == 0
         records = [json.loads(line) for line in beat.stderr().splitlines() if line.strip()]
         assert records
         assert {record["service_type"] for record in records} == {"beat"}
+        [started] = [r for r in records if r["message"].startswith("backing services at start")]
+        assert {"postgres", "redis", "rabbitmq"} <= set(started["reached"])
         assert beat.stdout() == ""
 
 

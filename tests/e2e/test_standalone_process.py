@@ -135,12 +135,14 @@ def test_standalone_runs_on_embedded_postgres_and_restarts_on_its_data(
     ) and time.monotonic() < deadline:
         time.sleep(0.25)
     assert document["status"] == "ready", document
-    found = httpx.post(
+    searched = httpx.post(
         f"{first.base_url}/api/v1/search",
         json={"query": "where can I eat at midday?", "top_k": 1},
         headers=headers,
         timeout=60,
-    ).json()
+    )
+    assert searched.status_code == 200, searched.text
+    found = searched.json()
     assert "cafeteria" in found["hits"][0]["snippet"]
     assert health.json()["checks"]["chroma"]["status"] == "up"
 

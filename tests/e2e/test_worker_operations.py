@@ -150,6 +150,10 @@ async def test_the_request_id_of_the_submitting_call_follows_the_run_into_every_
     assert run["state"] == "succeeded"
     assert run["attempts"] == 2
     assert run["request_id"] == request_id  # the ledger keeps it
+    deadline = time.monotonic() + 30  # the start-up line comes once its probes answered
+    while "backing services at start" not in worker.stderr():
+        assert time.monotonic() < deadline, "the worker logged no start-up line"
+        await asyncio.sleep(0.1)
 
     worker.stop(signal.SIGTERM)
     lines = [line for line in worker.stderr().splitlines() if line.strip()]
@@ -159,6 +163,8 @@ async def test_the_request_id_of_the_submitting_call_follows_the_run_into_every_
     printed = [line for line in worker.stdout().splitlines() if line.strip()]
     assert printed in (["worker: Warm shutdown (MainProcess)"], [])
     assert {record.get("service_type") for record in records} == {"worker"}
+    [started] = [r for r in records if r["message"].startswith("backing services at start")]
+    assert {"postgres", "redis", "rabbitmq", "disk", "memory"} <= set(started["reached"])
     of_run = [record for record in records if record.get("task_id") == task_id]
     messages = [record["message"] for record in of_run]
     # Received twice (the retry is a second delivery), failed once, then succeeded; Celery's

@@ -71,6 +71,9 @@ class FakeZhipu:
     api_key: str = API_KEY
     failures: deque[Failure] = field(default_factory=deque)
     requests: list[Recorded] = field(default_factory=list)
+    # The health probes (the account's files, free), apart: a role probes at start and on
+    # every /health, at times a test does not choose.
+    probes: list[Recorded] = field(default_factory=list)
     delay: float = 0.0
     in_flight: int = 0
     max_in_flight: int = 0
@@ -85,6 +88,7 @@ class FakeZhipu:
     def reset(self) -> None:
         self.failures.clear()
         self.requests.clear()
+        self.probes.clear()
         self.delay = 0.0
         self.max_in_flight = 0  # in_flight stays: a late request of an earlier test may be open
         self.reply = None
@@ -209,7 +213,7 @@ class FakeZhipu:
     async def files(self, request: Request) -> Response:
         """The account's files (none): what the health probe asks, free, to check the key."""
         authorization = request.headers.get("authorization")
-        self.requests.append(Recorded(request.url.path, {}, authorization))
+        self.probes.append(Recorded(request.url.path, {}, authorization))
         if authorization != f"Bearer {self.api_key}":
             return _error(401, "1000", "身份验证失败。")
         return JSONResponse({"object": "list", "data": []})

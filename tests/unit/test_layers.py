@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("platform", frozenset({"platform"})),
     ("services", frozenset({"services", "embedded"})),
     ("db", frozenset({"db"})),
-    ("base", frozenset({"__init__", "settings", "logging", "errors", "reporting"})),
+    ("base", frozenset({"__init__", "settings", "logging", "errors", "reporting", "tracing"})),
 )
 PRIVATE_TO_A_DOMAIN = frozenset({"endpoints", "tasks"})
 

@@ -56,12 +56,15 @@ async def test_health_lists_every_backing_service(
         "chroma": "up",
         "neo4j": "disabled",
         "zhipu": "up",
+        "disk": "up",
+        "memory": "up",
     }
     # By default only PostgreSQL decides readiness: a Redis or broker outage degrades.
     assert {name for name, check in checks.items() if check["critical"]} == {"postgres"}
     assert all(check["latency_ms"] >= 0 for check in checks.values())
     # The probe is no paid call: it lists the account's files with the key.
-    assert {request.path for request in zhipu.requests} == {"/api/paas/v4/files"}
+    assert {request.path for request in zhipu.probes} == {"/api/paas/v4/files"}
+    assert zhipu.requests == []
 
 
 async def test_a_critical_dependency_that_is_not_configured_fails_readiness(

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -57,8 +59,66 @@ async def test_full_report_with_postgres_up(client: httpx.AsyncClient) -> None:
         "chroma",
         "neo4j",
         "zhipu",
+        "disk",
+        "memory",
     }
+    assert body["checks"]["disk"]["status"] == "up"
+    assert body["checks"]["memory"]["status"] == "up"
     assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_a_full_disk_degrades_and_fails_readiness_when_named_critical(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    # Every file system has less than 100 % free: the disk check is down.
+    settings = make_settings(var_dir=tmp_path / "var", health_disk_min_free_percent=100)
+    async with running(create_app(settings)) as client:
+        full = await client.get("/health")
+        ready = await client.get("/health/ready")
+    assert full.status_code == 200
+    assert full.json()["status"] == "degraded"
+    disk = full.json()["checks"]["disk"]
+    assert disk["status"] == "down"
+    assert disk["critical"] is False
+    assert disk["error"].startswith("ResourceLowError: ")
+    assert f"at {tmp_path}" in disk["error"]  # VAR_DIR's nearest existing folder
+    assert "below HEALTH_DISK_MIN_FREE_PERCENT=100" in disk["error"]
+    assert ready.status_code == 200  # not critical: the gateway stays in its load balancer
+
+    critical = make_settings(
+        var_dir=tmp_path,
+        health_disk_min_free_percent=100,
+        health_critical=["postgres", "disk"],
+        health_memory_max_percent=0.001,
+    )
+    async with running(create_app(critical)) as client:
+        ready = await client.get("/health/ready")
+        full = await client.get("/health")
+    assert ready.status_code == 503
+    assert set(ready.json()["checks"]) == {"postgres", "disk"}
+    memory = full.json()["checks"]["memory"]
+    assert memory["status"] == "down"
+    assert "above HEALTH_MEMORY_MAX_PERCENT=0.001" in memory["error"]
+
+
+async def test_the_gateway_logs_its_backing_services_once_at_start(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(neo4j_uri="bolt://127.0.0.1:9")
+    with caplog.at_level(logging.INFO, logger="switchyard.services.health"):
+        async with running(create_app(settings)) as client:
+            await client.get("/health/live")
+            deadline = time.monotonic() + 30
+            while not [r for r in caplog.records if r.message.startswith("backing services")]:
+                assert time.monotonic() < deadline, "no start-up line within 30 s"
+                await asyncio.sleep(0.05)
+    [line] = [r for r in caplog.records if r.message.startswith("backing services at start")]
+    assert line.levelno == logging.WARNING  # Neo4j refused
+    assert "postgres" in line.reached  # type: ignore[attr-defined]
+    assert "redis" in line.reached  # type: ignore[attr-defined]
+    assert line.unreachable == ["neo4j"]  # type: ignore[attr-defined]
+    assert "zhipu" in line.not_configured  # type: ignore[attr-defined]
+    assert "could not reach neo4j (" in line.message
 
 
 async def test_postgres_down_is_503_with_the_error(make_settings: SettingsFactory) -> None:

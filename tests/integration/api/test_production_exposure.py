@@ -4,6 +4,7 @@ documents, no metrics, no configuration, a health status without the map behind 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 
@@ -112,6 +113,32 @@ async def test_worker_and_beat_metrics_need_the_token() -> None:
     assert "switchyard_probe_total" not in refused.text
     assert served.status_code == 200
     assert "switchyard_probe_total 1.0" in served.text
+
+
+async def test_worker_and_beat_answer_probes_at_health_without_the_token_or_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    verdict = [(True, "worker: heartbeat 1.0 s old")]
+    server = MetricsServer(
+        CollectorRegistry(), "127.0.0.1", free_port(), SecretStr(TOKEN), health=lambda: verdict[0]
+    )
+    assert server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        async with httpx.AsyncClient() as http:
+            healthy = await http.get(f"{base}/health")
+            verdict[0] = (False, "worker: heartbeat is 99 s old (limit 60 s)")
+            with caplog.at_level(logging.WARNING, logger="switchyard.platform.metrics"):
+                unhealthy = await http.get(f"{base}/health")
+            metrics = await http.get(f"{base}/metrics")
+    finally:
+        await asyncio.to_thread(server.stop)
+    assert (healthy.status_code, healthy.text) == (200, "ok\n")
+    assert (unhealthy.status_code, unhealthy.text) == (503, "unhealthy\n")
+    # The reason is for the operator's log, not for whoever reaches the port.
+    [logged] = [r for r in caplog.records if r.message == "health probe: unhealthy"]
+    assert logged.reason == "worker: heartbeat is 99 s old (limit 60 s)"  # type: ignore[attr-defined]
+    assert metrics.status_code == 401  # the metrics still want the token
 
 
 async def test_production_health_shows_a_superusers_console_every_check(

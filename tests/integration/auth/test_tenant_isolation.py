@@ -8,6 +8,7 @@ read from the app itself."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ class Owned:
     member_id: uuid.UUID
     invitation_id: str
     client_id: str
+    export_id: uuid.UUID
+    workflow: str
+    workflow_run_id: uuid.UUID
 
 
 # route -> (the id of A's resource it is called with, the status another tenant gets)
@@ -88,6 +92,9 @@ CASES: dict[tuple[str, str], tuple[str, int]] = {
     ("post", "/api/v1/tenants/{tenant_id}/suspend"): ("tenant_id", 403),
     ("post", "/api/v1/tenants/{tenant_id}/activate"): ("tenant_id", 403),
     ("patch", "/api/v1/tenants/{tenant_id}"): ("tenant_id", 403),
+    ("post", "/api/v1/tenants/{tenant_id}/deletion"): ("tenant_id", 403),
+    ("delete", "/api/v1/tenants/{tenant_id}/deletion"): ("tenant_id", 403),
+    ("get", "/api/v1/tenants/current/exports/{export_id}"): ("export_id", 404),
     # Plans are the platform's: any name is refused to a tenant's owner.
     ("get", "/api/v1/plans/{name}"): ("tenant_id", 403),
     ("patch", "/api/v1/plans/{name}"): ("tenant_id", 403),
@@ -97,13 +104,24 @@ CASES: dict[tuple[str, str], tuple[str, int]] = {
     ("post", "/api/v1/invitations/{invitation_id}/resend"): ("invitation_id", 404),
     ("delete", "/api/v1/invitations/{invitation_id}"): ("invitation_id", 404),
     ("delete", "/api/v1/oauth-clients/{client_id}"): ("client_id", 404),
+    ("get", "/api/v1/workflows/{name}"): ("workflow", 404),
+    ("put", "/api/v1/workflows/{name}"): ("workflow", 404),
+    ("delete", "/api/v1/workflows/{name}"): ("workflow", 404),
+    ("get", "/api/v1/workflows/{name}/versions/{version}"): ("workflow", 404),
+    ("post", "/api/v1/workflows/{name}/runs"): ("workflow", 404),
+    ("get", "/api/v1/workflows/runs/{run_id}"): ("workflow_run_id", 404),
+    ("post", "/api/v1/workflows/runs/{run_id}/cancel"): ("workflow_run_id", 404),
 }
+WORKFLOW_STEPS = [{"name": "say", "task": "system.echo", "payload": {"message": "a"}}]
 BODIES = {
     ("patch", "/api/v1/tasks/definitions/{name}"): {"enabled": False},
     ("patch", "/api/v1/data-sources/{source_id}"): {"name": "taken over"},
     ("patch", "/api/v1/tenants/{tenant_id}"): {"max_runs_in_flight": 5},
     ("patch", "/api/v1/plans/{name}"): {"description": "taken over"},
+    ("post", "/api/v1/tenants/{tenant_id}/deletion"): {"grace_days": 0},
     ("patch", "/api/v1/members/{user_id}"): {"role": "admin"},
+    ("put", "/api/v1/workflows/{name}"): {"steps": WORKFLOW_STEPS, "description": "taken"},
+    ("post", "/api/v1/workflows/{name}/runs"): {"input": None},
 }
 
 
@@ -142,8 +160,16 @@ async def tenants(
         state=RunState.QUEUED,
         attempts=0,
     )
+    export = TaskRun(
+        tenant_id=a.tenant_id,
+        task="tenants.export",
+        queue="default",
+        payload={},
+        state=RunState.QUEUED,
+        attempts=0,
+    )
     async with async_sessionmaker(engine, expire_on_commit=False).begin() as session:
-        session.add(run)
+        session.add_all([run, export])
         await session.flush()
         letter = DeadLetter(
             tenant_id=a.tenant_id,
@@ -191,6 +217,15 @@ async def tenants(
         "/api/v1/oauth-clients", json={"name": "etl", "scopes": ["tasks:read"]}, headers=a.headers
     )
     assert client.status_code == 201, client.text
+    workflow = f"wf-{uuid.uuid4().hex[:6]}"
+    registered = await api_client.post(
+        "/api/v1/workflows", json={"name": workflow, "steps": WORKFLOW_STEPS}, headers=a.headers
+    )
+    assert registered.status_code == 201, registered.text
+    started = await api_client.post(
+        f"/api/v1/workflows/{workflow}/runs", json={"input": None}, headers=a.headers
+    )
+    assert started.status_code == 202, started.text
     owned = Owned(
         name,
         run.id,
@@ -201,6 +236,9 @@ async def tenants(
         member.id,
         str(invitation.id),
         client.json()["id"],
+        export.id,
+        workflow,
+        uuid.UUID(started.json()["id"]),
     )
     return a, b, owned
 
@@ -213,8 +251,10 @@ def owned_id(tenants: tuple[Account, Account, Owned], method: str, template: str
 
 
 def url(template: str, value: str) -> str:
+    """The route with `value` for its first parameter (a second one, a version, is 1)."""
     start, end = template.index("{"), template.index("}")
-    return template[:start] + value + template[end + 1 :]
+    filled = template[:start] + value + template[end + 1 :]
+    return re.sub(r"\{[a-z_]+\}", "1", filled)
 
 
 async def test_every_route_with_an_id_has_a_cross_tenant_case(
@@ -248,7 +288,7 @@ async def test_another_tenants_id_answers_like_an_unknown_id(
     a, b, _ = tenants
     attribute, expected = CASES[(method, template)]
     value = owned_id(tenants, method, template)
-    unknown = "no-such-name" if attribute == "definition" else str(uuid.uuid4())
+    unknown = "no-such-name" if attribute in ("definition", "workflow") else str(uuid.uuid4())
     body = BODIES.get((method, template))
     theirs = await api_client.request(method, url(template, value), json=body, headers=b.headers)
     missing = await api_client.request(method, url(template, unknown), json=body, headers=b.headers)
@@ -303,6 +343,8 @@ PUBLIC = {
     ("post", "/api/v1/auth/verify-email/resend"),
     ("post", "/api/v1/invitations/accept"),
     ("post", "/api/v1/oauth/token"),
+    # An export's download: its signed, expiring link is the credential (404 without one).
+    ("get", "/api/v1/exports/download"),
     # Development without SMTP_HOST, to loopback callers only (tests/integration/accounts/
     # test_dev_mailbox.py); 404 everywhere else.
     ("get", "/api/v1/dev-mailbox"),

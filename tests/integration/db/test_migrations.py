@@ -14,8 +14,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from switchyard.db.base import Base
-from switchyard.db.migrate import alembic_config, migrate
+from switchyard.db.migrate import alembic_config, migrate, schema_state
 from tests.fixtures.postgres import DatabaseFactory, tables
+from tests.fixtures.processes import SWITCHYARD, switchyard_env
 
 # The newest revision: one head, and it is the newest file in versions/.
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -108,4 +109,57 @@ def test_the_head_is_the_newest_migration_file() -> None:
     from switchyard.db.migrate import MIGRATIONS_DIR
 
     newest = max(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))
-    assert HEAD == newest.split("_")[0] == "0013"
+    assert HEAD == newest.split("_")[0] == "0017"
+
+
+def wait_for_schema_command(url: URL, timeout: float) -> subprocess.Popen[str]:
+    """`switchyard wait-for-schema`, as an init container runs it."""
+    env = switchyard_env(DATABASE_URL=url.render_as_string(hide_password=False))
+    return subprocess.Popen(
+        [SWITCHYARD, "wait-for-schema", "--timeout", str(timeout)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_wait_for_schema_holds_until_the_migrations_ran(
+    create_database: DatabaseFactory,
+) -> None:
+    url = await create_database()
+    # Nothing migrates it: the command gives up at its timeout, naming what it waited for.
+    gave_up = wait_for_schema_command(url, 1)
+    out, err = await asyncio.to_thread(gave_up.communicate, timeout=60)
+    assert gave_up.returncode == 1, out + err
+    assert "the database is at no revision (an empty database); this image expects " in err
+    assert HEAD is not None
+    assert HEAD in err
+    assert "run the migrate role" in err
+
+    # The migrate role runs while it waits: it exits 0 once the schema is at the head.
+    waiting = wait_for_schema_command(url, 120)
+    await asyncio.sleep(0.5)
+    assert waiting.poll() is None
+    await migrate(url)
+    out, err = await asyncio.to_thread(waiting.communicate, timeout=120)
+    assert waiting.returncode == 0, out + err
+    assert out.strip() == f"schema ready: the database is at {HEAD}; this image expects {HEAD}"
+
+
+async def test_wait_for_schema_lets_an_older_image_start_on_a_newer_schema(
+    create_database: DatabaseFactory,
+) -> None:
+    url = await create_database()
+    await migrate(url)
+    engine = create_async_engine(url)
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE alembic_version SET version_num = 'ffffnewer'"))
+    await engine.dispose()
+    state = await schema_state(url)
+    assert state.unknown == {"ffffnewer"}
+    assert state.ready
+    ran = wait_for_schema_command(url, 5)
+    out, err = await asyncio.to_thread(ran.communicate, timeout=60)
+    assert ran.returncode == 0, out + err
+    assert "newer than this image's" in out

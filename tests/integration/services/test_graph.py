@@ -56,3 +56,18 @@ async def test_documents_chunks_and_entities_per_tenant(knowledge_graph: Knowled
     await knowledge_graph.delete_document(tenant, document)
     assert await knowledge_graph.entities(tenant) == []
     assert await knowledge_graph.document_summary(tenant, document) is None
+
+
+async def test_a_tenants_nodes_go_with_its_deletion(knowledge_graph: KnowledgeGraph) -> None:
+    tenant, other, document = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    chunks = [GraphChunk(f"{document}:0", 0, "ACME hired Ada")]
+    for owner in (tenant, other):
+        await knowledge_graph.upsert_document(owner, document, "Report")
+        await knowledge_graph.add_chunks(owner, document, chunks)
+        await knowledge_graph.add_mentions(owner, [Mention(chunks[0].id, "ACME", "org")])
+    # Its tenant, document, chunk and entity nodes, a batch of one at a time.
+    assert await knowledge_graph.drop_tenant(tenant, batch=1) == 4
+    assert await knowledge_graph.document_summary(tenant, document) is None
+    assert await knowledge_graph.entities(tenant) == []
+    assert await knowledge_graph.drop_tenant(tenant) == 0
+    assert [e.name for e in await knowledge_graph.entities(other)] == ["ACME"]

@@ -220,8 +220,8 @@ async def test_tenant_concurrency_is_capped_per_tenant(zhipu: FakeZhipu) -> None
 
 async def test_probe_checks_the_key_without_a_paid_call(llm: ZhipuClient, zhipu: FakeZhipu) -> None:
     await llm.probe()
-    assert [request.path for request in zhipu.requests] == ["/api/paas/v4/files"]
-    assert not any(r.path.endswith(("completions", "embeddings")) for r in zhipu.requests)
+    assert [request.path for request in zhipu.probes] == ["/api/paas/v4/files"]
+    assert zhipu.requests == []  # no completion, no embedding: nothing paid
     wrong_key = ZhipuClient(llm_settings(zhipu, zhipuai_api_key="not-the-key"))
     with pytest.raises(LLMError, match=r"^auth failed: .*ZHIPUAI_API_KEY"):
         await wrong_key.probe()

@@ -59,11 +59,15 @@ def received(url: str, count: int, within: float = 15.0) -> list[dict[str, Any]]
 
 
 def normalised(message: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """The message with its run id and the instant of its eta taken out."""
+    """The message with its run id, the instant of its eta and the broker's times taken out."""
     text = json.dumps(message, sort_keys=True, default=str).replace(run_id, "<run>")
     shaped: dict[str, Any] = json.loads(text)
     if shaped["headers"].get("eta"):
         shaped["headers"]["eta"] = "<eta>"
+    # A delayed message passed RabbitMQ's delay queues, which stamp when it left each one (to
+    # the second: two messages a moment apart may straddle one).
+    for death in shaped["headers"].get("x-death") or []:
+        death["time"] = "<time>"
     return shaped
 
 

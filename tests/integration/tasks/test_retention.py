@@ -378,3 +378,82 @@ async def _set_retention(
             )
         ).one()
     assert tuple(stored) == (7, None, 0)
+
+
+async def _workflow(
+    ledger: Ledger, tenant_id: uuid.UUID, *, ended_days: float | None, runs: int = 3
+) -> tuple[uuid.UUID, set[uuid.UUID]]:
+    """A workflow run (ended `ended_days` ago, or still running) with one step of `runs`
+    runs, all finished as long ago as it ended (or 40 days ago, for a running one)."""
+    async with ledger.engine.begin() as connection:
+        definition = await connection.scalar(
+            text(
+                "INSERT INTO workflow_definitions (tenant_id, name, version, steps, digest) "
+                "VALUES (:tenant, :name, 1, '[]', 'd') RETURNING id"
+            ),
+            {"tenant": tenant_id, "name": f"w-{uuid.uuid4().hex[:8]}"},
+        )
+        workflow = await connection.scalar(
+            text(
+                "INSERT INTO workflow_runs (tenant_id, definition_id, state, input, steps_left, "
+                "finished_at) VALUES (:tenant, :definition, :state, 'null', :left, "
+                "CASE WHEN :ended THEN now() - make_interval(secs => :days * 86400) END) "
+                "RETURNING id"
+            ),
+            {
+                "tenant": tenant_id,
+                "definition": definition,
+                "state": "running" if ended_days is None else "succeeded",
+                "left": 1 if ended_days is None else 0,
+                "ended": ended_days is not None,
+                "days": ended_days or 0.0,
+            },
+        )
+        step = await connection.scalar(
+            text(
+                "INSERT INTO workflow_steps (workflow_run_id, tenant_id, name, state, "
+                "parents_left) VALUES (:workflow, :tenant, 's', 'running', 0) RETURNING id"
+            ),
+            {"workflow": workflow, "tenant": tenant_id},
+        )
+    run_ids = set()
+    for index in range(runs):
+        run_id = await ledger.run(tenant_id, finished_days=ended_days or 40)
+        async with ledger.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE task_runs SET workflow_step_id = :step, item_index = :index "
+                    "WHERE id = :id"
+                ),
+                {"step": step, "index": index, "id": run_id},
+            )
+        run_ids.add(run_id)
+    return workflow, run_ids
+
+
+async def test_a_workflow_run_goes_as_one_unit_with_its_steps_runs(
+    ledger: Ledger, own_engine: AsyncEngine
+) -> None:
+    tenant = await ledger.tenant()
+    gone, gone_runs = await _workflow(ledger, tenant, ended_days=40)
+    # Its runs are old, but it is still running: nothing of it goes.
+    running, running_runs = await _workflow(ledger, tenant, ended_days=None)
+    recent, recent_runs = await _workflow(ledger, tenant, ended_days=5)
+    # A dead letter of one of its runs keeps it all.
+    lettered, lettered_runs = await _workflow(ledger, tenant, ended_days=40)
+    letter = await ledger.letter(tenant, min(lettered_runs), days=1)
+
+    removed = await retention.expire(own_engine, retention_settings(), rest=False)
+
+    assert removed.workflow_runs == 1
+    assert removed.runs == 0  # no step run goes alone
+    workflows = {row.id for row in await ledger.rows("SELECT id FROM workflow_runs")}
+    assert gone not in workflows
+    assert {running, recent, lettered} <= workflows
+    left = await ledger.run_ids()
+    assert not gone_runs & left  # with its workflow run, through its steps
+    assert running_runs | recent_runs | lettered_runs <= left
+    assert (
+        await ledger.rows("SELECT 1 FROM workflow_steps WHERE workflow_run_id = :id", id=gone) == []
+    )
+    assert letter in await ledger.letter_ids()

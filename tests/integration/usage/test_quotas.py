@@ -6,6 +6,7 @@ settings' for its tenants; a soft limit warns once."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -346,3 +347,30 @@ async def test_the_superuser_sees_the_months_top_spenders(
     ]
     assert set(body["others"]) == {"llm_tokens", "runs", "run_seconds", "searches"}
     assert min(body["others"].values()) >= 0
+
+
+async def test_a_burst_larger_than_the_pool_is_accepted_whole(
+    settings: Settings, client: httpx.AsyncClient, root: dict[str, str], engine: AsyncEngine
+) -> None:
+    """A run's quota check reads on its request's connection, and POST /tasks/run then waits
+    for the group commit, which takes a connection of its own: the request gives its
+    connection back before waiting, or a burst as large as the pool holds every connection
+    while the commit they wait for waits for one (503 at the pool's timeout)."""
+    owner = await sign_up(client, "Bursty")
+    await on_plan(client, root, owner, plan=await new_plan(client, root, runs_per_day=1000))
+    narrow = settings.model_copy(
+        update={
+            "database_pool_size": 2,
+            "database_max_overflow": 0,
+            "database_pool_timeout_seconds": 2.0,
+        }
+    )
+    async with running(create_app(narrow)) as gateway:
+        answers = await asyncio.gather(
+            *(
+                gateway.post("/api/v1/tasks/run", json=ECHO, headers=owner.headers)
+                for _ in range(20)
+            )
+        )
+    assert [answer.status_code for answer in answers] == [202] * 20, answers[0].text
+    assert await runs_of(engine, owner.tenant_id) == 20

@@ -13,13 +13,16 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.api.app import create_app
 from switchyard.db.models import RunState, UsageCounter
 from switchyard.platform.runs import ledger
 from switchyard.services.llm import ChatMessage, ZhipuClient
 from switchyard.services.quotas import LlmBudget
 from switchyard.services.usage import WRITES_FAILED, Meter, UsageRecorder, Use
-from tests.fakes.zhipu import FakeZhipu
-from tests.fixtures.tasks import insert_run
+from tests.fakes.zhipu import API_KEY, FakeZhipu
+from tests.fixtures.accounts import sign_up
+from tests.fixtures.gateway import SettingsFactory, running
+from tests.fixtures.tasks import DELIVERY_LIMIT, insert_run
 from tests.integration.services.test_llm import llm_settings
 
 USER = [ChatMessage(role="user", content="how many tokens is this")]
@@ -70,6 +73,18 @@ async def test_an_attempt_is_counted_with_its_outcome_once(
     async with engine.begin() as connection:
         assert await ledger.finish_group(connection, outcomes) == {}
     assert (await used(engine, tenant_id))[("run.attempts", "reports.build")] == 3
+
+
+async def test_an_outcome_not_metered_records_the_run_and_counts_nothing(
+    engine: AsyncEngine, tenant_id: uuid.UUID
+) -> None:
+    run = await insert_run(engine, tenant_id, task="reports.build")
+    async with engine.begin() as connection:
+        await ledger.claim_group(connection, [(run.id, tenant_id)], redelivered=False)
+        outcome = ledger.Finish(run.id, RunState.SUCCEEDED, result={}, elapsed_ms=120)
+        finished = await ledger.finish_group(connection, [outcome], metered=False)
+    assert finished[run.id].state is RunState.SUCCEEDED
+    assert await used(engine, tenant_id) == {}
 
 
 async def test_tokens_are_the_providers_once_whatever_the_client_retried(
@@ -139,3 +154,45 @@ async def test_a_write_that_fails_never_fails_the_use(tenant_id: uuid.UUID) -> N
     finally:
         await nowhere.dispose()
     assert WRITES_FAILED._value.get() == failed + 1  # counted (and logged), not raised
+
+
+async def test_a_use_of_a_deleted_tenant_is_dropped_and_the_others_of_the_write_kept(
+    engine: AsyncEngine, tenant_id: uuid.UUID
+) -> None:
+    recorder = UsageRecorder(engine, flush_seconds=3600)
+    gone = uuid.uuid4()  # a tenant deleted as its last run's use was counted
+    recorder.count(Use(gone, Meter.RUN_ATTEMPTS, "system.echo", 1))
+    recorder.count(Use(tenant_id, Meter.RUN_ATTEMPTS, "system.echo", 1))
+    await recorder.close()
+    assert await used(engine, tenant_id) == {("run.attempts", "system.echo"): 1}
+    assert await used(engine, gone) == {}
+
+
+async def test_with_metering_off_a_submission_and_an_llm_call_count_nothing(
+    make_settings: SettingsFactory, own_broker: str, zhipu: FakeZhipu, engine: AsyncEngine
+) -> None:
+    # On a broker of its own: the session's worker (metering on, a process of its own) must
+    # not run the submission and count its attempt while this looks.
+    settings = make_settings(
+        celery_broker_url=own_broker,
+        task_delivery_limit=DELIVERY_LIMIT,
+        usage_metering=False,
+        zhipuai_api_key=API_KEY,
+        zhipuai_base_url=zhipu.base_url,
+    )
+    app = create_app(settings)
+    async with running(app) as client:
+        owner = await sign_up(client)
+        accepted = await client.post(
+            "/api/v1/tasks/run",
+            json={"task": "system.echo", "payload": {"message": "uncounted"}},
+            headers=owner.headers,
+        )
+        assert accepted.status_code == 202, accepted.text
+        services = app.state.gateway.services
+        assert services.llm is not None
+        assert services.llm.budget is None
+        await services.llm.chat(owner.tenant_id, USER)
+        assert len(zhipu.requests) == 1
+        await services.usage.flush()
+    assert await used(engine, owner.tenant_id) == {}

@@ -66,6 +66,7 @@ class Role(StrEnum):
     BEAT = "beat"
     MIGRATE = "migrate"
     STANDALONE = "standalone"
+    BACKUP = "backup"
 
 
 class Environment(StrEnum):
@@ -126,6 +127,30 @@ class Settings(BaseSettings):
 
     health_probe_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     health_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    # The `disk` check is down when the file system holding VAR_DIR (the data, the uploads,
+    # the embedded servers') has less free than this share; `memory` when the role's memory
+    # (its cgroup's use against the cgroup's limit in a container, else the process's RSS
+    # against the machine's RAM) is above this share. HEALTH_CRITICAL may name either.
+    # Backups (the backup role; docs/operations.md, "Backups"): the main database and every
+    # PostgreSQL bind, every tenant's objects and the vector collections, in one archive that
+    # is verified by restoring it into a scratch database. BACKUP_SCHEDULE is a cron line (UTC);
+    # empty, the role makes one backup and exits. Archives go to BACKUP_BUCKET on the object
+    # store's endpoint when set, else to BACKUP_DIR (default VAR_DIR/backups); the newest
+    # BACKUP_KEEP are kept, and none older than BACKUP_KEEP_DAYS but the newest.
+    backup_schedule: str = ""
+    backup_dir: Path | None = None
+    backup_bucket: str | None = None
+    backup_keep: int = Field(default=7, ge=1, le=1000)
+    backup_keep_days: int = Field(default=30, ge=1, le=3650)
+    backup_verify: bool = True
+    # Traces (OpenTelemetry; docs/operations.md, "Traces"): off by default, and then nothing is
+    # installed or recorded. On, every role sends spans over OTLP/HTTP to the collector the
+    # SDK's own variables name (OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, ...), keeping this share
+    # of the traces (a run's spans follow its request's decision).
+    tracing: bool = False
+    tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    health_disk_min_free_percent: float = Field(default=5.0, ge=0, le=100)
+    health_memory_max_percent: float = Field(default=90.0, gt=0, le=100)
 
     var_dir: Path = Path("var")
     # Where the generated development secrets live (jwt.secret, data-source.key) when
@@ -206,6 +231,10 @@ class Settings(BaseSettings):
     task_max_countdown_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     # Runs one POST /api/v1/tasks/runs may submit at once.
     task_bulk_max_runs: int = Field(default=1000, ge=1, le=10_000)
+    # Most steps one workflow definition may have (switchyard.workflows).
+    workflow_max_steps: int = Field(default=100, ge=1, le=1000)
+    # Most items one mapped step may run over (one run each).
+    workflow_max_map_items: int = Field(default=10_000, ge=1, le=100_000)
     # Group commit: single runs a gateway process is asked for within this many milliseconds
     # (or this many of them) share one transaction and one burst of publishes.
     task_group_commit_ms: float = Field(default=2.0, ge=0, le=100)
@@ -237,6 +266,21 @@ class Settings(BaseSettings):
     # tenth of one connection's time (more: gentler on the API, slower on a backlog).
     retention_rest_ratio: float = Field(default=9.0, ge=0, le=100)
     retention_every_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
+    # A tenant's deletion: how long after it is asked for it happens (cancellable until then;
+    # the superuser may name a shorter grace, 0 included), how often beat looks for deletions
+    # due, and the batches it erases rows in (resting this many times as long as each took).
+    tenant_deletion_grace_days: int = Field(default=7, ge=0, le=90)
+    tenant_deletion_every_seconds: float = Field(default=60.0, gt=0, le=24 * 3600)
+    tenant_deletion_batch_rows: int = Field(default=1000, ge=1, le=100_000)
+    tenant_deletion_rest_ratio: float = Field(default=3.0, ge=0, le=100)
+    # How long the download link of a tenant's export works (each read of the export gives a
+    # new one; the archive stays until the tenant's next export replaces it).
+    export_link_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+    # Usage metering (services.usage): runs accepted, attempts and their seconds, LLM and
+    # embedding tokens, searches, each counted per tenant. Off: none of these is counted (nor
+    # reserved against an LLM budget), so the quotas on them never bind; documents and stored
+    # bytes are kept counted (a stock, which could not be counted again later).
+    usage_metering: bool = True
     # How often beat copies the usage counters changed lately to the `analytics` bind (if any).
     usage_ship_seconds: float = Field(default=60.0, gt=0, le=24 * 3600)
     # Tenants named in the switchyard_tenant_spend metric (the rest are summed as "other").
@@ -278,6 +322,7 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
     beat_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    backup_metrics_port: int = Field(default=9103, ge=0, le=65535)
     metrics_sample_seconds: float = Field(default=5.0, gt=0, le=300)
     sentry_dsn: SecretStr | None = None
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
@@ -491,6 +536,10 @@ class Settings(BaseSettings):
     @property
     def secrets_dir(self) -> Path:
         return self.local_secrets_dir or self.var_dir
+
+    @property
+    def backup_path(self) -> Path:
+        return self.backup_dir or self.var_dir / "backups"
 
     @property
     def vector_dir(self) -> Path:

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from switchyard import API_VERSION, __version__
+from switchyard import API_VERSION, __version__, tracing
 from switchyard.api.console import pages as console_pages
 from switchyard.api.console import session as console_session
 from switchyard.api.errors import install_exception_handlers
@@ -24,7 +24,9 @@ from switchyard.api.openapi import document_errors
 from switchyard.api.routes import health, meta, metrics, objects
 from switchyard.domains import load_domains, registry_for, routers
 from switchyard.platform.gateway import Gateway
+from switchyard.platform.metrics import HOST
 from switchyard.services import email
+from switchyard.services.health import announce
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,19 +49,23 @@ def create_app(settings: Settings, service_type: str = "api-gateway") -> FastAPI
         engines += [(name, bind.engine) for name, bind in services.binds.items()]
         for database, engine in engines:
             POOLS.track(engine, database)
+        HOST.watch(settings.var_dir)
         # Heavy clients are loaded where they are used, unless asked for at start (WARM_UP).
         warm_up = asyncio.create_task(services.warm_up() if settings.warm_up else asyncio.sleep(0))
+        announced = asyncio.create_task(announce(gateway.health))
         try:
             yield
         finally:
             for _, engine in engines:
                 POOLS.forget(engine)
-            warm_up.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warm_up
+            for started in (warm_up, announced):
+                started.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await started
             await gateway.close()
 
     app = _new_app(settings, lifespan)
+    tracing.instrument_app(app)
     install_exception_handlers(app)
     document_errors(app)
     _add_middleware(app, settings)

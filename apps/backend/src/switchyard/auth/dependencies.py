@@ -134,9 +134,9 @@ async def get_principal(
             ),
         )
     tenant_id_var.set(str(principal.tenant_id))  # on every log line of this request
-    per_tenant = principal.limits.of("api_requests_per_minute") if principal.limits else None
+    per_tenant = principal.plan_rate_limit("api_requests_per_minute")
     if per_tenant:  # the plan's: all of the tenant's callers together
-        await limiter.enforce(f"{per_tenant}/minute", "api_tenant", str(principal.tenant_id))
+        await limiter.enforce(per_tenant, "api_tenant", str(principal.tenant_id))
     else:
         await limiter.enforce(settings.rate_limit_api, "api", principal.rate_limit_key)
     return principal

@@ -30,11 +30,16 @@ class Principal:
     # request); None: no plan and no limits of its own.
     limits: Limits | None = None
 
+    def plan_rate_limit(self, name: str) -> str | None:
+        """The plan's per-minute limit `name` (`api_requests_per_minute`,
+        `task_runs_per_minute`) in the `limits` library's notation; None without one."""
+        value = self.limits.of(name) if self.limits is not None else None
+        return f"{value}/minute" if value else None
+
     def runs_rate_limit(self, default: str) -> str:
-        """The tenant's limit of runs submitted, of the `limits` library's notation: its
-        plan's task_runs_per_minute, else `default` (RATE_LIMIT_TASK_RUNS)."""
-        value = self.limits.of("task_runs_per_minute") if self.limits is not None else None
-        return f"{value}/minute" if value else default
+        """The tenant's limit of runs submitted: its plan's task_runs_per_minute, else
+        `default` (RATE_LIMIT_TASK_RUNS)."""
+        return self.plan_rate_limit("task_runs_per_minute") or default
 
     @property
     def rate_limit_key(self) -> str:

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, Final
 
 import jwt
 from pwdlib import PasswordHash
@@ -34,6 +34,7 @@ CLIENT_SECRET_MARKER = "sycs_"  # noqa: S105 - a prefix, for secret scanners
 ACCESS = "access"
 CLIENT = "client"
 CONSOLE = "console"
+EXPORT = "export"
 CONSOLE_COOKIE = "switchyard_console"
 CSRF_HEADER = "X-CSRF-Token"
 
@@ -146,20 +147,27 @@ class InvalidTokenError(Exception):
     pass
 
 
+def _decode(settings: Settings, token: str, audience: str, *required: str) -> dict[str, Any]:
+    """The claims of a token signed with the settings' secret and algorithm, for `audience`,
+    unexpired, with the registered claims and `required`."""
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        settings.signing_secret(),
+        algorithms=[settings.jwt_algorithm],
+        issuer=settings.jwt_issuer,
+        audience=audience,
+        options={"require": ["exp", "sub", "iss", "aud", *required]},
+    )
+    return claims
+
+
 def read_token(
     settings: Settings, token: str, *, console: bool = False
 ) -> AccessClaims | ClientClaims:
     """Verify signature, algorithm (fixed by settings), expiry, issuer and audience; a user's
     access token or an OAuth client's, or with `console` only a console session's."""
     try:
-        payload = jwt.decode(
-            token,
-            settings.signing_secret(),
-            algorithms=[settings.jwt_algorithm],
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
-        )
+        payload = _decode(settings, token, settings.jwt_audience, "iat")
         if console != (payload.get("typ") == CONSOLE):
             raise InvalidTokenError("a console session is read from its cookie alone")
         if payload.get("typ") == CLIENT:
@@ -177,6 +185,37 @@ def read_token(
             superuser=bool(payload.get("su", False)),
             family_id=uuid.UUID(str(payload["fam"])),
         )
+    except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
+        raise InvalidTokenError(str(exc)) from None
+
+
+EXPORT_AUDIENCE: Final = "export-download"
+
+
+def issue_export_token(
+    settings: Settings, tenant_id: uuid.UUID, export_id: uuid.UUID, expires_at: datetime
+) -> str:
+    """The download link's token of a tenant's export: signed, expiring, of an audience of its
+    own (never accepted as an access token, nor an access token as it)."""
+    payload = {
+        "sub": str(export_id),
+        "tid": str(tenant_id),
+        "typ": EXPORT,
+        "iss": settings.jwt_issuer,
+        "aud": f"{settings.jwt_audience}:{EXPORT_AUDIENCE}",
+        "iat": datetime.now(UTC),
+        "exp": expires_at,
+    }
+    return jwt.encode(payload, settings.signing_secret(), settings.jwt_algorithm)
+
+
+def read_export_token(settings: Settings, token: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """(tenant id, export id) of a genuine, unexpired download token."""
+    try:
+        payload = _decode(settings, token, f"{settings.jwt_audience}:{EXPORT_AUDIENCE}", "tid")
+        if payload.get("typ") != EXPORT:
+            raise InvalidTokenError("not an export's token")
+        return uuid.UUID(str(payload["tid"])), uuid.UUID(str(payload["sub"]))
     except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
         raise InvalidTokenError(str(exc)) from None
 

@@ -50,6 +50,14 @@ LAST_USED_GRANULARITY = timedelta(minutes=1)
 EMAIL_TAKEN = "An account with this email exists; sign in instead."
 
 
+def refuse_inactive(status: TenantStatus) -> None:
+    """403 for a suspended tenant, or one being deleted."""
+    if status is TenantStatus.SUSPENDED:
+        raise ForbiddenError("This tenant is suspended.")
+    if status is not TenantStatus.ACTIVE:
+        raise ForbiddenError("This tenant is being deleted.")
+
+
 def check_password(settings: Settings, password: str) -> None:
     low, high = settings.password_min_length, settings.password_max_length
     if not low <= len(password) <= high:
@@ -247,8 +255,7 @@ async def _active_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
     tenant = await session.get(Tenant, tenant_id)
     if tenant is None:
         raise UnauthorizedError(BAD_TOKEN)
-    if tenant.status is TenantStatus.SUSPENDED:
-        raise ForbiddenError("This tenant is suspended.")
+    refuse_inactive(tenant.status)
     return tenant
 
 
@@ -258,8 +265,7 @@ async def _active_tenant_limits(session: AsyncSession, tenant_id: uuid.UUID) -> 
     row = (await session.execute(statement)).one_or_none()
     if row is None:
         raise UnauthorizedError(BAD_TOKEN)
-    if row.status is TenantStatus.SUSPENDED:
-        raise ForbiddenError("This tenant is suspended.")
+    refuse_inactive(row.status)
     return limits_from(row)
 
 
@@ -379,8 +385,7 @@ async def switch_console_tenant(
     if not found:
         raise NotFoundError(f"You are not a member of a tenant {slug!r}.")
     membership, tenant = found[0]
-    if tenant.status is TenantStatus.SUSPENDED:
-        raise ForbiddenError("This tenant is suspended.")
+    refuse_inactive(tenant.status)
     user = await session.get_one(User, principal.user_id)
     await end_console_session(session, principal)
     audit.record(session, tenant.id, "auth.sign_in", f"user:{user.id}", ("user", user.id))
@@ -545,8 +550,7 @@ async def principal_from_token(
     ).one_or_none()
     if holder is None or not holder.is_active or not holder.family_alive:
         raise UnauthorizedError(BAD_TOKEN)
-    if holder.status is TenantStatus.SUSPENDED:
-        raise ForbiddenError("This tenant is suspended.")
+    refuse_inactive(holder.status)
     role = Role(holder.role)
     return Principal(
         kind="user",
@@ -607,8 +611,7 @@ async def _principal_of_client(
     ).one_or_none()
     if holder is None or holder.role is None:
         raise UnauthorizedError(BAD_TOKEN)
-    if holder.status is TenantStatus.SUSPENDED:
-        raise ForbiddenError("This tenant is suspended.")
+    refuse_inactive(holder.status)
     return Principal(
         kind="oauth_client",
         tenant_id=claims.tenant_id,

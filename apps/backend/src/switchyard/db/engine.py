@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from switchyard import tracing
 from switchyard.settings import Settings
 
 T = TypeVar("T")
@@ -98,6 +99,7 @@ def create_engine(
             },
         },
     )
+    tracing.instrument_engine(engine)
     return ping_when_idle(engine, settings.database_ping_after_idle_seconds)
 
 
@@ -157,16 +159,25 @@ async def once_more_if_dropped(
 
 
 async def in_transaction(
-    engine: AsyncEngine, operation: Callable[[AsyncConnection], Awaitable[T]]
+    engine: AsyncEngine,
+    operation: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    retry_dropped: bool = False,
 ) -> T:
     """Run `operation` in a transaction of its own, begun again from the start when it loses
     a race for locks or a snapshot (`CONFLICTS`): for transactions that are safe to repeat
-    whole (they change nothing outside the database before they commit)."""
+    whole (they change nothing outside the database before they commit). With
+    `retry_dropped`, also once more on a new connection when the first was dead (the
+    transaction may have committed: only for one that is safe to repeat after it did)."""
+    dropped = False
     for attempt in range(CONFLICT_ATTEMPTS):
         try:
             async with engine.begin() as connection:
                 return await operation(connection)
         except exc.DBAPIError as error:
+            if retry_dropped and error.connection_invalidated and not dropped:
+                dropped = True
+                continue
             if not lost_a_race(error) or attempt == CONFLICT_ATTEMPTS - 1:
                 raise
         logger.info(

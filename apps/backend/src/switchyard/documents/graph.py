@@ -87,6 +87,17 @@ OPTIONAL MATCH (c)-[:MENTIONS]->(e:Entity {tenant_id: $tenant_id})
 RETURN d.title AS title, count(DISTINCT c) AS chunks, collect(DISTINCT e.name) AS entities
 """
 
+# A tenant's deletion (tenants.deletion): its nodes of each label, a batch at a time.
+DROP_TENANT: Final = tuple(
+    f"""
+MATCH (n:{label} {{tenant_id: $tenant_id}})
+WITH n LIMIT $batch
+DETACH DELETE n
+RETURN count(n) AS deleted
+"""
+    for label in ("Chunk", "Entity", "Document", "Tenant")
+)
+
 QUERIES: Final = (
     UPSERT_DOCUMENT,
     ADD_CHUNKS,
@@ -96,6 +107,7 @@ QUERIES: Final = (
     ENTITIES,
     CHUNKS_MENTIONING,
     DOCUMENT_SUMMARY,
+    *DROP_TENANT,
 )
 
 
@@ -199,6 +211,18 @@ class KnowledgeGraph:
         tenant = _tenant(tenant_id)
         await self._write(DELETE_DOCUMENT, tenant_id=tenant, document_id=str(document_id))
         await self._write(DELETE_ORPHAN_ENTITIES, tenant_id=tenant)
+
+    async def drop_tenant(self, tenant_id: uuid.UUID, batch: int = 10_000) -> int:
+        """Every node of the tenant's, and their relationships; how many nodes."""
+        tenant, deleted = _tenant(tenant_id), 0
+        for query in DROP_TENANT:
+            while True:
+                rows = await self._write(query, tenant_id=tenant, batch=batch)
+                count = int(rows[0]["deleted"]) if rows else 0
+                deleted += count
+                if count < batch:
+                    break
+        return deleted
 
     async def entities(self, tenant_id: uuid.UUID, limit: int = 50) -> list[EntityCount]:
         rows = await self._read(ENTITIES, tenant_id=_tenant(tenant_id), limit=limit)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.runs import ledger, retention
 from switchyard.platform.schedules import from_stored, latest_due, next_due
 from switchyard.platform.submission import OnRefusal, Submissions
-from switchyard.services import usage
+from switchyard.services import quotas, usage
 from switchyard.services.container import Services
 from switchyard.services.outages import unreachable_dependency
 from switchyard.services.usage import ANALYTICS
@@ -67,7 +68,10 @@ class Beat:
         publisher: RunBroker,
         registry: TaskRegistry,
         heartbeat: Path,
+        erase_tenants_due: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
+        """`erase_tenants_due`: erases the tenants whose deletion is due (the tenants domain's,
+        given by the role), run in the background every TENANT_DELETION_EVERY_SECONDS."""
         self.services = services
         self.engine = services.database_engine
         self.sessions = services.database_sessions
@@ -82,6 +86,10 @@ class Beat:
         self.last_usage_shipped = -float("inf")  # the first tick as leader copies usage
         self.last_retention: float | None = None  # ...and starts a retention pass
         self.retention: asyncio.Task[retention.Expired | None] | None = None
+        # Tenants' deletions due (tenants.deletion), erased in the background like retention.
+        self.last_deletions: float | None = None
+        self.deletions: asyncio.Task[int] | None = None
+        self.erase_tenants_due = erase_tenants_due
         # Fair share's backstop sweep: the role's admission (roles.beat gives it).
         self.dispatcher = services.admission
         self.marks = ledger.PublishedMarks(self.engine)
@@ -149,6 +157,7 @@ class Beat:
             self.last_usage_shipped = time.monotonic()
             failures.extend(await self._usage_step(now))
         self._start_retention()
+        self._start_deletions()
         if failures:
             raise failures[0]
 
@@ -179,6 +188,29 @@ class Beat:
             return
         self.last_retention = time.monotonic()
         self.retention = asyncio.create_task(self.expire(), name="retention")
+
+    def _start_deletions(self) -> None:
+        """Erase the tenants whose deletion is due, in the background, one pass at a time,
+        every TENANT_DELETION_EVERY_SECONDS while this beat leads."""
+        if self.erase_tenants_due is None:
+            return
+        if self.deletions is not None and not self.deletions.done():
+            return
+        every = self.settings.tenant_deletion_every_seconds
+        if self.last_deletions is not None and time.monotonic() - self.last_deletions < every:
+            return
+        self.last_deletions = time.monotonic()
+        self.deletions = asyncio.create_task(self.erase_tenants(), name="tenant-deletions")
+
+    async def erase_tenants(self) -> int:
+        """One pass over the deletions due; a failure is logged (the next pass goes on from
+        where this one stopped: every step is safe to repeat)."""
+        assert self.erase_tenants_due is not None
+        try:
+            return await self.erase_tenants_due()
+        except Exception:
+            logger.exception("tenant deletion pass failed")
+            return 0
 
     async def expire(self) -> retention.Expired | None:
         """One retention pass; a failure is logged (the next pass starts over)."""
@@ -219,10 +251,11 @@ class Beat:
     async def _resign(self) -> None:
         connection, self.lock_connection = self.lock_connection, None
         self.leader_since = None
-        pass_, self.retention = self.retention, None
-        if pass_ is not None and not pass_.done():
-            pass_.cancel()  # its batch rolls back; the next leader's pass starts over
-            await asyncio.gather(pass_, return_exceptions=True)
+        for pass_ in (self.retention, self.deletions):
+            if pass_ is not None and not pass_.done():
+                pass_.cancel()  # its batch rolls back; the next leader's pass starts over
+                await asyncio.gather(pass_, return_exceptions=True)
+        self.retention = self.deletions = None
         if connection is not None:
             try:
                 await connection.execute(
@@ -353,7 +386,8 @@ class Beat:
 async def spend_metric(engine: AsyncEngine, now: datetime, top: int) -> None:
     """`switchyard_tenant_spend`: this month's top spenders (by slug) and the rest together
     ("other"), a bounded set of labels."""
-    start = datetime(now.year, now.month, 1, tzinfo=UTC)
+    start, _ = quotas.period(quotas.Window.MONTH, now)
+    assert start is not None
     async with engine.connect() as connection:
         spenders, rest = await usage.top_spenders(connection, start, now + timedelta(hours=1), top)
         slugs = dict(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
@@ -14,6 +15,10 @@ from switchyard.platform.publisher import RunPublisher
 from switchyard.platform.topology import TopologyMismatchError
 from switchyard.settings import Settings
 
+if TYPE_CHECKING:
+    from switchyard.services.container import Services
+    from switchyard.services.health import HealthCheck
+
 logger = logging.getLogger(__name__)
 
 
@@ -21,6 +26,14 @@ def broker_check_name(settings: Settings) -> str:
     """`rabbitmq` for an AMQP broker (and none at all); `broker` for another transport."""
     url = settings.celery_broker_url
     return "rabbitmq" if url is None else Transport.of(url.get_secret_value()).check_name
+
+
+def with_broker_check(services: Services, broker: Broker | None) -> list[HealthCheck]:
+    """The role's health checks with the broker's (`rabbitmq`, or `broker`) after Redis."""
+    checks = services.health_checks()
+    name = broker_check_name(services.settings)
+    checks.insert(2, services.health_check(name, broker.probe if broker else None))
+    return checks
 
 
 @dataclass

@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from switchyard import tracing
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -33,11 +35,16 @@ class Coalescer(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
+        # With TRACING: each caller's span, which the group's span links to.
+        self.name = f"group {getattr(call, '__qualname__', 'call')}"
+        self._callers: list[object] = []
 
     async def __call__(self, item: T) -> R:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, answer))
+        if tracing.enabled():
+            self._callers.append(tracing.span_context())
         if len(self._pending) >= self.most:
             self._go()
         elif self._timer is None:
@@ -49,16 +56,23 @@ class Coalescer(Generic[T, R]):
             self._timer.cancel()
             self._timer = None
         group, self._pending = self._pending, []
+        callers, self._callers = self._callers, []
         if group:
-            task = asyncio.create_task(self._answer(group))
+            task = asyncio.create_task(self._answer(group, callers))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _answer(self, group: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _answer(
+        self, group: list[tuple[T, asyncio.Future[R]]], callers: list[object]
+    ) -> None:
         if self.observe is not None:
             self.observe(len(group))
         try:
-            answers = await self.call([item for item, _ in group])
+            if callers:  # TRACING on
+                with tracing.group_span(self.name, callers):
+                    answers = await self.call([item for item, _ in group])
+            else:
+                answers = await self.call([item for item, _ in group])
         except Exception as exc:
             for _, answer in group:
                 if not answer.done():  # its caller may have gone (a client that left)

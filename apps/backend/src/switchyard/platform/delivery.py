@@ -30,7 +30,7 @@ from switchyard.platform.dead_letters import DeadLetterRecord, archive, jsonable
 from switchyard.platform.execution import Outcome, died_in, execute
 from switchyard.platform.metrics import TASK_EVENTS
 from switchyard.platform.pool import SETTLED, LoopPool
-from switchyard.platform.publisher import REQUEST_ID_HEADER, TENANT_HEADER
+from switchyard.platform.publisher import REQUEST_ID_HEADER, TENANT_HEADER, TRACE_PARENT_HEADER
 from switchyard.platform.registry import TaskRegistry, TaskSpec
 from switchyard.services.outages import unreachable_dependency
 
@@ -59,6 +59,7 @@ class Delivery:
     request_id: str | None
     redelivered: bool
     returned: int  # how often it came back already: retried or handed back
+    trace_parent: str | None = None  # the submitting request's (TRACING; W3C traceparent)
 
     @classmethod
     def of(
@@ -79,6 +80,7 @@ class Delivery:
             kwargs=dict(kwargs or {}),
             tenant=request.get(TENANT_HEADER),
             request_id=request.get(REQUEST_ID_HEADER),
+            trace_parent=request.get(TRACE_PARENT_HEADER),
             redelivered=redelivered,
             returned=returned,
         )
@@ -165,6 +167,7 @@ async def _attempt(
             redelivered=delivery.redelivered,
             tenant_id=uuid.UUID(delivery.tenant) if delivery.tenant else None,
             request_id=delivery.request_id,
+            trace_parent=delivery.trace_parent,
         )
 
     started = await died_in(services, run_id) if delivery.redelivered else None

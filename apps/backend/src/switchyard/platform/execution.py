@@ -14,6 +14,7 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from switchyard import tracing
 from switchyard.db.engine import once_more_if_dropped
 from switchyard.db.models import RunState, TaskRun
 from switchyard.logging import RunLogContext, request_id_var, run_log_context, tenant_id_var
@@ -44,9 +45,11 @@ async def _record(
     result: Any = None,
     error: BaseException | None = None,
     elapsed: float = 0.0,
+    step: bool | None = None,
 ) -> bool:
-    """Record an attempt's outcome (and its usage: `elapsed` seconds of its handler)."""
-    outcome = ledger.Finish(run_id, state, result, error, round(elapsed * 1000))
+    """Record an attempt's outcome (and its usage: `elapsed` seconds of its handler); `step`:
+    whether the run is a workflow step's (None: not known here)."""
+    outcome = ledger.Finish(run_id, state, result, error, round(elapsed * 1000), step)
     run = await _writes(services).finish(outcome)
     if run is None:
         return False
@@ -55,12 +58,15 @@ async def _record(
 
 
 def _writes(services: Services) -> ledger.GroupWrites:
-    """The process's ledger writes in groups (TASK_GROUP_COMMIT_MS, TASK_GROUP_COMMIT_RUNS)."""
+    """The process's ledger writes in groups (TASK_GROUP_COMMIT_MS, TASK_GROUP_COMMIT_RUNS),
+    workflow steps' outcomes with their workflows' advance."""
     settings = services.settings
     return ledger.GroupWrites.of(
         services.database_engine,
         window_seconds=settings.task_group_commit_ms / 1000,
         most=settings.task_group_commit_runs,
+        metered=settings.usage_metering,
+        steps=services.workflow_steps,
     )
 
 
@@ -119,15 +125,23 @@ async def execute(
     redelivered: bool,
     tenant_id: uuid.UUID | None = None,
     request_id: str | None = None,
+    trace_parent: str | None = None,
 ) -> Outcome:
     """Run one attempt in the run's tenant; the caller acks, retries or rejects on the outcome.
 
     Every log line of the attempt carries the run's task id, tenant and the request id of the
-    HTTP call that submitted it (from the message, else from the ledger)."""
+    HTTP call that submitted it (from the message, else from the ledger). With TRACING, the
+    attempt is a span of the submitting request's trace (its statements, Redis commands and
+    HTTP calls spans of it)."""
     context = RunLogContext(str(run_id), request_id, str(tenant_id) if tenant_id else None)
     with run_log_context(context):
-        outcome = await _attempt(services, spec, run_id, redelivered, tenant_id)
-    return outcome
+        if not tracing.enabled():
+            return await _attempt(services, spec, run_id, redelivered, tenant_id)
+        attributes = {"switchyard.run_id": str(run_id), "switchyard.task": spec.name}
+        if tenant_id is not None:
+            attributes["switchyard.tenant_id"] = str(tenant_id)
+        with tracing.attempt_span(spec.name, trace_parent, attributes):
+            return await _attempt(services, spec, run_id, redelivered, tenant_id)
 
 
 async def _claim(
@@ -197,6 +211,7 @@ async def _attempt(
     if refused is not None or run is None:
         TASK_EVENTS.labels(task=spec.name, event=refused.kind if refused else "skipped").inc()
         return refused or Outcome("skipped")
+    step = run.workflow_step_id is not None
     tenant_id_var.set(str(run.tenant_id))
     if request_id_var.get() is None and run.request_id:
         request_id_var.set(run.request_id)
@@ -209,7 +224,7 @@ async def _attempt(
         error = InvalidPayloadError(
             f"payload does not match {spec.name}: {exc.error_count()} errors"
         )
-        await _record(services, run_id, RunState.FAILED, error=error)
+        await _record(services, run_id, RunState.FAILED, error=error, step=step)
         TASK_EVENTS.labels(task=spec.name, event="failed").inc()
         return Outcome("dead_letter", error=error)
 
@@ -229,18 +244,20 @@ async def _attempt(
             finished("retried")
             log.warning("attempt failed; retrying in %s s", delay, extra={"error": repr(exc)})
             elapsed = time.perf_counter() - started
-            if await _record(services, run_id, RunState.RETRYING, error=exc, elapsed=elapsed):
+            retrying = RunState.RETRYING
+            if await _record(services, run_id, retrying, error=exc, elapsed=elapsed, step=step):
                 return Outcome("retry", delay=delay, error=exc)
             return Outcome("done")
         finished("failed")
         log.error("run failed", extra={"error": repr(exc)})
         elapsed = time.perf_counter() - started
-        if await _record(services, run_id, RunState.FAILED, error=exc, elapsed=elapsed):
+        if await _record(services, run_id, RunState.FAILED, error=exc, elapsed=elapsed, step=step):
             return Outcome("dead_letter", error=exc)
         return Outcome("done")
     finished("succeeded")
     elapsed = time.perf_counter() - started
     result = to_jsonable_python(result)
-    await _record(services, run_id, RunState.SUCCEEDED, result=result, elapsed=elapsed)
+    succeeded = RunState.SUCCEEDED
+    await _record(services, run_id, succeeded, result=result, elapsed=elapsed, step=step)
     log.info("run succeeded")
     return Outcome("done")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from switchyard.platform.broker import Broker, broker_check_name
+from switchyard.platform.broker import Broker, with_broker_check
 from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.runs import admission, ledger
 from switchyard.platform.submission import Submissions
@@ -52,10 +52,7 @@ class Gateway:
                 marks,
                 services.usage,
             )
-        checks = services.health_checks()
-        checks.insert(
-            2, services.health_check(broker_check_name(settings), broker.probe if broker else None)
-        )
+        checks = with_broker_check(services, broker)
         return cls(
             services=services,
             broker=broker,

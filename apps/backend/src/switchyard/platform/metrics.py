@@ -11,15 +11,24 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from kombu import Connection
 from kombu.exceptions import ChannelError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -32,6 +41,7 @@ from switchyard.db.models import DeadLetter
 from switchyard.db.models.task_run import IN_FLIGHT, WAITING
 from switchyard.platform.celery_app import Transport
 from switchyard.platform.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
+from switchyard.services import host
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -321,17 +331,47 @@ def _guarded(app: WSGIApp, token: SecretStr | None) -> WSGIApp:
     return guarded
 
 
+HealthCheck = Callable[[], tuple[bool, str]]
+
+
+def _with_health(app: WSGIApp, health: HealthCheck) -> WSGIApp:
+    """`GET /health`: 200 `ok` or 503 `unhealthy`, for a kubelet's httpGet probe (no process
+    started per probe, no token: it says nothing else; the reason goes to the log)."""
+
+    def served(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/health":
+            return app(environ, start_response)
+        try:
+            healthy, reason = health()
+        except Exception as exc:  # a broken check is an unhealthy answer, never a crash
+            healthy, reason = False, f"check failed ({type(exc).__name__}: {exc})"
+        if not healthy:
+            logger.warning("health probe: unhealthy", extra={"reason": reason})
+        status = "200 OK" if healthy else "503 Service Unavailable"
+        start_response(status, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")])
+        return [b"ok\n" if healthy else b"unhealthy\n"]
+
+    return served
+
+
 class MetricsServer:
     """An HTTP /metrics endpoint on its own thread, for roles without the gateway; with a
-    token, only for `Authorization: Bearer <METRICS_TOKEN>` (as the gateway's)."""
+    token, only for `Authorization: Bearer <METRICS_TOKEN>` (as the gateway's). With `health`,
+    also `/health` for probes (see _with_health)."""
 
     def __init__(
-        self, registry: CollectorRegistry, host: str, port: int, token: SecretStr | None = None
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        token: SecretStr | None = None,
+        health: HealthCheck | None = None,
     ) -> None:
         self.registry = registry
         self.host = host
         self.port = port
         self.token = token
+        self.health = health
         self.server: Any = None
         self.thread: threading.Thread | None = None
 
@@ -339,6 +379,8 @@ class MetricsServer:
         if self.port == 0:
             return False
         app = _guarded(make_wsgi_app(self.registry), self.token)
+        if self.health is not None:
+            app = _with_health(app, self.health)
         try:
             self.server = make_server(
                 self.host, self.port, app, ThreadingWSGIServer, handler_class=_QuietHandler
@@ -362,10 +404,46 @@ class MetricsServer:
             self.server = None
 
 
-def worker_registry(sampler: BacklogSampler | None) -> CollectorRegistry:
-    """Every process's counters (multiprocess files), plus the backlog sample."""
+class HostCollector(Collector):
+    """The host's limits as the health checks read them (services.host), at scrape time: the
+    free share of the file system holding the role's data, and the share of its memory limit
+    in use (in a container, the cgroup's: every process of the role together)."""
+
+    def __init__(self, path: Path = Path("var")) -> None:
+        self.path = path
+
+    def watch(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            usage = shutil.disk_usage(host.existing(self.path))
+            memory = host.memory_use()
+        except OSError as exc:  # a scrape never fails for it
+            logger.debug("host figures not read", extra={"error": repr(exc)})
+            return
+        yield GaugeMetricFamily(
+            "switchyard_host_disk_free_ratio",
+            "Free share of the file system holding VAR_DIR (the disk health check's figure)",
+            value=usage.free / usage.total if usage.total else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "switchyard_host_memory_used_ratio",
+            "Share of the role's memory limit in use (the memory health check's figure)",
+            value=memory.percent / 100,
+        )
+
+
+HOST = HostCollector()
+REGISTRY.register(HOST)
+
+
+def worker_registry(sampler: BacklogSampler | None, var_dir: Path) -> CollectorRegistry:
+    """Every process's counters (multiprocess files), plus the backlog sample and the host's
+    figures."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     if sampler is not None:
         registry.register(BacklogCollector(sampler))
+    registry.register(HostCollector(var_dir))
     return registry

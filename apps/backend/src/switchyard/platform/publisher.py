@@ -31,6 +31,8 @@ PERSISTENT = 2
 TENANT_HEADER = "switchyard_tenant"
 # The request id of the HTTP call that submitted the run: the worker logs the run under it.
 REQUEST_ID_HEADER = "switchyard_request_id"
+# W3C Trace Context's own name: the worker's span of the attempt joins the request's trace.
+TRACE_PARENT_HEADER = "traceparent"
 
 
 class BrokerUnavailableError(Exception):
@@ -47,11 +49,20 @@ class RunMessage:
     eta: datetime | None
     tenant_id: str | None
     request_id: str | None = None
+    trace_parent: str | None = None  # W3C traceparent of the submitting request (TRACING)
 
     @classmethod
     def of(cls, run: PublishedRun, eta: datetime | None = None) -> RunMessage:
         """The message of a stored run (a new one, or one admitted from the waiting)."""
-        return cls(str(run.id), run.task, run.queue, eta, str(run.tenant_id), run.request_id)
+        return cls(
+            str(run.id),
+            run.task,
+            run.queue,
+            eta,
+            str(run.tenant_id),
+            run.request_id,
+            run.trace_parent,
+        )
 
 
 class RunBroker(Protocol):
@@ -74,6 +85,8 @@ class PublishedRun(Protocol):
     def tenant_id(self) -> uuid.UUID: ...
     @property
     def request_id(self) -> str | None: ...
+    @property
+    def trace_parent(self) -> str | None: ...
 
 
 @dataclass
@@ -161,6 +174,7 @@ class RunPublisher:
                 for name, value in (
                     (TENANT_HEADER, message.tenant_id),
                     (REQUEST_ID_HEADER, message.request_id),
+                    (TRACE_PARENT_HEADER, message.trace_parent),
                 )
                 if value
             },
@@ -194,6 +208,8 @@ class RunPublisher:
             headers[TENANT_HEADER] = message.tenant_id
         if message.request_id:
             headers[REQUEST_ID_HEADER] = message.request_id
+        if message.trace_parent:
+            headers[TRACE_PARENT_HEADER] = message.trace_parent
         burst.producer.publish(
             body,
             exchange=exchange,

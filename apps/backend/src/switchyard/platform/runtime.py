@@ -150,6 +150,14 @@ class WorkerLoop:
         """Run `coroutine` on the loop and wait for it (from any thread but the loop's)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Start `coroutine` on the loop without waiting for it; it ends with the loop."""
+
+        def start() -> None:
+            self._background.append(self.loop.create_task(coroutine))
+
+        self.loop.call_soon_threadsafe(start)
+
     def close(self, timeout: float = 10.0) -> None:
         if self._closing.is_set():
             return
@@ -435,7 +443,7 @@ async def fail_blocked(settings: Settings, flight: Flight) -> None:
             outcome = ledger.Finish(
                 flight.run_id, RunState.FAILED, error=error, elapsed_ms=elapsed_ms
             )
-            await ledger.finish_group(connection, [outcome])
+            await ledger.finish_group(connection, [outcome], metered=settings.usage_metering)
             await store(
                 session,
                 DeadLetterRecord(

@@ -39,6 +39,7 @@ from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from switchyard import tracing
 from switchyard.db.session import after_commit
 from switchyard.errors import ServiceUnavailableError
 from switchyard.platform.coalesce import Coalescer
@@ -163,6 +164,10 @@ class Submissions:
         role without a broker; otherwise only when the transaction fails."""
         if on_refusal is OnRefusal.REFUSE and self.broker is None:
             raise ServiceUnavailableError(NO_BROKER)
+        if tracing.enabled():  # the submitting request's trace, for the runs' attempts
+            traceparent = tracing.current_traceparent()
+            for run in runs:
+                run.trace_parent = traceparent
         policy = _OUTSIDE_SHARE if outside_share else self.policy
         if within is not None:
             return await self._within(within, runs, on_refusal, policy)

@@ -28,6 +28,7 @@ from switchyard.platform.metrics import TASK_EVENTS
 from switchyard.platform.publisher import REQUEST_ID_HEADER, TENANT_HEADER
 from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.topology import DEAD_LETTER_QUEUE
+from switchyard.platform.workflows import engine as workflows
 from switchyard.services.outages import unreachable_dependency
 from switchyard.settings import Settings
 
@@ -204,6 +205,7 @@ def configure_worker(
     deliveries = Deliveries(celery, registry)
     if loop is not None:
         deliveries.attach(loop)
+        loop.services.workflow_steps = workflows.Steps(loop.services, registry)
     celery.conf.worker_pool = POOL
     worker_shutting_down.connect(
         hand_back_after(settings.worker_shutdown_grace_seconds), weak=False

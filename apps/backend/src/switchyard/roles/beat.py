@@ -7,17 +7,21 @@ import logging
 import os
 import signal
 import threading
+from functools import partial
 
 from prometheus_client import REGISTRY
 
 from switchyard.domains import registry_for
 from switchyard.platform.beat import Beat
-from switchyard.platform.broker import Broker, check_topology
-from switchyard.platform.metrics import MetricsServer
+from switchyard.platform.broker import Broker, check_topology, with_broker_check
+from switchyard.platform.metrics import HOST, MetricsServer
 from switchyard.platform.runs import admission
+from switchyard.roles import healthcheck
 from switchyard.roles.worker import require, task_backend_problems
 from switchyard.services.container import Services
+from switchyard.services.health import announce
 from switchyard.settings import Settings
+from switchyard.tenants.deletion import Eraser
 
 logger = logging.getLogger("switchyard.roles.beat")
 
@@ -53,18 +57,27 @@ async def _serve(settings: Settings) -> None:
         settings, "beat", admission=admission.dispatcher_for(broker.publisher, settings)
     )
     metrics = MetricsServer(
-        REGISTRY, settings.metrics_host, settings.beat_metrics_port, settings.metrics_token
+        REGISTRY,
+        settings.metrics_host,
+        settings.beat_metrics_port,
+        settings.metrics_token,
+        health=partial(healthcheck.beat_served, settings),
     )
+    HOST.watch(settings.var_dir)
     metrics.start()
+    health = services.health_monitor(with_broker_check(services, broker))
+    announced = asyncio.create_task(announce(health))
     try:
         beat = Beat(
             services,
             broker.publisher,
             registry_for(settings),
             settings.heartbeat_file("beat"),
+            erase_tenants_due=Eraser(services).erase_due,
         )
         await beat.run(stop)
     finally:
+        announced.cancel()
         metrics.stop()
         await services.close()
         broker.close()

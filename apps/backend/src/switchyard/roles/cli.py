@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import click
 
-from switchyard import __version__
+from switchyard import __version__, tracing
 from switchyard.errors import RoleConfigurationError, RoleStartupError
 from switchyard.logging import configure_logging, signal_safe_line
 from switchyard.reporting import init_reporting
@@ -30,6 +30,7 @@ ROLES: dict[Role, str] = {
     Role.BEAT: "switchyard.roles.beat",
     Role.MIGRATE: "switchyard.roles.migrate",
     Role.STANDALONE: "switchyard.roles.standalone",
+    Role.BACKUP: "switchyard.roles.backup",
 }
 VALID_ROLES = ", ".join(role.value for role in Role)
 CLI_LOGGER = "switchyard.cli"
@@ -114,12 +115,14 @@ def _temporary_files_under_var_dir(settings: Settings) -> None:
 @main.command()
 @click.argument("role", required=False, envvar="SERVICE_TYPE")
 def run(role: str | None) -> None:
-    """Start ROLE (default: $SERVICE_TYPE): api-gateway, worker, beat, migrate or standalone."""
+    """Start ROLE (default: $SERVICE_TYPE): api-gateway, worker, beat, migrate, standalone or
+    backup."""
     chosen = _role(role)
     settings = _settings(chosen.value)
     configure_logging(settings.log_level, chosen.value)
     _temporary_files_under_var_dir(settings)
     init_reporting(settings, chosen.value)
+    tracing.configure(settings, chosen.value)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     metrics_dir = None
     if chosen is Role.WORKER and "SWITCHYARD_WORKER_PROCESS" not in os.environ:
@@ -156,6 +159,80 @@ def healthcheck(role: str | None) -> None:
     sys.stderr.flush()
     # Not sys.exit: a check thread stuck on a dead socket must not hold the process open.
     os._exit(0 if healthy else 1)
+
+
+@main.command("wait-for-schema")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, 86400),
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait before giving up (exit 1).",
+)
+def wait_for_schema(timeout: float) -> None:
+    """Wait until the database is at this image's migrations (or past them), then exit 0: the
+    init container that holds a role back until the migrate role has run. Migrates nothing."""
+    settings = _settings()
+    configure_logging(settings.log_level, "wait-for-schema")
+    if settings.database is None:
+        _fail("configuration error: DATABASE_URL is required", EXIT_CONFIG)
+    from switchyard.db import migrate
+    from switchyard.domains import load_domains, version_locations
+
+    locations = version_locations(load_domains(settings.domain_packages))
+    try:
+        state = asyncio.run(migrate.wait_for_schema(settings.database, timeout, locations))
+    except Exception as exc:  # still unreachable at the deadline
+        _fail(f"the database could not be reached within {timeout:g} s: {exc}", 1)
+    if not state.ready:
+        _fail(
+            f"{state.describe()}; not migrated within {timeout:g} s: run the migrate role "
+            "(switchyard run migrate) with this image",
+            1,
+        )
+    click.echo(f"schema ready: {state.describe()}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Replace the current data without asking.")
+def restore(name: str, yes: bool) -> None:
+    """Restore the backup NAME (from BACKUP_BUCKET or BACKUP_DIR): its databases replace the
+    current ones, its objects and vector collections are written back. The archive is verified
+    first: a corrupt one changes nothing."""
+    settings = _settings()
+    configure_logging(settings.log_level, "restore")
+    if settings.database is None:
+        _fail("configuration error: DATABASE_URL is required", EXIT_CONFIG)
+    if not yes:
+        _fail("restore replaces the current databases: add --yes to go on", EXIT_USAGE)
+    from switchyard.platform.backup import BackupError, Backups
+    from switchyard.services.objects import create_object_store
+    from switchyard.services.vectors import VectorStore
+
+    async def restore_it() -> dict[str, object]:
+        objects, vectors = create_object_store(settings), VectorStore.from_settings(settings)
+        try:
+            return await Backups(settings, objects, vectors).restore(name)
+        finally:
+            await objects.close()
+            await vectors.close()
+
+    try:
+        manifest = asyncio.run(restore_it())
+    except BackupError as exc:
+        _fail(f"nothing was restored: {exc}", 1)
+    click.echo(f"restored {name} (made {manifest['created_at']})")
+
+
+@main.command()
+def backups() -> None:
+    """List the backups kept (BACKUP_BUCKET or BACKUP_DIR), oldest first."""
+    settings = _settings()
+    from switchyard.platform.backup import Target
+
+    for name in Target(settings).names():
+        click.echo(name)
 
 
 @main.command("rotate-data-source-keys")

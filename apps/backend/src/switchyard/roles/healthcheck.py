@@ -40,24 +40,40 @@ def _heartbeat(settings: Settings, role: str) -> tuple[dict[str, object] | None,
     return content, f"{role}: heartbeat {age:.1f} s old"
 
 
-def _worker(settings: Settings) -> tuple[bool, str]:
+def _processes(settings: Settings) -> tuple[list[dict[str, object]] | None, str]:
+    """The worker's processes from its heartbeat, or None with why the role is unhealthy:
+    a heartbeat missing or stale, a process not heartbeating, a loop stalled too long."""
     content, reason = _heartbeat(settings, "worker")
     if content is None:
-        return False, reason
+        return None, reason
     listed = content.get("processes")
     processes = [p for p in listed if isinstance(p, dict)] if isinstance(listed, list) else []
     if len(processes) < settings.worker_processes:
-        return False, (
+        return None, (
             f"{reason}; {len(processes)} of {settings.worker_processes} worker processes "
             "are heartbeating"
         )
     for process in processes:
         stalled = process.get("stalled_seconds")
         if isinstance(stalled, int | float) and stalled >= settings.worker_stall_unhealthy_seconds:
-            return False, (
+            return None, (
                 f"{reason}; worker process {process.get('pid')}: event loop stalled for "
                 f"{stalled:.1f} s (limit {settings.worker_stall_unhealthy_seconds:g} s)"
             )
+    return processes, reason
+
+
+def worker_served(settings: Settings) -> tuple[bool, str]:
+    """What the worker's metrics port answers at /health (a probe that starts no process): its
+    own state from the heartbeat, without the broker's control ping."""
+    processes, reason = _processes(settings)
+    return processes is not None, reason
+
+
+def _worker(settings: Settings) -> tuple[bool, str]:
+    processes, reason = _processes(settings)
+    if processes is None:
+        return False, reason
     from switchyard.platform.broker import Broker
 
     broker = Broker.create(settings)
@@ -90,6 +106,17 @@ def _worker(settings: Settings) -> tuple[bool, str]:
 
 # A beat whose ticks keep failing is alive but publishes nothing: unhealthy.
 BEAT_FAILED_TICKS_UNHEALTHY = 3
+
+
+def backup_served(settings: Settings) -> tuple[bool, str]:
+    """A scheduled backup role is healthy while it heartbeats (once, its exit code tells)."""
+    content, reason = _heartbeat(settings, "backup")
+    return content is not None, reason
+
+
+def beat_served(settings: Settings) -> tuple[bool, str]:
+    """The beat's health (the same at its metrics port's /health as from the command)."""
+    return _beat(settings)
 
 
 def _beat(settings: Settings) -> tuple[bool, str]:
@@ -134,4 +161,8 @@ def check(role: Role, settings: Settings) -> tuple[bool, str]:
         return _worker(settings)
     if role is Role.BEAT:
         return _beat(settings)
+    if role is Role.BACKUP:
+        if not settings.backup_schedule.strip():
+            return True, "backup without BACKUP_SCHEDULE is one-shot: its exit code is its health"
+        return backup_served(settings)
     return _gateway(settings)

@@ -16,12 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
 from switchyard.errors import RoleConfigurationError
 from switchyard.platform.heartbeat import read_heartbeat, write_heartbeat
 from switchyard.platform.topology import WORK_QUEUES
+from switchyard.roles import healthcheck
 from switchyard.services import email
 from switchyard.settings import Settings
 
@@ -113,16 +115,20 @@ def run_process(settings: Settings, index: int, service_type: str = "worker") ->
     """One worker process: Celery's consumer, Switchyard's pool, the runs on one loop."""
     from switchyard.domains import registry_for
     from switchyard.platform import runtime
-    from switchyard.platform.broker import Broker
+    from switchyard.platform.broker import Broker, with_broker_check
     from switchyard.platform.runs import admission
     from switchyard.platform.topology import TopologyMismatchError
     from switchyard.platform.worker import configure_worker, json_shutdown_lines
+    from switchyard.services.health import announce
 
     broker = Broker.create(settings)
     assert broker is not None
     loop = runtime.start(
         settings, service_type, admission.dispatcher_for(broker.publisher, settings)
     )
+    if index == 0:  # one line for the role, not one per process
+        checks = with_broker_check(loop.services, broker)
+        loop.spawn(announce(loop.services.health_monitor(checks)))
     json_shutdown_lines(service_type)
     try:
         configure_worker(
@@ -206,10 +212,11 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         sampler = BacklogSampler(self.settings)
         server = MetricsServer(
-            worker_registry(sampler),
+            worker_registry(sampler, self.settings.var_dir),
             self.settings.metrics_host,
             self.settings.worker_metrics_port,
             self.settings.metrics_token,
+            health=partial(healthcheck.worker_served, self.settings),
         )
         for child in self.children:
             self._start(child)

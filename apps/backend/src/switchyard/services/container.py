@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -17,7 +17,7 @@ from switchyard import __version__
 from switchyard.db import engine as postgres
 from switchyard.db.binds import Bind, BindUnavailableError, create_binds
 from switchyard.errors import ServiceUnavailableError
-from switchyard.services import redis
+from switchyard.services import host, redis
 from switchyard.services.cache import Cache
 from switchyard.services.cpu import CpuPool
 from switchyard.services.email import (
@@ -50,6 +50,8 @@ class Admission(Protocol):
 
     async def try_release(self, tenant_id: uuid.UUID) -> None: ...
 
+    async def publish(self, runs: Sequence[Any]) -> int: ...
+
     async def sweep(self) -> int: ...
 
 
@@ -81,6 +83,9 @@ class Services:
     # Admits and publishes waiting runs when a slot of a tenant's share frees (fair share):
     # given by a role with a broker and a database (`create(..., admission=...)`).
     admission: Admission | None = None
+    # A worker's hook that advances workflows with their steps' outcomes
+    # (platform.workflows.engine.Steps, installed with the worker's tasks).
+    workflow_steps: Any = None
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -89,9 +94,11 @@ class Services:
         self.cache = Cache(self.redis, settings.cache_namespace, self.redis_breaker)
         self.objects = create_object_store(settings)
         self.neo4j = create_neo4j(settings)
-        self.usage = UsageRecorder(self.database)
+        metering = settings.usage_metering
+        self.usage = UsageRecorder(self.database if metering else None)
         self.quotas = Quotas(self.database, self.redis, settings.cache_namespace)
-        self.llm = create_llm(settings, LlmBudget(self.database, self.quotas))
+        budget = LlmBudget(self.database, self.quotas) if metering else None
+        self.llm = create_llm(settings, budget)
         self.cpu = CpuPool(settings.worker_cpu_processes, settings.worker_cpu_memory_mb)
         self.embedder = create_embedder(settings, self.llm, self.cpu, self.usage)
         self.vectors = VectorStore.from_settings(settings, space=self.embedder.name)
@@ -203,6 +210,17 @@ class Services:
             self.health_check("chroma", self.vectors.probe),
             self.health_check("neo4j", self.neo4j.probe if self.neo4j else None),
             self.health_check("zhipu", self.llm.probe if self.llm else None),
+            self.health_check(
+                "disk",
+                partial(
+                    host.probe_disk,
+                    self.settings.var_dir,
+                    self.settings.health_disk_min_free_percent,
+                ),
+            ),
+            self.health_check(
+                "memory", partial(host.probe_memory, self.settings.health_memory_max_percent)
+            ),
         ]
         checks.extend(
             self.health_check(f"database:{name}", bind.probe) for name, bind in self.binds.items()

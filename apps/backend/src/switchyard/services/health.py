@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel
 
 MAX_ERROR_LENGTH = 300
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,3 +125,43 @@ class HealthMonitor:
             critical=check.critical,
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+
+def startup_summary(report: HealthReport) -> tuple[int, str]:
+    """The level and the line a role logs once at start: which checks it reached, which it
+    could not (with why) and which are not configured."""
+    reached = [name for name, check in report.checks.items() if check.status == "up"]
+    down = [(name, check.error) for name, check in report.checks.items() if check.status == "down"]
+    off = [name for name, check in report.checks.items() if check.status == "disabled"]
+    parts = [f"reached {', '.join(reached) or 'none'}"]
+    if down:
+        parts.append("could not reach " + "; ".join(f"{name} ({error})" for name, error in down))
+    if off:
+        parts.append(f"not configured: {', '.join(off)}")
+    return (logging.WARNING if down else logging.INFO), "backing services at start: " + "; ".join(
+        parts
+    )
+
+
+async def announce(monitor: HealthMonitor) -> None:
+    """Log the role's backing services once, as its start found them (every probe bounded by
+    HEALTH_PROBE_TIMEOUT_SECONDS, so this never holds the start up for long). Its report is
+    its own: the health endpoints' cache is left as it was."""
+    own = HealthMonitor(
+        monitor.checks,
+        service_type=monitor.service_type,
+        version=monitor.version,
+        timeout=monitor.timeout,
+        cache_seconds=0,
+    )
+    report = await own.report()
+    level, line = startup_summary(report)
+    logger.log(
+        level,
+        line,
+        extra={
+            "reached": [n for n, c in report.checks.items() if c.status == "up"],
+            "unreachable": [n for n, c in report.checks.items() if c.status == "down"],
+            "not_configured": [n for n, c in report.checks.items() if c.status == "disabled"],
+        },
+    )

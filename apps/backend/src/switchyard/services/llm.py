@@ -30,6 +30,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from switchyard import tracing
 from switchyard.errors import ServiceUnavailableError, SwitchyardError
 from switchyard.services.quotas import LlmBudget, Reservation
 from switchyard.services.usage import Meter, Use
@@ -374,19 +375,21 @@ class ZhipuClient:
         body = self._chat_body(messages, model, temperature, max_tokens, stream=False)
         started = time.perf_counter()
         async with self._spending(tenant_id, self._chat_bound(body)) as spend:
-            async with self._slots.hold(tenant_id):
-                data = await self._post("chat", "chat/completions", body)
-            try:
-                choice = data["choices"][0]
-                result = ChatResult(
-                    content=choice["message"].get("content") or "",
-                    model=data.get("model") or body["model"],
-                    finish_reason=choice.get("finish_reason"),
-                    usage=Usage.parse(data.get("usage")),
-                    request_id=data.get("request_id") or data.get("id"),
-                )
-            except (KeyError, IndexError, TypeError, AttributeError):
-                raise LLMError("Zhipu answered a chat completion without choices") from None
+            with tracing.llm_span("chat", body["model"], purpose) as traced:
+                async with self._slots.hold(tenant_id):
+                    data = await self._post("chat", "chat/completions", body)
+                try:
+                    choice = data["choices"][0]
+                    result = ChatResult(
+                        content=choice["message"].get("content") or "",
+                        model=data.get("model") or body["model"],
+                        finish_reason=choice.get("finish_reason"),
+                        usage=Usage.parse(data.get("usage")),
+                        request_id=data.get("request_id") or data.get("id"),
+                    )
+                except (KeyError, IndexError, TypeError, AttributeError):
+                    raise LLMError("Zhipu answered a chat completion without choices") from None
+                traced(result.model, result.usage.prompt_tokens, result.usage.completion_tokens)
             await self._spent(spend, purpose, tenant_id, result.model, result.usage, started)
         return result
 
@@ -407,43 +410,45 @@ class ZhipuClient:
         usage = Usage()
         async with self._spending(tenant_id, self._chat_bound(body)) as spend:
             async with self._slots.hold(tenant_id):
-                try:
-                    async for attempt in self._retrying():
-                        with attempt:
-                            request = self._http.build_request(
-                                "POST", "chat/completions", json=body
-                            )
-                            response = await self._http.send(request, stream=True)
-                            if response.status_code >= 400:
-                                content = await response.aread()
-                                await response.aclose()
-                                raise _upstream_error(response, content)
-                except (_Upstream, httpx.TransportError) as exc:
-                    REQUESTS.labels("chat_stream", "error").inc()
-                    raise _as_error(exc, self.timeout) from None
-                try:
-                    async for event in EventSource(response).aiter_sse():
-                        payload = event.data.strip()
-                        if not payload:
-                            continue  # an event without data (a keep-alive)
-                        if payload == "[DONE]":
-                            break
-                        chunk = _parse_chunk(payload)
-                        if chunk.usage is not None:
-                            usage = chunk.usage
-                        if chunk.delta or chunk.finish_reason or chunk.usage:
-                            yield chunk
-                except SSEError:  # before TransportError, which it subclasses
-                    REQUESTS.labels("chat_stream", "error").inc()
-                    kind = response.headers.get("content-type", "no content type")
-                    raise LLMError(
-                        f"Zhipu answered a stream as {kind}, not server-sent events"
-                    ) from None
-                except httpx.TransportError as exc:
-                    REQUESTS.labels("chat_stream", "error").inc()
-                    raise _as_error(exc, self.timeout) from None
-                finally:
-                    await response.aclose()
+                with tracing.llm_span("chat", body["model"], purpose, current=False) as traced:
+                    try:
+                        async for attempt in self._retrying():
+                            with attempt:
+                                request = self._http.build_request(
+                                    "POST", "chat/completions", json=body
+                                )
+                                response = await self._http.send(request, stream=True)
+                                if response.status_code >= 400:
+                                    content = await response.aread()
+                                    await response.aclose()
+                                    raise _upstream_error(response, content)
+                    except (_Upstream, httpx.TransportError) as exc:
+                        REQUESTS.labels("chat_stream", "error").inc()
+                        raise _as_error(exc, self.timeout) from None
+                    try:
+                        async for event in EventSource(response).aiter_sse():
+                            payload = event.data.strip()
+                            if not payload:
+                                continue  # an event without data (a keep-alive)
+                            if payload == "[DONE]":
+                                break
+                            chunk = _parse_chunk(payload)
+                            if chunk.usage is not None:
+                                usage = chunk.usage
+                            if chunk.delta or chunk.finish_reason or chunk.usage:
+                                yield chunk
+                    except SSEError:  # before TransportError, which it subclasses
+                        REQUESTS.labels("chat_stream", "error").inc()
+                        kind = response.headers.get("content-type", "no content type")
+                        raise LLMError(
+                            f"Zhipu answered a stream as {kind}, not server-sent events"
+                        ) from None
+                    except httpx.TransportError as exc:
+                        REQUESTS.labels("chat_stream", "error").inc()
+                        raise _as_error(exc, self.timeout) from None
+                    finally:
+                        await response.aclose()
+                    traced(body["model"], usage.prompt_tokens, usage.completion_tokens)
             REQUESTS.labels("chat_stream", "ok").inc()
             await self._spent(spend, purpose, tenant_id, body["model"], usage, started)
 
@@ -460,8 +465,14 @@ class ZhipuClient:
             # Each batch reserved and recorded as it is spent: a later one may fail.
             bound = sum(len(text.encode()) + 2 for text in batch)
             async with self._spending(tenant_id, bound) as spend:
-                async with self._slots.hold(tenant_id):
-                    data = await self._post("embeddings", "embeddings", body)
+                with tracing.llm_span("embeddings", self.embedding_model, "embeddings") as traced:
+                    async with self._slots.hold(tenant_id):
+                        data = await self._post("embeddings", "embeddings", body)
+                    traced(
+                        str(data.get("model") or self.embedding_model),
+                        Usage.parse(data.get("usage")).prompt_tokens,
+                        0,
+                    )
                 try:
                     items = sorted(data["data"], key=lambda item: item["index"])
                     vectors.extend([float(v) for v in item["embedding"]] for item in items)

@@ -383,6 +383,29 @@ class LocalObjectStore:
         return None
 
 
+def minio_client(settings: Settings) -> Minio:
+    """A client of MINIO_ENDPOINT with MINIO_* credentials, bounded timeouts and retries of
+    the gateway errors (the object store's and the backups' bucket share it)."""
+    import urllib3
+    from minio import Minio
+
+    assert settings.minio_endpoint is not None
+    timeout = urllib3.Timeout(connect=5.0, read=60.0)
+    http = urllib3.PoolManager(
+        timeout=timeout,
+        maxsize=10,
+        retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
+    )
+    return Minio(
+        settings.minio_endpoint,
+        access_key=settings.minio_access_key.get_secret_value(),
+        secret_key=settings.minio_secret_key.get_secret_value(),
+        secure=settings.minio_secure,
+        region=settings.minio_region,
+        http_client=http,
+    )
+
+
 class MinioObjectStore:
     """MinIO or any S3 through the `minio` SDK; its blocking calls run in worker threads."""
 
@@ -395,25 +418,7 @@ class MinioObjectStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MinioObjectStore:
-        import urllib3
-        from minio import Minio
-
-        assert settings.minio_endpoint is not None
-        timeout = urllib3.Timeout(connect=5.0, read=60.0)
-        http = urllib3.PoolManager(
-            timeout=timeout,
-            maxsize=10,
-            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
-        )
-        client = Minio(
-            settings.minio_endpoint,
-            access_key=settings.minio_access_key.get_secret_value(),
-            secret_key=settings.minio_secret_key.get_secret_value(),
-            secure=settings.minio_secure,
-            region=settings.minio_region,
-            http_client=http,
-        )
-        return cls(client, settings.minio_bucket)
+        return cls(minio_client(settings), settings.minio_bucket)
 
     async def ensure_bucket(self) -> None:
         if self._bucket_ready:

@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import Table, column, func, select, tuple_, values
+from sqlalchemy import Table, column, exists, func, select, tuple_, values
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import insert
@@ -36,7 +36,7 @@ from sqlalchemy.types import BigInteger, String, Uuid
 from switchyard.db.binds import Bind
 from switchyard.db.binds.models import UsageCounterCopy
 from switchyard.db.engine import in_transaction
-from switchyard.db.models import UsageCounter
+from switchyard.db.models import Tenant, UsageCounter
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ def add_from(rows: Select[Any]) -> Insert:
 
 
 def add_statement(rows: Sequence[tuple[uuid.UUID, str, str, int]]) -> Insert:
+    """The uses of tenants that exist: a use counted as its tenant is deleted is dropped, not
+    the whole write with it (one write holds many tenants' uses)."""
     given = values(
         column("tenant_id", Uuid),
         column("meter", String),
@@ -139,7 +141,7 @@ def add_statement(rows: Sequence[tuple[uuid.UUID, str, str, int]]) -> Insert:
             sql_cast(given.c.meter, String).label("meter"),
             sql_cast(given.c.subject, String).label("subject"),
             sql_cast(given.c.quantity, BigInteger).label("quantity"),
-        )
+        ).where(exists().where(Tenant.id == given.c.tenant_id))
     )
 
 

@@ -12,7 +12,7 @@ import asyncio
 import importlib
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -154,18 +154,22 @@ class VectorStore:
 
         return await asyncio.to_thread(open_embedded)
 
+    async def _open(self, name: str, metadata: Mapping[str, Any] | None) -> Any:
+        """The collection `name`, made in the cosine space when missing."""
+        client = await self.client()
+        return await self._call(
+            client.get_or_create_collection,
+            name=name,
+            embedding_function=None,
+            configuration={"hnsw": {"space": "cosine"}},
+            metadata=metadata or None,
+        )
+
     async def collection(self, tenant_id: uuid.UUID) -> Any:
-        name = collection_name(tenant_id, self.space)
         found = self._collections.get(tenant_id)
         if found is None:
-            client = await self.client()
-            found = await self._call(
-                client.get_or_create_collection,
-                name=name,
-                embedding_function=None,
-                configuration={"hnsw": {"space": "cosine"}},
-                metadata={"tenant_id": str(tenant_id)},
-            )
+            name = collection_name(tenant_id, self.space)
+            found = await self._open(name, {"tenant_id": str(tenant_id)})
             self._collections[tenant_id] = found
         return found
 
@@ -242,6 +246,78 @@ class VectorStore:
         except Exception as exc:  # absent already: nothing to drop
             if "does not exist" not in str(exc) and "NotFound" not in type(exc).__name__:
                 raise
+
+    async def drop_every_space(self, tenant_id: uuid.UUID) -> int:
+        """Drop the tenant's collections of every vector space (embedding model), not only
+        this store's; how many. An embedded store never opened has none."""
+        if self.kind == "embedded" and not os.path.isdir(self.path or ""):  # noqa: ASYNC240
+            return 0
+        client = await self.client()
+        self._collections.pop(tenant_id, None)
+        prefix = collection_name(tenant_id)
+        listed = await self._call(client.list_collections)
+        names = [getattr(found, "name", found) for found in listed]
+        mine = [name for name in names if name == prefix or name.startswith(prefix + "-")]
+        for name in mine:
+            await self._call(client.delete_collection, name)
+        return len(mine)
+
+    async def export_collections(
+        self, page: int = 1000
+    ) -> AsyncIterator[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+        """Every collection of the server (every tenant, every vector space), in pages:
+        (its name, its metadata, records with id, embedding, document and metadata). For
+        backups: restored with `import_collection`."""
+        if self.kind == "embedded" and not os.path.isdir(self.path or ""):  # noqa: ASYNC240
+            return
+        client = await self.client()
+        listed = await self._call(client.list_collections)
+        for found in listed:
+            name = getattr(found, "name", found)
+            collection = await self._call(client.get_collection, name, embedding_function=None)
+            metadata = dict(getattr(collection, "metadata", None) or {})
+            offset = 0
+            while True:
+                got = await self._call(
+                    collection.get,
+                    include=["embeddings", "documents", "metadatas"],
+                    limit=page,
+                    offset=offset,
+                )
+                ids = list(got["ids"])
+                if not ids:
+                    break
+                embeddings = got["embeddings"]
+                yield (
+                    name,
+                    metadata,
+                    [
+                        {
+                            "id": ids[i],
+                            "embedding": [float(x) for x in embeddings[i]],
+                            "document": got["documents"][i],
+                            "metadata": got["metadatas"][i],
+                        }
+                        for i in range(len(ids))
+                    ],
+                )
+                offset += len(ids)
+
+    async def import_collection(
+        self, name: str, metadata: dict[str, Any], records: Sequence[dict[str, Any]]
+    ) -> None:
+        """Upsert exported records into the collection `name` (made with its metadata, in the
+        cosine space, when missing)."""
+        collection = await self._open(name, metadata)
+        self._collections.clear()
+        if records:
+            await self._call(
+                collection.upsert,
+                ids=[record["id"] for record in records],
+                embeddings=[record["embedding"] for record in records],
+                documents=[record["document"] for record in records],
+                metadatas=[record["metadata"] for record in records],
+            )
 
     async def probe(self) -> None:
         if self.kind == "http":

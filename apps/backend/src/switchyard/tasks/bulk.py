@@ -195,6 +195,7 @@ async def submit_many(
     new = [run for index, run in enumerate(runs) if index not in duplicates]
     specs = [bulk.registry.get(run.task) for run in new]
     await check_quotas(session, submitter, [spec for spec in specs if spec is not None])
+    await session.commit()  # only read: its connection back before the runs' transaction
     accepted = await bulk.submissions.submit(new, on_refusal=OnRefusal.REFUSE)
     raced = [run for run in new if accepted.outcome(run.id) == "taken"]
     conflicts: set[int] = set()

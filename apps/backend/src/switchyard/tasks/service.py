@@ -303,6 +303,10 @@ async def submit(
         if existing is not None:
             return _duplicate(existing, run.request_hash), False
     await check_quotas(session, submitter, [spec])
+    if alone:
+        # The group commit takes a connection of its own: give this one back before waiting
+        # for it, or a burst as large as the pool holds every connection while it waits.
+        await session.commit()
     accepted = await submissions.submit(
         [run], on_refusal=OnRefusal.REFUSE, within=None if alone else session
     )

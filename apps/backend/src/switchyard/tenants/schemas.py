@@ -10,6 +10,7 @@ from typing import Annotated, Any, Final
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from switchyard.db.models.plan import LIMITS
+from switchyard.db.models.task_run import RunState
 
 
 class TenantIn(BaseModel):
@@ -174,3 +175,55 @@ class PlanOut(PlanLimits):
 class PlanPage(BaseModel):
     items: list[PlanOut]
     next_cursor: str | None = Field(default=None, description="Always null: one page holds all")
+
+
+class ExportOut(BaseModel):
+    """An export of the tenant's data: its run's state and, once it succeeded, the archive and
+    a signed download link (GET it without a token; it expires at `download_expires_at`)."""
+
+    id: uuid.UUID = Field(description="The export's id (its run's)")
+    state: RunState
+    requested_at: datetime
+    requested_by: str | None
+    finished_at: datetime | None = None
+    error: str | None = None
+    size_bytes: int | None = None
+    tables: dict[str, int] | None = Field(default=None, description="Rows per table")
+    objects: int | None = Field(default=None, description="Stored objects in the archive")
+    download_url: str | None = None
+    download_expires_at: datetime | None = None
+
+
+class DeletionIn(BaseModel):
+    """The superuser's schedule of a tenant's deletion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grace_days: int | None = Field(
+        default=None,
+        ge=0,
+        le=90,
+        description="Days until it happens (cancellable until then); null: "
+        "TENANT_DELETION_GRACE_DAYS; 0: at beat's next look",
+    )
+
+
+class DeletionOut(BaseModel):
+    """A tenant's deletion: scheduled, cancelled, under way or done (then its tombstone)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID = Field(validation_alias="target_tenant_id")
+    requested_by: str
+    requested_at: datetime = Field(validation_alias="created_at")
+    delete_after: datetime
+    cancelled_at: datetime | None
+    cancelled_by: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    removed: dict[str, int] = Field(description="What went, by store and table (once done)")
+
+
+class DeletionPage(BaseModel):
+    items: list[DeletionOut]

@@ -26,12 +26,13 @@ from switchyard.usage.schemas import (
 def month_bounds(month: str | None, now: datetime | None = None) -> tuple[datetime, datetime]:
     """The first instant of `month` ("YYYY-MM", default this one) and of the next, in UTC."""
     if month is None:
-        current = now or datetime.now(UTC)
-        year, number = current.year, current.month
+        within = now or datetime.now(UTC)
     else:
         year, number = (int(part) for part in month.split("-"))
-    start = datetime(year, number, 1, tzinfo=UTC)
-    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
+        within = datetime(year, number, 1, tzinfo=UTC)
+    start, end = quotas.period(quotas.Window.MONTH, within)
+    assert start is not None
+    assert end is not None
     return start, end
 
 

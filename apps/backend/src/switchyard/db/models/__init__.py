@@ -7,7 +7,12 @@ from switchyard.db.models.document import DocumentStatus, KnowledgeDocument
 from switchyard.db.models.plan import Plan
 from switchyard.db.models.task_definition import UNPLANNED, TaskDefinition
 from switchyard.db.models.task_run import FINAL_STATES, RunState, TaskRun
-from switchyard.db.models.tenant import DEFAULT_TENANT_ID, Tenant, TenantStatus
+from switchyard.db.models.tenant import (
+    DEFAULT_TENANT_ID,
+    Tenant,
+    TenantDeletion,
+    TenantStatus,
+)
 from switchyard.db.models.usage import LlmReservation, UsageCounter
 from switchyard.db.models.user import (
     ApiKey,
@@ -21,6 +26,13 @@ from switchyard.db.models.user import (
     UserToken,
 )
 from switchyard.db.models.worker import WorkerSlots
+from switchyard.db.models.workflow import (
+    StepState,
+    WorkflowDefinition,
+    WorkflowRun,
+    WorkflowState,
+    WorkflowStep,
+)
 
 __all__ = [
     "DEFAULT_TENANT_ID",
@@ -40,13 +52,19 @@ __all__ = [
     "RefreshToken",
     "Role",
     "RunState",
+    "StepState",
     "TaskDefinition",
     "TaskRun",
     "Tenant",
+    "TenantDeletion",
     "TenantStatus",
     "TokenPurpose",
     "UsageCounter",
     "User",
     "UserToken",
     "WorkerSlots",
+    "WorkflowDefinition",
+    "WorkflowRun",
+    "WorkflowState",
+    "WorkflowStep",
 ]

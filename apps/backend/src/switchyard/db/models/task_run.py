@@ -104,6 +104,13 @@ class TaskRun(UUIDPrimaryKey, Timestamps, Base):
         Index(
             "ix_task_runs_replay_of", "replay_of", postgresql_where=text("replay_of IS NOT NULL")
         ),
+        # A step's runs, in its items' order (its results, for the steps after it).
+        Index(
+            "ix_task_runs_workflow_step",
+            "workflow_step_id",
+            "item_index",
+            postgresql_where=text("workflow_step_id IS NOT NULL"),
+        ),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -129,7 +136,15 @@ class TaskRun(UUIDPrimaryKey, Timestamps, Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # The W3C traceparent of the request that submitted it (TRACING on; switchyard.tracing).
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
     submitted_by: Mapped[str | None] = mapped_column(String(200))
     replay_of: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("task_runs.id", ondelete="SET NULL")
     )
+    # A step's run (switchyard.platform.workflows): its step, and its item of the step's map.
+    # It goes with its workflow run (retention, deletion).
+    workflow_step_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("workflow_steps.id", ondelete="CASCADE")
+    )
+    item_index: Mapped[int | None] = mapped_column()

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, select
+from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, String, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, column_property, mapped_column
 
@@ -18,6 +19,8 @@ DEFAULT_TENANT_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
 class TenantStatus(StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"
+    # Its deletion is under way (tenants.deletion): it is refused like a suspended one.
+    DELETING = "deleting"
 
 
 class Tenant(UUIDPrimaryKey, Timestamps, Base):
@@ -60,3 +63,36 @@ class Tenant(UUIDPrimaryKey, Timestamps, Base):
         select(Plan.name).where(Plan.id == plan_id).correlate_except(Plan).scalar_subquery(),
         expire_on_flush=False,
     )
+
+
+class TenantDeletion(UUIDPrimaryKey, Timestamps, Base):
+    """A tenant's deletion: scheduled by its owner or the superuser, cancellable until it is
+    due (`delete_after`); then beat erases every trace of the tenant (tenants.deletion). Once
+    done, this row is the tombstone: which tenant, when, at whose request, what was removed.
+    It keeps no foreign key (it outlives the tenant) and no other data of the tenant's."""
+
+    __tablename__ = "tenant_deletions"
+    __table_args__ = (
+        # One deletion in progress per tenant (scheduled or under way).
+        Index(
+            "ix_tenant_deletions_open",
+            "target_tenant_id",
+            unique=True,
+            postgresql_where=text("cancelled_at IS NULL AND finished_at IS NULL"),
+        ),
+        Index(
+            "ix_tenant_deletions_due",
+            "delete_after",
+            postgresql_where=text("cancelled_at IS NULL AND finished_at IS NULL"),
+        ),
+    )
+
+    target_tenant_id: Mapped[uuid.UUID]
+    requested_by: Mapped[str] = mapped_column(String(200))
+    delete_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_by: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What went, by store and table: {"task_runs": 1000000, "objects": 12, ...}.
+    removed: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")

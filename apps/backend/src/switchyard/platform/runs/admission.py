@@ -46,7 +46,7 @@ from switchyard.db.engine import in_transaction, once_more_if_dropped
 from switchyard.db.models import TaskRun, WorkerSlots
 from switchyard.db.models.task_run import IN_FLIGHT, UNADMITTED_DUE, WAITING
 from switchyard.platform.metrics import RUNS_ADMITTED
-from switchyard.platform.publisher import RunBroker, RunMessage
+from switchyard.platform.publisher import PublishedRun, RunBroker, RunMessage
 from switchyard.platform.runs import ledger
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ _ADMIT = text(
         LIMIT (SELECT n FROM room)
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING id, task, queue, tenant_id, request_id, created_at
+    RETURNING id, task, queue, tenant_id, request_id, trace_parent, created_at
     """  # noqa: S608 - constant fragments; every value is a bound parameter
 )
 _ADMIT_DUE = text(
@@ -227,6 +227,7 @@ class Admitted:
     queue: str
     tenant_id: uuid.UUID
     request_id: str | None
+    trace_parent: str | None
     created_at: datetime
 
 
@@ -452,7 +453,7 @@ class Dispatcher:
         ]
         return await self.publish(interleaved)
 
-    async def publish(self, admitted: list[Admitted]) -> int:
+    async def publish(self, admitted: Sequence[PublishedRun]) -> int:
         """Publish runs whose admission has committed, in one burst, and mark those the
         broker confirmed published. A run the broker refuses stays admitted and unpublished:
         beat's outbox sends it again."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, partial
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     CTE,
@@ -47,7 +47,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from switchyard.db.engine import once_more_if_dropped
+from switchyard.db.engine import in_transaction, once_more_if_dropped
 from switchyard.db.models import FINAL_STATES, RunState, TaskRun
 from switchyard.db.models.task_run import OUTBOX
 from switchyard.platform.coalesce import Coalescer
@@ -69,6 +69,10 @@ class RunChange:
     attempts: int
     payload: dict[str, Any]
     request_id: str | None
+    # A workflow step's run: its step and item (platform.workflows), and its last error.
+    workflow_step_id: uuid.UUID | None = None
+    item_index: int | None = None
+    error_message: str | None = None
 
 
 _RUNS = cast(Table, TaskRun.__table__)
@@ -79,6 +83,9 @@ _CHANGED = (
     _RUNS.c.attempts,
     _RUNS.c.payload,
     _RUNS.c.request_id,
+    _RUNS.c.workflow_step_id,
+    _RUNS.c.item_index,
+    _RUNS.c.error_message,
 )
 
 
@@ -195,17 +202,21 @@ class Finish:
     result: Any = None
     error: BaseException | None = None
     elapsed_ms: int = 0  # the handler's time: the attempt's run.milliseconds (services.usage)
+    # Whether the run is a workflow step's (its claim said), None when not known: a step's
+    # outcome is recorded with its workflow's advance, in one transaction (StepHook).
+    step: bool | None = False
 
 
 async def finish_group(
-    connection: AsyncConnection, outcomes: list[Finish]
+    connection: AsyncConnection, outcomes: list[Finish], *, metered: bool = True
 ) -> dict[uuid.UUID, RunChange]:
     """`finish` for many runs in one statement (an UPDATE from the outcomes as arrays): the
     runs recorded, by id; one cancelled meanwhile is not among them. A result or an error not
     given leaves the stored one as it is.
 
     The same statement adds the attempts it records to their tenants' usage (run.attempts and
-    run.milliseconds by task, services.usage): counted with the outcome, so exactly once."""
+    run.milliseconds by task, services.usage): counted with the outcome, so exactly once;
+    not `metered` (USAGE_METERING off), they are not counted."""
     errors = [outcome.error for outcome in outcomes]
     parameters = {
         "ids": [outcome.run_id for outcome in outcomes],
@@ -220,12 +231,12 @@ async def finish_group(
         "finals": [outcome.state.final for outcome in outcomes],
         "elapsed": [outcome.elapsed_ms for outcome in outcomes],
     }
-    changed = await connection.execute(_finish_statement(), parameters)
+    changed = await connection.execute(_finish_statement(metered), parameters)
     return {row.id: RunChange(**row._mapping) for row in changed}
 
 
 @cache
-def _finish_statement() -> Select[Any]:
+def _finish_statement(metered: bool) -> Select[Any]:
     """Built once: one statement text whatever the group's size (arrays, not a VALUES list),
     so neither building nor compiling it costs anything per group (it cost more CPU than the
     database spent on it), and the driver prepares it once."""
@@ -265,8 +276,10 @@ def _finish_statement() -> Select[Any]:
         .returning(*_CHANGED, _RUNS.c.task, given.c.elapsed_ms.label("ms"))
         .cte("changed")
     )
-    counted = usage.add_from(_uses(changed)).cte("counted")
-    return select(*(changed.c[name] for name in _CHANGED_NAMES)).add_cte(counted)
+    outcomes = select(*(changed.c[name] for name in _CHANGED_NAMES))
+    if not metered:
+        return outcomes
+    return outcomes.add_cte(usage.add_from(_uses(changed)).cte("counted"))
 
 
 _CHANGED_NAMES = tuple(column.name for column in _CHANGED)
@@ -290,6 +303,15 @@ def _uses(changed: CTE) -> Select[Any]:
     return select(union_all(attempts, milliseconds).subquery("uses"))
 
 
+class StepHook(Protocol):
+    """What a workflow step's outcome sets off (platform.workflows): `advance` in the
+    transaction that records it, `after` once that has committed (best effort)."""
+
+    async def advance(self, connection: AsyncConnection, changes: list[RunChange]) -> Any: ...
+
+    async def after(self, advanced: Any) -> None: ...
+
+
 class GroupWrites:
     """The claims and outcomes of the runs one worker process holds, written in groups: the
     runs that claim (or finish) within a few milliseconds of each other share one statement
@@ -300,8 +322,18 @@ class GroupWrites:
 
     _by_engine: dict[AsyncEngine, GroupWrites] = {}  # noqa: RUF012 - one registry per process
 
-    def __init__(self, engine: AsyncEngine, *, window_seconds: float, most: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        window_seconds: float,
+        most: int,
+        metered: bool = True,
+        steps: StepHook | None = None,
+    ) -> None:
         self.engine = engine
+        self.metered = metered
+        self.steps = steps
         self._claims: Coalescer[tuple[uuid.UUID, uuid.UUID], RunChange | None] = Coalescer(
             self._claim, window_seconds=window_seconds, most=most
         )
@@ -310,10 +342,23 @@ class GroupWrites:
         )
 
     @classmethod
-    def of(cls, engine: AsyncEngine, *, window_seconds: float, most: int) -> GroupWrites:
+    def of(
+        cls,
+        engine: AsyncEngine,
+        *,
+        window_seconds: float,
+        most: int,
+        metered: bool = True,
+        steps: StepHook | None = None,
+    ) -> GroupWrites:
         writes = cls._by_engine.get(engine)
         if writes is None:
-            writes = cls._by_engine[engine] = cls(engine, window_seconds=window_seconds, most=most)
+            writes = cls(
+                engine, window_seconds=window_seconds, most=most, metered=metered, steps=steps
+            )
+            cls._by_engine[engine] = writes
+        elif writes.steps is None:
+            writes.steps = steps
         return writes
 
     async def claim(self, run_id: uuid.UUID, tenant_id: uuid.UUID) -> RunChange | None:
@@ -337,10 +382,35 @@ class GroupWrites:
         return answers
 
     async def _finish(self, outcomes: list[Finish]) -> list[RunChange | None]:
-        finished = await once_more_if_dropped(  # safe to repeat: only `started` runs change
-            self.engine, lambda connection, _: finish_group(connection, outcomes)
-        )
+        plain = [o for o in outcomes if o.step is False or self.steps is None]
+        finished: dict[uuid.UUID, RunChange] = {}
+        if plain:
+            finished = await once_more_if_dropped(  # safe to repeat: only `started` runs change
+                self.engine,
+                lambda connection, _: finish_group(connection, plain, metered=self.metered),
+            )
+        if len(plain) < len(outcomes):
+            steps = [o for o in outcomes if not (o.step is False or self.steps is None)]
+            finished |= await self._finish_steps(steps)
         return [finished.pop(outcome.run_id, None) for outcome in outcomes]
+
+    async def _finish_steps(self, outcomes: list[Finish]) -> dict[uuid.UUID, RunChange]:
+        """Workflow steps' outcomes, each recorded with its workflow's advance in one
+        transaction; what that leaves to do after the commit, done then."""
+        assert self.steps is not None
+        hook = self.steps
+
+        async def record(connection: AsyncConnection) -> tuple[dict[uuid.UUID, RunChange], Any]:
+            changed = await finish_group(connection, outcomes, metered=self.metered)
+            return changed, await hook.advance(connection, list(changed.values()))
+
+        # Safe to repeat whole: only `started` runs change, and only they advance.
+        changed, advanced = await in_transaction(self.engine, record, retry_dropped=True)
+        try:
+            await hook.after(advanced)
+        except Exception as exc:  # the outbox and the sweeps publish what this did not
+            logger.warning("workflow follow-ups not done", extra={"error": repr(exc)})
+        return changed
 
     async def close(self) -> None:
         """Write what is pending (at shutdown) and forget the engine."""
@@ -398,6 +468,42 @@ async def cancel(session: AsyncSession, run_id: uuid.UUID) -> TaskRun | None:
     return (await session.execute(statement)).scalar_one_or_none()
 
 
+@dataclass(frozen=True, slots=True)
+class CancelledRun:
+    """A run cancelled with the rest of its tenant's (`cancel_tenant_runs`)."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    state: RunState
+    attempts: int
+    was_started: bool
+
+
+async def cancel_tenant_runs(
+    connection: AsyncConnection, tenant_id: uuid.UUID, rows: int
+) -> list[CancelledRun]:
+    """Cancel up to `rows` of the tenant's runs not yet final (a tenant's deletion), in id
+    order; each with whether it was started (its worker stops it at its next cancel poll)."""
+    picked = (
+        select(TaskRun.id, TaskRun.state)
+        .where(TaskRun.tenant_id == tenant_id, TaskRun.state.not_in(FINAL_STATES))
+        .order_by(TaskRun.id)
+        .limit(rows)
+        .with_for_update()
+        .cte("picked")
+    )
+    statement = (
+        update(TaskRun)
+        .where(TaskRun.id == picked.c.id)
+        .values(state=RunState.CANCELLED, finished_at=func.now(), updated_at=func.now())
+        .returning(TaskRun.id, TaskRun.tenant_id, TaskRun.attempts, picked.c.state)
+    )
+    return [
+        CancelledRun(run_id, tenant, RunState.CANCELLED, attempts, was == RunState.STARTED)
+        for run_id, tenant, attempts, was in (await connection.execute(statement)).all()
+    ]
+
+
 @dataclass(slots=False)
 class NewRun:
     """A run about to be stored, as a plain object: what bulk submission builds by the
@@ -419,6 +525,9 @@ class NewRun:
     submitted_by: str | None
     replay_of: uuid.UUID | None
     admitted_at: datetime | None = None
+    trace_parent: str | None = None
+    workflow_step_id: uuid.UUID | None = None
+    item_index: int | None = None
 
 
 # A new run, as an ORM object (one submitted alone) or as a NewRun (one of a bulk request).

@@ -6,6 +6,8 @@
   its own row, with `replay_of` cleared (the foreign key's ON DELETE SET NULL, served by an
   index). A definition's runs go like any other; the definition keeps `last_scheduled_for`, so
   beat never schedules an expired tick again.
+- A workflow run goes as one unit, its steps and their runs with it, as long after it ended
+  (and not while a dead letter of one of its runs is archived); its runs never go alone.
 - Dead letters go DEAD_LETTER_RETENTION_DAYS after they were archived (or the tenant's own).
 - Idempotency keys are cleared IDEMPOTENCY_KEY_HOURS after their run was submitted, once the
   run is final (a client retrying while its run is still pending never gets a second run);
@@ -24,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, fields
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,6 +38,8 @@ from switchyard.platform.metrics import RETENTION_DELETED
 from switchyard.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+RETENTION_KINDS: Final = frozenset({"dead_letters", "runs", "workflow_runs", "idempotency_keys"})
 
 # A batch never waits long for a lock (the foreign keys' SET NULL touches dead letters and
 # replays), nor runs long: either fails the pass, and the next pass starts over.
@@ -55,6 +60,7 @@ _RUNS = text(
               AND r.finished_at
                   < now() - make_interval(days => COALESCE(t.run_retention_days, :days))
               AND NOT EXISTS (SELECT 1 FROM dead_letters AS d WHERE d.run_id = r.id)
+              AND r.workflow_step_id IS NULL
             ORDER BY r.finished_at
             LIMIT :rows
             FOR UPDATE OF r SKIP LOCKED
@@ -64,6 +70,35 @@ _RUNS = text(
     )
     DELETE FROM task_runs WHERE id IN (SELECT id FROM expired)
     """  # noqa: S608 - constant fragments; every value is a bound parameter
+)
+# A workflow run goes as a unit: its steps and their runs with it (the foreign keys' ON DELETE
+# CASCADE), once it has ended and none of its runs has a dead letter archived.
+_WORKFLOW_RUNS = text(
+    """
+    WITH expired AS (
+        SELECT workflow.id
+        FROM tenants AS t
+        CROSS JOIN LATERAL (
+            SELECT w.id FROM workflow_runs AS w
+            WHERE w.tenant_id = t.id
+              AND w.finished_at IS NOT NULL
+              AND w.finished_at
+                  < now() - make_interval(days => COALESCE(t.run_retention_days, :days))
+              AND NOT EXISTS (
+                  SELECT 1 FROM workflow_steps AS s
+                  JOIN task_runs AS r ON r.workflow_step_id = s.id
+                  JOIN dead_letters AS d ON d.run_id = r.id
+                  WHERE s.workflow_run_id = w.id
+              )
+            ORDER BY w.finished_at
+            LIMIT :rows
+            FOR UPDATE OF w SKIP LOCKED
+        ) AS workflow
+        WHERE COALESCE(t.run_retention_days, :days) > 0
+        LIMIT :rows
+    )
+    DELETE FROM workflow_runs WHERE id IN (SELECT id FROM expired)
+    """
 )
 _DEAD_LETTERS = text(
     """
@@ -102,12 +137,24 @@ _KEYS = text(
 )
 
 
+def tenant_rows(table: str, tenant_id: uuid.UUID, rows: int) -> Batch:
+    """Every row of a tenant's in `table` (its deletion), a batch at a time, whether or not it
+    has expired. The audit log lets them go (its append-only trigger reads the flag)."""
+    statement = text(
+        f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("  # noqa: S608 - a table of the metadata
+        f"SELECT ctid FROM {table} WHERE tenant_id = :tenant LIMIT :rows FOR UPDATE))"
+    )
+    prelude = (text("SET LOCAL switchyard.audit_purge = 'on'"),)
+    return Batch(table, statement, {"tenant": tenant_id, "rows": rows}, prelude)
+
+
 @dataclass
 class Expired:
     """What one pass removed."""
 
     dead_letters: int = 0
     runs: int = 0
+    workflow_runs: int = 0
     idempotency_keys: int = 0
 
     @property
@@ -115,21 +162,24 @@ class Expired:
         return sum(getattr(self, field.name) for field in fields(self))
 
 
-async def _batch(engine: AsyncEngine, statement: TextClause, values: dict[str, int]) -> int:
+async def _batch(engine: AsyncEngine, batch: Batch) -> int:
     async with engine.begin() as connection:
-        for limit in _LIMITS:
+        for limit in _LIMITS + batch.prelude:
             await connection.execute(limit)
-        result = await connection.execute(statement, values)
+        result = await connection.execute(batch.statement, batch.values)
     return int(getattr(result, "rowcount", 0) or 0)
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One kind of expired rows: the statement that removes a batch of them, and its values."""
+    """One kind of expired rows: the statement that removes a batch of them, and its values
+    (`rows`: the most one batch removes); `prelude`, statements run before it in its
+    transaction."""
 
     kind: str
     statement: TextClause
-    values: dict[str, int]
+    values: dict[str, Any]
+    prelude: tuple[TextClause, ...] = ()
 
 
 def batches(settings: Settings) -> list[Batch]:
@@ -145,6 +195,12 @@ def batches(settings: Settings) -> list[Batch]:
             {"days": settings.dead_letter_retention_days, "rows": rows},
         ),
         Batch("runs", _RUNS, {"days": settings.run_retention_days, "rows": rows}),
+        # A workflow run holds many rows (its steps' runs): a tenth as many at a time.
+        Batch(
+            "workflow_runs",
+            _WORKFLOW_RUNS,
+            {"days": settings.run_retention_days, "rows": max(1, rows // 10)},
+        ),
     ]
     if settings.idempotency_key_hours > 0:
         values = {"hours": settings.idempotency_key_hours, "rows": max(1, rows // 4)}
@@ -158,9 +214,10 @@ async def drain(engine: AsyncEngine, batch: Batch, rest_ratio: float) -> int:
     removed = 0
     while True:
         started = time.monotonic()
-        count = await _batch(engine, batch.statement, batch.values)
+        count = await _batch(engine, batch)
         removed += count
-        RETENTION_DELETED.labels(kind=batch.kind).inc(count)
+        if batch.kind in RETENTION_KINDS:
+            RETENTION_DELETED.labels(kind=batch.kind).inc(count)
         if count < batch.values["rows"]:
             return removed
         if rest_ratio:

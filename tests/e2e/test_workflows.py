@@ -1,0 +1,258 @@
+"""Workflow runs across processes: the gateway in process starts them, a real worker process
+runs their steps; each step becomes due in the transaction that records its last parent's
+outcome, and its payload is filled in from the workflow's input and its parents' results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.db.models import TaskRun, WorkflowStep
+from tests.fixtures.accounts import Account, sign_up
+from tests.fixtures.processes import RunningRole
+from tests.fixtures.tasks import start_worker_on
+
+pytestmark = pytest.mark.e2e
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+async def ended(client: httpx.AsyncClient, run_id: str, within: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        view: dict[str, Any] = (await client.get(f"/api/v1/workflows/runs/{run_id}")).json()
+        if view["state"] in FINAL:
+            return view
+        assert time.monotonic() < deadline, view
+        await asyncio.sleep(0.2)
+
+
+async def register(client: httpx.AsyncClient, steps: list[dict[str, Any]]) -> str:
+    name = f"wf-{uuid.uuid4().hex[:8]}"
+    created = await client.post("/api/v1/workflows", json={"name": name, "steps": steps})
+    assert created.status_code == 201, created.text
+    return name
+
+
+async def start(client: httpx.AsyncClient, name: str, given: Any, **headers: str) -> httpx.Response:
+    return await client.post(
+        f"/api/v1/workflows/{name}/runs", json={"input": given}, headers=headers
+    )
+
+
+@pytest.fixture
+def worker(
+    start_role: Callable[..., RunningRole],
+    task_env: dict[str, str],
+    own_broker: str,
+    tmp_path: Path,
+) -> RunningRole:
+    return start_worker_on(
+        start_role, task_env, own_broker, tmp_path / "worker", WORKER_CONCURRENCY="20"
+    )
+
+
+async def test_a_three_level_graph_with_a_map_of_100_passes_outputs_on(
+    own_gateway: tuple[httpx.AsyncClient, Account], worker: RunningRole, engine: AsyncEngine
+) -> None:
+    client, _ = own_gateway
+    name = await register(
+        client,
+        [
+            {"name": "title", "task": "system.echo", "payload": {"message": {"$input": "/title"}}},
+            {
+                "name": "each",
+                "task": "system.echo",
+                "needs": ["title"],
+                "map": {"$input": "/items"},
+                "payload": {"message": {"$item": "/label"}},
+            },
+            {
+                "name": "combine",
+                "task": "system.echo",
+                "needs": ["title", "each"],
+                "payload": {"message": {"$step": "each", "pointer": "/99/message"}},
+            },
+        ],
+    )
+    items = [{"label": f"item-{index:03}"} for index in range(100)]
+    started = await start(client, name, {"title": "Report", "items": items})
+    assert started.status_code == 202, started.text
+    assert started.headers["location"] == f"/api/v1/workflows/runs/{started.json()['id']}"
+    assert [s["state"] for s in started.json()["steps"]] == ["running", "waiting", "waiting"]
+
+    view = await ended(client, started.json()["id"])
+    assert view["state"] == "succeeded", view
+    title, each, combine = view["steps"]
+    assert title["result"] == {"message": "Report"}
+    assert (each["items"], each["items_left"], each["failed_items"]) == (100, 0, 0)
+    assert each["state"] == "succeeded"
+    assert len(each["runs"]) == 20  # the first of them, by item
+    assert combine["result"] == {"message": "item-099"}  # the last item's result, in order
+
+    async with engine.connect() as connection:
+        steps = {
+            row.name: row.id
+            for row in await connection.execute(
+                select(WorkflowStep.name, WorkflowStep.id).where(
+                    WorkflowStep.workflow_run_id == uuid.UUID(view["id"])
+                )
+            )
+        }
+        mapped = (
+            await connection.execute(
+                select(TaskRun.item_index, TaskRun.result, TaskRun.finished_at)
+                .where(TaskRun.workflow_step_id == steps["each"])
+                .order_by(TaskRun.item_index)
+            )
+        ).all()
+        [last] = (
+            await connection.execute(
+                select(TaskRun.created_at).where(TaskRun.workflow_step_id == steps["combine"])
+            )
+        ).all()
+    # One run per item, each with its item; the combining step was made only after all ended.
+    assert [(row.item_index, row.result) for row in mapped] == [
+        (index, {"message": f"item-{index:03}"}) for index in range(100)
+    ]
+    assert last.created_at >= max(row.finished_at for row in mapped)
+
+
+FAILING = {"task": "system.fail", "payload": {"retryable": False, "message": "broken on purpose"}}
+
+
+@pytest.mark.parametrize("policy", ["fail_workflow", "continue", "compensate"])
+async def test_a_failing_step_follows_its_policy(
+    own_gateway: tuple[httpx.AsyncClient, Account], worker: RunningRole, policy: str
+) -> None:
+    client, _ = own_gateway
+    failing: dict[str, Any] = {"name": "flaky", **FAILING, "on_failure": policy}
+    if policy == "compensate":
+        failing["compensation"] = {"task": "system.echo", "payload": {"message": "undo"}}
+    name = await register(
+        client,
+        [
+            {"name": "first", "task": "system.echo", "payload": {"message": "go"}},
+            {**failing, "needs": ["first"]},
+            {
+                "name": "after",
+                "task": "system.echo",
+                "needs": ["flaky"],
+                "payload": {"message": "after"},
+            },
+        ],
+    )
+    view = await ended(client, (await start(client, name, None)).json()["id"])
+    states = {step["name"]: step["state"] for step in view["steps"]}
+    flaky = view["steps"][1]
+    assert flaky["state"] == "failed"
+    assert "broken on purpose" in flaky["error"]
+    if policy == "continue":
+        assert view["state"] == "succeeded"
+        assert states["after"] == "succeeded"
+        return
+    assert view["state"] == "failed"
+    assert "step 'flaky' failed" in view["error"]
+    assert states["after"] == "skipped"
+    if policy == "compensate":
+        compensations = [run for run in flaky["runs"] if run["item_index"] == -1]
+        assert len(compensations) == 1
+        deadline = time.monotonic() + 30
+        while (await client.get(f"/api/v1/tasks/{compensations[0]['id']}")).json()[
+            "state"
+        ] != "succeeded":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        result = (await client.get(f"/api/v1/tasks/{compensations[0]['id']}")).json()["result"]
+        assert result == {"message": "undo"}
+
+
+async def test_a_step_whose_input_cannot_be_filled_in_fails_the_workflow_naming_it(
+    own_gateway: tuple[httpx.AsyncClient, Account], worker: RunningRole
+) -> None:
+    client, _ = own_gateway
+    name = await register(
+        client,
+        [{"name": "say", "task": "system.echo", "payload": {"message": {"$input": "/missing"}}}],
+    )
+    view = await ended(client, (await start(client, name, {"other": 1})).json()["id"])
+    assert view["state"] == "failed"
+    assert view["steps"][0]["state"] == "failed"
+    assert "the input at '/missing'" in view["steps"][0]["error"]
+    assert view["steps"][0]["runs"] == []  # nothing ran
+
+
+async def test_an_idempotency_key_starts_one_run(
+    own_gateway: tuple[httpx.AsyncClient, Account], worker: RunningRole
+) -> None:
+    client, _ = own_gateway
+    name = await register(
+        client, [{"name": "say", "task": "system.echo", "payload": {"message": "once"}}]
+    )
+    first = await start(client, name, None, **{"Idempotency-Key": "nightly-1"})
+    again = await start(client, name, None, **{"Idempotency-Key": "nightly-1"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert (await ended(client, first.json()["id"]))["state"] == "succeeded"
+
+
+async def test_a_cancelled_workflow_stops_its_runs_and_skips_the_rest(
+    own_gateway: tuple[httpx.AsyncClient, Account],
+    worker: RunningRole,
+    api_client: httpx.AsyncClient,
+) -> None:
+    client, _ = own_gateway
+    name = await register(
+        client,
+        [
+            {"name": "nap", "task": "system.sleep", "payload": {"seconds": 60}},
+            {"name": "then", "task": "system.echo", "needs": ["nap"], "payload": {"message": "x"}},
+        ],
+    )
+    run_id = (await start(client, name, None)).json()["id"]
+    nap = (await client.get(f"/api/v1/workflows/runs/{run_id}")).json()["steps"][0]["runs"][0]
+    deadline = time.monotonic() + 30
+    while (await client.get(f"/api/v1/tasks/{nap['id']}")).json()["state"] != "started":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    # Another tenant cannot see or cancel it.
+    other = await sign_up(api_client, "Other")
+    assert (
+        await api_client.post(f"/api/v1/workflows/runs/{run_id}/cancel", headers=other.headers)
+    ).status_code == 404
+
+    cancelled = await client.post(f"/api/v1/workflows/runs/{run_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    view = cancelled.json()
+    assert view["state"] == "cancelled"
+    assert [step["state"] for step in view["steps"]] == ["cancelled", "skipped"]
+    assert view["steps"][0]["runs"][0]["state"] == "cancelled"
+    again = await client.post(f"/api/v1/workflows/runs/{run_id}/cancel")
+    assert again.status_code == 409
+    unknown = await client.post(f"/api/v1/workflows/runs/{uuid.uuid4()}/cancel")
+    assert unknown.status_code == 404
+    # The worker stopped the sleeping run at its next cancel poll, as any cancelled run.
+    deadline = time.monotonic() + 30
+    while "run cancelled while it ran" not in worker.stderr():
+        assert time.monotonic() < deadline, worker.stderr()[-2000:]
+        await asyncio.sleep(0.2)
+    # Nothing of the cancelled workflow runs afterwards; a new one does.
+    quick = await register(
+        client, [{"name": "say", "task": "system.echo", "payload": {"message": "after"}}]
+    )
+    assert (await ended(client, (await start(client, quick, None)).json()["id"]))[
+        "state"
+    ] == "succeeded"
+    final = (await client.get(f"/api/v1/workflows/runs/{run_id}")).json()
+    assert [step["state"] for step in final["steps"]] == ["cancelled", "skipped"]
+    assert final["steps"][1]["runs"] == []
+    assert (await client.get(f"/api/v1/tasks/{nap['id']}")).json()["state"] == "cancelled"
