@@ -256,3 +256,95 @@ async def test_a_cancelled_workflow_stops_its_runs_and_skips_the_rest(
     assert [step["state"] for step in final["steps"]] == ["cancelled", "skipped"]
     assert final["steps"][1]["runs"] == []
     assert (await client.get(f"/api/v1/tasks/{nap['id']}")).json()["state"] == "cancelled"
+
+
+async def runs_state(client: httpx.AsyncClient, run_id: str, state: str) -> None:
+    deadline = time.monotonic() + 30
+    while (await client.get(f"/api/v1/tasks/{run_id}")).json()["state"] != state:
+        assert time.monotonic() < deadline, f"run {run_id} never {state}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_failed_map_item_fails_its_step_with_its_error_and_ends_the_running_rest(
+    own_gateway: tuple[httpx.AsyncClient, Account], worker: RunningRole
+) -> None:
+    client, _ = own_gateway
+    name = await register(
+        client,
+        [
+            {"name": "nap", "task": "system.sleep", "payload": {"seconds": 60}},
+            {
+                "name": "each",
+                "task": "system.fail",
+                "map": {"$input": "/items"},
+                "payload": {
+                    "fail_attempts": {"$item": "/fail"},
+                    "retryable": False,
+                    "message": {"$item": "/say"},
+                },
+            },
+            {
+                "name": "after",
+                "task": "system.echo",
+                "needs": ["each"],
+                "payload": {"message": "x"},
+            },
+        ],
+    )
+    items = [{"fail": 0, "say": "fine"}] * 3 + [{"fail": 1, "say": "item three broke"}]
+    items += [{"fail": 0, "say": "fine"}] * 3  # successes after the failure, in item order
+    view = await ended(client, (await start(client, name, {"items": items})).json()["id"])
+    assert view["state"] == "failed"
+    nap, each, after = view["steps"]
+    # The failed run's error, whichever of the step's runs ended last.
+    assert (each["state"], each["failed_items"], each["error"]) == ("failed", 1, "item three broke")
+    assert view["error"] == "step 'each' failed: item three broke"
+    # The step still running when the workflow failed ends with it, and so does its run.
+    assert (nap["state"], after["state"]) == ("cancelled", "skipped")
+    await runs_state(client, nap["runs"][0]["id"], "cancelled")
+    final = (await client.get(f"/api/v1/workflows/runs/{view['id']}")).json()
+    assert [step["state"] for step in final["steps"]] == ["cancelled", "failed", "skipped"]
+
+
+async def test_a_step_run_cancelled_or_dead_lettered_on_its_own_ends_its_step(
+    own_gateway: tuple[httpx.AsyncClient, Account], worker: RunningRole
+) -> None:
+    """A step's run can end outside its worker's outcome: cancelled over /tasks/{id}/cancel, or
+    dead-lettered when it kills its worker each time. Either way its step fails and the
+    workflow follows the step's policy (here: continue, then fail)."""
+    client, _ = own_gateway
+    name = await register(
+        client,
+        [
+            {
+                "name": "nap",
+                "task": "system.sleep",
+                "payload": {"seconds": 60},
+                "on_failure": "continue",
+            },
+            {
+                "name": "poison",
+                "task": "system.fail",
+                "needs": ["nap"],
+                "payload": {"crash": True},
+            },
+            {
+                "name": "never",
+                "task": "system.echo",
+                "needs": ["poison"],
+                "payload": {"message": "x"},
+            },
+        ],
+    )
+    run_id = (await start(client, name, None)).json()["id"]
+    nap = (await client.get(f"/api/v1/workflows/runs/{run_id}")).json()["steps"][0]["runs"][0]
+    await runs_state(client, nap["id"], "started")
+    assert (await client.post(f"/api/v1/tasks/{nap['id']}/cancel")).status_code == 200
+
+    view = await ended(client, run_id, within=120)
+    nap_step, poison, never = view["steps"]
+    assert (nap_step["state"], nap_step["error"]) == ("failed", "its run was cancelled")
+    assert poison["state"] == "failed"
+    assert [run["state"] for run in poison["runs"]] == ["dead_lettered"]
+    assert (view["state"], never["state"]) == ("failed", "skipped")
+    assert view["error"].startswith("step 'poison' failed")

@@ -75,10 +75,14 @@ def parse(headers: dict[str, Any], body: object) -> DeadLetterRecord:
 
 async def archive(services: Services, record: DeadLetterRecord) -> None:
     """Store the dead letter once (redelivery is harmless) and end its run."""
+    steps = services.workflow_steps  # a workflow's step run it ended: its workflow goes on
     async with services.database_sessions.begin() as session:
-        run, inserted = await store(session, record)
+        run, inserted, ended = await store(session, record)
+        advanced = await steps.ended(session, [run]) if steps and run and ended else None
     if run is not None:
         await changes.changed(services, run)
+    if advanced is not None:
+        await steps.after(advanced)
     if inserted:
         TASK_EVENTS.labels(task=record.task, event="dead_lettered").inc()
     logger.warning(
@@ -87,12 +91,16 @@ async def archive(services: Services, record: DeadLetterRecord) -> None:
     )
 
 
-async def store(session: AsyncSession, record: DeadLetterRecord) -> tuple[TaskRun | None, int]:
+async def store(
+    session: AsyncSession, record: DeadLetterRecord
+) -> tuple[TaskRun | None, int, bool]:
     """In the session's transaction: end the record's run (unless final) and insert the dead
-    letter once; (the run, rows inserted)."""
+    letter once; (the run, rows inserted, whether this ended the run)."""
     run: TaskRun | None = None
+    ended = False
     if record.run_id is not None:
         run = await ledger.mark_dead_lettered(session, record.run_id)
+        ended = run is not None
         if run is None:
             run = await session.get(TaskRun, record.run_id)
     when = record.dead_lettered_at
@@ -114,7 +122,7 @@ async def store(session: AsyncSession, record: DeadLetterRecord) -> tuple[TaskRu
         .on_conflict_do_nothing(index_elements=["run_id"])
     )
     inserted = cast("CursorResult[Any]", await session.execute(statement)).rowcount
-    return run, inserted
+    return run, inserted, ended
 
 
 def _last_error(run: TaskRun | None) -> str | None:

@@ -12,6 +12,7 @@ from switchyard.platform.broker import Broker, with_broker_check
 from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.runs import admission, ledger
 from switchyard.platform.submission import Submissions
+from switchyard.platform.workflows import engine as workflows
 from switchyard.services.container import Services
 from switchyard.services.health import HealthMonitor
 from switchyard.services.ratelimit import RateLimiter
@@ -52,6 +53,8 @@ class Gateway:
                 marks,
                 services.usage,
             )
+        if services.database is not None:  # runs it ends (a cancel) advance their workflows
+            services.workflow_steps = workflows.Steps(services, registry)
         checks = with_broker_check(services, broker)
         return cls(
             services=services,

@@ -415,7 +415,10 @@ class WorkerLoop:
             thread_loop = asyncio.new_event_loop()
             try:
                 thread_loop.run_until_complete(
-                    asyncio.wait_for(fail_blocked(self.settings, culprit), FATAL_WRITE_SECONDS)
+                    asyncio.wait_for(
+                        fail_blocked(self.settings, culprit, self.services.workflow_steps),
+                        FATAL_WRITE_SECONDS,
+                    )
                 )
             finally:
                 thread_loop.close()
@@ -426,10 +429,12 @@ class WorkerLoop:
         self.on_fatal(EXIT_LOOP_BLOCKED)
 
 
-async def fail_blocked(settings: Settings, flight: Flight) -> None:
+async def fail_blocked(settings: Settings, flight: Flight, steps: ledger.StepHook | None) -> None:
     """Fail the run that blocks the loop and archive its dead letter, on a connection of the
     watchdog's own (the pool belongs to the blocked loop). Its message goes back to the broker
-    when the process ends; the redelivery finds the run final and is skipped."""
+    when the process ends; the redelivery finds the run final and is skipped. A workflow's
+    step run advances its workflow in the same transaction (runs it makes due are published
+    by the outbox: this process is about to end)."""
     assert settings.database is not None
     engine = create_async_engine(settings.database, poolclass=NullPool)
     error = TimeLimitExceededError(
@@ -443,7 +448,11 @@ async def fail_blocked(settings: Settings, flight: Flight) -> None:
             outcome = ledger.Finish(
                 flight.run_id, RunState.FAILED, error=error, elapsed_ms=elapsed_ms
             )
-            await ledger.finish_group(connection, [outcome], metered=settings.usage_metering)
+            changed = await ledger.finish_group(
+                connection, [outcome], metered=settings.usage_metering
+            )
+            if steps is not None:
+                await steps.advance(connection, list(changed.values()))
             await store(
                 session,
                 DeadLetterRecord(

@@ -384,6 +384,10 @@ async def cancel(
     if cancelled is None:
         raise ConflictError(f"Run {run_id} is already {run.state.value}.")
     after_commit(session, lambda: changes.changed(services, cancelled))
+    steps = services.workflow_steps  # a workflow's step run: its step counts it as failed
+    if steps is not None and cancelled.workflow_step_id is not None:
+        advanced = await steps.ended(session, [cancelled])
+        after_commit(session, lambda: steps.after(advanced))
     return cancelled
 
 

@@ -74,6 +74,20 @@ class RunChange:
     item_index: int | None = None
     error_message: str | None = None
 
+    @classmethod
+    def of(cls, run: TaskRun) -> RunChange:
+        return cls(
+            run.id,
+            run.tenant_id,
+            RunState(run.state),
+            run.attempts,
+            run.payload,
+            run.request_id,
+            run.workflow_step_id,
+            run.item_index,
+            run.error_message,
+        )
+
 
 _RUNS = cast(Table, TaskRun.__table__)
 _CHANGED = (

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import ValidationError
 from sqlalchemy import Table, and_, case, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from switchyard.db.engine import in_transaction
 from switchyard.db.models import (
@@ -228,8 +228,37 @@ async def _count(
         return
     error = None
     if row.failed_items:
-        error = changes[-1].error_message or f"{row.failed_items} of its runs failed"
+        error = await _first_error(connection, step_id, changes, row.failed_items)
     await _conclude(connection, context, workflow, step_id, row.name, error, advanced)
+
+
+async def _first_error(
+    connection: AsyncConnection,
+    step_id: uuid.UUID,
+    changes: list[ledger.RunChange],
+    failed: int,
+) -> str:
+    """What a failed step says: a failed run's error (one of these changes', else the first
+    that failed before them), and how many failed when more than one did."""
+    error = next(
+        (c.error_message for c in changes if c.state != RunState.SUCCEEDED and c.error_message),
+        None,
+    )
+    if error is None:
+        error = await connection.scalar(
+            select(_RUNS.c.error_message)
+            .where(
+                _RUNS.c.workflow_step_id == step_id,
+                _RUNS.c.state.in_(FINAL_STATES - {RunState.SUCCEEDED}),
+                _RUNS.c.item_index.is_distinct_from(COMPENSATION),
+                _RUNS.c.error_message.is_not(None),
+            )
+            .order_by(_RUNS.c.finished_at)
+            .limit(1)
+        )
+    if error is None:
+        error = "its run was cancelled" if failed == 1 else "its runs were cancelled"
+    return error if failed == 1 else f"{failed} of its runs failed; the first: {error}"
 
 
 async def _workflow(connection: AsyncConnection, run_id: uuid.UUID) -> _Workflow | None:
@@ -316,22 +345,17 @@ async def _steps_ended(
 ) -> None:
     """`count` steps are final; the workflow fails with `failure`, or ends once none is left."""
     runs = _WORKFLOW_RUNS
-    steps = _STEPS
     if failure is not None and workflow.state == WorkflowState.RUNNING:
-        skipped = await connection.execute(
-            update(steps)
-            .where(steps.c.workflow_run_id == workflow.id, steps.c.state == StepState.WAITING)
-            .values(state=StepState.SKIPPED, finished_at=func.now())
-            .returning(steps.c.id)
-        )
-        count += len(skipped.all())
+        # The rest ends with it: waiting steps skipped, running ones cancelled (their runs
+        # are cancelled after the commit; an outcome of theirs still to come counts nothing).
+        await _end_steps(connection, workflow.id)
         await connection.execute(
             update(runs)
             .where(runs.c.id == workflow.id)
             .values(
                 state=WorkflowState.FAILED,
                 error_message=failure[:MAX_ERROR],
-                steps_left=runs.c.steps_left - count,
+                steps_left=0,
                 finished_at=func.now(),
             )
         )
@@ -353,6 +377,33 @@ async def _steps_ended(
         )
         workflow.state = WorkflowState.SUCCEEDED
         advanced.finished.append(workflow.id)
+
+
+async def _end_steps(connection: AsyncConnection, workflow_run_id: uuid.UUID) -> None:
+    """A workflow run that fails or is cancelled: its waiting steps skipped, its running
+    ones cancelled, locked in id order."""
+    steps = _STEPS
+    picked = (
+        select(steps.c.id)
+        .where(
+            steps.c.workflow_run_id == workflow_run_id,
+            steps.c.state.in_((StepState.WAITING, StepState.RUNNING)),
+        )
+        .order_by(steps.c.id)
+        .with_for_update()
+        .cte("picked")
+    )
+    await connection.execute(
+        update(steps)
+        .where(steps.c.id == picked.c.id)
+        .values(
+            state=case(
+                (steps.c.state == StepState.WAITING, StepState.SKIPPED),
+                else_=StepState.CANCELLED,
+            ),
+            finished_at=func.now(),
+        )
+    )
 
 
 async def _make_due(
@@ -586,6 +637,15 @@ class Steps:
     async def after(self, advanced: Advanced) -> None:
         await published(self.services, advanced)
 
+    async def ended(self, session: AsyncSession, runs: Sequence[TaskRun]) -> Advanced:
+        """Runs ended outside a worker's outcome writes (cancelled over REST, dead-lettered),
+        in `session`'s transaction: their workflows advanced in it. `after` the result once
+        that has committed."""
+        ended = [ledger.RunChange.of(run) for run in runs if run.workflow_step_id is not None]
+        if not ended:
+            return Advanced()
+        return await advance(await session.connection(), self.context, ended)
+
 
 async def published(services: Services, advanced: Advanced) -> None:
     """What an advance (or a start) leaves to do once committed: publish the runs it admitted
@@ -629,20 +689,7 @@ async def cancel(
     if WorkflowState(found) != WorkflowState.RUNNING:
         raise NotRunningError
     cancelled = await cancel_rest(connection, workflow_run_id)
-    await connection.execute(
-        update(_STEPS)
-        .where(
-            _STEPS.c.workflow_run_id == workflow_run_id,
-            _STEPS.c.state.in_((StepState.WAITING, StepState.RUNNING)),
-        )
-        .values(
-            state=case(
-                (_STEPS.c.state == StepState.WAITING, StepState.SKIPPED),
-                else_=StepState.CANCELLED,
-            ),
-            finished_at=func.now(),
-        )
-    )
+    await _end_steps(connection, workflow_run_id)
     ended = await connection.scalar(
         update(_WORKFLOW_RUNS)
         .where(
