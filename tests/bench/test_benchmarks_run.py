@@ -237,3 +237,15 @@ def test_tracing_hooks_counts_the_calls_tracing_off_makes_per_run(repo_root: Pat
         assert re.search(rf"^{role}\s+enabled\s+[1-9][\d.]*\s+\d+", out, re.MULTILINE), out
         assert re.search(rf"^{role}\s+all hooks\s+\d+ ns/run\s+CPU [\d.]+ ms/run", out, re.M), out
     assert "tracing off: under 1 % of a run's CPU, gateway and worker" in out
+
+
+def test_workflows_compares_a_map_and_chains_with_celery(repo_root: Path) -> None:
+    out = bench(repo_root, "workflows", "--items=20", "--workflows=5")
+    for row in (
+        "Celery chord of 20 + total (baseline)",
+        "Switchyard map of 20 + total",
+        "Switchyard 5 workflows of 5 steps",
+        "Switchyard 25 single runs in bulk (no workflow)",
+    ):
+        assert row in out
+    assert "a step run costs <= 1.5x a single run" in out

@@ -357,6 +357,64 @@ def test_an_operator_works_the_console_in_a_real_browser(
     assert errors == []
 
 
+def test_a_workflow_runs_graph_follows_its_steps_live_and_a_failed_one_replays(
+    stack: Stack, browser: Any, screenshots: Path
+) -> None:
+    carol = stack.operator("Pipelines")
+    steps = [
+        {"name": "split", "task": "system.echo", "payload": {"message": "go"}},
+        {
+            "name": "each",
+            "task": "system.echo",
+            "needs": ["split"],
+            "map": {"$input": "/items"},
+            "payload": {"message": {"$item": ""}},
+        },
+        {"name": "wait", "task": "system.sleep", "needs": ["each"], "payload": {"seconds": 3}},
+        {"name": "done", "task": "system.echo", "needs": ["wait"], "payload": {"message": "ok"}},
+    ]
+    registered = carol.api.post("/workflows", json={"name": "nightly", "steps": steps})
+    assert registered.status_code == 201, registered.text
+    started = carol.api.post("/workflows/nightly/runs", json={"input": {"items": ["a", "b", "c"]}})
+    assert started.status_code == 202, started.text
+    run_id = started.json()["id"]
+    errors: list[str] = []
+    page = signed_in(browser, stack, carol, errors)
+    loads: list[str] = []
+    page.on("load", lambda: loads.append(page.url))
+
+    page.goto(f"{stack.base_url}/console/workflows")
+    page.locator(f'a[href="/console/workflows/{run_id}"]').click()
+    graph = page.get_by_role("img", name=f"The graph of workflow run {run_id}")
+    graph.wait_for()
+    assert graph.locator("g.node").count() == 4
+    assert graph.locator("path.edge").count() == 3
+    assert page.locator("#step-done").get_attribute("data-state") == "waiting"
+    loaded = len(loads)
+    # The graph follows the run (its events) to the end without a reload.
+    page.locator('#step-done[data-state="succeeded"]').wait_for(timeout=60_000)
+    assert len(loads) == loaded
+    assert "3/3" in (page.locator("#step-each").text_content() or "")  # a mapped step's progress
+    page.locator("#workflow-state", has_text="succeeded").wait_for()
+    page.screenshot(path=str(screenshots / "workflow.png"), full_page=True)
+
+    # A failed run offers a replay from its failed step.
+    flaky = [{"name": "boom", "task": "system.fail", "payload": {"retryable": False}}]
+    assert carol.api.post("/workflows", json={"name": "flaky", "steps": flaky}).status_code == 201
+    failed_id = carol.api.post("/workflows/flaky/runs", json={}).json()["id"]
+    eventually(lambda: carol.api.get(f"/workflows/runs/{failed_id}").json()["state"] == "failed")
+    page.goto(f"{stack.base_url}/console/workflows/{failed_id}")
+    page.locator('#step-boom[data-state="failed"]').wait_for()
+    page.get_by_role("button", name="Replay from here").click()
+    page.get_by_role("button", name="Confirm").click()
+    eventually(
+        lambda: carol.api.get("/audit-events", params={"action": "workflow.replayed"}).json()[
+            "items"
+        ]
+    )
+    assert errors == []
+
+
 def test_a_superuser_sees_the_workers_and_suspends_a_tenant(
     stack: Stack, browser: Any, console_database: URL, screenshots: Path
 ) -> None:

@@ -5,6 +5,8 @@ outcome, and its payload is filled in from the workflow's input and its parents'
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -306,6 +309,7 @@ async def test_a_failed_map_item_fails_its_step_with_its_error_and_ends_the_runn
     assert [step["state"] for step in final["steps"]] == ["cancelled", "failed", "skipped"]
 
 
+@pytest.mark.timeout(300)  # the worker is killed twice on the way
 async def test_a_step_run_cancelled_or_dead_lettered_on_its_own_ends_its_step(
     own_gateway: tuple[httpx.AsyncClient, Account], worker: RunningRole
 ) -> None:
@@ -348,3 +352,113 @@ async def test_a_step_run_cancelled_or_dead_lettered_on_its_own_ends_its_step(
     assert [run["state"] for run in poison["runs"]] == ["dead_lettered"]
     assert (view["state"], never["state"]) == ("failed", "skipped")
     assert view["error"].startswith("step 'poison' failed")
+
+
+async def test_a_failed_workflow_replays_from_its_failed_step_and_keeps_what_succeeded(
+    own_gateway: tuple[httpx.AsyncClient, Account],
+    worker: RunningRole,
+    redis_url: str,
+    cache_namespace: str,
+) -> None:
+    client, _ = own_gateway
+    fault = f"wf-fault-{uuid.uuid4().hex[:8]}"
+    flag = f"{cache_namespace}:cache:faults:{fault}"
+    name = await register(
+        client,
+        [
+            {"name": "first", "task": "system.echo", "payload": {"message": "kept"}},
+            {
+                "name": "each",
+                "task": "system.fail",
+                "needs": ["first"],
+                "map": {"$input": "/items"},
+                "payload": {"fault_key": {"$item": ""}, "retryable": False, "message": "down"},
+            },
+            {
+                "name": "after",
+                "task": "system.echo",
+                "needs": ["first", "each"],
+                "payload": {"message": {"$step": "first", "pointer": "/message"}},
+            },
+        ],
+    )
+    store = Redis.from_url(redis_url)
+    await store.set(flag, 1)
+    try:
+        items = ["fine-a", fault, "fine-b"]
+        run_id = (await start(client, name, {"items": items})).json()["id"]
+        failed = await ended(client, run_id)
+    finally:
+        await store.delete(flag)
+        await store.aclose()
+    assert failed["state"] == "failed"
+    first, each, after = failed["steps"]
+    assert (each["state"], each["error"], after["state"]) == ("failed", "down", "skipped")
+    kept = first["runs"][0]["id"]
+
+    replay = f"/api/v1/workflows/runs/{run_id}/steps"
+    assert (await client.post(f"{replay}/after/replay")).status_code == 409  # skipped, not failed
+    assert (await client.post(f"{replay}/first/replay")).status_code == 409  # it succeeded
+    assert (await client.post(f"{replay}/nope/replay")).status_code == 404
+    replayed = await client.post(f"{replay}/each/replay")
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["state"] == "running"
+    assert [step["state"] for step in replayed.json()["steps"]] == [
+        "succeeded",
+        "running",
+        "waiting",
+    ]
+    # Once running again it cannot be replayed a second time.
+    assert (await client.post(f"{replay}/each/replay")).status_code == 409
+
+    view = await ended(client, run_id)
+    assert view["state"] == "succeeded", view
+    first, each, after = view["steps"]
+    assert first["runs"][0]["id"] == kept  # what succeeded is not run again
+    assert (each["items"], each["failed_items"], each["error"]) == (3, 0, None)
+    assert [run["state"] for run in each["runs"]] == ["succeeded"] * 3
+    assert after["result"] == {"message": "kept"}
+    events = await client.get("/api/v1/audit-events", params={"action": "workflow.replayed"})
+    assert [event["details"] for event in events.json()["items"]] == [{"step": "each"}]
+
+
+def streamed(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return [
+        json.loads(line.removeprefix("data:").strip())
+        for line in response.text.splitlines()
+        if line.startswith("data:")
+    ]
+
+
+async def test_a_workflow_runs_events_follow_its_graph_until_it_ends(
+    own_gateway: tuple[httpx.AsyncClient, Account], worker: RunningRole
+) -> None:
+    client, _ = own_gateway
+    name = await register(
+        client,
+        [
+            {"name": "a", "task": "system.echo", "payload": {"message": "a"}},
+            {"name": "b", "task": "system.sleep", "needs": ["a"], "payload": {"seconds": 1.5}},
+            {"name": "c", "task": "system.echo", "needs": ["b"], "payload": {"message": "c"}},
+        ],
+    )
+    run_id = (await start(client, name, None)).json()["id"]
+    views = streamed(await client.get(f"/api/v1/workflows/runs/{run_id}/events", timeout=60))
+    # The graph as it was, then as it changed, closing with the run's end.
+    assert views[0]["id"] == run_id
+    assert views[-1]["state"] == "succeeded"
+    assert [step["state"] for step in views[-1]["steps"]] == ["succeeded"] * 3
+    assert [view["state"] for view in views[:-1]] == ["running"] * (len(views) - 1)
+    assert len(views) >= 3  # at least: started, b running (after a), ended
+    rank = {"waiting": 0, "running": 1, "succeeded": 2}
+    for earlier, later in itertools.pairwise(views):
+        assert earlier != later  # an event only when something changed
+        for before, after in zip(earlier["steps"], later["steps"], strict=True):
+            assert rank[before["state"]] <= rank[after["state"]]
+    # An ended run's stream is its graph once.
+    again = streamed(await client.get(f"/api/v1/workflows/runs/{run_id}/events", timeout=10))
+    assert again == [views[-1]]
+    unknown = await client.get(f"/api/v1/workflows/runs/{uuid.uuid4()}/events")
+    assert unknown.status_code == 404

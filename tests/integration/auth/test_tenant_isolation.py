@@ -109,8 +109,11 @@ CASES: dict[tuple[str, str], tuple[str, int]] = {
     ("delete", "/api/v1/workflows/{name}"): ("workflow", 404),
     ("get", "/api/v1/workflows/{name}/versions/{version}"): ("workflow", 404),
     ("post", "/api/v1/workflows/{name}/runs"): ("workflow", 404),
+    ("post", "/api/v1/workflows/{name}/runs/bulk"): ("workflow", 404),
     ("get", "/api/v1/workflows/runs/{run_id}"): ("workflow_run_id", 404),
+    ("get", "/api/v1/workflows/runs/{run_id}/events"): ("workflow_run_id", 404),
     ("post", "/api/v1/workflows/runs/{run_id}/cancel"): ("workflow_run_id", 404),
+    ("post", "/api/v1/workflows/runs/{run_id}/steps/{step}/replay"): ("workflow_run_id", 404),
 }
 WORKFLOW_STEPS = [{"name": "say", "task": "system.echo", "payload": {"message": "a"}}]
 BODIES = {
@@ -122,6 +125,7 @@ BODIES = {
     ("patch", "/api/v1/members/{user_id}"): {"role": "admin"},
     ("put", "/api/v1/workflows/{name}"): {"steps": WORKFLOW_STEPS, "description": "taken"},
     ("post", "/api/v1/workflows/{name}/runs"): {"input": None},
+    ("post", "/api/v1/workflows/{name}/runs/bulk"): {"runs": [{"input": None}]},
 }
 
 

@@ -374,3 +374,38 @@ async def test_a_burst_larger_than_the_pool_is_accepted_whole(
         )
     assert [answer.status_code for answer in answers] == [202] * 20, answers[0].text
     assert await runs_of(engine, owner.tenant_id) == 20
+
+
+def echo_step(name: str, *needs: str) -> dict[str, Any]:
+    return {"name": name, "task": "system.echo", "needs": list(needs), "payload": {"message": name}}
+
+
+async def test_a_workflow_start_past_a_runs_quota_is_refused_and_its_step_runs_count(
+    app: FastAPI, client: httpx.AsyncClient, root: dict[str, str]
+) -> None:
+    owner = await sign_up(client, "Workflows on a plan")
+    await on_plan(client, root, owner, plan=await new_plan(client, root, runs_per_day=2))
+    for name, steps in (
+        ("three", [echo_step("a"), echo_step("b", "a"), echo_step("c", "b")]),
+        ("one", [echo_step("a")]),
+    ):
+        created = await client.post(
+            "/api/v1/workflows", json={"name": name, "steps": steps}, headers=owner.headers
+        )
+        assert created.status_code == 201, created.text
+
+    async def start(name: str) -> httpx.Response:
+        return await client.post(
+            f"/api/v1/workflows/{name}/runs", json={"input": None}, headers=owner.headers
+        )
+
+    # Three steps are three runs: past a quota of two before anything is stored.
+    body = refused(await start("three"), "runs_per_day")
+    assert (body["limit"], body["used"]) == (2, 0)
+    listed = await client.get("/api/v1/tasks/", headers=owner.headers)
+    assert listed.json()["items"] == []
+    # A one-step workflow fits, twice; its step runs count as the tenant's runs.
+    for _ in range(2):
+        assert (await start("one")).status_code == 202
+        await counted(app)
+    assert refused(await start("one"), "runs_per_day")["used"] == 2

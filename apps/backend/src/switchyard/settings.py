@@ -235,6 +235,8 @@ class Settings(BaseSettings):
     workflow_max_steps: int = Field(default=100, ge=1, le=1000)
     # Most items one mapped step may run over (one run each).
     workflow_max_map_items: int = Field(default=10_000, ge=1, le=100_000)
+    # Workflow runs one POST /api/v1/workflows/{name}/runs/bulk may start at once.
+    workflow_bulk_max_runs: int = Field(default=100, ge=1, le=1000)
     # Group commit: single runs a gateway process is asked for within this many milliseconds
     # (or this many of them) share one transaction and one burst of publishes.
     task_group_commit_ms: float = Field(default=2.0, ge=0, le=100)

@@ -55,6 +55,16 @@ def on_failure(session: AsyncSession, undo: Action) -> None:
     _pending(session).on_failure.append(undo)
 
 
+async def end_reads(session: AsyncSession) -> None:
+    """Give a unit of work's connection back to the pool while it has only read (its next
+    statement takes one again): before it waits on work that takes a connection of its own
+    (a group commit), so that as many requests as the pool holds cannot hold every connection
+    while that work waits for one. Its after-commit actions and undos stay pending."""
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("end_reads: the unit of work has changes to write")
+    await session.rollback()  # nothing to keep: the transaction only read
+
+
 async def finish(session: AsyncSession, *, committed: bool) -> None:
     """After the commit (`committed`) or the rollback: the after-commit actions, or the undos."""
     pending: _Pending | None = session.info.pop(_KEY, None)

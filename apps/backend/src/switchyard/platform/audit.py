@@ -57,6 +57,7 @@ ACTIONS: Final = (
     "workflow.versioned",
     "workflow.deleted",
     "workflow.cancelled",
+    "workflow.replayed",
     "dead_letter.replayed",
     "dead_letter.deleted",
 )

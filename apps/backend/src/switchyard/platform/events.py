@@ -18,6 +18,16 @@ def channel(namespace: str, run_id: uuid.UUID) -> str:
     return f"{namespace}:runs:{run_id}"
 
 
+def workflow_channel(namespace: str, workflow_run_id: uuid.UUID) -> str:
+    """Where a workflow run's changes are announced (its steps', its own): a bare notice, the
+    follower reads the run's graph from the ledger."""
+    return f"{namespace}:workflow-runs:{workflow_run_id}"
+
+
+def announce_workflow(announcer: Announcer, namespace: str, workflow_run_id: uuid.UUID) -> None:
+    announcer.publish(workflow_channel(namespace, workflow_run_id), "changed")
+
+
 class RunLike(Protocol):
     """A ledger row (TaskRun) or a ledger change (RunChange)."""
 

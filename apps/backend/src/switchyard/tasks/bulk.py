@@ -17,6 +17,7 @@ from limits import parse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.db.models import RunState, TaskDefinition, TaskRun
+from switchyard.db.session import end_reads
 from switchyard.errors import (
     ConflictError,
     FieldError,
@@ -195,7 +196,7 @@ async def submit_many(
     new = [run for index, run in enumerate(runs) if index not in duplicates]
     specs = [bulk.registry.get(run.task) for run in new]
     await check_quotas(session, submitter, [spec for spec in specs if spec is not None])
-    await session.commit()  # only read: its connection back before the runs' transaction
+    await end_reads(session)  # the runs' transaction takes a connection of its own
     accepted = await bulk.submissions.submit(new, on_refusal=OnRefusal.REFUSE)
     raced = [run for run in new if accepted.outcome(run.id) == "taken"]
     conflicts: set[int] = set()

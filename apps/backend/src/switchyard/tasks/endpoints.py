@@ -21,6 +21,7 @@ from switchyard.platform.dependencies import (
 )
 from switchyard.tasks import bulk, follow, repository, service
 from switchyard.tasks.dependencies import SubmitterDep
+from switchyard.tasks.follow import SHUTDOWN_GRACE_SECONDS
 from switchyard.tasks.schemas import (
     BulkRunsAccepted,
     BulkRunsRequest,
@@ -36,10 +37,6 @@ from switchyard.tasks.schemas import (
     UtcDatetime,
     WorkersOverview,
 )
-
-# A stopping gateway gives live streams this long to send their `reconnect` event and end
-# (well within API_SHUTDOWN_GRACE_SECONDS); then they are cut.
-SHUTDOWN_GRACE_SECONDS = 2.0
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 

@@ -55,18 +55,23 @@ async def _next_message(pubsub: PubSub | None) -> RunEvent | None:
 async def subscribe(services: Services, run_id: uuid.UUID) -> PubSub | None:
     """The run's change channel, subscribed before the stream answers, so that a Redis that is
     down is a 503 rather than a stream that breaks; None without Redis (the ledger is polled)."""
+    channel = events.channel(services.settings.cache_namespace, run_id)
+    return await subscribe_to(services, channel, f"/api/v1/tasks/{run_id}")
+
+
+async def subscribe_to(services: Services, channel: str, instead: str) -> PubSub | None:
+    """`channel`, subscribed (see subscribe); the 503 names what to GET (`instead`) meanwhile."""
     if services.redis is None:
         return None
     pubsub = services.redis.pubsub()
     try:
-        channel = events.channel(services.settings.cache_namespace, run_id)
         await services.redis_breaker.call(lambda _: pubsub.subscribe(channel))
     except RedisError as exc:
         with contextlib.suppress(RedisError):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
         raise ServiceUnavailableError(
-            "Live run events need Redis, which is unreachable; read the run's state with "
-            f"GET /api/v1/tasks/{run_id} meanwhile.",
+            f"Live events need Redis, which is unreachable; read the state with GET {instead} "
+            "meanwhile.",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         ) from exc
     return pubsub
@@ -96,6 +101,9 @@ async def follow(
 
 # What a stream sends as the server stops: reconnect (to another gateway) in about a second.
 RECONNECT_MILLISECONDS = 1000
+# A stopping gateway gives live streams this long to send their `reconnect` event and end
+# (well within API_SHUTDOWN_GRACE_SECONDS); then they are cut.
+SHUTDOWN_GRACE_SECONDS = 2.0
 
 
 async def until_shutdown(

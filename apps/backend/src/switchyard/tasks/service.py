@@ -25,7 +25,7 @@ from switchyard.db.models import (
     TaskRun,
     Tenant,
 )
-from switchyard.db.session import after_commit
+from switchyard.db.session import after_commit, end_reads
 from switchyard.errors import (
     ConflictError,
     ForbiddenError,
@@ -303,10 +303,8 @@ async def submit(
         if existing is not None:
             return _duplicate(existing, run.request_hash), False
     await check_quotas(session, submitter, [spec])
-    if alone:
-        # The group commit takes a connection of its own: give this one back before waiting
-        # for it, or a burst as large as the pool holds every connection while it waits.
-        await session.commit()
+    if alone:  # the group commit takes a connection of its own: this one goes back first
+        await end_reads(session)
     accepted = await submissions.submit(
         [run], on_refusal=OnRefusal.REFUSE, within=None if alone else session
     )

@@ -96,6 +96,40 @@ class WorkflowRunIn(BaseModel):
     )
 
 
+class BulkWorkflowRunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: Any = Field(default=None, description="What the steps' {$input: pointer} read")
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="As the Idempotency-Key header of POST /workflows/{name}/runs, for this run",
+    )
+
+
+class WorkflowRunsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(
+        default=None, ge=1, le=2_147_483_647, description="Default: the newest"
+    )
+    runs: list[BulkWorkflowRunIn] = Field(
+        min_length=1, description="At most WORKFLOW_BULK_MAX_RUNS (default 100) runs"
+    )
+
+
+class StartedRunOut(BaseModel):
+    index: int = Field(description="The run's position in the request")
+    id: uuid.UUID
+    state: str
+    created: bool = Field(description="False: its idempotency key's earlier run")
+
+
+class WorkflowRunsAccepted(BaseModel):
+    items: list[StartedRunOut]
+
+
 class StepRunOut(BaseModel):
     id: uuid.UUID
     state: str
@@ -117,6 +151,22 @@ class StepOut(BaseModel):
     finished_at: datetime | None
     runs: list[StepRunOut] = Field(description="Its runs, the first 20 by item")
     result: Any = Field(default=None, description="An unmapped step's result, when small")
+
+
+class WorkflowRunSummary(BaseModel):
+    id: uuid.UUID
+    workflow: str
+    version: int
+    state: str
+    error: str | None
+    steps_left: int
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class WorkflowRunPage(BaseModel):
+    items: list[WorkflowRunSummary]
+    next_cursor: str | None
 
 
 class WorkflowRunOut(BaseModel):

@@ -19,6 +19,7 @@ from switchyard.errors import ConflictError, InvalidInputError, NotFoundError
 from switchyard.platform import audit
 from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.workflows import engine, graph
+from switchyard.tasks.service import Submitter, check_quotas
 from switchyard.workflows.schemas import (
     StepIn,
     StepOut,
@@ -26,6 +27,7 @@ from switchyard.workflows.schemas import (
     WorkflowIn,
     WorkflowRunIn,
     WorkflowRunOut,
+    WorkflowRunsIn,
     WorkflowUpdate,
 )
 
@@ -124,7 +126,18 @@ async def _next_number(session: AsyncSession, tenant_id: uuid.UUID, name: str) -
     return int(highest or 0) + 1
 
 
+# GET /workflows/runs lists runs: no workflow can be named so.
+RESERVED_NAMES = frozenset({"runs"})
+
+
 async def create(session: AsyncSession, body: WorkflowIn, editor: Editor) -> WorkflowDefinition:
+    if body.name in RESERVED_NAMES:
+        raise InvalidInputError.on(
+            "body.name",
+            f"{body.name!r} is reserved (GET /workflows/{body.name} lists workflow runs).",
+            message="a reserved name",
+            type="reserved",
+        )
     steps = checked_steps(body.steps, editor)
     try:
         await latest(session, editor.tenant_id, body.name)
@@ -207,6 +220,34 @@ async def page(
     return cut(list(rows), limit)
 
 
+async def page_runs(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    workflow: str | None,
+    state: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[tuple[WorkflowRun, WorkflowDefinition]], str | None]:
+    """The tenant's workflow runs, newest first, of one workflow or in one state if asked."""
+    statement = select(WorkflowRun).where(WorkflowRun.tenant_id == tenant_id)
+    if workflow is not None:
+        statement = statement.join(
+            WorkflowDefinition, WorkflowDefinition.id == WorkflowRun.definition_id
+        ).where(WorkflowDefinition.name == workflow)
+    if state is not None:
+        statement = statement.where(WorkflowRun.state == state)
+    rows = await session.scalars(newest_first(statement, WorkflowRun, parse_cursor(cursor), limit))
+    page, next_cursor = cut(list(rows), limit)
+    ids = {run.definition_id for run in page}
+    definitions = {
+        definition.id: definition
+        for definition in await session.scalars(
+            select(WorkflowDefinition).where(WorkflowDefinition.id.in_(ids))
+        )
+    }
+    return [(run, definitions[run.definition_id]) for run in page], next_cursor
+
+
 def _audit(
     session: AsyncSession, editor: Editor, action: str, definition: WorkflowDefinition
 ) -> None:
@@ -232,6 +273,9 @@ class Starter:
     request_id: str | None
     submitted_by: str
     context: engine.Context
+    # The tenant's plan limits: a start is refused (429) when its steps' runs would pass its
+    # runs quotas, or run seconds or LLM tokens (for a step that spends them) are spent.
+    quotas: Submitter | None = None
 
 
 async def _by_key(
@@ -241,6 +285,63 @@ async def _by_key(
         WorkflowRun.tenant_id == tenant_id, WorkflowRun.idempotency_key == key
     )
     return await session.scalar(found)
+
+
+async def _definition_of(
+    session: AsyncSession, tenant_id: uuid.UUID, name: str, wanted: int | None
+) -> WorkflowDefinition:
+    """The version a run is started from: the newest, or `wanted` (not of a deleted one)."""
+    if wanted is None:
+        return await latest(session, tenant_id, name)
+    definition = await version(session, tenant_id, name, wanted)
+    if definition.deleted_at is not None:
+        raise NotFoundError(f"No workflow named {name!r}.")
+    return definition
+
+
+async def _check_quotas(
+    session: AsyncSession, starter: Starter, definition: WorkflowDefinition, runs: int
+) -> None:
+    """Each step is a run (a mapped one at least one): `runs` starts' worth against the
+    tenant's runs quotas."""
+    if starter.quotas is None or runs == 0:
+        return
+    specs = [starter.context.registry.get(step["task"]) for step in definition.steps]
+    known = [spec for spec in specs if spec is not None]
+    await check_quotas(session, starter.quotas, known * runs)
+
+
+async def _start(
+    session: AsyncSession,
+    starter: Starter,
+    definition: WorkflowDefinition,
+    given: Any,
+    idempotency_key: str | None,
+) -> tuple[WorkflowRun, engine.Advanced | None]:
+    """Store a new run and its root steps' runs (in a savepoint): (the run, what to publish);
+    (the run that took the key meanwhile, None) when a concurrent request took it."""
+    run = WorkflowRun(
+        id=uuid.uuid4(),
+        tenant_id=starter.tenant_id,
+        definition_id=definition.id,
+        input=given,
+        idempotency_key=idempotency_key,
+        submitted_by=starter.submitted_by,
+        request_id=starter.request_id,
+    )
+    try:
+        async with session.begin_nested():
+            advanced = await engine.start(
+                await session.connection(), starter.context, definition, run
+            )
+    except IntegrityError:  # a concurrent request took the key
+        existing = await _by_key(session, starter.tenant_id, idempotency_key)
+        if existing is None:
+            raise
+        return existing, None
+    stored = await session.get(WorkflowRun, run.id, populate_existing=True)
+    assert stored is not None
+    return stored, advanced
 
 
 async def start_run(
@@ -253,39 +354,61 @@ async def start_run(
     """A new run of the workflow's version (the newest by default), its root steps' runs
     stored and admitted in the request's unit of work: (the run, what to publish once it has
     committed). With an idempotency key used before: (that run, None)."""
-    tenant_id = starter.tenant_id
     if idempotency_key is not None:
-        existing = await _by_key(session, tenant_id, idempotency_key)
+        existing = await _by_key(session, starter.tenant_id, idempotency_key)
         if existing is not None:
             return existing, None
-    if body.version is None:
-        definition = await latest(session, tenant_id, name)
-    else:
-        definition = await version(session, tenant_id, name, body.version)
-        if definition.deleted_at is not None:
-            raise NotFoundError(f"No workflow named {name!r}.")
-    run = WorkflowRun(
-        id=uuid.uuid4(),
-        tenant_id=tenant_id,
-        definition_id=definition.id,
-        input=body.input,
-        idempotency_key=idempotency_key,
-        submitted_by=starter.submitted_by,
-        request_id=starter.request_id,
-    )
-    try:
-        async with session.begin_nested():
-            advanced = await engine.start(
-                await session.connection(), starter.context, definition, run
+    definition = await _definition_of(session, starter.tenant_id, name, body.version)
+    await _check_quotas(session, starter, definition, 1)
+    return await _start(session, starter, definition, body.input, idempotency_key)
+
+
+async def start_runs(
+    session: AsyncSession, name: str, body: WorkflowRunsIn, starter: Starter
+) -> tuple[list[tuple[WorkflowRun, bool]], engine.Advanced]:
+    """Many runs of one workflow's version in the request's unit of work, each with its input
+    and optional idempotency key: [(the run, whether this request started it)], in the
+    request's order, and what to publish once it has committed. All or nothing: a key given
+    twice is 422; a quota that the new runs would pass refuses them all."""
+    seen: dict[str, int] = {}
+    for index, item in enumerate(body.runs):
+        key = item.idempotency_key
+        if key is not None and seen.setdefault(key, index) != index:
+            raise InvalidInputError.on(
+                f"body.runs.{index}.idempotency_key",
+                f"runs {seen[key]} and {index} have the same idempotency key.",
+                message="used by an earlier run of this request",
+                type="duplicate",
             )
-    except IntegrityError:  # a concurrent request took the key
-        existing = await _by_key(session, tenant_id, idempotency_key)
-        if existing is None:
-            raise
-        return existing, None
-    stored = await session.get(WorkflowRun, run.id, populate_existing=True)
-    assert stored is not None
-    return stored, advanced
+    definition = await _definition_of(session, starter.tenant_id, name, body.version)
+    keys = list(seen)
+    existing = {
+        run.idempotency_key: run
+        for run in (
+            await session.scalars(
+                select(WorkflowRun).where(
+                    WorkflowRun.tenant_id == starter.tenant_id,
+                    WorkflowRun.idempotency_key.in_(keys),
+                )
+            )
+            if keys
+            else []
+        )
+    }
+    new = sum(1 for item in body.runs if item.idempotency_key not in existing)
+    await _check_quotas(session, starter, definition, new)
+    started: list[tuple[WorkflowRun, bool]] = []
+    advanced = engine.Advanced()
+    for item in body.runs:
+        found = existing.get(item.idempotency_key) if item.idempotency_key else None
+        if found is not None:
+            started.append((found, False))
+            continue
+        run, made = await _start(session, starter, definition, item.input, item.idempotency_key)
+        if made is not None:
+            advanced.add(made)
+        started.append((run, made is not None))
+    return started, advanced
 
 
 async def run_view(
@@ -386,3 +509,32 @@ async def cancel_run(
         raise NotFoundError(f"No workflow run {run_id}.")
     audit.record(session, tenant_id, "workflow.cancelled", actor, ("workflow_run", run_id))
     return cancelled
+
+
+async def replay_step(
+    session: AsyncSession, starter: Starter, run_id: uuid.UUID, step: str
+) -> engine.Advanced:
+    """Start a failed workflow run again from its failed step (404 unknown run or step, 409
+    when the run has not failed or the step did not); what to publish once committed."""
+    try:
+        advanced = await engine.replay(
+            await session.connection(), starter.context, starter.tenant_id, run_id, step
+        )
+    except engine.NotReplayableError:
+        raise ConflictError(
+            f"Step {step!r} of workflow run {run_id} cannot be replayed: only a failed step "
+            "of a failed workflow run can."
+        ) from None
+    except KeyError:
+        raise NotFoundError(f"Workflow run {run_id} has no step named {step!r}.") from None
+    if advanced is None:
+        raise NotFoundError(f"No workflow run {run_id}.")
+    audit.record(
+        session,
+        starter.tenant_id,
+        "workflow.replayed",
+        starter.submitted_by,
+        ("workflow_run", run_id),
+        {"step": step},
+    )
+    return advanced

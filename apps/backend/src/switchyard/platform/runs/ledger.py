@@ -48,7 +48,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from switchyard.db.engine import in_transaction, once_more_if_dropped
-from switchyard.db.models import FINAL_STATES, RunState, TaskRun
+from switchyard.db.models import (
+    FINAL_STATES,
+    RunState,
+    TaskRun,
+    WorkflowRun,
+    WorkflowState,
+    WorkflowStep,
+)
 from switchyard.db.models.task_run import OUTBOX
 from switchyard.platform.coalesce import Coalescer
 from switchyard.services import usage
@@ -493,29 +500,85 @@ class CancelledRun:
     was_started: bool
 
 
-async def cancel_tenant_runs(
-    connection: AsyncConnection, tenant_id: uuid.UUID, rows: int
+async def _cancel_picked(
+    connection: AsyncConnection, picked: Select[uuid.UUID, RunState]
 ) -> list[CancelledRun]:
-    """Cancel up to `rows` of the tenant's runs not yet final (a tenant's deletion), in id
-    order; each with whether it was started (its worker stops it at its next cancel poll)."""
-    picked = (
-        select(TaskRun.id, TaskRun.state)
-        .where(TaskRun.tenant_id == tenant_id, TaskRun.state.not_in(FINAL_STATES))
-        .order_by(TaskRun.id)
-        .limit(rows)
-        .with_for_update()
-        .cte("picked")
-    )
+    """Cancel the runs `picked` selects (id and state, not final, locked in id order); each
+    with whether it was started (its worker stops it at its next cancel poll)."""
+    chosen = picked.cte("picked")
     statement = (
         update(TaskRun)
-        .where(TaskRun.id == picked.c.id)
+        .where(TaskRun.id == chosen.c.id)
         .values(state=RunState.CANCELLED, finished_at=func.now(), updated_at=func.now())
-        .returning(TaskRun.id, TaskRun.tenant_id, TaskRun.attempts, picked.c.state)
+        .returning(TaskRun.id, TaskRun.tenant_id, TaskRun.attempts, chosen.c.state)
     )
     return [
         CancelledRun(run_id, tenant, RunState.CANCELLED, attempts, was == RunState.STARTED)
         for run_id, tenant, attempts, was in (await connection.execute(statement)).all()
     ]
+
+
+def _not_final(*where: Any) -> Select[uuid.UUID, RunState]:
+    return (
+        select(TaskRun.id, TaskRun.state)
+        .where(TaskRun.state.not_in(FINAL_STATES), *where)
+        .order_by(TaskRun.id)
+        .with_for_update(of=TaskRun)
+    )
+
+
+async def cancel_tenant_runs(
+    connection: AsyncConnection, tenant_id: uuid.UUID, rows: int
+) -> list[CancelledRun]:
+    """Cancel up to `rows` of the tenant's runs not yet final (a tenant's deletion), in id
+    order."""
+    return await _cancel_picked(connection, _not_final(TaskRun.tenant_id == tenant_id).limit(rows))
+
+
+# A workflow step's compensation run's item index: apart from the step's own items.
+COMPENSATION = -1
+
+
+async def cancel_workflow_runs(
+    connection: AsyncConnection, workflow_run_id: uuid.UUID, *, if_ended: bool = False
+) -> list[CancelledRun]:
+    """Cancel the runs of a workflow run's steps that are not final yet (it failed or was
+    cancelled), in id order, but not its compensation runs. `if_ended`: only while the
+    workflow run is not running (again: a replay may have started it over since)."""
+    steps = cast(Table, WorkflowStep.__table__)
+    in_workflow = (
+        select(steps.c.id).where(steps.c.workflow_run_id == workflow_run_id).scalar_subquery()
+    )
+    picked = _not_final(
+        TaskRun.workflow_step_id.in_(in_workflow),
+        TaskRun.item_index.is_distinct_from(COMPENSATION),
+    )
+    if if_ended:
+        ended = select(WorkflowRun.id).where(
+            WorkflowRun.id == workflow_run_id, WorkflowRun.state != WorkflowState.RUNNING
+        )
+        picked = picked.where(ended.exists())
+    return await _cancel_picked(connection, picked)
+
+
+async def cancel_step_runs(
+    connection: AsyncConnection, step_ids: Sequence[uuid.UUID]
+) -> list[CancelledRun]:
+    """Cancel the runs of these workflow steps that are not final (compensations too)."""
+    if not step_ids:
+        return []
+    return await _cancel_picked(connection, _not_final(TaskRun.workflow_step_id.in_(step_ids)))
+
+
+async def detach_step_runs(connection: AsyncConnection, step_ids: Sequence[uuid.UUID]) -> None:
+    """The runs of these steps no longer belong to them (a replay runs the steps anew); they
+    stay in the ledger as ordinary runs."""
+    if step_ids:
+        await connection.execute(
+            update(TaskRun)
+            .where(TaskRun.workflow_step_id.in_(list(step_ids)))
+            .values(workflow_step_id=None, item_index=None)
+        )
 
 
 @dataclass(slots=False)

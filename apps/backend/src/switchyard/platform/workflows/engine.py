@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, and_, case, func, select, update
+from sqlalchemy import Table, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from switchyard.db.engine import in_transaction
@@ -47,10 +47,12 @@ from switchyard.db.models import (
     WorkflowState,
     WorkflowStep,
 )
+from switchyard.platform import events
 from switchyard.platform.publisher import PublishedRun
 from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.runs import admission, changes, ledger
 from switchyard.platform.workflows import graph
+from switchyard.services import usage
 
 if TYPE_CHECKING:
     from switchyard.services.container import Services
@@ -64,7 +66,7 @@ _STEPS = cast(Table, WorkflowStep.__table__)
 _WORKFLOW_RUNS = cast(Table, WorkflowRun.__table__)
 _DEFINITIONS = cast(Table, WorkflowDefinition.__table__)
 # A compensation run's item index: apart from the step's own items, and never counted.
-COMPENSATION = -1
+COMPENSATION = ledger.COMPENSATION
 
 
 class StepFailedError(Exception):
@@ -76,8 +78,21 @@ class Advanced:
     """What an advance leaves to do once it has committed."""
 
     publish: list[PublishedRun] = field(default_factory=list)
+    stored: list[ledger.NewRun] = field(default_factory=list)  # counted as accepted runs
     cancel: list[uuid.UUID] = field(default_factory=list)  # workflow runs that failed
     finished: list[uuid.UUID] = field(default_factory=list)  # workflow runs that ended
+
+    # Runs an advance cancelled itself (a replay's earlier runs): announced once committed.
+    cancelled: list[ledger.CancelledRun] = field(default_factory=list)
+    touched: set[uuid.UUID] = field(default_factory=set)  # workflow runs whose graph changed
+
+    def add(self, other: Advanced) -> None:
+        self.publish.extend(other.publish)
+        self.stored.extend(other.stored)
+        self.cancel.extend(other.cancel)
+        self.finished.extend(other.finished)
+        self.cancelled.extend(other.cancelled)
+        self.touched |= other.touched
 
 
 @dataclass(frozen=True)
@@ -176,7 +191,7 @@ async def start(
         {step["name"]: step for step in definition.steps},
         run.request_id,
     )
-    advanced = Advanced()
+    advanced = Advanced(touched={run.id})
     due = [(step.id, step.name) for step in steps if step.parents_left == 0]
     await _make_due(connection, context, workflow, due, advanced)
     return advanced
@@ -221,6 +236,8 @@ async def _count(
             )
         )
     ).one_or_none()
+    if row is not None:
+        advanced.touched.add(row.workflow_run_id)
     if row is None or row.items_left > 0:
         return  # not running (its workflow ended), or runs of it are still going
     workflow = await _workflow(connection, row.workflow_run_id)
@@ -456,6 +473,7 @@ async def _store(
     for run in runs:
         run.admitted_at = None if context.policy.enabled else now
     _, admitted = await admission.store(connection, runs, context.policy)
+    advanced.stored.extend(runs)
     # With fair share off the runs come admitted; on, those its share had room for.
     advanced.publish.extend(admitted if context.policy.enabled else runs)
 
@@ -589,35 +607,11 @@ async def _compensate(
 
 
 async def cancel_rest(
-    connection: AsyncConnection, workflow_run_id: uuid.UUID
+    connection: AsyncConnection, workflow_run_id: uuid.UUID, *, if_ended: bool = False
 ) -> list[ledger.CancelledRun]:
-    """Cancel the runs of a workflow run that are not final yet (it failed or was cancelled),
-    in id order; a started one stops at its worker's next cancel poll. Compensation runs are
-    left to run."""
-    runs = _RUNS
-    steps = _STEPS
-    picked = (
-        select(runs.c.id, runs.c.state)
-        .join(steps, steps.c.id == runs.c.workflow_step_id)
-        .where(
-            steps.c.workflow_run_id == workflow_run_id,
-            runs.c.state.not_in(FINAL_STATES),
-            runs.c.item_index.is_distinct_from(COMPENSATION),
-        )
-        .order_by(runs.c.id)
-        .with_for_update(of=runs)
-        .cte("picked")
-    )
-    rows = await connection.execute(
-        update(runs)
-        .where(and_(runs.c.id == picked.c.id))
-        .values(state=RunState.CANCELLED, finished_at=func.now(), updated_at=func.now())
-        .returning(runs.c.id, runs.c.tenant_id, runs.c.attempts, picked.c.state)
-    )
-    return [
-        ledger.CancelledRun(run_id, tenant, RunState.CANCELLED, attempts, was == RunState.STARTED)
-        for run_id, tenant, attempts, was in rows.all()
-    ]
+    """Cancel the runs of a workflow run that are not final yet (it failed or was cancelled);
+    a started one stops at its worker's next cancel poll (ledger.cancel_workflow_runs)."""
+    return await ledger.cancel_workflow_runs(connection, workflow_run_id, if_ended=if_ended)
 
 
 class Steps:
@@ -650,7 +644,15 @@ class Steps:
 async def published(services: Services, advanced: Advanced) -> None:
     """What an advance (or a start) leaves to do once committed: publish the runs it admitted
     (a refused publish is left to the outbox), and cancel the rest of each workflow that
-    failed. Best effort: the ledger is the truth."""
+    failed. Best effort: the ledger is the truth. The runs stored count as the tenant's
+    accepted runs (its runs quotas), as a submission's do."""
+    for new in advanced.stored:
+        services.usage.count(usage.Use(new.tenant_id, usage.Meter.RUNS_ACCEPTED, new.task, 1))
+    for cancelled in advanced.cancelled:
+        await changes.changed(services, cancelled)
+    namespace = services.settings.cache_namespace
+    for workflow_run_id in sorted(advanced.touched):
+        events.announce_workflow(services.announcer, namespace, workflow_run_id)
     dispatcher = services.admission
     if advanced.publish and dispatcher is not None:
         await dispatcher.publish(advanced.publish)
@@ -659,7 +661,7 @@ async def published(services: Services, advanced: Advanced) -> None:
         async def cancel(
             connection: AsyncConnection, run_id: uuid.UUID = workflow_run_id
         ) -> list[ledger.CancelledRun]:
-            return await cancel_rest(connection, run_id)
+            return await cancel_rest(connection, run_id, if_ended=True)
 
         for run in await in_transaction(services.database_engine, cancel):
             await changes.changed(services, run)
@@ -707,3 +709,93 @@ async def cancel(
     if ended is None:  # it ended while this waited for its locks
         raise NotRunningError
     return cancelled + await cancel_rest(connection, workflow_run_id)
+
+
+class NotReplayableError(Exception):
+    """The workflow run has not failed, or the step is not one that failed."""
+
+
+async def replay(
+    connection: AsyncConnection,
+    context: Context,
+    tenant_id: uuid.UUID,
+    workflow_run_id: uuid.UUID,
+    step_name: str,
+) -> Advanced | None:
+    """Start a failed workflow run again from its failed step `step_name`, in the caller's
+    transaction: every step that did not end well (failed and not `continue`, cancelled,
+    skipped) is waiting again, with its parents left counted anew; those whose parents are
+    all done are due at once. Their earlier runs are cancelled if not final and detached from
+    the step (they stay in the ledger, `submitted_by` naming the workflow run). None when no
+    such workflow run of the tenant; KeyError when it has no such step; NotReplayableError
+    when it has not failed or the step did not fail.
+
+    Locks in the platform's order: the earlier runs (in id order), the steps (in id order),
+    the workflow run."""
+    workflow = await _workflow(connection, workflow_run_id)
+    if workflow is None or workflow.tenant_id != tenant_id:
+        return None
+    if step_name not in workflow.steps:
+        raise KeyError(step_name)
+    if workflow.state != WorkflowState.FAILED:
+        raise NotReplayableError
+    steps = _STEPS
+    rows = (
+        await connection.execute(
+            select(steps.c.id, steps.c.name, steps.c.state)
+            .where(steps.c.workflow_run_id == workflow_run_id)
+            .order_by(steps.c.id)
+            .with_for_update()
+        )
+    ).all()
+    state = {row.name: StepState(row.state) for row in rows}
+    if state[step_name] != StepState.FAILED:
+        raise NotReplayableError
+
+    def done(name: str) -> bool:
+        return state[name] == StepState.SUCCEEDED or (
+            state[name] == StepState.FAILED and workflow.steps[name]["on_failure"] == "continue"
+        )
+
+    again = {row.id: row.name for row in rows if not done(row.name)}
+    cancelled = await ledger.cancel_step_runs(connection, list(again))
+    await ledger.detach_step_runs(connection, list(again))
+    for step_id, name in sorted(again.items()):
+        await connection.execute(
+            update(steps)
+            .where(steps.c.id == step_id)
+            .values(
+                state=StepState.WAITING,
+                parents_left=sum(1 for parent in workflow.steps[name]["needs"] if not done(parent)),
+                items=None,
+                items_left=None,
+                failed_items=0,
+                error_message=None,
+                started_at=None,
+                finished_at=None,
+            )
+        )
+    ended = await connection.scalar(
+        update(_WORKFLOW_RUNS)
+        .where(
+            _WORKFLOW_RUNS.c.id == workflow_run_id, _WORKFLOW_RUNS.c.state == WorkflowState.FAILED
+        )
+        .values(
+            state=WorkflowState.RUNNING,
+            steps_left=len(again),
+            error_message=None,
+            finished_at=None,
+        )
+        .returning(_WORKFLOW_RUNS.c.id)
+    )
+    if ended is None:  # replayed by another request meanwhile
+        raise NotReplayableError
+    workflow.state = WorkflowState.RUNNING
+    advanced = Advanced(cancelled=cancelled, touched={workflow_run_id})
+    due = sorted(
+        (step_id, name)
+        for step_id, name in again.items()
+        if not any(not done(parent) for parent in workflow.steps[name]["needs"])
+    )
+    await _make_due(connection, context, workflow, due, advanced)
+    return advanced

@@ -113,6 +113,7 @@ const PAGES = [
   ["runs", "Runs"],
   ["dead-letters", "Dead letters"],
   ["definitions", "Definitions"],
+  ["workflows", "Workflows"],
   ["documents", "Documents"],
   ["workers", "Workers & queues"],
   ["usage", "Usage"],
@@ -458,6 +459,124 @@ async function replay(letter) {
     say("Replayed.");
     location.assign(`/console/runs/${accepted.task_id}`);
   } catch (error) { say(error.message); }
+}
+
+// ---- workflows: recent runs, and one run's graph with live states
+
+// Steps in columns by depth (a step sits one column right of its deepest parent), edges from
+// each parent to its children; each node shows its state, and a mapped step its progress.
+function graph(view) {
+  const depth = {};
+  const byName = Object.fromEntries(view.steps.map((s) => [s.name, s]));
+  const depthOf = (name) => {
+    if (depth[name] === undefined) {
+      depth[name] = 0;  // guards a cycle, which registration refuses anyway
+      depth[name] = Math.max(0, ...byName[name].needs.map((parent) => depthOf(parent) + 1));
+    }
+    return depth[name];
+  };
+  const columns = [];
+  for (const step of view.steps) (columns[depthOf(step.name)] ||= []).push(step);
+  const [W, H, GAP_X, GAP_Y] = [170, 52, 60, 22];
+  const place = {};
+  columns.forEach((column, x) => column.forEach((step, y) => {
+    place[step.name] = { x: 10 + x * (W + GAP_X), y: 10 + y * (H + GAP_Y) };
+  }));
+  const width = 20 + columns.length * (W + GAP_X) - GAP_X;
+  const height = 20 + Math.max(...columns.map((c) => c.length)) * (H + GAP_Y) - GAP_Y;
+  const edges = view.steps.flatMap((step) => step.needs.map((parent) => {
+    const from = place[parent], to = place[step.name];
+    const [x1, y1, x2, y2] = [from.x + W, from.y + H / 2, to.x, to.y + H / 2];
+    return svg("path", { class: "edge", d: `M${x1},${y1} C${x1 + GAP_X / 2},${y1} ${x2 - GAP_X / 2},${y2} ${x2},${y2}`, "data-from": parent, "data-to": step.name });
+  }));
+  const nodes = view.steps.map((step) => {
+    const { x, y } = place[step.name];
+    const progress = step.items !== null && step.items !== 1 ? ` ${step.items - (step.items_left ?? step.items)}/${step.items}` : "";
+    return svg("g", { class: `node ${step.state}`, id: `step-${step.name}`, "data-state": step.state, transform: `translate(${x},${y})` },
+      svg("title", {}, `${step.name}: ${step.task}, ${step.state}${step.error ? ` (${step.error})` : ""}`),
+      svg("rect", { width: W, height: H, rx: 6 }),
+      svg("text", { x: 10, y: 20, class: "name" }, step.name.length > 22 ? `${step.name.slice(0, 21)}…` : step.name),
+      svg("text", { x: 10, y: 40, class: "detail" }, `${step.state}${progress}`));
+  });
+  return svg("svg", { class: "graph", role: "img", "aria-label": `The graph of workflow run ${view.id}`, viewBox: `0 0 ${width} ${height}`, width, height }, edges, nodes);
+}
+
+async function workflowsPage() {
+  show(h("h1", {}, "Workflows"), stateBox("loading", "Loading workflow runs…"));
+  let runs, workflows;
+  try {
+    [runs, workflows] = await Promise.all([call("GET", "/api/v1/workflows/runs?limit=50"), call("GET", "/api/v1/workflows?limit=200")]);
+  } catch (error) {
+    show(h("h1", {}, "Workflows"), stateBox("error", error.message));
+    return;
+  }
+  const registered = workflows.items.length
+    ? h("ul", {}, workflows.items.map((w) => h("li", {}, h("strong", {}, w.name), ` — version ${w.version}, ${w.steps.length} steps`, w.description ? ` — ${w.description}` : "")))
+    : stateBox("empty", "No workflows yet: register one with POST /api/v1/workflows.");
+  const list = runs.items.length
+    ? h("div", { class: "table-wrap" }, h("table", { "aria-label": "Workflow runs, newest first" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Workflow"), h("th", {}, "State"), h("th", {}, "Started"), h("th", { class: "optional" }, "Finished"), h("th", { class: "optional" }, "Error"))),
+      h("tbody", {}, runs.items.map((run) => h("tr", { id: `workflow-run-${run.id}` },
+        h("td", {}, h("a", { href: `/console/workflows/${run.id}` }, `${run.workflow} v${run.version}`)),
+        h("td", {}, badge(run.state)), h("td", {}, when(run.created_at)),
+        h("td", { class: "optional" }, when(run.finished_at)), h("td", { class: "optional" }, run.error || "—"))))))
+    : stateBox("empty", "No workflow runs yet: start one with POST /api/v1/workflows/{name}/runs.");
+  show(h("h1", {}, "Workflows"), h("section", { class: "card" }, h("h2", {}, "Recent runs"), list),
+    h("section", { class: "card" }, h("h2", {}, "Registered workflows"), registered));
+}
+
+async function workflowRunPage(id) {
+  show(stateBox("loading", "Loading the workflow run…"));
+
+  function render(view) {
+    const actions = h("div", { class: "actions" });
+    if (view.state === "running") {
+      actions.append(h("button", { type: "button", id: "cancel-workflow", onclick: async () => {
+        if (!(await confirmAction("Cancel this workflow run?", "Its steps not started are skipped; its runs are cancelled."))) return;
+        try { render(await call("POST", `/api/v1/workflows/runs/${id}/cancel`)); say("Workflow run cancelled."); } catch (error) { say(error.message); }
+      } }, "Cancel workflow run"));
+    }
+    const rows = view.steps.map((step) => h("tr", { id: `row-${step.name}` },
+      h("td", {}, step.name), h("td", {}, step.task), h("td", {}, badge(step.state)),
+      h("td", { class: "num" }, step.items === null ? "—" : `${step.items - (step.items_left ?? step.items)} / ${step.items}${step.failed_items ? `, ${step.failed_items} failed` : ""}`),
+      h("td", { class: "optional" }, when(step.started_at)), h("td", { class: "optional" }, when(step.finished_at)),
+      h("td", {}, step.error || "", step.runs.length ? h("div", {}, step.runs.slice(0, 5).map((run) => h("a", { href: `/console/runs/${run.id}`, class: "run-link" }, `run${run.item_index !== null && run.item_index >= 0 ? ` #${run.item_index}` : ""} `))) : "",
+        view.state === "failed" && step.state === "failed" ? h("button", { type: "button", class: "replay-step", onclick: async () => {
+          if (!(await confirmAction(`Replay from ${step.name}?`, "The steps that did not end well run again; those that succeeded keep their results."))) return;
+          try { await call("POST", `/api/v1/workflows/runs/${id}/steps/${encodeURIComponent(step.name)}/replay`); say("Replaying."); workflowRunPage(id); } catch (error) { say(error.message); }
+        } }, "Replay from here") : "")));
+    show(h("p", {}, h("a", { href: "/console/workflows" }, "← Workflows")),
+      h("h1", {}, `Workflow ${view.workflow} v${view.version}`),
+      h("section", { class: "card" }, h("dl", { class: "fields" },
+        h("dt", {}, "Run"), h("dd", {}, h("code", {}, view.id)),
+        h("dt", {}, "State"), h("dd", { id: "workflow-state" }, badge(view.state)),
+        h("dt", {}, "Started"), h("dd", {}, when(view.created_at)),
+        h("dt", {}, "Finished"), h("dd", {}, when(view.finished_at)),
+        h("dt", {}, "Error"), h("dd", {}, view.error || "—")), actions),
+      h("section", { class: "card" }, h("h2", {}, "Graph"), h("div", { class: "table-wrap" }, graph(view))),
+      h("section", { class: "card" }, h("h2", {}, "Steps"), h("div", { class: "table-wrap" }, h("table", { "aria-label": "Steps" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Step"), h("th", {}, "Task"), h("th", {}, "State"), h("th", {}, "Items"), h("th", { class: "optional" }, "Started"), h("th", { class: "optional" }, "Finished"), h("th", {}, "Runs and error"))),
+        h("tbody", {}, rows)))),
+      h("section", { class: "card" }, h("h2", {}, "Input"), json(view.input)));
+  }
+
+  let view;
+  try {
+    view = await call("GET", `/api/v1/workflows/runs/${id}`);
+  } catch (error) {
+    show(h("h1", {}, "Workflow run"), stateBox("error", error.status === 404 ? "No such workflow run in this tenant." : error.message));
+    return;
+  }
+  render(view);
+  if (view.state === "running") {
+    const events = new EventSource(`/api/v1/workflows/runs/${id}/events`);
+    events.addEventListener("state", (message) => {
+      const now = JSON.parse(message.data);
+      render(now);
+      if (now.state !== "running") events.close();
+    });
+    events.onerror = () => { events.close(); };
+  }
 }
 
 // ---- dead letters
@@ -829,6 +948,7 @@ async function start() {
     runs: () => (id ? runPage(id) : runsPage()),
     "dead-letters": deadLettersPage,
     definitions: definitionsPage,
+    workflows: () => (id ? workflowRunPage(id) : workflowsPage()),
     documents: documentsPage,
     workers: workersPage,
     usage: usagePage,
