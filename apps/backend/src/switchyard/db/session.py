@@ -59,9 +59,12 @@ async def end_reads(session: AsyncSession) -> None:
     """Give a unit of work's connection back to the pool while it has only read (its next
     statement takes one again): before it waits on work that takes a connection of its own
     (a group commit), so that as many requests as the pool holds cannot hold every connection
-    while that work waits for one. Its after-commit actions and undos stay pending."""
+    while that work waits for one. Its after-commit actions and undos stay pending, and the
+    objects it read stay as they were read (detached: ending the transaction would expire
+    them, and an expired attribute read outside a greenlet is an error)."""
     if session.new or session.dirty or session.deleted:
         raise RuntimeError("end_reads: the unit of work has changes to write")
+    session.expunge_all()
     await session.rollback()  # nothing to keep: the transaction only read
 
 

@@ -740,14 +740,12 @@ async def replay(
     if workflow.state != WorkflowState.FAILED:
         raise NotReplayableError
     steps = _STEPS
-    rows = (
-        await connection.execute(
-            select(steps.c.id, steps.c.name, steps.c.state)
-            .where(steps.c.workflow_run_id == workflow_run_id)
-            .order_by(steps.c.id)
-            .with_for_update()
-        )
-    ).all()
+    of_workflow = (
+        select(steps.c.id, steps.c.name, steps.c.state)
+        .where(steps.c.workflow_run_id == workflow_run_id)
+        .order_by(steps.c.id)
+    )
+    rows = (await connection.execute(of_workflow)).all()
     state = {row.name: StepState(row.state) for row in rows}
     if state[step_name] != StepState.FAILED:
         raise NotReplayableError
@@ -758,8 +756,13 @@ async def replay(
         )
 
     again = {row.id: row.name for row in rows if not done(row.name)}
+    # The runs first, as every ledger writer locks them (an earlier run of these steps may
+    # be ending on a worker right now); then the steps, which a failed run keeps as they are.
     cancelled = await ledger.cancel_step_runs(connection, list(again))
     await ledger.detach_step_runs(connection, list(again))
+    locked = (await connection.execute(of_workflow.with_for_update())).all()
+    if {row.name: StepState(row.state) for row in locked} != state:
+        raise NotReplayableError  # replayed by another request meanwhile
     for step_id, name in sorted(again.items()):
         await connection.execute(
             update(steps)
