@@ -115,47 +115,43 @@ async def _fetch(database: str, query: str, *args: object) -> asyncpg.Record:
     return row
 
 
-def wait_workflows(database: str, ids: list[uuid.UUID], timeout: float = 1200) -> float:
-    """Seconds from the first run's creation to the last one's end, once all succeeded."""
+def _wait(database: str, query: str, ids: list[uuid.UUID], timeout: float) -> float:
+    """Poll `query` (columns `left`, `bad`, `took`) for `ids` until none is left: `took`."""
     deadline = time.monotonic() + timeout
     while True:
-        row = asyncio.run(
-            _fetch(
-                database,
-                "SELECT count(*) FILTER (WHERE state = 'running') AS running,"
-                " count(*) FILTER (WHERE state <> 'succeeded' AND state <> 'running') AS bad,"
-                " extract(epoch FROM max(finished_at) - min(created_at)) AS took"
-                " FROM workflow_runs WHERE id = ANY($1::uuid[])",
-                ids,
-            )
-        )
+        row = asyncio.run(_fetch(database, query, ids))
         if row["bad"]:
-            raise RuntimeError(f"{row['bad']} workflow runs did not succeed")
-        if not row["running"]:
+            raise RuntimeError(f"{row['bad']} of {len(ids)} did not succeed")
+        if not row["left"]:
             return float(row["took"])
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{row['running']} workflow runs still running")
+            raise RuntimeError(f"{row['left']} of {len(ids)} still not ended")
         time.sleep(0.5)
+
+
+def wait_workflows(database: str, ids: list[uuid.UUID], timeout: float = 1200) -> float:
+    """Seconds from the first run's creation to the last one's end, once all succeeded."""
+    return _wait(
+        database,
+        "SELECT count(*) FILTER (WHERE state = 'running') AS left,"
+        " count(*) FILTER (WHERE state NOT IN ('succeeded', 'running')) AS bad,"
+        " extract(epoch FROM max(finished_at) - min(created_at)) AS took"
+        " FROM workflow_runs WHERE id = ANY($1::uuid[])",
+        ids,
+        timeout,
+    )
 
 
 def wait_runs(database: str, ids: list[uuid.UUID], timeout: float = 1200) -> float:
     """Seconds from the first run's creation to the last one's end, once all succeeded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = asyncio.run(
-            _fetch(
-                database,
-                "SELECT count(*) FILTER (WHERE state <> 'succeeded') AS left,"
-                " extract(epoch FROM max(finished_at) - min(created_at)) AS took"
-                " FROM task_runs WHERE id = ANY($1::uuid[])",
-                ids,
-            )
-        )
-        if not row["left"]:
-            return float(row["took"])
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{row['left']} runs not succeeded")
-        time.sleep(0.5)
+    return _wait(
+        database,
+        "SELECT count(*) FILTER (WHERE state <> 'succeeded') AS left, 0 AS bad,"
+        " extract(epoch FROM max(finished_at) - min(created_at)) AS took"
+        " FROM task_runs WHERE id = ANY($1::uuid[])",
+        ids,
+        timeout,
+    )
 
 
 async def start_workflows(

@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from switchyard.auth.dependencies import PrincipalDep
 from switchyard.auth.principal import Principal
 from switchyard.db.models import TaskRun
-from switchyard.logging import request_id_var
 from switchyard.platform.dependencies import (
     RegistryDep,
     ServicesDep,
@@ -56,15 +55,11 @@ class RunSubmitter:
         `over_rest`: the caller names the task (POST /tasks/run, a replay), so it must be one
         the caller may run."""
         request, principal, settings = self.request, self.principal, self.services.settings
-        submitter = service.Submitter(
-            principal.tenant_id,
-            request_id_var.get(),
-            principal.actor,
+        submitter = service.Submitter.of(
+            principal,
+            self.services,
             scopes=principal.scopes if over_rest else None,
             internal_ok=replay_of is not None,
-            limits=principal.limits,
-            quotas=self.services.quotas,
-            llm=self.services.llm is not None,
         )
         run, _ = await service.submit(
             self.session,
@@ -89,15 +84,7 @@ class RunSubmitter:
         """Submit many runs the caller names (POST /tasks/runs): each one checked as over
         REST, stored and published together; 207 when the broker refused some of them."""
         principal, services = self.principal, self.services
-        submitter = service.Submitter(
-            principal.tenant_id,
-            request_id_var.get(),
-            principal.actor,
-            scopes=principal.scopes,
-            limits=principal.limits,
-            quotas=services.quotas,
-            llm=services.llm is not None,
-        )
+        submitter = service.Submitter.of(principal, services, scopes=principal.scopes)
         accepted = await bulk.submit_many(
             self.session,
             bulk.Bulk(self.submissions, self.registry, services.settings),

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, status
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from switchyard.auth.dependencies import PrincipalDep, TenantDep, require_scope
 from switchyard.db.models import RunState
@@ -21,7 +19,6 @@ from switchyard.platform.dependencies import (
 )
 from switchyard.tasks import bulk, follow, repository, service
 from switchyard.tasks.dependencies import SubmitterDep
-from switchyard.tasks.follow import SHUTDOWN_GRACE_SECONDS
 from switchyard.tasks.schemas import (
     BulkRunsAccepted,
     BulkRunsRequest,
@@ -275,16 +272,4 @@ async def run_events(
     A stopping gateway ends the stream with a `reconnect` event (and `retry`)."""
     await service.get_run(session, tenant_id, task_id)
     pubsub = await follow.subscribe(services, task_id)  # 503 when Redis is down
-
-    shutdown = anyio.Event()  # set as the server stops (SIGTERM)
-
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        changes = follow.follow(services, tenant_id, task_id, pubsub)
-        async for event in follow.until_shutdown(changes, shutdown):
-            if await request.is_disconnected():
-                return
-            yield event
-
-    return EventSourceResponse(
-        stream(), ping=15, shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_SECONDS
-    )
+    return follow.live(request, lambda: follow.follow(services, tenant_id, task_id, pubsub))

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
+from fastapi import Request
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
-from sse_starlette import ServerSentEvent
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from switchyard.db.models import FINAL_STATES, RunState
 from switchyard.errors import ServiceUnavailableError
@@ -135,3 +136,21 @@ async def until_shutdown(
         stopping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stopping
+
+
+def live(
+    request: Request, follow: Callable[[], AsyncIterator[ServerSentEvent]]
+) -> EventSourceResponse:
+    """The response of a live stream: `follow()`'s events until it ends, the client leaves, or
+    the server stops (a last `reconnect` event, within SHUTDOWN_GRACE_SECONDS)."""
+    shutdown = anyio.Event()  # set as the server stops (SIGTERM)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async for event in until_shutdown(follow(), shutdown):
+            if await request.is_disconnected():
+                return
+            yield event
+
+    return EventSourceResponse(
+        stream(), ping=15, shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_SECONDS
+    )

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from switchyard.auth.principal import Principal
 from switchyard.db.models import (
     UNPLANNED,
     DeadLetter,
@@ -33,6 +34,7 @@ from switchyard.errors import (
     NotFoundError,
     field_errors,
 )
+from switchyard.logging import request_id_var
 from switchyard.platform import audit, metrics, schedules
 from switchyard.platform.metrics import RUNS_SUBMITTED
 from switchyard.platform.registry import TaskRegistry, TaskSpec
@@ -81,6 +83,27 @@ class Submitter:
     quotas: Quotas | None = None
     # Whether an LLM is configured: without one, no run can spend tokens.
     llm: bool = True
+
+    @classmethod
+    def of(
+        cls,
+        principal: Principal,
+        services: Services,
+        *,
+        scopes: frozenset[str] | None = None,
+        internal_ok: bool = False,
+    ) -> Submitter:
+        """A request's caller, with its tenant's plan limits."""
+        return cls(
+            principal.tenant_id,
+            request_id_var.get(),
+            principal.actor,
+            scopes=scopes,
+            internal_ok=internal_ok,
+            limits=principal.limits,
+            quotas=services.quotas,
+            llm=services.llm is not None,
+        )
 
 
 async def check_quotas(

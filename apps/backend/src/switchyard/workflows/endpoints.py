@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from switchyard.auth.dependencies import PrincipalDep, TenantDep, require_scope
 from switchyard.auth.principal import Principal
@@ -23,7 +21,7 @@ from switchyard.platform.registry import TaskRegistry
 from switchyard.platform.runs import changes
 from switchyard.platform.workflows import engine
 from switchyard.services.container import Services
-from switchyard.tasks.follow import SHUTDOWN_GRACE_SECONDS, until_shutdown
+from switchyard.tasks.follow import live
 from switchyard.tasks.service import Submitter
 from switchyard.workflows import follow, service
 from switchyard.workflows.schemas import (
@@ -122,18 +120,7 @@ async def workflow_run_events(
     stopping gateway ends the stream with a `reconnect` event (and `retry`)."""
     await service.run_view(session, tenant_id, run_id)  # 404 before the stream starts
     pubsub = await follow.subscribe(services, run_id)  # 503 when Redis is down
-    shutdown = anyio.Event()  # set as the server stops (SIGTERM)
-
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        changes = follow.follow(services, tenant_id, run_id, pubsub)
-        async for event in until_shutdown(changes, shutdown):
-            if await request.is_disconnected():
-                return
-            yield event
-
-    return EventSourceResponse(
-        stream(), ping=15, shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_SECONDS
-    )
+    return live(request, lambda: follow.follow(services, tenant_id, run_id, pubsub))
 
 
 @router.post("/runs/{run_id}/cancel", dependencies=[Depends(require_scope("tasks:run"))])
@@ -254,14 +241,7 @@ def _starter(principal: Principal, services: Services, registry: TaskRegistry) -
         request_id_var.get(),
         principal.actor,
         engine.Context.of(registry, services.settings),
-        Submitter(
-            principal.tenant_id,
-            request_id_var.get(),
-            principal.actor,
-            limits=principal.limits,
-            quotas=services.quotas,
-            llm=services.llm is not None,
-        ),
+        Submitter.of(principal, services),
     )
 
 
